@@ -1,0 +1,531 @@
+//! Validation: typed sections → the runtime `Table`, checking every cross-reference.
+
+use super::schema::{self, CacheSpec, LimitsSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS};
+use super::secret::Secret;
+use super::Sections;
+use crate::endpoint::Upstream;
+use crate::routing::{Matcher, Route, Table, Target};
+use http::{HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use wildmatch::WildMatch;
+
+/// Headers that describe one hop or the message framing; injecting them would break the exchange.
+const UNINJECTABLE: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "expect",
+];
+
+#[derive(Deserialize)]
+struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
+
+pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
+    let Value::Mapping(mut map) = root else {
+        s.problem("", "the config must be a YAML mapping (key: value pairs)");
+        return None;
+    };
+    let keys: Vec<String> = map
+        .keys()
+        .map(|k| k.as_str().unwrap_or("?").to_string())
+        .collect();
+    for key in keys
+        .iter()
+        .filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()))
+    {
+        s.problem(
+            key.as_str(),
+            format!(
+                "unknown field `{key}`, expected one of {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+        );
+    }
+    let mut take = |key: &str| map.remove(key);
+
+    let listen = address(s, "listen", take("listen"), schema::default_listen());
+    let admin = address(s, "admin", take("admin"), schema::default_admin());
+    if let (Some(l), Some(a)) = (listen, admin) {
+        if l == a {
+            s.problem("admin", format!("must differ from listen ({l})"));
+        }
+    }
+    let threads = take("threads")
+        .and_then(|v| s.typed::<usize>("threads", v))
+        .unwrap_or(0);
+    if threads > 1024 {
+        s.problem("threads", "at most 1024 (0 means one per core)");
+    }
+    let shutdown_grace = take("shutdown_grace")
+        .and_then(|v| s.typed::<HumanDuration>("shutdown_grace", v))
+        .map(|d| d.0)
+        .unwrap_or_else(schema::default_shutdown_grace);
+    let limits = take("limits")
+        .and_then(|v| s.typed::<LimitsSpec>("limits", v))
+        .unwrap_or_default();
+    if limits.max_body_bytes == 0 {
+        s.problem("limits.max_body_bytes", "must be greater than 0");
+    }
+    let cache = take("cache")
+        .and_then(|v| s.typed::<CacheSpec>("cache", v))
+        .unwrap_or_default();
+
+    let (upstreams, broken) = upstreams(s, take("upstreams"));
+    let routes = routes(s, take("routes"), &upstreams, &broken);
+
+    Some(Table {
+        listen: listen?,
+        admin: admin?,
+        threads: if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        },
+        shutdown_grace,
+        max_body_bytes: limits.max_body_bytes,
+        routes,
+        cache,
+    })
+}
+
+fn address(
+    s: &mut Sections,
+    path: &str,
+    value: Option<Value>,
+    default: String,
+) -> Option<SocketAddr> {
+    let text = match value {
+        Some(v) => s.typed::<String>(path, v)?,
+        None => default,
+    };
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            s.problem(
+                path,
+                format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+            );
+            None
+        }
+    }
+}
+
+/// Builds every upstream; returns them and the names of those that failed to build
+/// (so routes naming them are not also reported as naming an unknown upstream).
+fn upstreams(
+    s: &mut Sections,
+    value: Option<Value>,
+) -> (BTreeMap<String, Arc<Upstream>>, HashSet<String>) {
+    let mut built = BTreeMap::new();
+    let mut broken = HashSet::new();
+    let entries = match value {
+        None | Some(Value::Null) => return (built, broken),
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            s.problem(
+                "upstreams",
+                "must be a mapping of name → {url, headers, timeouts}",
+            );
+            return (built, broken);
+        }
+    };
+    for (key, value) in entries {
+        let name = key.as_str().unwrap_or("?").to_string();
+        let path = format!("upstreams.{name}");
+        match s
+            .typed::<UpstreamSpec>(&path, value)
+            .and_then(|spec| upstream(s, &path, &name, spec))
+        {
+            Some(u) => {
+                built.insert(name, Arc::new(u));
+            }
+            None => {
+                broken.insert(name);
+            }
+        }
+    }
+    (built, broken)
+}
+
+fn upstream(s: &mut Sections, path: &str, name: &str, spec: UpstreamSpec) -> Option<Upstream> {
+    let before = s.problems.len();
+    let url_path = format!("{path}.url");
+    let uri: Option<Uri> = match spec.url.parse::<Uri>() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            s.problem(&url_path, format!("{:?} is not a URL: {e}", spec.url));
+            None
+        }
+    };
+    let mut parts = None;
+    if let Some(uri) = uri {
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(true),
+            Some("http") => Some(false),
+            _ => {
+                s.problem(&url_path, "must start with http:// or https://");
+                None
+            }
+        };
+        let host = uri.host().filter(|h| !h.is_empty());
+        if host.is_none() {
+            s.problem(&url_path, "has no host");
+        }
+        if uri.query().is_some() {
+            s.problem(&url_path, "must not have a query string");
+        }
+        if let (Some(tls), Some(host)) = (tls, host) {
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let base = uri.path().trim_end_matches('/').to_string();
+            parts = Some((tls, host.to_ascii_lowercase(), port, base));
+        }
+    }
+    let mut headers = Vec::new();
+    for (raw_name, value) in &spec.headers {
+        let hpath = format!("{path}.headers.{raw_name}");
+        let Ok(hname) = HeaderName::from_bytes(raw_name.as_bytes()) else {
+            s.problem(&hpath, "is not a valid header name");
+            continue;
+        };
+        if UNINJECTABLE.contains(&hname.as_str()) {
+            s.problem(&hpath, "is set by promptgate itself and cannot be injected");
+            continue;
+        }
+        // HeaderValue rejects CR, LF and NUL, so an env value can never split a header.
+        match HeaderValue::from_str(value.expose()) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                headers.push((hname, Secret::new(v)));
+            }
+            Err(_) => s.problem(
+                &hpath,
+                "value contains characters not allowed in a header (control characters or newlines)",
+            ),
+        }
+    }
+    let t = &spec.timeouts;
+    for (field, d) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
+        if d.is_zero() {
+            s.problem(format!("{path}.timeouts.{field}"), "must be greater than 0");
+        }
+    }
+    let (tls, host, port, base) = parts?;
+    if s.problems.len() > before {
+        return None;
+    }
+    match Upstream::new(
+        name.to_string(),
+        tls,
+        host,
+        port,
+        base,
+        headers,
+        spec.timeouts,
+    ) {
+        Ok(u) => Some(u),
+        Err(_) => {
+            s.problem(&url_path, "host is not valid in a Host header");
+            None
+        }
+    }
+}
+
+fn routes(
+    s: &mut Sections,
+    value: Option<Value>,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    broken: &HashSet<String>,
+) -> Vec<Route> {
+    let items = match value {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            s.problem("routes", "must be a list of routes");
+            return Vec::new();
+        }
+    };
+    let mut names = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let Some(spec) = s.typed::<RouteSpec>(&path, item) else {
+            continue;
+        };
+        if spec.name.is_empty() {
+            s.problem(format!("{path}.name"), "must not be empty");
+        } else if !names.insert(spec.name.clone()) {
+            s.problem(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", spec.name),
+            );
+        }
+        if let Some(r) = route(s, &path, spec, upstreams, broken) {
+            routes.push(r);
+        }
+    }
+    routes
+}
+
+fn route(
+    s: &mut Sections,
+    path: &str,
+    spec: RouteSpec,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    broken: &HashSet<String>,
+) -> Option<Route> {
+    let before = s.problems.len();
+    let m = &spec.matcher;
+    if let Some(prefix) = &m.path_prefix {
+        if !prefix.starts_with('/') {
+            s.problem(format!("{path}.match.path_prefix"), "must start with /");
+        }
+    }
+    if spec.strip_prefix && m.path_prefix.is_none() {
+        s.problem(
+            format!("{path}.strip_prefix"),
+            "needs match.path_prefix (there is nothing to strip)",
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => s.problem(
+                format!("{path}.match.headers.{name}"),
+                "is not a valid header name and value",
+            ),
+        }
+    }
+    if spec.targets.is_empty() {
+        s.problem(format!("{path}.targets"), "must name at least one upstream");
+    }
+    let mut targets = Vec::new();
+    for (j, t) in spec.targets.iter().enumerate() {
+        match upstreams.get(t.upstream()) {
+            Some(u) => targets.push(Target {
+                upstream: u.clone(),
+                model: t.model().map(String::from),
+            }),
+            None if broken.contains(t.upstream()) => {}
+            None => {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                s.problem(
+                    format!("{path}.targets[{j}]"),
+                    format!(
+                        "unknown upstream {:?} (defined: {})",
+                        t.upstream(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    if s.problems.len() > before {
+        return None;
+    }
+    Some(Route {
+        name: spec.name,
+        matcher: Matcher {
+            path_prefix: m.path_prefix.clone(),
+            host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            headers,
+            model: m.model.as_deref().map(WildMatch::new),
+        },
+        strip: spec.strip_prefix.then(|| m.path_prefix.clone()).flatten(),
+        targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError, Problem};
+    use crate::routing::Table;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "OPENAI_API_KEY").then(|| "sk-test".to_string())
+    }
+
+    fn ok(yaml: &str) -> Table {
+        parse(yaml, "test.yaml", &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(yaml: &str) -> Vec<Problem> {
+        match parse(yaml, "test.yaml", &env) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    const ISSUE_EXAMPLE: &str = r#"
+listen: "127.0.0.1:8080"
+admin: "127.0.0.1:9090"
+limits:
+  max_body_bytes: 33554432
+upstreams:
+  openai:
+    url: https://api.openai.com
+    headers:
+      authorization: "Bearer ${OPENAI_API_KEY}"
+routes:
+  - name: openai
+    match:
+      path_prefix: /openai
+    strip_prefix: true
+    targets: [openai]
+cache:
+  enabled: true
+  backend: memory
+"#;
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let t = ok(ISSUE_EXAMPLE);
+        assert_eq!(t.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(t.max_body_bytes, 32 * 1024 * 1024);
+        let r = &t.routes[0];
+        assert_eq!(r.strip.as_deref(), Some("/openai"));
+        let u = &r.targets[0].upstream;
+        assert!(u.tls);
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base_path.as_str()),
+            ("api.openai.com", 443, "")
+        );
+        assert_eq!(u.headers[0].1.expose().to_str().unwrap(), "Bearer sk-test");
+        // secrets stay out of Debug output
+        assert!(!format!("{t:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let t = ok("");
+        assert_eq!(t.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(t.admin.to_string(), "127.0.0.1:9090");
+        assert_eq!(t.shutdown_grace.as_secs(), 10);
+        assert!(t.threads >= 1);
+        assert!(t.routes.is_empty());
+    }
+
+    #[test]
+    fn detailed_targets_and_base_paths() {
+        let t = ok(r#"
+upstreams:
+  local: {url: "http://127.0.0.1:11434/base/", timeouts: {connect: 250ms, read: 2m}}
+routes:
+  - name: r
+    match: {model: "gpt-*", host: API.local, headers: {x-team: a}}
+    targets: [{upstream: local, model: llama3}]
+"#);
+        let target = &t.routes[0].targets[0];
+        assert_eq!(target.model.as_deref(), Some("llama3"));
+        let u = &target.upstream;
+        assert_eq!(
+            (u.tls, u.port, u.base_path.as_str()),
+            (false, 11434, "/base")
+        );
+        assert_eq!(u.host_header.to_str().unwrap(), "127.0.0.1:11434");
+        assert_eq!(u.timeouts.connect.as_millis(), 250);
+        assert_eq!(u.timeouts.read.as_secs(), 120);
+        assert_eq!(t.routes[0].matcher.host.as_deref(), Some("api.local"));
+    }
+
+    #[test]
+    fn reports_every_problem_with_path_and_line() {
+        let p = problems(
+            r#"listen: "nonsense"
+upstreams:
+  openai:
+    url: ftp://x
+  good:
+    url: http://127.0.0.1:1
+    headers:
+      authorization: "Bearer ${MISSING_KEY}"
+routes:
+  - name: a
+    targets: [openai]
+  - name: a
+    match: {path_prefix: nope}
+    targets: [good, opnai]
+  - name: c
+    matchh: {}
+    targets: [good]
+bogus: 1
+"#,
+        );
+        let text: Vec<String> = p
+            .iter()
+            .map(|p| format!("{}:{}: {}", p.line.unwrap_or(0), p.path, p.message))
+            .collect();
+        let has = |needle: &str| {
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "{needle:?} not in {text:#?}"
+            )
+        };
+        has("1:listen: \"nonsense\" is not an IP:port");
+        has("4:upstreams.openai.url: must start with http");
+        has("8:upstreams.good.headers.authorization: environment variable MISSING_KEY");
+        has("12:routes[1].name: duplicate route name");
+        has("13:routes[1].match.path_prefix: must start with /");
+        has("14:routes[1].targets[1]: unknown upstream \"opnai\"");
+        has("routes[2]: unknown field `matchh`");
+        has("18:bogus: unknown field `bogus`");
+        // the broken upstream is reported once, not again for every route naming it
+        assert!(
+            !text
+                .iter()
+                .any(|t| t.contains("unknown upstream \"openai\"")),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let p = problems("listen: [unclosed\nadmin: x\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].line.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn rejects_header_injection_and_framing_headers() {
+        let p = problems(
+            r#"
+upstreams:
+  u:
+    url: http://127.0.0.1:1
+    headers:
+      x-key: "a\r\nx-evil: 1"
+      content-length: "5"
+"#,
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn error_message_lists_file_and_lines() {
+        let err = parse("threads: many\n", "conf/x.yaml", &env).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("invalid config conf/x.yaml: 1 problem"),
+            "{msg}"
+        );
+        assert!(msg.contains("conf/x.yaml:1: threads:"), "{msg}");
+    }
+}

@@ -1,0 +1,208 @@
+//! Config loading: file → YAML → `${ENV}` expansion → typed sections → validated `Table`.
+//!
+//! Every problem is collected (each with its field path and line) and reported at once;
+//! `promptgate check`, start-up and reload all go through [`load`].
+
+mod compile;
+mod interpolate;
+mod locate;
+pub mod schema;
+pub mod secret;
+
+use crate::routing::Table;
+use locate::LineIndex;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path such as `routes[2].targets[0]` (empty for the whole file).
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", Invalid { origin, problems })]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Renders problems as `file:line: path: message`, one per line.
+struct Invalid<'a> {
+    origin: &'a str,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for Invalid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid config {}: {n} problem{}",
+            self.origin,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in self.problems {
+            write!(f, "\n  {}", self.origin)?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if p.path.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where to find the config when `--config` and `$PROMPTGATE_CONFIG` are absent.
+pub const DEFAULT_PATHS: &[&str] = &["conf/promptgate.yaml", "/etc/promptgate/promptgate.yaml"];
+
+/// The config path to use: the given one, else the first default that exists.
+pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    DEFAULT_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ConfigError::Read {
+            path: PathBuf::from(DEFAULT_PATHS[0]),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "no config file given (--config or $PROMPTGATE_CONFIG) and none found at {}",
+                    DEFAULT_PATHS.join(" or ")
+                ),
+            ),
+        })
+}
+
+/// Reads and validates the config file at `path`, expanding `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
+}
+
+/// Validates config text. `origin` names it in messages; `env` answers `${VAR}` lookups.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Table, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems,
+    };
+    let mut root: Value = match serde_yaml::from_str(text) {
+        Ok(Value::Null) => Value::Mapping(Mapping::new()),
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            return Err(invalid(vec![Problem {
+                path: String::new(),
+                line,
+                message: e.to_string(),
+            }]));
+        }
+    };
+    let index = LineIndex::build(text);
+    let mut problems = Vec::new();
+    interpolate::expand_tree(&mut root, "", env, &mut problems);
+    let mut sections = Sections {
+        index: &index,
+        problems,
+    };
+    let table = compile::compile(&mut sections, root);
+    let mut problems = sections.problems;
+    for p in &mut problems {
+        if p.line.is_none() {
+            p.line = index.line_of(&p.path);
+        }
+    }
+    match table {
+        Some(table) if problems.is_empty() => Ok(table),
+        _ => Err(invalid(problems)),
+    }
+}
+
+/// Deserializes parts of the YAML tree one by one, collecting problems instead of stopping.
+pub(crate) struct Sections<'a> {
+    index: &'a LineIndex,
+    pub problems: Vec<Problem>,
+}
+
+impl Sections<'_> {
+    pub fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::at(path, message));
+    }
+
+    /// Deserializes `value` as a `T`, or records why not at `path`.
+    pub fn typed<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_yaml::from_value(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // serde_yaml prefixes nested errors with their own path ("match: unknown field ...").
+                let msg = e.to_string();
+                let (full, message) = match msg.split_once(": ") {
+                    Some((inner, rest)) if is_field_path(inner) => {
+                        (join_path(path, inner), rest.to_string())
+                    }
+                    _ => (path.to_string(), msg),
+                };
+                let line = self.index.line_of(&full);
+                self.problems.push(Problem {
+                    path: full,
+                    line,
+                    message,
+                });
+                None
+            }
+        }
+    }
+}
+
+fn is_field_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+}
+
+fn join_path(parent: &str, child: &str) -> String {
+    match (parent.is_empty(), child.starts_with('[')) {
+        (true, _) => child.to_string(),
+        (false, true) => format!("{parent}{child}"),
+        (false, false) => format!("{parent}.{child}"),
+    }
+}

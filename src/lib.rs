@@ -1,0 +1,22 @@
+//! promptgate: a caching reverse-proxy sidecar for LLM provider APIs, built on Pingora.
+//!
+//! One request, one pass ([`proxy`]): match a route in the [`routing`] table, read the body
+//! (bounded), rewrite it for the chosen [`endpoint`], exchange with the upstream, and relay the
+//! answer chunk by chunk. The table comes from [`config`] and is swapped whole on reload.
+//!
+//! Module map:
+//! - [`cli`] — command line: `run`, `check`.
+//! - [`config`] — YAML → validated [`routing::Table`], every problem with path and line.
+//! - [`routing`] — the table and route matching.
+//! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
+//! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
+//! - [`admin`] — the admin listener.
+//! - [`server`] — assembling and running the Pingora server, graceful shutdown.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod endpoint;
+pub mod proxy;
+pub mod routing;
+pub mod server;

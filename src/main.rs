@@ -1,0 +1,16 @@
+//! promptgate's entry point: parse the command line, run it, print any error with its causes.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = promptgate::cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match promptgate::cli::execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("promptgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

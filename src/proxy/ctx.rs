@@ -1,0 +1,63 @@
+//! Per-request state, carried from `request_filter` to `logging`.
+
+use crate::routing::Table;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Counts requests in flight; shutdown waits for it to reach zero.
+#[derive(Debug, Default)]
+pub struct Inflight(AtomicUsize);
+
+impl Inflight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Holds one unit of [`Inflight`] for as long as the request lives.
+pub struct InflightGuard(Arc<Inflight>);
+
+impl InflightGuard {
+    pub fn new(inflight: &Arc<Inflight>) -> InflightGuard {
+        inflight.0.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(inflight.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Ctx {
+    /// Set by `new_ctx`.
+    pub started: Instant,
+    /// Set at the start of `request_filter`: the table this request uses to its end.
+    pub table: Option<Arc<Table>>,
+    /// Set by `request_filter` once a route matched.
+    pub route: Option<String>,
+    /// Set by `request_filter` when an upstream was chosen.
+    pub upstream: Option<String>,
+    /// Set by `request_filter` when the response head was written.
+    pub status: u16,
+    /// Set by `request_filter` on failure: the error label, for the access log.
+    pub error: Option<&'static str>,
+    /// Set by `request_filter`; dropped with the ctx.
+    pub inflight: Option<InflightGuard>,
+}
+
+impl Default for Ctx {
+    fn default() -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            table: None,
+            route: None,
+            upstream: None,
+            status: 0,
+            error: None,
+            inflight: None,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Every request-time failure: its HTTP status, its JSON error body and a short label.
+//!
+//! Messages name routes, upstreams and limits, never credentials or query strings.
+
+use bytes::Bytes;
+use pingora::{Error as PingoraError, ErrorType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("request body is larger than the limit of {limit} bytes (limits.max_body_bytes)")]
+    BodyTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+    #[error("request body is not valid JSON ({0}); route {1} needs it to {2}")]
+    MalformedJson(String, String, &'static str),
+    #[error("cannot resolve upstream {upstream}: {detail}")]
+    Resolve { upstream: String, detail: String },
+    #[error("cannot connect to upstream {upstream}: {detail}")]
+    Connect { upstream: String, detail: String },
+    #[error("upstream {upstream} timed out ({phase} timeout)")]
+    Timeout {
+        upstream: String,
+        phase: &'static str,
+    },
+    #[error("upstream {upstream} failed: {detail}")]
+    Upstream { upstream: String, detail: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::NoRoute { .. } => 404,
+            ProxyError::BodyTooLarge { .. } => 413,
+            ProxyError::ClientBody(_) | ProxyError::MalformedJson(..) => 400,
+            ProxyError::Timeout { .. } => 504,
+            ProxyError::Resolve { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. } => 502,
+        }
+    }
+
+    /// The `error.type` of the JSON body; also the label used in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::ClientBody(_) => "bad_request",
+            ProxyError::MalformedJson(..) => "invalid_json",
+            ProxyError::Resolve { .. } => "upstream_unresolvable",
+            ProxyError::Connect { .. } => "upstream_unreachable",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::Upstream { .. } => "upstream_error",
+        }
+    }
+
+    /// `{"error":{"type":…,"message":…}}`, the shape the provider SDKs already parse.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": { "type": self.kind(), "message": self.to_string() }
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// Classifies a Pingora error from talking to `upstream`.
+    pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
+        let upstream = upstream.to_string();
+        let timeout = |phase| ProxyError::Timeout {
+            upstream: upstream.clone(),
+            phase,
+        };
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timeout("connect"),
+            ErrorType::ReadTimedout => timeout("read"),
+            ErrorType::WriteTimedout => timeout("write"),
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError => ProxyError::Connect {
+                detail: e.etype().as_str().to_string(),
+                upstream,
+            },
+            _ => ProxyError::Upstream {
+                detail: e.etype().as_str().to_string(),
+                upstream,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_json_with_type_and_message() {
+        let e = ProxyError::BodyTooLarge { limit: 10 };
+        assert_eq!(e.status(), 413);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "request_too_large");
+        assert!(v["error"]["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn timeouts_map_to_504() {
+        let e = PingoraError::new(ErrorType::ReadTimedout);
+        let p = ProxyError::from_upstream("openai", &e);
+        assert_eq!((p.status(), p.kind()), (504, "upstream_timeout"));
+        let e = PingoraError::new(ErrorType::ConnectRefused);
+        assert_eq!(ProxyError::from_upstream("openai", &e).status(), 502);
+    }
+}

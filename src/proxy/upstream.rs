@@ -1,0 +1,300 @@
+//! The upstream exchange: build the upstream request, send it with its buffered body,
+//! and relay the response to the client chunk by chunk as it arrives.
+
+use super::errors::ProxyError;
+use crate::endpoint::Upstream;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::HeaderValue;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+/// Headers that describe one hop (RFC 9110 §7.6.1) and so are never forwarded as is.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Attempts on pooled connections that turn out to be closed by the upstream while idle.
+const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// True for hop-by-hop headers, including any the message's `Connection` header nominates.
+fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+}
+
+/// The request to send upstream: the client's method and headers, minus hop-by-hop and
+/// framing headers, plus `Host`, `Content-Length` and the upstream's injected headers.
+pub fn build_request(
+    client: &RequestHeader,
+    upstream: &Upstream,
+    path_and_query: &str,
+    body_len: usize,
+) -> Result<RequestHeader, ProxyError> {
+    let invalid = |_| ProxyError::ClientBody("request target is not valid".into());
+    let path = upstream.path_for(path_and_query);
+    let mut req = RequestHeader::build(
+        client.method.clone(),
+        path.as_bytes(),
+        Some(client.headers.len() + 4),
+    )
+    .map_err(invalid)?;
+    let connection = client.headers.get(header::CONNECTION);
+    for (name, value) in client.headers.iter() {
+        let replaced = name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
+            || name == header::ACCEPT_ENCODING
+            || upstream.headers.iter().any(|(n, _)| n == name);
+        if replaced || is_hop_by_hop(name, connection) {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())
+            .map_err(invalid)?;
+    }
+    let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
+        req.insert_header(name, value).map_err(invalid)
+    };
+    set(&mut req, header::HOST, upstream.host_header.clone())?;
+    // Cached and replayed bodies must be plain bytes, so ask for no compression.
+    set(
+        &mut req,
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    )?;
+    let has_body = body_len > 0
+        || client.headers.contains_key(header::CONTENT_LENGTH)
+        || client.headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        set(
+            &mut req,
+            header::CONTENT_LENGTH,
+            HeaderValue::from(body_len),
+        )?;
+    }
+    for (name, value) in &upstream.headers {
+        set(&mut req, name.clone(), value.expose().clone())?;
+    }
+    Ok(req)
+}
+
+/// An upstream response whose head has been read and whose body is still to come.
+pub struct UpstreamResponse {
+    session: UpstreamSession,
+    peer: HttpPeer,
+}
+
+impl UpstreamResponse {
+    pub fn header(&self) -> &ResponseHeader {
+        self.session
+            .response_header()
+            .expect("send() returns only after the response head was read")
+    }
+}
+
+/// Sends `req` and `body` to `upstream` and reads the response head.
+/// A pooled connection found dead is replaced by a fresh one; the body is buffered, so
+/// sending it again is safe.
+pub async fn send(
+    connector: &Connector,
+    upstream: &Upstream,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<UpstreamResponse, ProxyError> {
+    let peer = upstream.peer().await.map_err(|e| ProxyError::Resolve {
+        upstream: upstream.name.clone(),
+        detail: e.reason,
+    })?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut session, reused) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
+        session.set_read_timeout(Some(upstream.timeouts.read));
+        session.set_write_timeout(Some(upstream.timeouts.write));
+        match exchange_head(&mut session, req, body).await {
+            Ok(()) => return Ok(UpstreamResponse { session, peer }),
+            Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
+                log::debug!(
+                    "pooled connection to {} was closed; reconnecting",
+                    upstream.name
+                );
+            }
+            Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
+        }
+    }
+}
+
+/// Errors that mean an idle pooled connection had been closed by the upstream.
+fn is_stale(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+    )
+}
+
+async fn exchange_head(
+    session: &mut UpstreamSession,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    session.write_request_header(Box::new(req.clone())).await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await?;
+    loop {
+        session.read_response_header().await?;
+        let status = session.response_header().map(|h| h.status.as_u16());
+        // Skip informational heads (100 Continue, 103 Early Hints); 101 is not expected here.
+        if !matches!(status, Some(100..=199)) || status == Some(101) {
+            return Ok(());
+        }
+    }
+}
+
+/// The client's response head: the upstream's status and end-to-end headers. Without a
+/// `Content-Length`, an HTTP/1 client gets chunked encoding, so each chunk is flushed as it comes.
+pub fn client_header(
+    upstream: &ResponseHeader,
+    session: &Session,
+) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))?;
+    let connection = upstream.headers.get(header::CONNECTION);
+    for (name, value) in upstream.headers.iter() {
+        if !is_hop_by_hop(name, connection) {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    let bodyless = session.req_header().method == http::Method::HEAD
+        || matches!(upstream.status.as_u16(), 204 | 304);
+    if !bodyless && !resp.headers.contains_key(header::CONTENT_LENGTH) && !session.is_http2() {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(resp)
+}
+
+/// Writes the response to the client as it arrives, then returns the connection to the pool.
+/// An error here happens after the head went out: the caller must cut the client connection
+/// so a truncated body can never look complete.
+pub async fn relay(
+    connector: &Connector,
+    upstream: &Upstream,
+    mut response: UpstreamResponse,
+    session: &mut Session,
+) -> pingora::Result<()> {
+    let head = client_header(response.header(), session)?;
+    session.write_response_header(Box::new(head), false).await?;
+    loop {
+        match response.session.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                    // The client left: the upstream connection is mid-response, so close it.
+                    response.session.shutdown().await;
+                    return Err(e);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                response.session.shutdown().await;
+                return Err(
+                    e.more_context(format!("upstream {} broke off the response", upstream.name))
+                );
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    if response.session.response_done() {
+        connector
+            .release_http_session(
+                response.session,
+                &response.peer,
+                Some(upstream.timeouts.idle),
+            )
+            .await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::TimeoutsSpec;
+    use crate::config::secret::Secret;
+
+    fn upstream() -> Upstream {
+        let mut key = HeaderValue::from_static("Bearer injected");
+        key.set_sensitive(true);
+        Upstream::new(
+            "openai".into(),
+            true,
+            "api.openai.com".into(),
+            443,
+            "/base".into(),
+            vec![(header::AUTHORIZATION, Secret::new(key))],
+            TimeoutsSpec::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rewrites_host_framing_and_credentials() {
+        let mut client = RequestHeader::build("POST", b"/openai/v1/chat?x=1", None).unwrap();
+        for (n, v) in [
+            ("host", "127.0.0.1:8080"),
+            ("authorization", "Bearer client"),
+            ("content-length", "999"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("expect", "100-continue"),
+            ("accept-encoding", "gzip"),
+            ("x-custom", "kept"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            client.append_header(n, v).unwrap();
+        }
+        let req = build_request(&client, &upstream(), "/v1/chat?x=1", 12).unwrap();
+        assert_eq!(req.uri.to_string(), "/base/v1/chat?x=1");
+        let h = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(h("host").as_deref(), Some("api.openai.com"));
+        assert_eq!(h("authorization").as_deref(), Some("Bearer injected"));
+        assert_eq!(req.headers.get_all("authorization").iter().count(), 1);
+        assert_eq!(h("content-length").as_deref(), Some("12"));
+        assert_eq!(h("accept-encoding").as_deref(), Some("identity"));
+        assert_eq!(h("x-custom").as_deref(), Some("kept"));
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "expect",
+            "transfer-encoding",
+        ] {
+            assert!(h(gone).is_none(), "{gone} was forwarded");
+        }
+    }
+
+    #[test]
+    fn get_without_body_has_no_content_length() {
+        let client = RequestHeader::build("GET", b"/v1/models", None).unwrap();
+        let req = build_request(&client, &upstream(), "/v1/models", 0).unwrap();
+        assert!(req.headers.get("content-length").is_none());
+    }
+}

@@ -1,0 +1,440 @@
+//! Requests reach the right upstream intact: routing, path and header rewriting, bodies of
+//! every allowed size, model rewrite, clear errors for bad input.
+
+use crate::support::{blake3_hex, client, provider_routes, Gateway, MockUpstream};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+fn chat(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_request_is_forwarded_with_prefix_stripped() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions?trace=1"))
+        .header("authorization", "Bearer sk-client")
+        .json(&chat("gpt-4o-mini", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from mock #1"
+    );
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/v1/chat/completions?trace=1");
+    assert_eq!(seen.header("host"), Some(mock.addr().to_string().as_str()));
+    // bring-your-own-key: the client's credential passes through untouched
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-client"));
+    assert_eq!(seen.header("accept-encoding"), Some("identity"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_wire_format_passes_through() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let c = client();
+    let cases = [
+        (
+            "/anthropic/v1/messages",
+            json!({"model": "claude-3-5-haiku-latest", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+            "/v1/messages",
+        ),
+        (
+            "/gemini/v1beta/models/gemini-2.0-flash:generateContent",
+            json!({"contents": [{"parts": [{"text": "hi"}]}]}),
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+        ),
+        (
+            "/ollama/api/chat",
+            json!({"model": "llama3.2", "stream": false, "messages": [{"role": "user", "content": "hi"}]}),
+            "/api/chat",
+        ),
+        (
+            "/openai/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "hi"}),
+            "/v1/embeddings",
+        ),
+    ];
+    for (path, body, upstream_path) in cases {
+        let resp = c.post(gw.url(path)).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            serde_json::from_str::<Value>(&text).is_ok(),
+            "{path}: {text}"
+        );
+        assert_eq!(mock.last_request().unwrap().path, upstream_path);
+    }
+    let models = c.get(gw.url("/openai/v1/models")).send().await.unwrap();
+    assert_eq!(models.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("GET", "/v1/models")
+    );
+    assert!(
+        seen.header("content-length").is_none(),
+        "a GET gains no body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mib_prompt_reaches_the_upstream_intact() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    // Far beyond Pingora's 64 KiB retry buffer, where the stock path would lose the body.
+    let prompt: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let body = serde_json::to_vec(&chat("gpt-4o", &prompt)).unwrap();
+    assert!(body.len() > 1 << 20);
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.body.len(), body.len());
+    assert_eq!(blake3_hex(&seen.body), blake3_hex(&body));
+    assert_eq!(
+        seen.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_of_several_mib_is_forwarded_with_a_length() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let payload: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        payload.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+    let resp = client()
+        .post(gw.url("/openai/echo"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["body_len"], payload.len());
+    assert_eq!(echo["body_blake3"], blake3_hex(&payload));
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.header("transfer-encoding"), None);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(payload.len().to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_headers_replace_the_clients_and_model_is_rewritten() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with_env(
+        &format!(
+            r#"
+upstreams:
+  mock:
+    url: "{}/base"
+    headers:
+      authorization: "Bearer ${{TEST_INJECTED_KEY}}"
+routes:
+  - name: cheap
+    match: {{ path_prefix: /openai, model: "gpt-4*" }}
+    strip_prefix: true
+    targets: [{{ upstream: mock, model: llama3.2 }}]
+  - name: passthrough
+    match: {{ path_prefix: /openai }}
+    strip_prefix: true
+    targets: [mock]
+"#,
+            mock.url()
+        ),
+        &[("TEST_INJECTED_KEY", "sk-injected-secret")],
+    );
+    let c = client();
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
+    let resp = c
+        .post(gw.url("/openai/chat"))
+        .header("authorization", "Bearer sk-client")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/base/chat");
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-injected-secret")
+    );
+    let forwarded: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(forwarded["model"], "llama3.2");
+    assert_eq!(forwarded["temperature"], 0);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+    // Field order is kept; only the model changed.
+    assert_eq!(
+        std::str::from_utf8(&seen.body).unwrap(),
+        body.replace("gpt-4o", "llama3.2")
+    );
+
+    // A model the first route does not match falls through to the second, untouched.
+    let other = r#"{"model":"claude-3","messages":[]}"#;
+    c.post(gw.url("/openai/chat"))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mock.last_request().unwrap().body, other.as_bytes());
+
+    // The injected key never shows up in the logs.
+    assert!(!gw.logs().contains("sk-injected-secret"), "{}", gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_path_gets_a_json_404() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let resp = client()
+        .post(gw.url("/openaix/v1/chat?key=secret-in-query"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "no_route");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("/openaix/v1/chat") && !msg.contains("secret-in-query"),
+        "{msg}"
+    );
+    assert_eq!(mock.hits(), 0);
+    assert!(!gw.logs().contains("secret-in-query"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_413_and_the_connection_survives() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        "limits: {{ max_body_bytes: 1000 }}\n{}",
+        provider_routes(&mock.url())
+    ));
+    let c = reqwest::Client::new(); // pooled: the second request reuses the connection
+    let resp = c
+        .post(gw.url("/openai/v1/chat/completions"))
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "request_too_large");
+    // Chunked, so the limit is found while reading rather than from Content-Length.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b'y'; 500])).collect();
+    let resp = c
+        .post(gw.url("/openai/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let ok = c
+        .post(gw.url("/openai/v1/chat/completions"))
+        .body(r#"{"model":"m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(mock.hits(), 1, "oversized bodies never reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_a_400_when_the_body_must_be_rewritten() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  mock: {{ url: "{}" }}
+routes:
+  - name: rewrite
+    targets: [{{ upstream: mock, model: llama3.2 }}]
+"#,
+        mock.url()
+    ));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_json");
+    assert_eq!(mock.hits(), 0);
+}
+
+/// Sends raw bytes and returns what came back until the server closed or `until` appeared.
+fn raw_exchange(addr: std::net::SocketAddr, steps: &[&[u8]], until: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut seen = Vec::new();
+    for step in steps {
+        s.write_all(step).unwrap();
+        // After the head, wait for the interim 100 before sending the body.
+        if step.ends_with(b"\r\n\r\n") && seen.is_empty() && steps.len() > 1 {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_and_hop_by_hop_headers() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let addr = gw.addr;
+    let body = br#"{"model":"gpt-4o","messages":[]}"#;
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: keep-alive, x-hop\r\nX-Hop: drop-me\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\r\n",
+        body.len()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        raw_exchange(addr, &[head.as_bytes(), body], "Hello from mock")
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 100 Continue\r\n"), "{out}");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.body, &body[..]);
+    for gone in ["expect", "x-hop", "keep-alive", "te", "connection"] {
+        assert!(
+            seen.header(gone).is_none(),
+            "{gone} forwarded: {:?}",
+            seen.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let c = client();
+    for _ in 0..5 {
+        let resp = c
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&chat("m", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(mock.hits(), 5);
+    assert_eq!(mock.connections(), 1, "keep-alive to the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = c
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&chat("m", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from mock #1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_host_names_resolve_asynchronously() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  local: {{ url: "http://localhost:{}" }}
+  nowhere: {{ url: "http://promptgate-test.invalid:80" }}
+routes:
+  - name: local
+    match: {{ path_prefix: /local }}
+    strip_prefix: true
+    targets: [local]
+  - name: nowhere
+    match: {{ path_prefix: /nowhere }}
+    targets: [nowhere]
+"#,
+        mock.addr().port()
+    ));
+    let c = client();
+    let ok = c
+        .post(gw.url("/local/v1/chat/completions"))
+        .json(&chat("m", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        mock.last_request().unwrap().header("host"),
+        Some(format!("localhost:{}", mock.addr().port()).as_str())
+    );
+    let bad = c
+        .post(gw.url("/nowhere"))
+        .json(&chat("m", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 502);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "upstream_unresolvable");
+    // the process is still serving
+    let again = c
+        .post(gw.url("/local/v1/chat/completions"))
+        .json(&chat("m", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real promptgate binary on loopback, in front of a mock upstream.
+//! One test binary, so Pingora links once.
+
+mod support;
+
+mod forwarding;
+mod lifecycle;
+mod streaming;
+mod upstream_faults;

@@ -1,0 +1,162 @@
+//! Runs the real `promptgate` binary on free loopback ports with a config written for the test,
+//! and stops it (SIGKILL) when dropped.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_promptgate")
+}
+
+/// The usual routes: one per provider wire format, all pointing at `upstream_url`.
+pub fn provider_routes(upstream_url: &str) -> String {
+    format!(
+        r#"
+upstreams:
+  mock:
+    url: "{upstream_url}"
+routes:
+  - name: openai
+    match: {{ path_prefix: /openai }}
+    strip_prefix: true
+    targets: [mock]
+  - name: anthropic
+    match: {{ path_prefix: /anthropic }}
+    strip_prefix: true
+    targets: [mock]
+  - name: gemini
+    match: {{ path_prefix: /gemini }}
+    strip_prefix: true
+    targets: [mock]
+  - name: ollama
+    match: {{ path_prefix: /ollama }}
+    strip_prefix: true
+    targets: [mock]
+"#
+    )
+}
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts promptgate with `body` (YAML without `listen`/`admin`, which are chosen here)
+    /// and waits until both listeners accept connections.
+    pub fn start(body: &str) -> Gateway {
+        Self::start_with_env(body, &[])
+    }
+
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "listen: \"{addr}\"\nadmin: \"{admin}\"\nthreads: 2\nshutdown_grace: 5s\n{body}"
+        );
+        std::fs::write(dir.path().join("promptgate.yaml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("promptgate.log")).unwrap();
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(dir.path().join("promptgate.yaml"))
+            .env("RUST_LOG", "info")
+            .env_remove("PROMPTGATE_CONFIG")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn promptgate");
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+        };
+        let up = wait_for_port(addr, Duration::from_secs(15))
+            && wait_for_port(admin, Duration::from_secs(5));
+        if !up {
+            let status = gw.child.try_wait().ok().flatten();
+            panic!(
+                "promptgate did not start (exit: {status:?}); log:\n{}",
+                gw.logs()
+            );
+        }
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        read_to_string(&self.dir.path().join("promptgate.log"))
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn read_to_string(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

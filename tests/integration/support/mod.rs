@@ -1,0 +1,20 @@
+//! Shared helpers for the integration tests: the mock upstream and the gateway process.
+
+pub mod gateway;
+pub mod mock_upstream;
+
+pub use gateway::{free_port, provider_routes, Gateway};
+pub use mock_upstream::MockUpstream;
+
+/// An HTTP client that does not pool, so each test sees its own connections.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
