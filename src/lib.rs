@@ -10,10 +10,12 @@
 //! - [`routing`] — the table and route matching.
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
+//! - [`cache`] — the response cache: keys, entries, stores.
 //! - [`admin`] — the admin listener.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod endpoint;

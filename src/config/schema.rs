@@ -100,6 +100,8 @@ pub struct RouteSpec {
     #[serde(default)]
     pub strip_prefix: bool,
     pub targets: Vec<TargetSpec>,
+    #[serde(default)]
+    pub cache: RouteCacheSpec,
 }
 
 /// `routes[N].match:` — every given criterion must hold; none given matches everything.
@@ -152,12 +154,25 @@ impl TargetSpec {
     }
 }
 
-/// `cache:` — the response cache.
+/// `cache:` — the response cache; `ttl`, `scope`, `ignore_fields` and `vary` are defaults
+/// that each route's `cache:` may override.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSpec {
     pub enabled: bool,
     pub backend: CacheBackend,
+    /// How long a stored response is served. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Responses larger than this are forwarded but not stored. Default 8 MiB.
+    pub max_entry_bytes: usize,
+    pub scope: CacheScope,
+    /// Top-level JSON body fields that do not change the answer, left out of the key.
+    pub ignore_fields: Vec<String>,
+    /// Request headers that change the answer, so they are part of the key.
+    pub vary: Vec<String>,
+    pub memory: MemorySpec,
+    pub redis: RedisSpec,
 }
 
 impl Default for CacheSpec {
@@ -165,6 +180,21 @@ impl Default for CacheSpec {
         CacheSpec {
             enabled: true,
             backend: CacheBackend::Memory,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            max_entry_bytes: 8 * 1024 * 1024,
+            scope: CacheScope::Credential,
+            ignore_fields: vec!["user".into(), "metadata".into()],
+            vary: [
+                "anthropic-version",
+                "anthropic-beta",
+                "openai-organization",
+                "openai-project",
+                "openai-beta",
+            ]
+            .map(String::from)
+            .to_vec(),
+            memory: MemorySpec::default(),
+            redis: RedisSpec::default(),
         }
     }
 }
@@ -174,4 +204,73 @@ impl Default for CacheSpec {
 pub enum CacheBackend {
     Memory,
     Redis,
+}
+
+/// Who may read an entry: only clients presenting the same credential, or everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    Credential,
+    Shared,
+}
+
+/// `cache.memory:` — the in-process store (the default backend, and Redis's L1).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySpec {
+    /// Upper bound on the bytes of stored responses. Default 256 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for MemorySpec {
+    fn default() -> Self {
+        MemorySpec {
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// `cache.redis:` — the shared store, used when `cache.backend: redis`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSpec {
+    /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS. A secret: it may hold a password.
+    pub url: Secret<String>,
+    /// Redis Cluster node URLs; when given, `url` is not used.
+    pub cluster: Vec<Secret<String>>,
+    /// Key prefix: keys are `{prefix}:{route}:{hex}`.
+    pub prefix: String,
+    /// Longest wait for a lookup before the request goes upstream. Default 50ms.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a Redis error, how long to stop asking Redis (circuit breaker). Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub breaker: Duration,
+    /// Keep an in-memory copy of entries (bounded by `cache.memory.max_bytes`) in front of Redis.
+    pub l1: bool,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        RedisSpec {
+            url: Secret::new("redis://127.0.0.1:6379".into()),
+            cluster: Vec::new(),
+            prefix: "promptgate:v1".into(),
+            timeout: Duration::from_millis(50),
+            breaker: Duration::from_secs(5),
+            l1: true,
+        }
+    }
+}
+
+/// `routes[N].cache:` — per-route overrides of the `cache:` defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSpec {
+    pub enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    pub scope: Option<CacheScope>,
+    pub ignore_fields: Option<Vec<String>>,
+    pub vary: Option<Vec<String>>,
 }

@@ -1,0 +1,206 @@
+//! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// First bytes of every encoded entry: format name and version.
+const MAGIC: &[u8; 4] = b"PGE1";
+
+/// Response headers that describe one particular exchange, not the answer: replaying them
+/// would lie (a stale date, someone else's request id or rate-limit budget, a cookie).
+const PER_EXCHANGE: &[&str] = &[
+    "date",
+    "set-cookie",
+    "age",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "x-request-id",
+    "request-id",
+    "req-id",
+    "cf-ray",
+    "cf-cache-status",
+    "openai-processing-ms",
+    "x-envoy-upstream-service-time",
+    "server-timing",
+    "alt-svc",
+    "retry-after",
+    "via",
+];
+const PER_EXCHANGE_PREFIXES: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-", "x-promptgate-"];
+
+/// True for headers that are stored and replayed with the body.
+pub fn is_replayable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !PER_EXCHANGE.contains(&n) && !PER_EXCHANGE_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// Seconds since the Unix epoch when the response was stored.
+    pub stored_at: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stored cache entry is unreadable: {0}")]
+pub struct DecodeError(&'static str);
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Entry {
+    /// Seconds since it was stored (the `Age` of a hit).
+    pub fn age(&self) -> u64 {
+        unix_now().saturating_sub(self.stored_at)
+    }
+
+    /// Time left to live, or `None` when expired.
+    pub fn remaining_ttl(&self) -> Option<Duration> {
+        self.ttl
+            .checked_sub(Duration::from_secs(self.age()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Bytes this entry holds, for size-bounded stores.
+    pub fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 16)
+                .sum::<usize>()
+            + 64
+    }
+
+    /// `PGE1 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)* | len u64, body`.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.weight());
+        out.put_slice(MAGIC);
+        out.put_u16(self.status);
+        out.put_u64(self.stored_at);
+        out.put_u64(self.ttl.as_secs());
+        out.put_u16(self.headers.len() as u16);
+        for (name, value) in &self.headers {
+            out.put_u16(name.as_str().len() as u16);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_u64(self.body.len() as u64);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes an encoded entry; the body is a slice of `data`, not a copy.
+    pub fn decode(data: Bytes) -> Result<Entry, DecodeError> {
+        let mut buf = data.clone();
+        let need = |buf: &Bytes, n: usize| {
+            if buf.remaining() < n {
+                Err(DecodeError("truncated"))
+            } else {
+                Ok(())
+            }
+        };
+        need(&buf, 4 + 2 + 8 + 8 + 2)?;
+        if &buf[..4] != MAGIC {
+            return Err(DecodeError("unknown format"));
+        }
+        buf.advance(4);
+        let status = buf.get_u16();
+        let stored_at = buf.get_u64();
+        let ttl = Duration::from_secs(buf.get_u64());
+        let count = buf.get_u16() as usize;
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            need(&buf, 2)?;
+            let n = buf.get_u16() as usize;
+            need(&buf, n + 4)?;
+            let name =
+                HeaderName::from_bytes(&buf[..n]).map_err(|_| DecodeError("bad header name"))?;
+            buf.advance(n);
+            let v = buf.get_u32() as usize;
+            need(&buf, v)?;
+            let value =
+                HeaderValue::from_bytes(&buf[..v]).map_err(|_| DecodeError("bad header value"))?;
+            buf.advance(v);
+            headers.push((name, value));
+        }
+        need(&buf, 8)?;
+        let len = buf.get_u64() as usize;
+        need(&buf, len)?;
+        let offset = data.len() - buf.remaining();
+        Ok(Entry {
+            status,
+            headers,
+            body: data.slice(offset..offset + len),
+            stored_at,
+            ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            status: 200,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body: Bytes::from_static(br#"{"ok":true}"#),
+            stored_at: 1_700_000_000,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = entry();
+        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        let enc = entry().encode();
+        assert!(Entry::decode(Bytes::from_static(b"nope")).is_err());
+        for cut in [3, 10, 25, enc.len() - 1] {
+            assert!(Entry::decode(enc.slice(..cut)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn per_exchange_headers_are_not_replayed() {
+        for h in [
+            "date",
+            "set-cookie",
+            "x-request-id",
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-tokens-limit",
+        ] {
+            assert!(!is_replayable(&HeaderName::from_static(h)), "{h}");
+        }
+        assert!(is_replayable(&http::header::CONTENT_TYPE));
+        assert!(is_replayable(&HeaderName::from_static("openai-model")));
+    }
+
+    #[test]
+    fn expiry() {
+        let mut e = entry();
+        e.stored_at = unix_now();
+        assert!(e.remaining_ttl().is_some());
+        e.stored_at = unix_now() - 3600;
+        assert!(e.remaining_ttl().is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! The response cache: keys ([`key`]), stored responses ([`entry`]) and the stores.
+
+pub mod entry;
+pub mod key;
