@@ -3,6 +3,7 @@
 //! A `Table` is swapped whole on reload; each request loads one snapshot at its start
 //! and keeps it to its end.
 
+use crate::cache::policy::CachePolicy;
 use crate::config::schema::CacheSpec;
 use crate::endpoint::Upstream;
 use http::{HeaderName, HeaderValue};
@@ -32,6 +33,7 @@ pub struct Route {
     /// The prefix to remove from the path before forwarding, when `strip_prefix` is set.
     pub strip: Option<String>,
     pub targets: Vec<Target>,
+    pub cache: CachePolicy,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +148,7 @@ mod tests {
             matcher: Matcher::default(),
             strip: strip.map(String::from),
             targets: vec![],
+            cache: CachePolicy::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! shutdown that drains in-flight requests instead of sleeping a fixed grace period.
 
 use crate::admin::Admin;
+use crate::cache::Cache;
 use crate::proxy::{Inflight, Proxy};
 use crate::routing::Table;
 use anyhow::{bail, Context};
@@ -53,7 +54,8 @@ pub fn run(table: Table) -> anyhow::Result<()> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let proxy = Proxy::new(Arc::new(ArcSwap::from_pointee(table)), connector);
+    let cache = Arc::new(Cache::new(&table.cache));
+    let proxy = Proxy::new(Arc::new(ArcSwap::from_pointee(table)), cache, connector);
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 

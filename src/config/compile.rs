@@ -3,6 +3,7 @@
 use super::schema::{self, CacheSpec, LimitsSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS};
 use super::secret::Secret;
 use super::Sections;
+use crate::cache::policy::CachePolicy;
 use crate::endpoint::Upstream;
 use crate::routing::{Matcher, Route, Table, Target};
 use http::{HeaderName, HeaderValue, Uri};
@@ -80,9 +81,17 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
     let cache = take("cache")
         .and_then(|v| s.typed::<CacheSpec>("cache", v))
         .unwrap_or_default();
+    if let Err(problems) = CachePolicy::resolve(&cache, &Default::default()) {
+        for (field, message) in problems {
+            s.problem(format!("cache.{field}"), message);
+        }
+    }
+    if cache.memory.max_bytes == 0 {
+        s.problem("cache.memory.max_bytes", "must be greater than 0");
+    }
 
     let (upstreams, broken) = upstreams(s, take("upstreams"));
-    let routes = routes(s, take("routes"), &upstreams, &broken);
+    let routes = routes(s, take("routes"), &upstreams, &broken, &cache);
 
     Some(Table {
         listen: listen?,
@@ -246,6 +255,7 @@ fn routes(
     value: Option<Value>,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     broken: &HashSet<String>,
+    cache: &CacheSpec,
 ) -> Vec<Route> {
     let items = match value {
         None | Some(Value::Null) => return Vec::new(),
@@ -270,7 +280,7 @@ fn routes(
                 format!("duplicate route name {:?}", spec.name),
             );
         }
-        if let Some(r) = route(s, &path, spec, upstreams, broken) {
+        if let Some(r) = route(s, &path, spec, upstreams, broken, cache) {
             routes.push(r);
         }
     }
@@ -283,6 +293,7 @@ fn route(
     spec: RouteSpec,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     broken: &HashSet<String>,
+    cache: &CacheSpec,
 ) -> Option<Route> {
     let before = s.problems.len();
     let m = &spec.matcher;
@@ -338,6 +349,13 @@ fn route(
             }
         }
     }
+    let policy = CachePolicy::resolve(cache, &spec.cache)
+        .map_err(|problems| {
+            for (field, message) in problems {
+                s.problem(format!("{path}.cache.{field}"), message);
+            }
+        })
+        .ok();
     if s.problems.len() > before {
         return None;
     }
@@ -351,6 +369,7 @@ fn route(
         },
         strip: spec.strip_prefix.then(|| m.path_prefix.clone()).flatten(),
         targets,
+        cache: policy?,
     })
 }
 

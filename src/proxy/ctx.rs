@@ -1,5 +1,6 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use crate::cache::CacheStatus;
 use crate::routing::Table;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Ctx {
     pub route: Option<String>,
     /// Set by `request_filter` when an upstream was chosen.
     pub upstream: Option<String>,
+    /// Set by `request_filter` on cacheable routes: where the answer came from.
+    pub cache: Option<CacheStatus>,
     /// Set by `request_filter` when the response head was written.
     pub status: u16,
     /// Set by `request_filter` on failure: the error label, for the access log.
@@ -55,6 +58,7 @@ impl Default for Ctx {
             table: None,
             route: None,
             upstream: None,
+            cache: None,
             status: 0,
             error: None,
             inflight: None,

@@ -13,6 +13,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    #[error("{0}")]
+    BadRequest(String),
     #[error("request body is not valid JSON ({0}); route {1} needs it to {2}")]
     MalformedJson(String, String, &'static str),
     #[error("cannot resolve upstream {upstream}: {detail}")]
@@ -33,7 +35,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => 404,
             ProxyError::BodyTooLarge { .. } => 413,
-            ProxyError::ClientBody(_) | ProxyError::MalformedJson(..) => 400,
+            ProxyError::ClientBody(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::MalformedJson(..) => 400,
             ProxyError::Timeout { .. } => 504,
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
@@ -46,7 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
-            ProxyError::ClientBody(_) => "bad_request",
+            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MalformedJson(..) => "invalid_json",
             ProxyError::Resolve { .. } => "upstream_unresolvable",
             ProxyError::Connect { .. } => "upstream_unreachable",

@@ -14,17 +14,21 @@
 mod ctx;
 mod errors;
 mod request_body;
+mod respond;
 mod upstream;
 
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
 
+use crate::cache::key::{self, CacheKey, KeyInput};
+use crate::cache::policy;
+use crate::cache::record::RecordPlan;
+use crate::cache::{Cache, CacheStatus};
 use crate::routing::{Route, Table, Target};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
@@ -32,9 +36,11 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// State shared by every request: the swappable routing table and the upstream connection pool.
+/// State shared by every request: the swappable routing table, the response cache and the
+/// upstream connection pool.
 pub struct Proxy {
     pub table: Arc<ArcSwap<Table>>,
+    pub cache: Arc<Cache>,
     pub connector: Connector,
     pub inflight: Arc<Inflight>,
     /// Set on SIGTERM: responses then close their connections so clients move on.
@@ -56,9 +62,10 @@ impl From<ProxyError> for Failure {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<Table>>, connector: Connector) -> Proxy {
+    pub fn new(table: Arc<ArcSwap<Table>>, cache: Arc<Cache>, connector: Connector) -> Proxy {
         Proxy {
             table,
+            cache,
             connector,
             inflight: Arc::default(),
             draining: Arc::default(),
@@ -87,6 +94,22 @@ impl Proxy {
         })?;
         ctx.route = Some(route.name.clone());
 
+        let cache = self.decide_cache(session, route, &path, &body)?;
+        if let Some(key) = cache.as_ref().and_then(|c| c.lookup) {
+            if let Some(entry) = self.cache.lookup(&key).await {
+                ctx.cache = Some(CacheStatus::Hit);
+                ctx.status = entry.status;
+                return respond::cached(session, &entry)
+                    .await
+                    .map_err(Failure::AfterResponse);
+            }
+        }
+        let (cache_status, record) = match cache {
+            Some(c) => (Some(c.status), c.record),
+            None => (None, None),
+        };
+        ctx.cache = cache_status;
+
         let target = &route.targets[0];
         ctx.upstream = Some(target.upstream.name.clone());
         let body = rewrite_model(route, target, body)?;
@@ -98,10 +121,84 @@ impl Proxy {
         let req = upstream::build_request(session.req_header(), upstream, &forward, body.len())?;
         let response = upstream::send(&self.connector, upstream, &req, &body).await?;
         ctx.status = response.header().status.as_u16();
-        upstream::relay(&self.connector, upstream, response, session)
-            .await
-            .map_err(Failure::AfterResponse)
+        upstream::relay(
+            &self.connector,
+            upstream,
+            response,
+            session,
+            cache_status,
+            record,
+        )
+        .await
+        .map_err(Failure::AfterResponse)
     }
+
+    /// The cache's part in this request, or `None` when the route or method is not cached.
+    fn decide_cache(
+        &self,
+        session: &Session,
+        route: &Route,
+        path: &str,
+        body: &Bytes,
+    ) -> Result<Option<CacheDecision>, ProxyError> {
+        let req = session.req_header();
+        if !route.cache.enabled || !policy::cacheable_method(&req.method) {
+            return Ok(None);
+        }
+        let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        if !controls.lookup && !controls.store {
+            return Ok(Some(CacheDecision {
+                status: CacheStatus::Bypass,
+                lookup: None,
+                record: None,
+            }));
+        }
+        let vary: Vec<(&str, &[u8])> = route
+            .cache
+            .vary
+            .iter()
+            .flat_map(|name| {
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |v| (name.as_str(), v.as_bytes()))
+            })
+            .collect();
+        let scope = policy::scope(req, route.cache.scope);
+        let (key, _) = key::derive(&KeyInput {
+            scope: &scope,
+            route: &route.name,
+            method: req.method.as_str(),
+            path,
+            query: req.uri.query(),
+            vary: &vary,
+            body,
+            ignore_fields: &route.cache.ignore_fields,
+        });
+        Ok(Some(CacheDecision {
+            status: if controls.lookup {
+                CacheStatus::Miss
+            } else {
+                CacheStatus::Bypass
+            },
+            lookup: controls.lookup.then_some(key),
+            record: controls.store.then(|| RecordPlan {
+                cache: self.cache.clone(),
+                key,
+                ttl: controls.ttl.unwrap_or(route.cache.ttl),
+                limit: route.cache.max_entry_bytes,
+            }),
+        }))
+    }
+}
+
+/// The cache's part in one request, decided before going upstream.
+struct CacheDecision {
+    /// `x-promptgate-cache` when the answer comes from upstream: MISS, or BYPASS when the
+    /// request skipped the lookup.
+    status: CacheStatus,
+    lookup: Option<CacheKey>,
+    record: Option<RecordPlan>,
 }
 
 /// The first candidate whose model criterion holds. The body is parsed only when some
@@ -149,16 +246,6 @@ fn rewrite_model(route: &Route, target: &Target, body: Bytes) -> Result<Bytes, P
     ))
 }
 
-/// Writes a JSON error response; the request's own failure is already fully described by `e`.
-async fn respond_error(session: &mut Session, e: &ProxyError) -> pingora::Result<()> {
-    let body = e.body();
-    let mut head = ResponseHeader::build(e.status(), Some(3))?;
-    head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -184,7 +271,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond_error(session, &e).await?;
+                respond::error(session, &e).await?;
                 Ok(true)
             }
             Err(Failure::AfterResponse(e)) => {
@@ -215,7 +302,7 @@ impl ProxyHttp for Proxy {
                 upstream: "-".into(),
                 detail: e.etype().as_str().to_string(),
             };
-            let _ = respond_error(session, &err).await;
+            let _ = respond::error(session, &err).await;
             502
         };
         FailToProxy {
@@ -229,12 +316,13 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         log::info!(
             target: "promptgate::access",
-            "{} {} status={} route={} upstream={} ms={:.2}{}",
+            "{} {} status={} route={} upstream={} cache={} ms={:.2}{}",
             req.method,
             req.uri.path(),
             ctx.status,
             ctx.route.as_deref().unwrap_or("-"),
             ctx.upstream.as_deref().unwrap_or("-"),
+            ctx.cache.map_or("-", CacheStatus::as_str),
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             match (ctx.error, e) {
                 (Some(label), _) => format!(" error={label}"),

@@ -2,6 +2,9 @@
 //! and relay the response to the client chunk by chunk as it arrives.
 
 use super::errors::ProxyError;
+use super::respond::CACHE_STATUS_HEADER;
+use crate::cache::record::{RecordPlan, Recorder};
+use crate::cache::CacheStatus;
 use crate::endpoint::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -192,19 +195,40 @@ pub fn client_header(
 }
 
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
+///
+/// With a `record` plan, a storable response is recorded on the way and stored as soon as the
+/// upstream has delivered its last byte — before that byte is passed on, so a client that
+/// repeats the request as soon as it has the answer finds it cached.
+///
 /// An error here happens after the head went out: the caller must cut the client connection
-/// so a truncated body can never look complete.
+/// so a truncated body can never look complete (and nothing is stored).
 pub async fn relay(
     connector: &Connector,
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
+    cache_status: Option<CacheStatus>,
+    record: Option<RecordPlan>,
 ) -> pingora::Result<()> {
-    let head = client_header(response.header(), session)?;
+    let mut head = client_header(response.header(), session)?;
+    if let Some(status) = cache_status {
+        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
+    }
+    let mut recorder = record
+        .filter(|_| session.req_header().method != http::Method::HEAD)
+        .and_then(|plan| Recorder::start(plan, &head));
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
+                if let Some(r) = recorder.as_mut() {
+                    r.push(&chunk);
+                }
+                if response.session.response_done() {
+                    if let Some(r) = recorder.take() {
+                        r.commit();
+                    }
+                }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left: the upstream connection is mid-response, so close it.
                     response.session.shutdown().await;
@@ -219,6 +243,9 @@ pub async fn relay(
                 );
             }
         }
+    }
+    if let Some(r) = recorder.take() {
+        r.commit();
     }
     session.write_response_body(None, true).await?;
     if response.session.response_done() {

@@ -352,10 +352,10 @@ async fn upstream_connections_are_pooled() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&provider_routes(&mock.url()));
     let c = client();
-    for _ in 0..5 {
+    for i in 0..5 {
         let resp = c
             .post(gw.url("/openai/v1/chat/completions"))
-            .json(&chat("m", "hi"))
+            .json(&chat("m", &format!("hi {i}")))
             .send()
             .await
             .unwrap();

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cache;
 mod forwarding;
 mod lifecycle;
 mod streaming;

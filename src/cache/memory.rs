@@ -1,0 +1,96 @@
+//! The in-memory store (moka): bounded by bytes, each entry expiring with its own TTL.
+//! It is the default backend, and the L1 in front of Redis.
+
+use super::entry::Entry;
+use super::key::CacheKey;
+use moka::sync::Cache;
+use moka::Expiry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct EntryTtl;
+
+impl Expiry<CacheKey, Arc<Entry>> for EntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
+        // Entries loaded from Redis may already be partly through their life.
+        Some(entry.remaining_ttl().unwrap_or(Duration::ZERO))
+    }
+}
+
+pub struct MemoryStore {
+    entries: Cache<CacheKey, Arc<Entry>>,
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> MemoryStore {
+        MemoryStore {
+            entries: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, e: &Arc<Entry>| u32::try_from(e.weight()).unwrap_or(u32::MAX))
+                .expire_after(EntryTtl)
+                .build(),
+        }
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.entries.get(key)
+    }
+
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        self.entries.insert(key, entry);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.entries.invalidate_all();
+    }
+
+    /// (entries, bytes) currently held; approximate until pending maintenance has run.
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::unix_now;
+    use bytes::Bytes;
+
+    fn entry(size: usize, ttl: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from(vec![b'x'; size]),
+            stored_at: unix_now(),
+            ttl: Duration::from_secs(ttl),
+        })
+    }
+
+    #[test]
+    fn stays_within_its_byte_bound() {
+        let store = MemoryStore::new(100_000);
+        for i in 0..100u8 {
+            store.insert(CacheKey([i; 32]), entry(10_000, 60));
+        }
+        let (count, bytes) = store.usage();
+        assert!(bytes <= 100_000, "{bytes} bytes");
+        assert!(count <= 10, "{count} entries");
+    }
+
+    #[test]
+    fn serves_until_the_ttl() {
+        let store = MemoryStore::new(1 << 20);
+        store.insert(CacheKey([1; 32]), entry(10, 60));
+        assert!(store.get(&CacheKey([1; 32])).is_some());
+        let mut expired = (*entry(10, 1)).clone();
+        expired.stored_at -= 5;
+        store.insert(CacheKey([2; 32]), Arc::new(expired));
+        assert!(store.get(&CacheKey([2; 32])).is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! What may be cached for a request: the route's cache policy, the request's own controls
+//! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
+
+use crate::config::schema::{CacheScope, CacheSpec, RouteCacheSpec};
+use http::HeaderName;
+use pingora::http::RequestHeader;
+use std::time::Duration;
+
+/// A route's effective cache settings (route overrides applied over the `cache:` defaults).
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub scope: CacheScope,
+    pub ignore_fields: Vec<String>,
+    pub vary: Vec<HeaderName>,
+    pub max_entry_bytes: usize,
+}
+
+impl CachePolicy {
+    /// The route's overrides applied over the `cache:` defaults; or each field that is wrong
+    /// (relative to `routes[N].cache`) with its problem.
+    pub fn resolve(
+        global: &CacheSpec,
+        route: &RouteCacheSpec,
+    ) -> Result<CachePolicy, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let ttl = route.ttl.unwrap_or(global.ttl);
+        if ttl.is_zero() {
+            problems.push((
+                "ttl".to_string(),
+                "must be greater than 0 (use enabled: false to turn caching off)".to_string(),
+            ));
+        }
+        let mut vary = Vec::new();
+        for (i, name) in route
+            .vary
+            .as_ref()
+            .unwrap_or(&global.vary)
+            .iter()
+            .enumerate()
+        {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => vary.push(h),
+                Err(_) => problems.push((
+                    format!("vary[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(CachePolicy {
+            enabled: global.enabled && route.enabled.unwrap_or(true),
+            ttl,
+            scope: route.scope.unwrap_or(global.scope),
+            ignore_fields: route
+                .ignore_fields
+                .clone()
+                .unwrap_or_else(|| global.ignore_fields.clone()),
+            vary,
+            max_entry_bytes: global.max_entry_bytes,
+        })
+    }
+}
+
+/// Headers (and the `key` query parameter) that carry a client credential.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+
+/// What the request itself allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestControls {
+    pub lookup: bool,
+    pub store: bool,
+    /// `x-promptgate-ttl`, overriding the route's TTL.
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("x-promptgate-ttl must be a whole number of seconds, got {0:?}")]
+pub struct BadTtl(pub String);
+
+/// Reads the request's cache controls.
+pub fn controls(req: &RequestHeader) -> Result<RequestControls, BadTtl> {
+    let mut c = RequestControls {
+        lookup: true,
+        store: true,
+        ttl: None,
+    };
+    for value in req.headers.get_all(http::header::CACHE_CONTROL) {
+        for directive in value.to_str().unwrap_or("").split(',') {
+            match directive.trim().to_ascii_lowercase().as_str() {
+                "no-store" => {
+                    c.lookup = false;
+                    c.store = false;
+                }
+                "no-cache" => c.lookup = false,
+                _ => {}
+            }
+        }
+    }
+    if let Some(v) = req.headers.get("x-promptgate-cache") {
+        if v.as_bytes().eq_ignore_ascii_case(b"bypass") {
+            c.lookup = false;
+            c.store = false;
+        }
+    }
+    if let Some(v) = req.headers.get("x-promptgate-ttl") {
+        let text = v.to_str().unwrap_or("").trim();
+        let secs: u64 = text.parse().map_err(|_| BadTtl(text.to_string()))?;
+        if secs == 0 {
+            c.store = false;
+        }
+        c.ttl = Some(Duration::from_secs(secs));
+    }
+    Ok(c)
+}
+
+/// The key scope: `"shared"`, or a hash of the client's credentials so one API key never reads
+/// another's entries. The credential itself never leaves this function.
+pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
+    if scope == CacheScope::Shared {
+        return "shared".to_string();
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"promptgate-scope-v1");
+    for name in CREDENTIAL_HEADERS {
+        for v in req.headers.get_all(*name) {
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(v.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    if let Some(q) = req.uri.query() {
+        for pair in q.split('&').filter(|p| p.starts_with("key=")) {
+            h.update(b"?");
+            h.update(pair.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).
+pub fn cacheable_method(method: &http::Method) -> bool {
+    method == http::Method::POST || method == http::Method::GET
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)], uri: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", uri.as_bytes(), None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn request_controls() {
+        let c = |h: &[(&str, &str)]| controls(&req(h, "/")).unwrap();
+        assert_eq!(
+            c(&[]),
+            RequestControls {
+                lookup: true,
+                store: true,
+                ttl: None
+            }
+        );
+        assert_eq!(
+            c(&[("cache-control", "no-cache")]),
+            RequestControls {
+                lookup: false,
+                store: true,
+                ttl: None
+            }
+        );
+        assert_eq!(
+            c(&[("cache-control", "max-age=0, No-Store")]),
+            RequestControls {
+                lookup: false,
+                store: false,
+                ttl: None
+            }
+        );
+        assert_eq!(
+            c(&[("x-promptgate-cache", "BYPASS")]),
+            RequestControls {
+                lookup: false,
+                store: false,
+                ttl: None
+            }
+        );
+        assert_eq!(
+            c(&[("x-promptgate-ttl", "60")]).ttl,
+            Some(Duration::from_secs(60))
+        );
+        assert!(!c(&[("x-promptgate-ttl", "0")]).store);
+        assert_eq!(
+            controls(&req(&[("x-promptgate-ttl", "1h")], "/")),
+            Err(BadTtl("1h".into()))
+        );
+    }
+
+    #[test]
+    fn scope_separates_credentials_and_hides_them() {
+        let a = scope(
+            &req(&[("authorization", "Bearer sk-a")], "/"),
+            CacheScope::Credential,
+        );
+        let b = scope(
+            &req(&[("authorization", "Bearer sk-b")], "/"),
+            CacheScope::Credential,
+        );
+        let x = scope(&req(&[("x-api-key", "sk-a")], "/"), CacheScope::Credential);
+        let q = scope(&req(&[], "/v1?key=sk-a"), CacheScope::Credential);
+        let none = scope(&req(&[], "/"), CacheScope::Credential);
+        let all = [&a, &b, &x, &q, &none];
+        for (i, s) in all.iter().enumerate() {
+            assert!(!s.contains("sk-"));
+            for t in &all[i + 1..] {
+                assert_ne!(s, t);
+            }
+        }
+        assert_eq!(
+            scope(
+                &req(&[("authorization", "Bearer sk-a")], "/"),
+                CacheScope::Shared
+            ),
+            "shared"
+        );
+    }
+}
