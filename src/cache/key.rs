@@ -29,7 +29,7 @@ impl fmt::Debug for CacheKey {
 }
 
 /// Everything that identifies a request's answer.
-pub struct KeyInput<'a> {
+pub struct KeyInput<'a, 'b> {
     /// `"shared"`, or the hex hash of the client's credential (never the credential itself).
     pub scope: &'a str,
     pub route: &'a str,
@@ -39,7 +39,7 @@ pub struct KeyInput<'a> {
     pub query: Option<&'a str>,
     /// `(lowercase name, value)` of each configured vary header present, in config order.
     pub vary: &'a [(&'a str, &'a [u8])],
-    pub body: &'a [u8],
+    pub body: &'b [u8],
     pub ignore_fields: &'a [String],
 }
 
@@ -77,7 +77,7 @@ pub fn canonical_query(query: Option<&str>) -> String {
 }
 
 /// Derives the key, returning the canonical body too (for `promptgate key`).
-pub fn derive<'a>(input: &KeyInput<'a>) -> (CacheKey, CanonicalBody<'a>) {
+pub fn derive<'b>(input: &KeyInput<'_, 'b>) -> (CacheKey, CanonicalBody<'b>) {
     let body = canonical_body(input.body, input.ignore_fields);
     let mut h = blake3::Hasher::new();
     part(&mut h, KEY_VERSION.as_bytes());

@@ -34,6 +34,11 @@ impl CacheStatus {
     }
 }
 
+/// The Redis key of an entry: `{prefix}:{route}:{hex}`.
+pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
+    format!("{prefix}:{route}:{}", key.hex())
+}
+
 /// The stores behind one cache, shared by every request and kept across config reloads.
 pub struct Cache {
     memory: MemoryStore,

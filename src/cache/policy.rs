@@ -1,6 +1,7 @@
 //! What may be cached for a request: the route's cache policy, the request's own controls
 //! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
 
+use super::key::{self, CacheKey, CanonicalBody, KeyInput};
 use crate::config::schema::{CacheScope, CacheSpec, RouteCacheSpec};
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -141,6 +142,37 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
         }
     }
     h.finalize().to_hex().to_string()
+}
+
+/// The cache key of a request on a route with `policy`, and the canonical body that was hashed.
+pub fn request_key<'a>(
+    req: &RequestHeader,
+    route: &str,
+    policy: &CachePolicy,
+    path: &str,
+    body: &'a [u8],
+) -> (CacheKey, CanonicalBody<'a>) {
+    let vary: Vec<(&str, &[u8])> = policy
+        .vary
+        .iter()
+        .flat_map(|name| {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(move |v| (name.as_str(), v.as_bytes()))
+        })
+        .collect();
+    let scope = scope(req, policy.scope);
+    key::derive(&KeyInput {
+        scope: &scope,
+        route,
+        method: req.method.as_str(),
+        path,
+        query: req.uri.query(),
+        vary: &vary,
+        body,
+        ignore_fields: &policy.ignore_fields,
+    })
 }
 
 /// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).

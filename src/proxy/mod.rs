@@ -20,7 +20,7 @@ mod upstream;
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
 
-use crate::cache::key::{self, CacheKey, KeyInput};
+use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus};
@@ -153,28 +153,7 @@ impl Proxy {
                 record: None,
             }));
         }
-        let vary: Vec<(&str, &[u8])> = route
-            .cache
-            .vary
-            .iter()
-            .flat_map(|name| {
-                req.headers
-                    .get_all(name)
-                    .iter()
-                    .map(move |v| (name.as_str(), v.as_bytes()))
-            })
-            .collect();
-        let scope = policy::scope(req, route.cache.scope);
-        let (key, _) = key::derive(&KeyInput {
-            scope: &scope,
-            route: &route.name,
-            method: req.method.as_str(),
-            path,
-            query: req.uri.query(),
-            vary: &vary,
-            body,
-            ignore_fields: &route.cache.ignore_fields,
-        });
+        let (key, _) = policy::request_key(req, &route.name, &route.cache, path, body);
         Ok(Some(CacheDecision {
             status: if controls.lookup {
                 CacheStatus::Miss
