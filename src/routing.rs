@@ -3,7 +3,7 @@
 //! A `Table` is swapped whole on reload; each request loads one snapshot at its start
 //! and keeps it to its end.
 
-use crate::config::schema::CacheSpec;
+use crate::config::schema::{CacheSpec, ReloadSpec};
 use crate::endpoint::Upstream;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -23,6 +23,7 @@ pub struct Table {
     pub max_body_bytes: usize,
     pub routes: Vec<Route>,
     pub cache: CacheSpec,
+    pub reload: ReloadSpec,
 }
 
 #[derive(Debug)]

@@ -1,6 +1,8 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
-use super::schema::{self, CacheSpec, LimitsSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS};
+use super::schema::{
+    self, CacheSpec, LimitsSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+};
 use super::secret::Secret;
 use super::Sections;
 use crate::endpoint::Upstream;
@@ -80,6 +82,9 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
     let cache = take("cache")
         .and_then(|v| s.typed::<CacheSpec>("cache", v))
         .unwrap_or_default();
+    let reload = take("reload")
+        .and_then(|v| s.typed::<ReloadSpec>("reload", v))
+        .unwrap_or_default();
 
     let (upstreams, broken) = upstreams(s, take("upstreams"));
     let routes = routes(s, take("routes"), &upstreams, &broken);
@@ -96,6 +101,7 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         max_body_bytes: limits.max_body_bytes,
         routes,
         cache,
+        reload,
     })
 }
 
@@ -421,6 +427,19 @@ cache:
         assert_eq!(t.shutdown_grace.as_secs(), 10);
         assert!(t.threads >= 1);
         assert!(t.routes.is_empty());
+        assert!(t.reload.watch, "the file is watched by default");
+    }
+
+    #[test]
+    fn reload_watch_can_be_turned_off_and_is_checked() {
+        assert!(!ok("reload:\n  watch: false\n").reload.watch);
+        let p = problems("reload:\n  watch: sometimes\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].path.starts_with("reload"), "{p:?}");
+        assert!(p[0].message.contains("boolean"), "{p:?}");
+        assert!(p[0].line.is_some(), "{p:?}");
+        let p = problems("reload:\n  every: 5s\n");
+        assert!(p[0].message.contains("unknown field `every`"), "{p:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "cache",
+    "reload",
 ];
 
 pub fn default_listen() -> String {
@@ -174,4 +175,19 @@ impl Default for CacheSpec {
 pub enum CacheBackend {
     Memory,
     Redis,
+}
+
+/// `reload:` — how a changed config file is picked up while running.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSpec {
+    /// Watch the config file and reload when it changes. Default true. SIGHUP and
+    /// `POST /reload` work either way.
+    pub watch: bool,
+}
+
+impl Default for ReloadSpec {
+    fn default() -> Self {
+        ReloadSpec { watch: true }
+    }
 }
