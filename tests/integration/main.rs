@@ -5,5 +5,6 @@ mod support;
 
 mod forwarding;
 mod lifecycle;
+mod reload;
 mod streaming;
 mod upstream_faults;
