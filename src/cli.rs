@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy until SIGTERM (graceful) or SIGINT.
+    /// Run the proxy until SIGTERM (graceful) or SIGINT; SIGHUP reloads the config file.
     Run(ConfigArg),
     /// Validate the config file: exit 0 when valid, else list every problem and exit 1.
     Check(ConfigArg),
@@ -55,7 +55,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 path.display(),
                 table.routes.len()
             );
-            crate::server::run(table).context("promptgate stopped with an error")
+            crate::server::run(table, path).context("promptgate stopped with an error")
         }
         Command::Check(arg) => {
             let (path, table) = arg.load()?;

@@ -11,7 +11,9 @@
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
 //! - [`cache`] — the response cache: keys, entries, stores.
-//! - [`admin`] — the admin listener.
+//! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
+//! - [`metrics`] — every Prometheus metric, in one registry.
+//! - [`admin`] — the admin listener: health, metrics, reload.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 
 pub mod admin;
@@ -19,6 +21,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;

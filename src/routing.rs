@@ -4,7 +4,7 @@
 //! and keeps it to its end.
 
 use crate::cache::policy::CachePolicy;
-use crate::config::schema::CacheSpec;
+use crate::config::schema::{CacheSpec, ReloadSpec};
 use crate::endpoint::Upstream;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -24,6 +24,7 @@ pub struct Table {
     pub max_body_bytes: usize,
     pub routes: Vec<Route>,
     pub cache: CacheSpec,
+    pub reload: ReloadSpec,
 }
 
 #[derive(Debug)]
@@ -34,6 +35,9 @@ pub struct Route {
     pub strip: Option<String>,
     pub targets: Vec<Target>,
     pub cache: CachePolicy,
+    /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
+    /// route re-targeted to another model never serves the old model's answers.
+    pub key_name: String,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +153,7 @@ mod tests {
             strip: strip.map(String::from),
             targets: vec![],
             cache: CachePolicy::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
+            key_name: "r".into(),
         }
     }
 

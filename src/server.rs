@@ -1,9 +1,11 @@
-//! Assembles and runs the Pingora server: the proxy listener, the admin listener, and a
-//! shutdown that drains in-flight requests instead of sleeping a fixed grace period.
+//! Assembles and runs the Pingora server: the proxy listener, the admin listener, the reload
+//! service, and a shutdown that drains in-flight requests instead of sleeping a fixed grace period.
 
 use crate::admin::Admin;
 use crate::cache::Cache;
+use crate::metrics::Metrics;
 use crate::proxy::{Inflight, Proxy};
+use crate::reload::{ReloadService, Reloader};
 use crate::routing::Table;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -15,8 +17,10 @@ use pingora::connectors::ConnectorOptions;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,13 +37,13 @@ fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Runs promptgate with `table` until SIGTERM/SIGINT. Returns once every listener is closed.
-pub fn run(table: Table) -> anyhow::Result<()> {
+/// Runs promptgate with `table`, loaded from `config_path`, until SIGTERM/SIGINT. The file is
+/// reloaded on change, SIGHUP and `POST /reload`. Returns once every listener is closed.
+pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
     ensure_bindable(table.listen, "listen")?;
     ensure_bindable(table.admin, "admin")?;
     let listen = table.listen;
     let admin = table.admin;
-    let grace = table.shutdown_grace;
 
     let conf = ServerConf {
         threads: table.threads,
@@ -54,8 +58,19 @@ pub fn run(table: Table) -> anyhow::Result<()> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let cache = Arc::new(Cache::new(&table.cache));
-    let proxy = Proxy::new(Arc::new(ArcSwap::from_pointee(table)), cache, connector);
+    let metrics = Arc::new(Metrics::new());
+    metrics.config_loaded();
+    let table = Arc::new(ArcSwap::from_pointee(table));
+    let reloader = Arc::new(Reloader::new(config_path, table.clone(), metrics.clone()));
+    // The listeners wait for this service to be ready: by then SIGHUP has a handler, so a
+    // SIGHUP sent to a process that accepts connections reloads rather than kills it.
+    let reload = server.add_service(background_service(
+        "promptgate reload",
+        ReloadService::new(reloader.clone()),
+    ));
+
+    let cache = Arc::new(Cache::new(&table.load().cache));
+    let proxy = Proxy::new(table.clone(), cache, connector);
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
@@ -66,13 +81,15 @@ pub fn run(table: Table) -> anyhow::Result<()> {
         .server_options(server_options)
         .build();
     service.add_tcp(&listen.to_string());
-    server.add_service(service);
+    server.add_service(service).add_dependency(&reload);
 
-    let mut admin_service =
-        Service::new("promptgate admin".to_string(), HttpServer::new_app(Admin));
+    let mut admin_service = Service::new(
+        "promptgate admin".to_string(),
+        HttpServer::new_app(Admin { reloader, metrics }),
+    );
     admin_service.add_tcp(&admin.to_string());
     admin_service.threads = Some(1);
-    server.add_service(admin_service);
+    server.add_service(admin_service).add_dependency(&reload);
 
     log::info!(
         "promptgate {} listening on {listen} (admin {admin})",
@@ -82,7 +99,7 @@ pub fn run(table: Table) -> anyhow::Result<()> {
         shutdown_signal: Box::new(DrainingShutdown {
             inflight,
             draining,
-            grace,
+            table,
         }),
     });
     Ok(())
@@ -94,7 +111,8 @@ pub fn run(table: Table) -> anyhow::Result<()> {
 struct DrainingShutdown {
     inflight: Arc<Inflight>,
     draining: Arc<AtomicBool>,
-    grace: Duration,
+    /// Read at SIGTERM, so a reloaded `shutdown_grace` applies.
+    table: Arc<ArcSwap<Table>>,
 }
 
 #[async_trait]
@@ -113,8 +131,9 @@ impl ShutdownSignalWatch for DrainingShutdown {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => {
                 self.draining.store(true, Ordering::Relaxed);
-                let deadline = Instant::now() + self.grace;
-                log::info!("SIGTERM: draining {} in-flight request(s), at most {:?}", self.inflight.count(), self.grace);
+                let grace = self.table.load().shutdown_grace;
+                let deadline = Instant::now() + grace;
+                log::info!("SIGTERM: draining {} in-flight request(s), at most {grace:?}", self.inflight.count());
                 while self.inflight.count() > 0 && Instant::now() < deadline {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}

@@ -1,6 +1,8 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
-use super::schema::{self, CacheSpec, LimitsSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS};
+use super::schema::{
+    self, CacheSpec, LimitsSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+};
 use super::secret::Secret;
 use super::Sections;
 use crate::cache::policy::CachePolicy;
@@ -89,6 +91,9 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
     if cache.memory.max_bytes == 0 {
         s.problem("cache.memory.max_bytes", "must be greater than 0");
     }
+    let reload = take("reload")
+        .and_then(|v| s.typed::<ReloadSpec>("reload", v))
+        .unwrap_or_default();
 
     let (upstreams, broken) = upstreams(s, take("upstreams"));
     let routes = routes(s, take("routes"), &upstreams, &broken, &cache);
@@ -105,6 +110,7 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         max_body_bytes: limits.max_body_bytes,
         routes,
         cache,
+        reload,
     })
 }
 
@@ -359,7 +365,14 @@ fn route(
     if s.problems.len() > before {
         return None;
     }
+    let rewrites: Vec<&str> = targets.iter().filter_map(|t| t.model.as_deref()).collect();
+    let key_name = if rewrites.is_empty() {
+        spec.name.clone()
+    } else {
+        format!("{}\0{}", spec.name, rewrites.join("\0"))
+    };
     Some(Route {
+        key_name,
         name: spec.name,
         matcher: Matcher {
             path_prefix: m.path_prefix.clone(),
@@ -440,6 +453,19 @@ cache:
         assert_eq!(t.shutdown_grace.as_secs(), 10);
         assert!(t.threads >= 1);
         assert!(t.routes.is_empty());
+        assert!(t.reload.watch, "the file is watched by default");
+    }
+
+    #[test]
+    fn reload_watch_can_be_turned_off_and_is_checked() {
+        assert!(!ok("reload:\n  watch: false\n").reload.watch);
+        let p = problems("reload:\n  watch: sometimes\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].path.starts_with("reload"), "{p:?}");
+        assert!(p[0].message.contains("boolean"), "{p:?}");
+        assert!(p[0].line.is_some(), "{p:?}");
+        let p = problems("reload:\n  every: 5s\n");
+        assert!(p[0].message.contains("unknown field `every`"), "{p:?}");
     }
 
     #[test]

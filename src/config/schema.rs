@@ -16,6 +16,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "cache",
+    "reload",
 ];
 
 pub fn default_listen() -> String {
@@ -273,4 +274,18 @@ pub struct RouteCacheSpec {
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
     pub vary: Option<Vec<String>>,
+}
+/// `reload:` — how a changed config file is picked up while running.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSpec {
+    /// Watch the config file and reload when it changes. Default true. SIGHUP and
+    /// `POST /reload` work either way.
+    pub watch: bool,
+}
+
+impl Default for ReloadSpec {
+    fn default() -> Self {
+        ReloadSpec { watch: true }
+    }
 }

@@ -153,7 +153,7 @@ impl Proxy {
                 record: None,
             }));
         }
-        let (key, _) = policy::request_key(req, &route.name, &route.cache, path, body);
+        let (key, _) = policy::request_key(req, &route.key_name, &route.cache, path, body);
         Ok(Some(CacheDecision {
             status: if controls.lookup {
                 CacheStatus::Miss

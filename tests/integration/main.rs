@@ -6,5 +6,6 @@ mod support;
 mod cache;
 mod forwarding;
 mod lifecycle;
+mod reload;
 mod streaming;
 mod upstream_faults;

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
+    /// The `listen`/`admin`/`threads`/`shutdown_grace` lines every config body is written under.
+    header: String,
 }
 
 impl Gateway {
@@ -77,10 +79,13 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
-            "listen: \"{addr}\"\nadmin: \"{admin}\"\nthreads: 2\nshutdown_grace: 5s\n{body}"
-        );
-        std::fs::write(dir.path().join("promptgate.yaml"), config).unwrap();
+        let header =
+            format!("listen: \"{addr}\"\nadmin: \"{admin}\"\nthreads: 2\nshutdown_grace: 5s\n");
+        std::fs::write(
+            dir.path().join("promptgate.yaml"),
+            format!("{header}{body}"),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.path().join("promptgate.log")).unwrap();
         let child = Command::new(binary())
             .args(["run", "--config"])
@@ -97,6 +102,7 @@ impl Gateway {
             addr,
             admin,
             dir,
+            header,
         };
         let up = wait_for_port(addr, Duration::from_secs(15))
             && wait_for_port(admin, Duration::from_secs(5));
@@ -116,6 +122,30 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// The config file the process was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("promptgate.yaml")
+    }
+
+    /// The full config text for `body`, under the running `listen`/`admin` header.
+    pub fn config_text(&self, body: &str) -> String {
+        format!("{}{body}", self.header)
+    }
+
+    /// Replaces the config with `body` (keeping `listen`/`admin`) the way editors and config
+    /// managers do: write a temp file beside it, then rename it over the config, so a reader
+    /// never sees a half-written file.
+    pub fn rewrite_config(&self, body: &str) {
+        let tmp = self.dir.path().join(".promptgate.yaml.tmp");
+        std::fs::write(&tmp, self.config_text(body)).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// Everything the process logged so far.
