@@ -5,5 +5,6 @@ mod support;
 
 mod forwarding;
 mod lifecycle;
+mod redis_store;
 mod streaming;
 mod upstream_faults;
