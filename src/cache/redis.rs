@@ -6,12 +6,16 @@
 //! is let through as a probe (half-open); its success closes the circuit, its failure re-opens it.
 //!
 //! Connections are made lazily, on first use, so that a Redis that is down at start-up does not
-//! stop promptgate from starting; the connect itself is inside the operation's timeout.
+//! stop promptgate from starting; the connect itself is inside the operation's timeout. A timeout
+//! drops the connection, so the next probe connects afresh. After a dead Redis comes back,
+//! recovery can take two breaker periods: the first probe may still meet the client's last failed
+//! reconnect, which it then retries.
 //!
 //! The URLs may hold a password: they never appear in logs, `Debug` output or errors except
 //! in redacted form ([`redact_url`]).
 
 use crate::config::schema::RedisSpec;
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -23,7 +27,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// Background writes allowed in flight at once. Past this, Redis is not keeping up and queueing
 /// more would only grow memory: the write is dropped (and counted) instead.
@@ -186,18 +189,69 @@ impl Breaker {
     }
 }
 
-/// How to reach Redis, and the connection once made. `OnceCell` keeps the connect lazy: a failed
-/// or cancelled (timed-out) connect leaves it empty, so the next operation tries again.
+/// A connection made on first use and dropped after a timeout. A failed or cancelled (timed-out)
+/// connect leaves it empty, so a later operation tries again.
+struct LazyConn<T> {
+    current: ArcSwapOption<T>,
+    /// Serialises connects so that concurrent first users wait for one. Held across the connect's
+    /// await on purpose: only connecting callers take it, each bounded by its own timeout.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl<T: Clone> LazyConn<T> {
+    fn new() -> Self {
+        LazyConn {
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn get_or_connect<F, Fut>(&self, connect: F) -> redis::RedisResult<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if let Some(conn) = self.current.load_full() {
+            return Ok(T::clone(&conn));
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.current.load_full() {
+            return Ok(T::clone(&conn));
+        }
+        let conn = connect().await?;
+        self.current.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// Forgets the connection; users holding clones finish with it.
+    fn reset(&self) {
+        self.current.store(None);
+    }
+}
+
+/// How to reach Redis, and the connection once made.
 enum Backend {
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
-        conn: OnceCell<ConnectionManager>,
+        conn: LazyConn<ConnectionManager>,
     },
     Cluster {
         client: ClusterClient,
-        conn: OnceCell<ClusterConnection>,
+        conn: LazyConn<ClusterConnection>,
     },
+}
+
+impl Backend {
+    /// After a timeout the connection may be dead without the client knowing (a peer that
+    /// vanished without a FIN or RST: the client reconnects only on I/O errors, and these would
+    /// take the kernel many minutes to report), so the next probe starts afresh.
+    fn reset(&self) {
+        match self {
+            Backend::Single { conn, .. } => conn.reset(),
+            Backend::Cluster { conn, .. } => conn.reset(),
+        }
+    }
 }
 
 /// A connection handle; both kinds are cheap clones sharing one multiplexed connection (pool).
@@ -295,7 +349,7 @@ impl RedisStore {
             Backend::Single {
                 client,
                 config,
-                conn: OnceCell::new(),
+                conn: LazyConn::new(),
             }
         } else {
             // A couple of retries let MOVED/ASK redirections during resharding succeed; the
@@ -308,7 +362,7 @@ impl RedisStore {
                 .map_err(invalid)?;
             Backend::Cluster {
                 client,
-                conn: OnceCell::new(),
+                conn: LazyConn::new(),
             }
         };
         Ok(RedisStore {
@@ -446,6 +500,9 @@ impl RedisStore {
 
     fn record_failure(&self, error: &RedisError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, RedisError::Timeout) {
+            self.backend.reset();
+        }
         if self.breaker.failed(self.now_ms()) == Transition::Opened {
             log::warn!(
                 "Redis {} failed ({error}); circuit open, not asking it for {:?} at a time",
@@ -460,7 +517,7 @@ impl RedisStore {
         log::debug!("{}", RedisError::WriteDropped(why));
     }
 
-    /// The shared connection, made on first use. Concurrent first users wait for one connect.
+    /// The shared connection, made on first use (or after a timeout dropped it).
     async fn connection(&self) -> Result<Conn, RedisError> {
         match &self.backend {
             Backend::Single {
@@ -468,14 +525,14 @@ impl RedisStore {
                 config,
                 conn,
             } => conn
-                .get_or_try_init(|| {
+                .get_or_connect(|| {
                     ConnectionManager::new_with_config(client.clone(), config.clone())
                 })
                 .await
                 .map(|c| Conn::Single(c.clone()))
                 .map_err(|e| self.client_error(&e)),
             Backend::Cluster { client, conn } => conn
-                .get_or_try_init(|| client.get_async_connection())
+                .get_or_connect(|| client.get_async_connection())
                 .await
                 .map(|c| Conn::Cluster(c.clone()))
                 .map_err(|e| self.client_error(&e)),
