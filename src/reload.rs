@@ -15,6 +15,7 @@
 //! keyed by peer (address, scheme, SNI, TLS options), not by table, so an upstream whose
 //! address is unchanged keeps its pooled connections.
 
+use crate::cache::Cache;
 use crate::config::{self, ConfigError};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::routing::Table;
@@ -35,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Config fields that are bound when the process starts (sockets, runtimes).
-pub const RESTART_FIELDS: &[&str] = &["listen", "admin", "threads"];
+pub const RESTART_FIELDS: &[&str] = &["listen", "admin", "threads", "cache.memory.max_bytes"];
 
 /// Quiet time after the last file event before reloading: editors and `kubectl` touch the file
 /// (or its directory) several times per save, and we want to read the finished result once.
@@ -83,6 +84,7 @@ pub struct Reloaded {
 pub struct Reloader {
     path: PathBuf,
     table: Arc<ArcSwap<Table>>,
+    cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     /// Serializes reloads so that two racing triggers cannot store an older read over a newer
     /// one. Only held in synchronous code.
@@ -90,10 +92,16 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, table: Arc<ArcSwap<Table>>, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        table: Arc<ArcSwap<Table>>,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
         Reloader {
             path,
             table,
+            cache,
             metrics,
             serial: Mutex::new(()),
         }
@@ -140,6 +148,10 @@ impl Reloader {
             );
         }
         let routes = next.routes.len();
+        if let Err(e) = self.cache.apply(&next.cache) {
+            // Validation already built this store once, so this is not expected; keep serving.
+            log::error!("config reload ({trigger}): cache backend unchanged: {e}");
+        }
         self.table.store(Arc::new(next));
         self.metrics.config_reloaded(ReloadResult::Success);
         log::info!(
@@ -176,6 +188,12 @@ fn keep_startup_fields(running: &Table, next: &mut Table) -> Vec<NeedsRestart> {
         running.threads.to_string(),
         next.threads.to_string(),
     );
+    keep(
+        "cache.memory.max_bytes",
+        running.cache.memory.max_bytes.to_string(),
+        next.cache.memory.max_bytes.to_string(),
+    );
+    next.cache.memory.max_bytes = running.cache.memory.max_bytes;
     next.listen = running.listen;
     next.admin = running.admin;
     next.threads = running.threads;
@@ -443,7 +461,8 @@ mod tests {
         std::fs::write(&path, "routes: []\n").unwrap();
         let live = Arc::new(ArcSwap::from_pointee(config::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
-        let r = Reloader::new(path.clone(), live.clone(), metrics.clone());
+        let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
+        let r = Reloader::new(path.clone(), live.clone(), cache, metrics.clone());
         let before = live.load_full();
 
         std::fs::write(&path, "routes: [unclosed\n").unwrap();

@@ -60,8 +60,14 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
     )));
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded();
+    let cache = Arc::new(Cache::new(&table.cache).context("cannot set up the cache")?);
     let table = Arc::new(ArcSwap::from_pointee(table));
-    let reloader = Arc::new(Reloader::new(config_path, table.clone(), metrics.clone()));
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        table.clone(),
+        cache.clone(),
+        metrics.clone(),
+    ));
     // The listeners wait for this service to be ready: by then SIGHUP has a handler, so a
     // SIGHUP sent to a process that accepts connections reloads rather than kills it.
     let reload = server.add_service(background_service(
@@ -69,7 +75,6 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
         ReloadService::new(reloader.clone()),
     ));
 
-    let cache = Arc::new(Cache::new(&table.load().cache));
     let proxy = Proxy::new(table.clone(), cache, connector);
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();

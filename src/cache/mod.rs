@@ -1,6 +1,6 @@
 //! The response cache: keys ([`key`]), what a request allows ([`policy`]), stored responses
 //! ([`entry`]), recording a response on its way to the client ([`record`]), and the stores
-//! ([`memory`]).
+//! ([`memory`], [`redis`]).
 //!
 //! Lookups never fail a request: a store that errs is a miss.
 
@@ -9,12 +9,16 @@ pub mod key;
 pub mod memory;
 pub mod policy;
 pub mod record;
+pub mod redis;
 
-use crate::config::schema::CacheSpec;
+use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
+use arc_swap::ArcSwap;
 use entry::Entry;
 use key::CacheKey;
 use memory::MemoryStore;
+use redis::{RedisError, RedisStore};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The value of the `x-promptgate-cache` response header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,30 +43,139 @@ pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
     format!("{prefix}:{route}:{}", key.hex())
 }
 
+/// How long the in-memory copy of an entry stored in Redis without L1 is kept: long enough
+/// for the background Redis write to land, so a client repeating its request at once still
+/// hits (read-your-writes).
+const WRITE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The configured shared store, swapped whole when a reload changes `cache.redis`.
+struct Backend {
+    spec: Option<RedisSpec>,
+    redis: Option<Arc<RedisStore>>,
+}
+
 /// The stores behind one cache, shared by every request and kept across config reloads.
 pub struct Cache {
     memory: MemoryStore,
+    backend: ArcSwap<Backend>,
 }
 
 impl Cache {
-    pub fn new(spec: &CacheSpec) -> Cache {
-        Cache {
+    /// Builds the stores for `spec`. Redis URLs were validated with the config, and connecting
+    /// happens on first use.
+    pub fn new(spec: &CacheSpec) -> Result<Cache, RedisError> {
+        Ok(Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
-        }
+            backend: ArcSwap::from_pointee(Backend::new(spec)?),
+        })
     }
 
-    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.memory.get(key)
+    /// Applies a reloaded `cache:` section: a changed Redis setting connects anew; memory
+    /// contents stay.
+    pub fn apply(&self, spec: &CacheSpec) -> Result<(), RedisError> {
+        let wanted = (spec.backend == CacheBackend::Redis).then_some(&spec.redis);
+        if !same_redis(self.backend.load().spec.as_ref(), wanted) {
+            self.backend.store(Arc::new(Backend::new(spec)?));
+            log::info!("cache backend is now {:?}", spec.backend);
+        }
+        Ok(())
+    }
+
+    /// The stored response for `key`, from memory, else from Redis (bounded by its timeout).
+    /// Any Redis trouble is a miss: the request goes upstream.
+    pub async fn lookup(&self, route: &str, key: &CacheKey) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.memory.get(key) {
+            return Some(entry);
+        }
+        let backend = self.backend.load_full();
+        let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
+            return None;
+        };
+        let bytes = redis
+            .get(&redis_key(&spec.prefix, route, key))
+            .await
+            .ok()??;
+        let entry = match Entry::decode(bytes) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                log::warn!("ignoring cache entry for route {route}: {e}");
+                return None;
+            }
+        };
+        entry.remaining_ttl()?;
+        if spec.l1 {
+            self.memory.insert(*key, entry.clone());
+        }
+        Some(entry)
     }
 
     /// Stores `entry`. The in-memory copy is in place when this returns, so a client that
-    /// repeats its request right after receiving the response gets a hit (read-your-writes).
-    pub fn store(&self, key: CacheKey, entry: Entry) {
-        self.memory.insert(key, Arc::new(entry));
+    /// repeats its request right after receiving the response gets a hit (read-your-writes);
+    /// the Redis write happens in the background.
+    pub fn store(&self, route: &str, key: CacheKey, entry: Entry) {
+        let backend = self.backend.load();
+        let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
+            self.memory.insert(key, Arc::new(entry));
+            return;
+        };
+        redis.set_in_background(
+            redis_key(&spec.prefix, route, &key),
+            entry.encode(),
+            entry.ttl,
+        );
+        let local = if spec.l1 {
+            entry
+        } else {
+            Entry {
+                ttl: entry.ttl.min(WRITE_WINDOW),
+                ..entry
+            }
+        };
+        self.memory.insert(key, Arc::new(local));
     }
 
     /// (entries, bytes) in the memory store.
     pub fn memory_usage(&self) -> (u64, u64) {
         self.memory.usage()
+    }
+
+    /// The Redis store, when the backend is Redis.
+    pub fn redis(&self) -> Option<Arc<RedisStore>> {
+        self.backend.load().redis.clone()
+    }
+}
+
+impl Backend {
+    fn new(spec: &CacheSpec) -> Result<Backend, RedisError> {
+        if spec.backend != CacheBackend::Redis {
+            return Ok(Backend {
+                spec: None,
+                redis: None,
+            });
+        }
+        Ok(Backend {
+            spec: Some(spec.redis.clone()),
+            redis: Some(Arc::new(RedisStore::new(&spec.redis)?)),
+        })
+    }
+}
+
+/// True when two Redis settings would talk to the same store the same way (compared on the
+/// real values: a `Secret`'s printed form hides them).
+fn same_redis(a: Option<&RedisSpec>, b: Option<&RedisSpec>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.url.expose() == b.url.expose()
+                && a.cluster
+                    .iter()
+                    .map(|u| u.expose())
+                    .eq(b.cluster.iter().map(|u| u.expose()))
+                && a.prefix == b.prefix
+                && a.timeout == b.timeout
+                && a.breaker == b.breaker
+                && a.l1 == b.l1
+        }
+        _ => false,
     }
 }

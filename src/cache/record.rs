@@ -15,6 +15,8 @@ const STREAMING_TYPES: &[&str] = &["text/event-stream", "application/x-ndjson"];
 /// Where and how a response would be stored, decided before the upstream answers.
 pub struct RecordPlan {
     pub cache: Arc<Cache>,
+    /// The route's name (part of the Redis key).
+    pub route: String,
     pub key: CacheKey,
     pub ttl: Duration,
     /// `cache.max_entry_bytes`.
@@ -104,6 +106,8 @@ impl Recorder {
             stored_at: unix_now(),
             ttl: self.plan.ttl,
         };
-        self.plan.cache.store(self.plan.key, entry);
+        self.plan
+            .cache
+            .store(&self.plan.route, self.plan.key, entry);
     }
 }

@@ -1,11 +1,12 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
 use super::schema::{
-    self, CacheSpec, LimitsSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, LimitsSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::Sections;
 use crate::cache::policy::CachePolicy;
+use crate::cache::redis::RedisStore;
 use crate::endpoint::Upstream;
 use crate::routing::{Matcher, Route, Table, Target};
 use http::{HeaderName, HeaderValue, Uri};
@@ -86,6 +87,16 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
     if let Err(problems) = CachePolicy::resolve(&cache, &Default::default()) {
         for (field, message) in problems {
             s.problem(format!("cache.{field}"), message);
+        }
+    }
+    if cache.backend == CacheBackend::Redis {
+        if let Err(e) = RedisStore::new(&cache.redis) {
+            let field = if cache.redis.cluster.is_empty() {
+                "cache.redis.url"
+            } else {
+                "cache.redis.cluster"
+            };
+            s.problem(field, e.to_string());
         }
     }
     if cache.memory.max_bytes == 0 {
@@ -539,6 +550,25 @@ bogus: 1
                 .any(|t| t.contains("unknown upstream \"openai\"")),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn cache_settings_are_validated() {
+        let p = problems(
+            "cache:\n  backend: redis\n  ttl: 0s\n  vary: [\"bad header\"]\n  redis: { url: \"http://user:hunter2@x\" }\n",
+        );
+        let text = format!("{p:?}");
+        assert!(text.contains("cache.ttl"), "{text}");
+        assert!(text.contains("cache.vary[0]"), "{text}");
+        assert!(text.contains("cache.redis.url"), "{text}");
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+        let t = ok("upstreams: { u: { url: \"http://127.0.0.1:1\" } }\nroutes:\n  - name: r\n    targets: [u]\n    cache: { ttl: 1h, scope: shared }\n");
+        assert_eq!(t.routes[0].cache.ttl.as_secs(), 3600);
+        assert_eq!(
+            t.routes[0].cache.scope,
+            crate::config::schema::CacheScope::Shared
+        );
+        assert_eq!(t.routes[0].cache.ignore_fields, ["user", "metadata"]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Proxy {
 
         let cache = self.decide_cache(session, route, &path, &body)?;
         if let Some(key) = cache.as_ref().and_then(|c| c.lookup) {
-            if let Some(entry) = self.cache.lookup(&key).await {
+            if let Some(entry) = self.cache.lookup(&route.name, &key).await {
                 ctx.cache = Some(CacheStatus::Hit);
                 ctx.status = entry.status;
                 return respond::cached(session, &entry)
@@ -163,6 +163,7 @@ impl Proxy {
             lookup: controls.lookup.then_some(key),
             record: controls.store.then(|| RecordPlan {
                 cache: self.cache.clone(),
+                route: route.name.clone(),
                 key,
                 ttl: controls.ttl.unwrap_or(route.cache.ttl),
                 limit: route.cache.max_entry_bytes,

@@ -4,8 +4,10 @@
 mod support;
 
 mod cache;
+mod cache_redis;
 mod forwarding;
 mod lifecycle;
+mod redis_store;
 mod reload;
 mod streaming;
 mod upstream_faults;

@@ -1,7 +1,8 @@
-//! Shared helpers for the integration tests: the mock upstream and the gateway process.
+//! Shared helpers for the integration tests: the mock upstream, the gateway process and Redis.
 
 pub mod gateway;
 pub mod mock_upstream;
+pub mod redis;
 
 pub use gateway::{free_port, provider_routes, Gateway};
 pub use mock_upstream::MockUpstream;
