@@ -1,4 +1,4 @@
-//! The command line: `promptgate run | check`, with `--config` resolution.
+//! The command line: `promptgate run | check | key | warm`, with `--config` resolution.
 
 use crate::config;
 use anyhow::Context;
@@ -28,6 +28,41 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the config file: exit 0 when valid, else list every problem and exit 1.
     Check(ConfigArg),
+    /// Print the cache key of a request (body on stdin) and the canonical form that was hashed.
+    Key(KeyArgs),
+    /// Send a JSONL file of requests through a running promptgate to fill its cache.
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The route the request goes to.
+    #[arg(long)]
+    pub route: String,
+    /// The request path as the client sends it (default: the route's path_prefix).
+    #[arg(long)]
+    pub path: Option<String>,
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// A request header, `name: value` (repeatable), e.g. the credential or a vary header.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// JSONL file, one request per line: {"path" | "route" [+ "path"], "body", "headers"?, "method"?}.
+    pub file: PathBuf,
+    /// Base URL of the running promptgate (default: http:// + the config's `listen`).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +92,31 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             crate::server::run(table, path).context("promptgate stopped with an error")
         }
+        Command::Key(args) => print_key(args),
+        Command::Warm(args) => {
+            let (_, table) = args.config.load()?;
+            let proxy = args
+                .proxy
+                .unwrap_or_else(|| format!("http://{}", table.listen));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let s = runtime.block_on(crate::warm::run(
+                &args.file,
+                &proxy,
+                &table,
+                args.concurrency,
+            ))?;
+            println!(
+                "warmed {}, already cached {}, failed {}",
+                s.warmed, s.already_cached, s.failed
+            );
+            if s.failed > 0 {
+                anyhow::bail!("{} request(s) failed", s.failed);
+            }
+            Ok(())
+        }
         Command::Check(arg) => {
             let (path, table) = arg.load()?;
             println!(
@@ -69,4 +129,56 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `promptgate key`: derives the key exactly as the proxy does for this request.
+fn print_key(args: KeyArgs) -> anyhow::Result<()> {
+    use std::io::Read;
+    let (_, table) = args.config.load()?;
+    let route = table
+        .routes
+        .iter()
+        .find(|r| r.name == args.route)
+        .with_context(|| {
+            let names: Vec<&str> = table.routes.iter().map(|r| r.name.as_str()).collect();
+            format!("no route {:?} (routes: {})", args.route, names.join(", "))
+        })?;
+    let path = args
+        .path
+        .clone()
+        .or_else(|| route.matcher.path_prefix.clone())
+        .unwrap_or_else(|| "/".into());
+    let mut req = pingora::http::RequestHeader::build(args.method.as_str(), path.as_bytes(), None)
+        .with_context(|| format!("invalid method or path: {} {path}", args.method))?;
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not `name: value`"))?;
+        req.append_header(name.trim().to_ascii_lowercase(), value.trim())
+            .with_context(|| format!("invalid header {name:?}"))?;
+    }
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("cannot read the request body from stdin")?;
+    let (key, canonical) = crate::cache::policy::request_key(
+        &req,
+        &route.key_name,
+        &route.cache,
+        req.uri.path(),
+        &body,
+    );
+    let kind = match canonical {
+        crate::cache::key::CanonicalBody::Json(_) => "canonical JSON",
+        crate::cache::key::CanonicalBody::Raw(_) => "raw bytes (not JSON)",
+    };
+    println!("key:       {}", key.hex());
+    println!(
+        "redis key: {}",
+        crate::cache::redis_key(&table.cache.redis.prefix, &route.name, &key)
+    );
+    println!("scope:     {:?}", route.cache.scope);
+    println!("body:      {kind}, {} bytes", canonical.as_bytes().len());
+    println!("{}", String::from_utf8_lossy(canonical.as_bytes()));
+    Ok(())
 }

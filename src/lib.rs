@@ -14,6 +14,7 @@
 //! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
 //! - [`metrics`] — every Prometheus metric, in one registry.
 //! - [`admin`] — the admin listener: health, metrics, reload.
+//! - [`warm`] — `promptgate warm`: fill the cache from a JSONL file of requests.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 
 pub mod admin;
@@ -26,3 +27,4 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod warm;

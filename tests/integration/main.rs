@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cache_redis;
+mod cli;
 mod forwarding;
 mod lifecycle;
 mod redis_store;

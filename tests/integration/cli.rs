@@ -1,0 +1,165 @@
+//! `promptgate key` and `promptgate warm` against real processes.
+
+use crate::support::gateway::binary;
+use crate::support::redis::RedisServer;
+use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn key(config: &std::path::Path, args: &[&str], body: &str) -> Output {
+    let mut child = Command::new(binary())
+        .arg("key")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn key_line(out: &Output, label: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label} in {text}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_matches_what_the_proxy_stores() {
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let gw = Gateway::start(&format!(
+        "cache: {{ backend: redis, redis: {{ url: \"{}\", timeout: 1s }} }}\n{}",
+        redis.url(),
+        provider_routes(&mock.url())
+    ));
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .header("authorization", "Bearer sk-test")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-promptgate-cache"], "MISS");
+    resp.bytes().await.unwrap();
+
+    let cfg = gw.config_path();
+    let args = [
+        "--route",
+        "openai",
+        "--path",
+        "/openai/v1/chat/completions",
+        "-H",
+        "Authorization: Bearer sk-test",
+    ];
+    let reordered = r#"{ "messages": [{"content":"hi","role":"user"}], "model": "gpt-4o" }"#;
+    let out = key(&cfg, &args, reordered);
+    let redis_key = key_line(&out, "redis key:");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while redis.keys("promptgate:*").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        redis.keys("promptgate:*"),
+        vec![redis_key],
+        "the printed key is the stored one"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(r#"{"messages":[{"content":"hi","role":"user"}],"model":"gpt-4o"}"#),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("sk-test"),
+        "the credential is hashed, never printed"
+    );
+
+    let other = key(
+        &cfg,
+        &[
+            "--route",
+            "openai",
+            "--path",
+            "/openai/v1/chat/completions",
+            "-H",
+            "Authorization: Bearer sk-other",
+        ],
+        body,
+    );
+    assert_ne!(key_line(&other, "key:"), key_line(&out, "key:"));
+    let unknown = key(&cfg, &["--route", "nope"], body);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no route \"nope\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_fills_the_cache_and_reports_each_line() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warm.jsonl");
+    std::fs::write(
+        &file,
+        r#"# common prompts
+{"route": "openai", "path": "/v1/chat/completions", "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}}
+{"path": "/anthropic/v1/messages", "headers": {"anthropic-version": "2023-06-01"}, "body": {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hello"}]}}
+{"path": "/openai/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "hello"}], "model": "gpt-4o"}}
+"#,
+    )
+    .unwrap();
+    let warm = |file: &std::path::Path| {
+        Command::new(binary())
+            .args(["warm", "--concurrency", "1", "--config"])
+            .arg(gw.config_path())
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = warm(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warmed 2, already cached 1, failed 0"),
+        "{stdout}"
+    );
+    assert_eq!(mock.hits(), 2);
+
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-promptgate-cache"], "HIT");
+
+    std::fs::write(&file, "{\"path\": \"/nowhere\", \"body\": {}}\n").unwrap();
+    let out = warm(&file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("404"),
+        "{stderr}"
+    );
+}
