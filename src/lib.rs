@@ -9,6 +9,7 @@
 //! - [`config`] — YAML → validated [`routing::Table`], every problem with path and line.
 //! - [`routing`] — the table and route matching.
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
+//! - [`providers`] — what differs per provider: how its streams end.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
 //! - [`cache`] — the response cache: keys, entries, stores.
 //! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;
+pub mod providers;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -37,11 +37,23 @@ pub fn is_replayable(name: &HeaderName) -> bool {
     !PER_EXCHANGE.contains(&n) && !PER_EXCHANGE_PREFIXES.iter().any(|p| n.starts_with(p))
 }
 
+/// Where one recorded stream chunk ends in the body, and when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMark {
+    /// Offset in the body just past this chunk.
+    pub end: u64,
+    /// Milliseconds after the response head when the chunk arrived.
+    pub at_ms: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// For a recorded stream, its chunks (empty for a plain response). A hit replays a stream
+    /// as a stream, optionally at its original pace.
+    pub chunks: Vec<ChunkMark>,
     /// Seconds since the Unix epoch when the response was stored.
     pub stored_at: u64,
     pub ttl: Duration,
@@ -81,7 +93,12 @@ impl Entry {
             + 64
     }
 
-    /// `PGE1 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)* | len u64, body`.
+    pub fn is_stream(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    /// `PGE1 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)*
+    /// | len u64, body | m u32 | (end u64, at_ms u32)*`.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.weight());
         out.put_slice(MAGIC);
@@ -97,6 +114,11 @@ impl Entry {
         }
         out.put_u64(self.body.len() as u64);
         out.put_slice(&self.body);
+        out.put_u32(self.chunks.len() as u32);
+        for c in &self.chunks {
+            out.put_u64(c.end);
+            out.put_u32(c.at_ms);
+        }
         out.freeze()
     }
 
@@ -138,7 +160,23 @@ impl Entry {
         let len = buf.get_u64() as usize;
         need(&buf, len)?;
         let offset = data.len() - buf.remaining();
+        buf.advance(len);
+        need(&buf, 4)?;
+        let marks = buf.get_u32() as usize;
+        need(&buf, marks * 12)?;
+        let mut chunks = Vec::with_capacity(marks);
+        for _ in 0..marks {
+            let end = buf.get_u64();
+            if end > len as u64 {
+                return Err(DecodeError("chunk past the body"));
+            }
+            chunks.push(ChunkMark {
+                end,
+                at_ms: buf.get_u32(),
+            });
+        }
         Ok(Entry {
+            chunks,
             status,
             headers,
             body: data.slice(offset..offset + len),
@@ -160,6 +198,7 @@ mod tests {
                 HeaderValue::from_static("application/json"),
             )],
             body: Bytes::from_static(br#"{"ok":true}"#),
+            chunks: vec![],
             stored_at: 1_700_000_000,
             ttl: Duration::from_secs(3600),
         }
@@ -168,6 +207,19 @@ mod tests {
     #[test]
     fn round_trips() {
         let e = entry();
+        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn round_trips_streams() {
+        let mut e = entry();
+        e.chunks = vec![
+            ChunkMark { end: 4, at_ms: 0 },
+            ChunkMark {
+                end: 11,
+                at_ms: 250,
+            },
+        ];
         assert_eq!(Entry::decode(e.encode()).unwrap(), e);
     }
 

@@ -67,6 +67,7 @@ mod tests {
             status: 200,
             headers: vec![],
             body: Bytes::from(vec![b'x'; size]),
+            chunks: vec![],
             stored_at: unix_now(),
             ttl: Duration::from_secs(ttl),
         })

@@ -1,10 +1,11 @@
 //! The response cache: keys ([`key`]), what a request allows ([`policy`]), stored responses
-//! ([`entry`]), recording a response on its way to the client ([`record`]), and the stores
+//! ([`entry`]), single-flight ([`flight`]), recording a response on its way to the client ([`record`]), and the stores
 //! ([`memory`], [`redis`]).
 //!
 //! Lookups never fail a request: a store that errs is a miss.
 
 pub mod entry;
+pub mod flight;
 pub mod key;
 pub mod memory;
 pub mod policy;
@@ -14,6 +15,7 @@ pub mod redis;
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
 use entry::Entry;
+use flight::Flights;
 use key::CacheKey;
 use memory::MemoryStore;
 use redis::{RedisError, RedisStore};
@@ -58,6 +60,7 @@ struct Backend {
 pub struct Cache {
     memory: MemoryStore,
     backend: ArcSwap<Backend>,
+    flights: Arc<Flights>,
 }
 
 impl Cache {
@@ -67,6 +70,7 @@ impl Cache {
         Ok(Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
             backend: ArcSwap::from_pointee(Backend::new(spec)?),
+            flights: Arc::default(),
         })
     }
 
@@ -112,10 +116,10 @@ impl Cache {
     /// Stores `entry`. The in-memory copy is in place when this returns, so a client that
     /// repeats its request right after receiving the response gets a hit (read-your-writes);
     /// the Redis write happens in the background.
-    pub fn store(&self, route: &str, key: CacheKey, entry: Entry) {
+    pub fn store(&self, route: &str, key: CacheKey, entry: Arc<Entry>) {
         let backend = self.backend.load();
         let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
-            self.memory.insert(key, Arc::new(entry));
+            self.memory.insert(key, entry);
             return;
         };
         redis.set_in_background(
@@ -126,12 +130,17 @@ impl Cache {
         let local = if spec.l1 {
             entry
         } else {
-            Entry {
+            Arc::new(Entry {
                 ttl: entry.ttl.min(WRITE_WINDOW),
-                ..entry
-            }
+                ..(*entry).clone()
+            })
         };
-        self.memory.insert(key, Arc::new(local));
+        self.memory.insert(key, local);
+    }
+
+    /// Requests in flight upstream, for single-flight.
+    pub fn flights(&self) -> &Arc<Flights> {
+        &self.flights
     }
 
     /// (entries, bytes) in the memory store.

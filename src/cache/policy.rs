@@ -2,7 +2,7 @@
 //! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
 
 use super::key::{self, CacheKey, CanonicalBody, KeyInput};
-use crate::config::schema::{CacheScope, CacheSpec, RouteCacheSpec};
+use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec};
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::time::Duration;
@@ -16,6 +16,10 @@ pub struct CachePolicy {
     pub ignore_fields: Vec<String>,
     pub vary: Vec<HeaderName>,
     pub max_entry_bytes: usize,
+    pub replay: Replay,
+    pub complete_on_disconnect: bool,
+    pub coalesce: bool,
+    pub coalesce_timeout: Duration,
 }
 
 impl CachePolicy {
@@ -62,6 +66,12 @@ impl CachePolicy {
                 .unwrap_or_else(|| global.ignore_fields.clone()),
             vary,
             max_entry_bytes: global.max_entry_bytes,
+            replay: route.replay.unwrap_or(global.replay),
+            complete_on_disconnect: route
+                .complete_on_disconnect
+                .unwrap_or(global.complete_on_disconnect),
+            coalesce: route.coalesce.unwrap_or(global.coalesce),
+            coalesce_timeout: global.coalesce_timeout,
         })
     }
 }

@@ -1,16 +1,15 @@
-//! Recording a response while it is relayed to the client, to store it once complete.
+//! Recording a response while it is relayed to the client, to store it once complete — and,
+//! as the leader of a flight, sharing it live with identical requests waiting on it.
 
-use super::entry::{is_replayable, unix_now, Entry};
+use super::entry::{is_replayable, unix_now, ChunkMark, Entry};
+use super::flight::{Leader, SharedHead};
 use super::key::CacheKey;
 use super::Cache;
+use crate::providers::StreamEnd;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Content types that are streamed event by event; stored and replayed by the streaming cache,
-/// not here.
-const STREAMING_TYPES: &[&str] = &["text/event-stream", "application/x-ndjson"];
+use std::time::{Duration, Instant};
 
 /// Where and how a response would be stored, decided before the upstream answers.
 pub struct RecordPlan {
@@ -21,6 +20,10 @@ pub struct RecordPlan {
     pub ttl: Duration,
     /// `cache.max_entry_bytes`.
     pub limit: usize,
+    /// Keep reading a stream into the cache after its client left early.
+    pub complete_on_disconnect: bool,
+    /// Set when identical requests may follow this one (single-flight).
+    pub leader: Option<Leader>,
 }
 
 /// Collects the body chunks (reference-counted, not copied) of a storable response.
@@ -29,22 +32,23 @@ pub struct Recorder {
     status: u16,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     chunks: Vec<Bytes>,
+    marks: Vec<ChunkMark>,
+    /// Present for streams: the body is stored only once the provider's end marker was seen.
+    stream_end: Option<StreamEnd>,
+    started: Instant,
     size: usize,
     overflowed: bool,
 }
 
 impl Recorder {
     /// Starts recording if `head` (the response as sent to the client) may be stored: a 2xx,
-    /// not a stream, not marked `no-store` by the upstream, and not declared larger than `limit`.
+    /// not marked `no-store` by the upstream, and not declared larger than the limit.
+    /// Otherwise the plan is dropped, which releases any followers to make their own calls.
     pub fn start(plan: RecordPlan, head: &ResponseHeader) -> Option<Recorder> {
         if !head.status.is_success() {
             return None;
         }
         let header = |name| head.headers.get(name).and_then(|v| v.to_str().ok());
-        let content_type = header(http::header::CONTENT_TYPE).unwrap_or("");
-        if STREAMING_TYPES.iter().any(|t| content_type.starts_with(t)) {
-            return None;
-        }
         if header(http::header::CACHE_CONTROL).is_some_and(|v| v.contains("no-store")) {
             return None;
         }
@@ -52,40 +56,82 @@ impl Recorder {
         if declared.is_some_and(|len| len > plan.limit) {
             return None;
         }
-        let headers = head
+        let stream_end =
+            StreamEnd::for_content_type(header(http::header::CONTENT_TYPE).unwrap_or(""));
+        let headers: Vec<_> = head
             .headers
             .iter()
             .filter(|(n, _)| is_replayable(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
+        if let Some(leader) = &plan.leader {
+            leader.head(SharedHead {
+                status: head.status.as_u16(),
+                headers: headers.clone(),
+                streaming: stream_end.is_some(),
+            });
+        }
         Some(Recorder {
             plan,
             status: head.status.as_u16(),
             headers,
             chunks: Vec::new(),
+            marks: Vec::new(),
+            stream_end,
+            started: Instant::now(),
             size: 0,
             overflowed: false,
         })
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
+        if let Some(end) = &mut self.stream_end {
+            end.observe(chunk);
+        }
         if self.overflowed {
             return;
         }
         self.size += chunk.len();
         if self.size > self.plan.limit {
-            // Too large to store: stop holding memory for it.
+            // Too large to store: stop holding memory for it, and let followers fend for
+            // themselves (a stream already being tailed is cut, like its leader's would be).
             self.overflowed = true;
             self.chunks = Vec::new();
+            self.marks = Vec::new();
+            self.plan.leader = None;
             return;
         }
         self.chunks.push(chunk.clone());
+        self.marks.push(ChunkMark {
+            end: self.size as u64,
+            at_ms: u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX),
+        });
+        if let Some(leader) = &self.plan.leader {
+            leader.chunk(chunk);
+        }
     }
 
-    /// Stores the complete response. Call only after the upstream ended cleanly, and before
-    /// the client is given the end of the response.
+    /// True when the rest of the upstream response is worth reading after the client left:
+    /// the client already had everything that matters (the end marker), the route asks to
+    /// fill the cache anyway, or identical requests are waiting on this one.
+    pub fn worth_finishing(&self) -> bool {
+        !self.overflowed
+            && (self.stream_end.as_ref().is_some_and(StreamEnd::seen)
+                || self.plan.complete_on_disconnect
+                || self.plan.leader.as_ref().is_some_and(Leader::has_followers))
+    }
+
+    /// Stores the complete response (a stream only if its end marker was seen). Call only
+    /// after the upstream ended cleanly, and before the client is given the end of the response.
     pub fn commit(self) {
         if self.overflowed {
+            return;
+        }
+        if self.stream_end.as_ref().is_some_and(|e| !e.seen()) {
+            log::debug!(
+                "route {}: stream ended without its end marker; not stored",
+                self.plan.route
+            );
             return;
         }
         let body = match self.chunks.len() {
@@ -99,15 +145,23 @@ impl Recorder {
                 buf.freeze()
             }
         };
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             status: self.status,
             headers: self.headers,
             body,
+            chunks: if self.stream_end.is_some() {
+                self.marks
+            } else {
+                Vec::new()
+            },
             stored_at: unix_now(),
             ttl: self.plan.ttl,
-        };
+        });
         self.plan
             .cache
-            .store(&self.plan.route, self.plan.key, entry);
+            .store(&self.plan.route, self.plan.key, entry.clone());
+        if let Some(leader) = self.plan.leader {
+            leader.complete(entry);
+        }
     }
 }

@@ -172,6 +172,15 @@ pub struct CacheSpec {
     pub ignore_fields: Vec<String>,
     /// Request headers that change the answer, so they are part of the key.
     pub vary: Vec<String>,
+    /// How a cached stream is replayed: at once, or at its recorded pace.
+    pub replay: Replay,
+    /// Keep reading a stream into the cache after its client left early.
+    pub complete_on_disconnect: bool,
+    /// Identical requests in flight at once share one upstream call.
+    pub coalesce: bool,
+    /// Longest a coalesced request waits on the one in flight before going upstream itself.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_timeout: Duration,
     pub memory: MemorySpec,
     pub redis: RedisSpec,
 }
@@ -194,6 +203,10 @@ impl Default for CacheSpec {
             ]
             .map(String::from)
             .to_vec(),
+            replay: Replay::Instant,
+            complete_on_disconnect: false,
+            coalesce: true,
+            coalesce_timeout: Duration::from_secs(30),
             memory: MemorySpec::default(),
             redis: RedisSpec::default(),
         }
@@ -205,6 +218,16 @@ impl Default for CacheSpec {
 pub enum CacheBackend {
     Memory,
     Redis,
+}
+
+/// Pacing of a replayed stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// All at once (fastest).
+    Instant,
+    /// With the recorded gaps between chunks (for UIs and demos).
+    Original,
 }
 
 /// Who may read an entry: only clients presenting the same credential, or everyone.
@@ -274,6 +297,9 @@ pub struct RouteCacheSpec {
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
     pub vary: Option<Vec<String>>,
+    pub replay: Option<Replay>,
+    pub complete_on_disconnect: Option<bool>,
+    pub coalesce: Option<bool>,
 }
 /// `reload:` — how a changed config file is picked up while running.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub upstream: Option<String>,
     /// Set by `request_filter` on cacheable routes: where the answer came from.
     pub cache: Option<CacheStatus>,
+    /// Set by `request_filter` when the answer came from an identical request in flight.
+    pub coalesced: bool,
     /// Set by `request_filter` when the response head was written.
     pub status: u16,
     /// Set by `request_filter` on failure: the error label, for the access log.
@@ -59,6 +61,7 @@ impl Default for Ctx {
             route: None,
             upstream: None,
             cache: None,
+            coalesced: false,
             status: 0,
             error: None,
             inflight: None,

@@ -13,6 +13,7 @@
 
 mod ctx;
 mod errors;
+mod follow;
 mod request_body;
 mod respond;
 mod upstream;
@@ -20,6 +21,7 @@ mod upstream;
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
 
+use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
@@ -28,6 +30,7 @@ use crate::routing::{Route, Table, Target};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use follow::Followed;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -94,19 +97,15 @@ impl Proxy {
         })?;
         ctx.route = Some(route.name.clone());
 
-        let cache = self.decide_cache(session, route, &path, &body)?;
-        if let Some(key) = cache.as_ref().and_then(|c| c.lookup) {
-            if let Some(entry) = self.cache.lookup(&route.name, &key).await {
-                ctx.cache = Some(CacheStatus::Hit);
-                ctx.status = entry.status;
-                return respond::cached(session, &entry)
-                    .await
-                    .map_err(Failure::AfterResponse);
-            }
-        }
-        let (cache_status, record) = match cache {
-            Some(c) => (Some(c.status), c.record),
+        let (cache_status, record) = match self.decide_cache(session, route, &path, &body)? {
             None => (None, None),
+            Some(decision) => match self
+                .answer_without_upstream(session, ctx, route, decision)
+                .await?
+            {
+                CacheStep::Answered => return Ok(()),
+                CacheStep::GoUpstream { status, record } => (Some(status), record),
+            },
         };
         ctx.cache = cache_status;
 
@@ -131,6 +130,50 @@ impl Proxy {
         )
         .await
         .map_err(Failure::AfterResponse)
+    }
+
+    /// Answers from the cache, or from an identical request already in flight, when possible;
+    /// otherwise says how the upstream answer is to be recorded (and shared, as a leader).
+    async fn answer_without_upstream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        decision: CacheDecision,
+    ) -> Result<CacheStep, Failure> {
+        let CacheDecision {
+            status,
+            lookup,
+            mut record,
+        } = decision;
+        let Some(key) = lookup else {
+            return Ok(CacheStep::GoUpstream { status, record });
+        };
+        if let Some(entry) = self.cache.lookup(&route.name, &key).await {
+            ctx.cache = Some(CacheStatus::Hit);
+            ctx.status = entry.status;
+            respond::cached(session, &entry, route.cache.replay)
+                .await
+                .map_err(Failure::AfterResponse)?;
+            return Ok(CacheStep::Answered);
+        }
+        if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
+            match self.cache.flights().join(key) {
+                Role::Leader(leader) => plan.leader = Some(leader),
+                Role::Follower(follower) => {
+                    let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
+                        .await
+                        .map_err(Failure::AfterResponse)?;
+                    if let Followed::Served(code) = followed {
+                        ctx.cache = Some(CacheStatus::Hit);
+                        ctx.coalesced = true;
+                        ctx.status = code;
+                        return Ok(CacheStep::Answered);
+                    }
+                }
+            }
+        }
+        Ok(CacheStep::GoUpstream { status, record })
     }
 
     /// The cache's part in this request, or `None` when the route or method is not cached.
@@ -167,6 +210,8 @@ impl Proxy {
                 key,
                 ttl: controls.ttl.unwrap_or(route.cache.ttl),
                 limit: route.cache.max_entry_bytes,
+                complete_on_disconnect: route.cache.complete_on_disconnect,
+                leader: None,
             }),
         }))
     }
@@ -179,6 +224,15 @@ struct CacheDecision {
     status: CacheStatus,
     lookup: Option<CacheKey>,
     record: Option<RecordPlan>,
+}
+
+/// Whether the cache answered, or what to do with the upstream's answer.
+enum CacheStep {
+    Answered,
+    GoUpstream {
+        status: CacheStatus,
+        record: Option<RecordPlan>,
+    },
 }
 
 /// The first candidate whose model criterion holds. The body is parsed only when some
@@ -302,7 +356,10 @@ impl ProxyHttp for Proxy {
             ctx.status,
             ctx.route.as_deref().unwrap_or("-"),
             ctx.upstream.as_deref().unwrap_or("-"),
-            ctx.cache.map_or("-", CacheStatus::as_str),
+            match (ctx.cache, ctx.coalesced) {
+                (Some(_), true) => "HIT(coalesced)",
+                (status, _) => status.map_or("-", CacheStatus::as_str),
+            },
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             match (ctx.error, e) {
                 (Some(label), _) => format!(" error={label}"),

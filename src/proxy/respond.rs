@@ -3,8 +3,10 @@
 use super::errors::ProxyError;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
+use crate::config::schema::Replay;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use std::time::Duration;
 
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
 pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
@@ -19,17 +21,54 @@ pub async fn error(session: &mut Session, e: &ProxyError) -> pingora::Result<()>
     session.write_response_body(Some(body), true).await
 }
 
-/// Writes a stored response: its status, kept headers and body (shared, not copied), plus
-/// `Age` and `x-promptgate-cache: HIT`.
-pub async fn cached(session: &mut Session, entry: &Entry) -> pingora::Result<()> {
-    let mut head = ResponseHeader::build(entry.status, Some(entry.headers.len() + 3))?;
-    for (name, value) in &entry.headers {
+/// The head of a response served without an upstream call (a hit, or a coalesced request):
+/// the stored status and headers, `x-promptgate-cache: HIT`, and framing — `Content-Length`
+/// for a plain body, chunked for a stream (so a replayed stream is still a stream).
+pub fn replay_head(
+    session: &Session,
+    status: u16,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    body_len: Option<usize>,
+) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    for (name, value) in headers {
         head.append_header(name.clone(), value.clone())?;
     }
-    head.insert_header(http::header::CONTENT_LENGTH, entry.body.len())?;
-    head.insert_header(http::header::AGE, entry.age())?;
+    match body_len {
+        Some(len) => head.insert_header(http::header::CONTENT_LENGTH, len)?,
+        None if !session.is_http2() => {
+            head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
+        }
+        None => {}
+    }
     head.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str())?;
+    Ok(head)
+}
+
+/// Writes a stored response with its `Age`: a plain body in one write (shared, not copied);
+/// a stream at once, or at its recorded pace with `Replay::Original`.
+pub async fn cached(session: &mut Session, entry: &Entry, replay: Replay) -> pingora::Result<()> {
+    let body_len = (!entry.is_stream()).then_some(entry.body.len());
+    let mut head = replay_head(session, entry.status, &entry.headers, body_len)?;
+    head.insert_header(http::header::AGE, entry.age())?;
     session.write_response_header(Box::new(head), false).await?;
-    let body = (session.req_header().method != http::Method::HEAD).then(|| entry.body.clone());
-    session.write_response_body(body, true).await
+    if session.req_header().method == http::Method::HEAD {
+        return session.write_response_body(None, true).await;
+    }
+    if entry.is_stream() && replay == Replay::Original {
+        let start = tokio::time::Instant::now();
+        let mut from = 0;
+        for mark in &entry.chunks {
+            tokio::time::sleep_until(start + Duration::from_millis(mark.at_ms.into())).await;
+            let end = mark.end as usize;
+            session
+                .write_response_body(Some(entry.body.slice(from..end)), false)
+                .await?;
+            from = end;
+        }
+        return session.write_response_body(None, true).await;
+    }
+    session
+        .write_response_body(Some(entry.body.clone()), true)
+        .await
 }

@@ -230,8 +230,12 @@ pub async fn relay(
                     }
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
-                    // The client left: the upstream connection is mid-response, so close it.
-                    response.session.shutdown().await;
+                    // The client left. Finish reading only if the answer is still worth
+                    // storing (or others wait on it); otherwise drop the upstream mid-response.
+                    match recorder.filter(Recorder::worth_finishing) {
+                        Some(r) => finish_without_client(connector, upstream, response, r).await,
+                        None => response.session.shutdown().await,
+                    }
                     return Err(e);
                 }
             }
@@ -258,6 +262,36 @@ pub async fn relay(
             .await;
     }
     Ok(())
+}
+
+/// Reads the rest of the upstream response into `recorder` after the client left, and stores
+/// it if it completes.
+async fn finish_without_client(
+    connector: &Connector,
+    upstream: &Upstream,
+    mut response: UpstreamResponse,
+    mut recorder: Recorder,
+) {
+    loop {
+        match response.session.read_response_body().await {
+            Ok(Some(chunk)) => recorder.push(&chunk),
+            Ok(None) => break,
+            Err(_) => {
+                response.session.shutdown().await;
+                return;
+            }
+        }
+    }
+    recorder.commit();
+    if response.session.response_done() {
+        connector
+            .release_http_session(
+                response.session,
+                &response.peer,
+                Some(upstream.timeouts.idle),
+            )
+            .await;
+    }
 }
 
 #[cfg(test)]

@@ -191,7 +191,7 @@ async fn immediate_repeats_never_pay_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_entries_disabled_routes_and_streams_go_upstream() {
+async fn oversized_entries_and_disabled_routes_go_upstream() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&format!(
         r#"
@@ -227,10 +227,5 @@ routes:
         .await;
         assert_eq!((r.status, r.cache()), (200, "-"));
     }
-    let stream = json!({"model": "m", "stream": true, "messages": []});
-    for _ in 0..2 {
-        let r = post_json(&gw, &[], &stream).await;
-        assert!(r.body.contains("[DONE]"));
-    }
-    assert_eq!(mock.hits(), 6);
+    assert_eq!(mock.hits(), 4);
 }

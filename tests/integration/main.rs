@@ -10,5 +10,6 @@ mod forwarding;
 mod lifecycle;
 mod redis_store;
 mod reload;
+mod stream_cache;
 mod streaming;
 mod upstream_faults;

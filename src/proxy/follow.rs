@@ -1,0 +1,62 @@
+//! Serving a request from an identical one already in flight (single-flight follower).
+
+use super::respond;
+use crate::cache::flight::{Follower, Tail};
+use crate::config::schema::Replay;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// How following went.
+pub enum Followed {
+    /// The response (with this status) was written from the leader's.
+    Served(u16),
+    /// Nothing was written: the leader failed or took too long, or its answer is not shared;
+    /// make the upstream call yourself.
+    FallThrough,
+}
+
+/// Answers from the leader's flight: a plain response once it is complete, a stream chunk by
+/// chunk as the leader receives it. Errors happen only after the response started.
+pub async fn serve(
+    session: &mut Session,
+    mut follower: Follower,
+    timeout: Duration,
+) -> pingora::Result<Followed> {
+    let Some(head) = follower.head(timeout).await else {
+        return Ok(Followed::FallThrough);
+    };
+    if !head.streaming {
+        return match follower.complete(timeout).await {
+            Some(entry) => respond::cached(session, &entry, Replay::Instant)
+                .await
+                .map(|()| Followed::Served(entry.status)),
+            None => Ok(Followed::FallThrough),
+        };
+    }
+    let reply = respond::replay_head(session, head.status, &head.headers, None)?;
+    session
+        .write_response_header(Box::new(reply), false)
+        .await?;
+    let mut seen = 0;
+    loop {
+        match follower.tail(seen, timeout).await {
+            Tail::Chunks(chunks) => {
+                seen += chunks.len();
+                for chunk in chunks {
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+            }
+            Tail::Complete => {
+                session.write_response_body(None, true).await?;
+                return Ok(Followed::Served(head.status));
+            }
+            // The leader's stream broke: this one breaks too, never looking complete.
+            Tail::Failed => {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::ConnectionClosed,
+                    "the coalesced upstream stream broke off",
+                ))
+            }
+        }
+    }
+}

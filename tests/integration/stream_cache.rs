@@ -1,0 +1,290 @@
+//! Streams are cached live and replayed exactly; identical requests in flight at once share one
+//! upstream call (single-flight), and a failed leader never fails its followers.
+
+use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+struct Streamed {
+    status: u16,
+    cache: String,
+    content_type: String,
+    body: Vec<u8>,
+    /// Arrival time of each read, from the response head.
+    arrivals: Vec<Duration>,
+}
+
+async fn stream(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &Value) -> Streamed {
+    let mut req = client().post(gw.url(path)).json(body);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let start = Instant::now();
+    let status = resp.status().as_u16();
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map_or("-".to_string(), |v| v.to_str().unwrap().to_string())
+    };
+    let (cache, content_type) = (header("x-promptgate-cache"), header("content-type"));
+    let mut body = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        body.extend_from_slice(&chunk.expect("a complete stream"));
+        arrivals.push(start.elapsed());
+    }
+    Streamed {
+        status,
+        cache,
+        content_type,
+        body,
+        arrivals,
+    }
+}
+
+fn chat(stream: bool, prompt: &str) -> Value {
+    json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_format_is_replayed_byte_for_byte() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let cases = [
+        (
+            "/openai/v1/chat/completions",
+            json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": []}),
+        ),
+        (
+            "/anthropic/v1/messages",
+            json!({"model": "claude", "max_tokens": 5, "stream": true, "messages": []}),
+        ),
+        (
+            "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+            json!({"contents": []}),
+        ),
+        (
+            "/ollama/api/chat",
+            json!({"model": "llama3.2", "messages": []}),
+        ),
+    ];
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let first = stream(&gw, path, &[], body).await;
+        assert_eq!(
+            (first.status, first.cache.as_str()),
+            (200, "MISS"),
+            "{path}"
+        );
+        let second = stream(&gw, path, &[], body).await;
+        assert_eq!(second.cache, "HIT", "{path}");
+        assert_eq!(second.content_type, first.content_type, "{path}");
+        assert_eq!(second.body, first.body, "{path}: byte-identical replay");
+        assert_eq!(mock.hits(), i + 1, "{path}: one upstream call");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_stream_is_never_stored() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .header("x-mock-fault", "truncate")
+        .json(&chat(true, "cut"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.bytes().await.is_err(), "the client sees the break");
+    let again = stream(&gw, "/openai/v1/chat/completions", &[], &chat(true, "cut")).await;
+    assert_eq!(again.cache, "MISS");
+    assert!(String::from_utf8_lossy(&again.body).contains("[DONE]"));
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_pacing_reproduces_the_gaps() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ replay: original }}\n{}",
+        provider_routes(&mock.url())
+    ));
+    let paced = [("x-mock-chunk-delay-ms", "120"), ("x-mock-events", "5")];
+    let first = stream(
+        &gw,
+        "/openai/v1/chat/completions",
+        &paced,
+        &chat(true, "slow"),
+    )
+    .await;
+    let recorded = *first.arrivals.last().unwrap();
+    assert!(
+        recorded >= Duration::from_millis(500),
+        "upstream took {recorded:?}"
+    );
+    let replay = stream(&gw, "/openai/v1/chat/completions", &[], &chat(true, "slow")).await;
+    assert_eq!(replay.cache, "HIT");
+    assert_eq!(replay.body, first.body);
+    let replayed = *replay.arrivals.last().unwrap();
+    assert!(
+        replayed >= recorded.mul_f64(0.7) && replayed <= recorded + Duration::from_millis(1500),
+        "replay took {replayed:?}, the original {recorded:?}"
+    );
+    assert!(
+        replay.arrivals.len() >= 4,
+        "arrived in {} reads",
+        replay.arrivals.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_requests_make_one_upstream_call() {
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(&provider_routes(&mock.url())));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            // 10 plain and 10 streaming requests, each group identical, all against a slow upstream
+            let streaming = i % 2 == 1;
+            let headers = [("x-mock-delay-ms", "400"), ("x-mock-chunk-delay-ms", "50")];
+            let r = stream(
+                &gw,
+                "/openai/v1/chat/completions",
+                &headers,
+                &chat(streaming, "together"),
+            )
+            .await;
+            (streaming, r)
+        }));
+    }
+    let mut plain = Vec::new();
+    let mut streamed = Vec::new();
+    for t in tasks {
+        let (streaming, r) = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        if streaming {
+            streamed.push(r.body)
+        } else {
+            plain.push(r.body)
+        }
+    }
+    assert_eq!(mock.hits(), 2, "one upstream call per group");
+    assert!(
+        plain.windows(2).all(|w| w[0] == w[1]),
+        "identical plain bodies"
+    );
+    assert!(
+        streamed.windows(2).all(|w| w[0] == w[1]),
+        "identical streams"
+    );
+    assert!(String::from_utf8_lossy(&streamed[0]).contains("data: [DONE]"));
+    let v: Value = serde_json::from_slice(&plain[0]).unwrap();
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Hello from mock"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_failed_leader_still_succeed() {
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(&provider_routes(&mock.url())));
+    let leader = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            // the fault headers are not part of the key: followers join this flight
+            let h = [("x-mock-delay-ms", "400"), ("x-mock-fault", "reset")];
+            stream(
+                &gw,
+                "/openai/v1/chat/completions",
+                &h,
+                &chat(false, "doomed"),
+            )
+            .await
+            .status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut followers = Vec::new();
+    for _ in 0..5 {
+        let gw = gw.clone();
+        followers.push(tokio::spawn(async move {
+            stream(
+                &gw,
+                "/openai/v1/chat/completions",
+                &[],
+                &chat(false, "doomed"),
+            )
+            .await
+        }));
+    }
+    assert_eq!(leader.await.unwrap(), 502);
+    for f in followers {
+        let r = f.await.unwrap();
+        assert_eq!(r.status, 200, "a follower inherited the leader's failure");
+        assert!(String::from_utf8_lossy(&r.body).contains("Hello from mock"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_early_drops_the_recording_unless_asked_to_complete() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  mock: {{ url: "{url}" }}
+routes:
+  - name: complete
+    match: {{ path_prefix: /complete }}
+    strip_prefix: true
+    targets: [mock]
+    cache: {{ complete_on_disconnect: true }}
+  - name: openai
+    match: {{ path_prefix: /openai }}
+    strip_prefix: true
+    targets: [mock]
+"#,
+        url = mock.url()
+    ));
+    for (prefix, stored) in [("/openai", false), ("/complete", true)] {
+        let path = format!("{prefix}/v1/chat/completions");
+        let resp = client()
+            .post(gw.url(&path))
+            .header("x-mock-chunk-delay-ms", "100")
+            .json(&chat(true, "leaving"))
+            .send()
+            .await
+            .unwrap();
+        let mut s = resp.bytes_stream();
+        s.next().await.unwrap().unwrap();
+        drop(s); // the client leaves after the first event
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let again = stream(&gw, &path, &[], &chat(true, "leaving")).await;
+        assert_eq!(again.cache, if stored { "HIT" } else { "MISS" }, "{prefix}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_entry_limit_are_relayed_but_not_stored() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ max_entry_bytes: 500 }}\n{}",
+        provider_routes(&mock.url())
+    ));
+    let long = [("x-mock-events", "40")];
+    for _ in 0..2 {
+        let r = stream(
+            &gw,
+            "/openai/v1/chat/completions",
+            &long,
+            &chat(true, "long"),
+        )
+        .await;
+        assert_eq!(r.cache, "MISS");
+        assert!(r.body.len() > 500 && String::from_utf8_lossy(&r.body).contains("[DONE]"));
+    }
+    assert_eq!(mock.hits(), 2);
+}
