@@ -25,7 +25,12 @@ BASE_URL_VARIABLES = [
     "OLLAMA_HOST",
     "GOOGLE_GEMINI_BASE_URL",
 ]
-SDK_IMPORTS = ["from openai import", "import anthropic", "import ollama", "from google import genai"]
+SDK_IMPORTS = [
+    "from openai import",
+    "import anthropic",
+    "import ollama",
+    "from google import genai",
+]
 
 
 def readme_blocks():
