@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CONFIG ?= conf/promptgate.yaml
+VENV := .venv
+PYTHON_REQUIREMENTS := tests/python/requirements.txt
 
-.PHONY: run build test lint unit deps test-deps check-config clean
+.PHONY: run build test lint unit python-test deps test-deps check-config clean
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -13,8 +15,10 @@ run: deps
 build: deps
 	cargo build --release --locked
 
-## test: install what is missing, then lint and run every test suite
+## test: install what is missing, then lint and run every test suite; the Python suite runs
+## last, so its closing "N passed" line ends the output
 test: test-deps lint unit
+	@$(MAKE) --no-print-directory python-test
 
 lint:
 	cargo fmt --all -- --check
@@ -22,6 +26,18 @@ lint:
 
 unit:
 	cargo test --locked
+
+## python-test: the official Python SDKs (tests/python) against the debug promptgate binary and
+## the mock upstream example; any pytest failure, or no test collected (exit 5), fails make
+python-test: $(VENV)/.requirements-installed
+	cargo build --locked --bins --examples
+	$(VENV)/bin/python -m pytest -q tests/python
+
+# Re-run when the pinned requirements change.
+$(VENV)/.requirements-installed: $(PYTHON_REQUIREMENTS)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(PYTHON_REQUIREMENTS)
+	touch $@
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)

@@ -3,7 +3,8 @@
 //! put the proxy in front of a fully controlled upstream.
 //!
 //! Every answer's text is `"Hello from mock #N"` (N = 1-based hit number), so a test can tell a
-//! fresh upstream answer from a cached one. Faults are driven by request headers:
+//! fresh upstream answer from a cached one; in OpenAI JSON mode it is `{"text":"Hello from mock
+//! #N"}`. Faults are driven by request headers:
 //! `x-mock-delay-ms`, `x-mock-chunk-delay-ms`, `x-mock-status` (+ `x-mock-retry-after`),
 //! `x-mock-fail-first` + `x-mock-id`, `x-mock-fault: reset|truncate|close`, `x-mock-hold`
 //! (held until [`MockUpstream::release`]) and `x-mock-events` (content events per stream).
@@ -60,9 +61,14 @@ impl RecordedRequest {
 impl MockUpstream {
     /// Binds 127.0.0.1:0 and serves on the current tokio runtime.
     pub async fn start() -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0).await
+    }
+
+    /// Binds 127.0.0.1:`port` (0 = any free port) and serves on the current tokio runtime.
+    pub async fn start_on(port: u16) -> MockUpstream {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("mock upstream: bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("mock upstream: bind 127.0.0.1:{port}: {e}"));
         let addr = listener.local_addr().expect("mock upstream: local_addr");
         let shared = Arc::new(Shared {
             connections: AtomicUsize::new(0),
@@ -525,7 +531,7 @@ struct Ctx<'a> {
     hit: usize,
     /// Parsed request body (`Null` when it is not JSON; the mock is lenient).
     json: Value,
-    /// `"Hello from mock #N"`
+    /// `"Hello from mock #N"` (in OpenAI JSON mode, `{"text":"Hello from mock #N"}`)
     text: String,
     /// `text` split over the stream's content events.
     pieces: Vec<String>,
@@ -551,11 +557,16 @@ impl Ctx<'_> {
 
 fn route(req: &RecordedRequest, hit: usize, events: usize) -> Reply {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
-    let text = format!("Hello from mock #{hit}");
+    let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let mut text = format!("Hello from mock #{hit}");
+    if json["response_format"]["type"] == "json_object" {
+        // OpenAI JSON mode: the answer is a JSON object.
+        text = json!({ "text": text }).to_string();
+    }
     let ctx = Ctx {
         req,
         hit,
-        json: serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+        json,
         pieces: split_text(&text, events),
         text,
     };

@@ -1,0 +1,179 @@
+"""openai, configured by OPENAI_BASE_URL alone."""
+
+import json
+
+import openai
+import pytest
+
+from conftest import mock_number
+
+MODEL = "gpt-4o-mini"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture
+def client(sdk_env):
+    return openai.OpenAI()
+
+
+def chat(client, prompt, **kwargs):
+    """One chat completion: (x-promptgate-cache header, parsed completion)."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], **kwargs
+    )
+    return raw.headers.get("x-promptgate-cache"), raw.parse()
+
+
+def stream_chat(client, prompt):
+    """One streamed chat completion, read to the end: (cache header, chunks)."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    return raw.headers.get("x-promptgate-cache"), list(raw.parse())
+
+
+def test_chat_completion_parses(client, prompt):
+    cache, completion = chat(client, prompt)
+
+    assert cache == "MISS"
+    choice = completion.choices[0]
+    mock_number(choice.message.content)
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "stop"
+    assert completion.model == MODEL
+    assert completion.usage.prompt_tokens > 0
+    assert completion.usage.completion_tokens > 0
+    assert (
+        completion.usage.total_tokens
+        == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+
+
+def test_repeated_chat_completion_is_a_cache_hit(client, prompt):
+    first_cache, first = chat(client, prompt)
+    second_cache, second = chat(client, prompt)
+
+    assert (first_cache, second_cache) == ("MISS", "HIT")
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert second.id == first.id
+    assert second.usage == first.usage
+
+
+def test_streamed_chat_completion_parses(client, prompt):
+    cache, chunks = stream_chat(client, prompt)
+
+    assert cache == "MISS"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    mock_number(text)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == "stop"
+    assert all(reason is None for reason in finish[:-1])
+    # include_usage: the last chunk has no choices and carries the usage.
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage.prompt_tokens > 0
+
+
+@pytest.mark.stream_cache
+def test_repeated_streamed_chat_completion_replays_the_stream(client, prompt):
+    first_cache, first = stream_chat(client, prompt)
+    second_cache, second = stream_chat(client, prompt)
+
+    assert (first_cache, second_cache) == ("MISS", "HIT")
+    assert [c.model_dump() for c in second] == [c.model_dump() for c in first]
+
+
+def test_embeddings_round_trip_and_are_cached(client, prompt):
+    inputs = [f"{prompt} one", f"{prompt} two"]
+    create = client.embeddings.with_raw_response.create
+
+    first_raw = create(model="text-embedding-3-small", input=inputs)
+    second_raw = create(model="text-embedding-3-small", input=inputs)
+    first, second = first_raw.parse(), second_raw.parse()
+
+    assert [d.index for d in first.data] == [0, 1]
+    # The mock's vector is [answer number, three numbers from a hash of the input].
+    vectors = [d.embedding for d in first.data]
+    assert all(len(v) == 4 for v in vectors)
+    assert vectors[0][0] == vectors[1][0]
+    assert vectors[0][1:] != vectors[1][1:]
+    assert first.usage.prompt_tokens > 0
+    assert first_raw.headers["x-promptgate-cache"] == "MISS"
+    assert second_raw.headers["x-promptgate-cache"] == "HIT"
+    assert [d.embedding for d in second.data] == vectors
+
+
+def test_tool_call_round_trips_and_is_cached(client, prompt):
+    first_cache, first = chat(client, prompt, tools=[WEATHER_TOOL])
+    second_cache, second = chat(client, prompt, tools=[WEATHER_TOOL])
+
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {}
+    assert call.id.startswith("call_")
+    assert (first_cache, second_cache) == ("MISS", "HIT")
+    assert second.choices[0].message.tool_calls == choice.message.tool_calls
+
+
+def test_json_mode_round_trips_and_is_its_own_cache_entry(client, prompt):
+    json_cache, json_mode = chat(client, prompt, response_format={"type": "json_object"})
+    text_cache, text_mode = chat(client, prompt)
+
+    answer = json.loads(json_mode.choices[0].message.content)
+    assert set(answer) == {"text"}
+    # Same messages, but response_format is part of the request: a different cache entry.
+    assert (json_cache, text_cache) == ("MISS", "MISS")
+    assert mock_number(answer["text"]) != mock_number(text_mode.choices[0].message.content)
+    again_cache, again = chat(client, prompt, response_format={"type": "json_object"})
+    assert again_cache == "HIT"
+    assert again == json_mode
+
+
+def test_rate_limit_reaches_the_sdk_as_rate_limit_error_after_its_retries(client, prompt):
+    # The SDK's own default: two retries, each honouring the mock's `retry-after: 1`.
+    with pytest.raises(openai.RateLimitError) as raised:
+        chat(client, prompt, extra_headers={"x-mock-status": "429"})
+
+    assert raised.value.status_code == 429
+    assert raised.value.body["message"] == "mock status 429"
+    assert raised.value.response.request.headers["x-stainless-retry-count"] == "2"
+
+
+def test_server_error_reaches_the_sdk_as_internal_server_error(sdk_env, prompt):
+    client = openai.OpenAI(max_retries=0)
+
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(client, prompt, extra_headers={"x-mock-status": "500"})
+
+    assert raised.value.status_code == 500
+    assert raised.value.body["message"] == "mock status 500"
+
+
+def test_an_error_is_not_cached(sdk_env, prompt):
+    client = openai.OpenAI(max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        chat(client, prompt, extra_headers={"x-mock-status": "429"})
+
+    # The same request (the fault header is not part of the cache key) now reaches the upstream.
+    cache, completion = chat(client, prompt)
+
+    assert cache == "MISS"
+    mock_number(completion.choices[0].message.content)
