@@ -1,12 +1,15 @@
-//! An upstream as the proxy uses it: where it is, how to reach it, what to inject.
+//! An upstream as the proxy uses it: where it is, how to reach it, what to inject, and how
+//! it has been doing (passive health, latency, concurrency).
 
-use crate::config::schema::TimeoutsSpec;
+use crate::config::schema::{HealthSpec, TimeoutsSpec};
 use crate::config::secret::Secret;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a DNS answer is reused. Provider endpoints move rarely; a short TTL still
 /// follows them without a lookup on every request.
@@ -27,7 +30,35 @@ pub struct Upstream {
     pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
     pub timeouts: TimeoutsSpec,
     resolved: Mutex<Option<(SocketAddr, Instant)>>,
+    health: Health,
+    /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
+    latency_ewma: AtomicU64,
+    /// With `max_concurrent`: the slots, and how long to wait for one.
+    slots: Option<(Arc<Semaphore>, Duration)>,
 }
+
+/// Passive health: consecutive failures, and until when the upstream is skipped.
+#[derive(Debug)]
+struct Health {
+    spec: HealthSpec,
+    failures: AtomicU32,
+    /// Milliseconds since [`epoch`]; 0 = not ejected.
+    ejected_until: AtomicU64,
+}
+
+/// Weight of the newest sample in the latency moving average.
+const EWMA_ALPHA: f64 = 0.3;
+
+/// A process-wide time origin, so instants fit in atomics.
+fn epoch_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// No slot for this upstream freed up within its `queue_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream is at its max_concurrent limit")]
+pub struct Busy;
 
 /// DNS resolution of an upstream host failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +94,69 @@ impl Upstream {
             headers,
             timeouts,
             resolved: Mutex::new(None),
+            health: Health {
+                spec: HealthSpec::default(),
+                failures: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
+            },
+            latency_ewma: AtomicU64::new(0),
+            slots: None,
         })
+    }
+
+    /// Sets passive health and the concurrency cap (`max_concurrent` 0 = none).
+    pub fn with_limits(mut self, health: HealthSpec, max_concurrent: usize, queue_timeout: Duration) -> Upstream {
+        self.health.spec = health;
+        self.slots = (max_concurrent > 0).then(|| (Arc::new(Semaphore::new(max_concurrent)), queue_timeout));
+        self
+    }
+
+    /// True while the upstream is ejected after repeated failures.
+    pub fn is_ejected(&self) -> bool {
+        epoch_ms() < self.health.ejected_until.load(Ordering::Acquire)
+    }
+
+    /// A successful exchange: resets the failure count and feeds the latency average.
+    pub fn record_success(&self, ttfb: Duration) {
+        self.health.failures.store(0, Ordering::Release);
+        let sample = ttfb.as_secs_f64() * 1e6;
+        let _ = self.latency_ewma.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+            let old = f64::from_bits(bits);
+            let new = if old == 0.0 { sample } else { old + EWMA_ALPHA * (sample - old) };
+            Some(new.max(1.0).to_bits())
+        });
+    }
+
+    /// A failed attempt; enough of them in a row eject the upstream for its cool-down.
+    pub fn record_failure(&self) {
+        let spec = &self.health.spec;
+        let n = self.health.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if spec.failures > 0 && n >= spec.failures {
+            self.health.failures.store(0, Ordering::Release);
+            let until = epoch_ms() + spec.cooldown.as_millis() as u64;
+            self.health.ejected_until.store(until, Ordering::Release);
+            log::warn!(
+                "upstream {} failed {n} times in a row; skipping it for {:?}",
+                self.name,
+                spec.cooldown
+            );
+        }
+    }
+
+    /// Smoothed time to first byte in microseconds (0 before the first measurement).
+    pub fn latency_micros(&self) -> f64 {
+        f64::from_bits(self.latency_ewma.load(Ordering::Acquire))
+    }
+
+    /// A slot under `max_concurrent` (none needed without a cap), waiting up to `queue_timeout`.
+    pub async fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Busy> {
+        let Some((slots, wait)) = &self.slots else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(*wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(Busy),
+        }
     }
 
     /// The upstream path for a client path (already stripped of the route prefix).

@@ -4,7 +4,7 @@
 //! and keeps it to its end.
 
 use crate::cache::policy::CachePolicy;
-use crate::config::schema::{CacheSpec, ReloadSpec};
+use crate::config::schema::{CacheSpec, PriorityGroup, ReloadSpec, RetrySpec, Strategy};
 use crate::endpoint::Upstream;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -34,6 +34,10 @@ pub struct Route {
     /// The prefix to remove from the path before forwarding, when `strip_prefix` is set.
     pub strip: Option<String>,
     pub targets: Vec<Target>,
+    /// Priority groups, chosen per request (see `balance`).
+    pub groups: Vec<(PriorityGroup, Vec<Target>)>,
+    pub strategy: Strategy,
+    pub retry: RetrySpec,
     pub cache: CachePolicy,
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
@@ -54,6 +58,8 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     /// Replacement for the JSON body's `model`.
     pub model: Option<String>,
+    /// Share of first picks under `strategy: weighted`.
+    pub weight: u32,
 }
 
 /// True when `path` is `prefix` or continues it at a segment boundary.
@@ -108,6 +114,13 @@ impl Matcher {
 }
 
 impl Route {
+    pub fn group(&self, group: PriorityGroup) -> Option<&[Target]> {
+        self.groups
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, t)| t.as_slice())
+    }
+
     /// The path to forward: `path` without the route prefix when stripping, always starting with `/`.
     pub fn forward_path<'a>(&self, path: &'a str) -> &'a str {
         let Some(prefix) = &self.strip else {
@@ -152,6 +165,9 @@ mod tests {
             matcher: Matcher::default(),
             strip: strip.map(String::from),
             targets: vec![],
+            groups: vec![],
+            strategy: Strategy::Failover,
+            retry: RetrySpec::default(),
             cache: CachePolicy::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             key_name: "r".into(),
         }

@@ -1,7 +1,7 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
 use super::schema::{
-    self, CacheBackend, CacheSpec, LimitsSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, LimitsSpec, RetryOn, TargetSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::Sections;
@@ -240,6 +240,9 @@ fn upstream(s: &mut Sections, path: &str, name: &str, spec: UpstreamSpec) -> Opt
             ),
         }
     }
+    if spec.health.failures > 0 && spec.health.cooldown.is_zero() {
+        s.problem(format!("{path}.health.cooldown"), "must be greater than 0");
+    }
     let t = &spec.timeouts;
     for (field, d) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
         if d.is_zero() {
@@ -259,7 +262,7 @@ fn upstream(s: &mut Sections, path: &str, name: &str, spec: UpstreamSpec) -> Opt
         headers,
         spec.timeouts,
     ) {
-        Ok(u) => Some(u),
+        Ok(u) => Some(u.with_limits(spec.health, spec.max_concurrent, spec.queue_timeout)),
         Err(_) => {
             s.problem(&url_path, "host is not valid in a Host header");
             None
@@ -338,33 +341,41 @@ fn route(
             ),
         }
     }
-    if spec.targets.is_empty() {
-        s.problem(format!("{path}.targets"), "must name at least one upstream");
+    if spec.targets.is_empty() && spec.groups.is_empty() {
+        s.problem(
+            format!("{path}.targets"),
+            "must name at least one upstream (or define groups)",
+        );
     }
-    let mut targets = Vec::new();
-    for (j, t) in spec.targets.iter().enumerate() {
-        match upstreams.get(t.upstream()) {
-            Some(u) => targets.push(Target {
-                upstream: u.clone(),
-                model: t.model().map(String::from),
-            }),
-            None if broken.contains(t.upstream()) => {}
-            None => {
-                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+    let targets = targets(s, &format!("{path}.targets"), &spec.targets, upstreams, broken);
+    let mut groups = Vec::new();
+    for (group, list) in &spec.groups {
+        let gpath = format!("{path}.groups.{}", group.as_str());
+        if list.is_empty() {
+            s.problem(&gpath, "must name at least one upstream");
+        }
+        for (j, t) in list.iter().enumerate() {
+            if t.model().is_none() {
                 s.problem(
-                    format!("{path}.targets[{j}]"),
-                    format!(
-                        "unknown upstream {:?} (defined: {})",
-                        t.upstream(),
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    format!("{gpath}[{j}]"),
+                    "a priority group's target must set `model` (clients may send an alias like \"auto:speed\")",
                 );
             }
         }
+        groups.push((*group, self::targets(s, &gpath, list, upstreams, broken)));
+    }
+    let retry = &spec.retry;
+    if retry.attempts == 0 {
+        s.problem(format!("{path}.retry.attempts"), "must be at least 1 (1 = no retry)");
+    }
+    if retry.base > retry.max {
+        s.problem(format!("{path}.retry.base"), "must not exceed retry.max");
+    }
+    if let Some(bad) = retry.on.iter().find_map(|o| match o {
+        RetryOn::Status(code) if !(100..=599).contains(code) => Some(*code),
+        _ => None,
+    }) {
+        s.problem(format!("{path}.retry.on"), format!("{bad} is not an HTTP status code"));
     }
     let policy = CachePolicy::resolve(cache, &spec.cache)
         .map_err(|problems| {
@@ -376,7 +387,11 @@ fn route(
     if s.problems.len() > before {
         return None;
     }
-    let rewrites: Vec<&str> = targets.iter().filter_map(|t| t.model.as_deref()).collect();
+    let rewrites: Vec<&str> = targets
+        .iter()
+        .chain(groups.iter().flat_map(|(_, g)| g.iter()))
+        .filter_map(|t| t.model.as_deref())
+        .collect();
     let key_name = if rewrites.is_empty() {
         spec.name.clone()
     } else {
@@ -393,8 +408,48 @@ fn route(
         },
         strip: spec.strip_prefix.then(|| m.path_prefix.clone()).flatten(),
         targets,
+        groups,
+        strategy: spec.strategy,
+        retry: spec.retry,
         cache: policy?,
     })
+}
+
+/// Resolves a list of target specs against the upstreams, reporting unknown names.
+fn targets(
+    s: &mut Sections,
+    path: &str,
+    specs: &[TargetSpec],
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    broken: &HashSet<String>,
+) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for (j, t) in specs.iter().enumerate() {
+        match upstreams.get(t.upstream()) {
+            Some(u) => targets.push(Target {
+                upstream: u.clone(),
+                model: t.model().map(String::from),
+                weight: t.weight(),
+            }),
+            None if broken.contains(t.upstream()) => {}
+            None => {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                s.problem(
+                    format!("{path}[{j}]"),
+                    format!(
+                        "unknown upstream {:?} (defined: {})",
+                        t.upstream(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    targets
 }
 
 #[cfg(test)]

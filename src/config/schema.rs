@@ -59,6 +59,38 @@ pub struct UpstreamSpec {
     pub headers: BTreeMap<String, Secret<String>>,
     #[serde(default)]
     pub timeouts: TimeoutsSpec,
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// At most this many requests to this upstream at once (0 = no cap).
+    #[serde(default)]
+    pub max_concurrent: usize,
+    /// With `max_concurrent`, how long a request waits for a slot before a 503.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+pub fn default_queue_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `upstreams.NAME.health:` — passive health: an upstream that keeps failing is skipped for a while.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// Consecutive failed attempts after which the upstream is ejected (0 = never).
+    pub failures: u32,
+    /// How long an ejected upstream is skipped (unless every target is ejected).
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `upstreams.NAME.timeouts:` — human durations such as `5s` or `250ms`.
@@ -100,9 +132,119 @@ pub struct RouteSpec {
     /// Remove `match.path_prefix` from the path before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    #[serde(default)]
     pub targets: Vec<TargetSpec>,
+    /// Priority groups (`speed`, `cost`, `quality`, `fallback`), chosen per request by
+    /// `x-promptgate-priority` or a model alias such as `"model": "auto:speed"`.
+    #[serde(default)]
+    pub groups: BTreeMap<PriorityGroup, Vec<TargetSpec>>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub retry: RetrySpec,
     #[serde(default)]
     pub cache: RouteCacheSpec,
+}
+
+/// The order in which a route's targets are tried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// In the order listed.
+    #[default]
+    Failover,
+    /// First target picked at random by `weight`, then the rest in order.
+    Weighted,
+    /// The faster of two random targets (moving average of time to first byte) first.
+    Latency,
+}
+
+/// Named target groups for priority routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityGroup {
+    Speed,
+    Cost,
+    Quality,
+    Fallback,
+}
+
+impl PriorityGroup {
+    pub const ALL: [PriorityGroup; 4] = [
+        PriorityGroup::Speed,
+        PriorityGroup::Cost,
+        PriorityGroup::Quality,
+        PriorityGroup::Fallback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriorityGroup::Speed => "speed",
+            PriorityGroup::Cost => "cost",
+            PriorityGroup::Quality => "quality",
+            PriorityGroup::Fallback => "fallback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PriorityGroup> {
+        PriorityGroup::ALL
+            .into_iter()
+            .find(|g| g.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// `routes[N].retry:` — retrying and failing over while nothing was sent to the client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    /// Attempts per target (1 = no retry). Default 3.
+    pub attempts: u32,
+    /// Backoff before the first retry; doubles each retry, with full jitter. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// Longest backoff, and cap on an honoured `Retry-After`. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// What is retried: `connect`, `timeout`, `reset`, and HTTP status codes.
+    pub on: Vec<RetryOn>,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            attempts: 3,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            on: vec![
+                RetryOn::Named(RetryCondition::Connect),
+                RetryOn::Named(RetryCondition::Timeout),
+                RetryOn::Named(RetryCondition::Reset),
+                RetryOn::Status(429),
+                RetryOn::Status(500),
+                RetryOn::Status(502),
+                RetryOn::Status(503),
+                RetryOn::Status(504),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged, expecting = "connect, timeout, reset, or an HTTP status code")]
+pub enum RetryOn {
+    Status(u16),
+    Named(RetryCondition),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryCondition {
+    /// The connection could not be made (refused, unreachable, DNS, TLS).
+    Connect,
+    /// No answer within the upstream's timeouts.
+    Timeout,
+    /// The connection broke before the response head.
+    Reset,
 }
 
 /// `routes[N].match:` — every given criterion must hold; none given matches everything.
@@ -137,6 +279,8 @@ pub struct DetailedTarget {
     pub upstream: String,
     /// Replaces the `model` field of the JSON request body.
     pub model: Option<String>,
+    /// Share of first picks under `strategy: weighted`. Default 1.
+    pub weight: Option<u32>,
 }
 
 impl TargetSpec {
@@ -151,6 +295,13 @@ impl TargetSpec {
         match self {
             TargetSpec::Name(_) => None,
             TargetSpec::Detailed(d) => d.model.as_deref(),
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            TargetSpec::Name(_) => 1,
+            TargetSpec::Detailed(d) => d.weight.unwrap_or(1),
         }
     }
 }
