@@ -74,6 +74,10 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         .and_then(|v| s.typed::<HumanDuration>("shutdown_grace", v))
         .map(|d| d.0)
         .unwrap_or_else(schema::default_shutdown_grace);
+    let upgrade_sock = take("upgrade_sock")
+        .and_then(|v| s.typed::<String>("upgrade_sock", v))
+        .unwrap_or_else(schema::default_upgrade_sock);
+    check_upgrade_sock(s, &upgrade_sock);
     let limits = take("limits")
         .and_then(|v| s.typed::<LimitsSpec>("limits", v))
         .unwrap_or_default();
@@ -107,11 +111,32 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
             threads
         },
         shutdown_grace,
+        upgrade_sock,
         max_body_bytes: limits.max_body_bytes,
         routes,
         cache,
         reload,
     })
+}
+
+/// A Unix socket path must be absolute (both processes may run from different directories)
+/// and fit `sockaddr_un.sun_path` (108 bytes with its NUL); Pingora panics on a path it cannot bind.
+fn check_upgrade_sock(s: &mut Sections, path: &str) {
+    const SUN_PATH_MAX: usize = 107;
+    if !path.starts_with('/') {
+        s.problem(
+            "upgrade_sock",
+            format!("{path:?} must be an absolute path (e.g. \"/run/promptgate/upgrade.sock\")"),
+        );
+    } else if path.len() > SUN_PATH_MAX {
+        s.problem(
+            "upgrade_sock",
+            format!(
+                "is {} bytes long; a Unix socket path has at most {SUN_PATH_MAX}",
+                path.len()
+            ),
+        );
+    }
 }
 
 fn address(
@@ -454,6 +479,21 @@ cache:
         assert!(t.threads >= 1);
         assert!(t.routes.is_empty());
         assert!(t.reload.watch, "the file is watched by default");
+        assert_eq!(t.upgrade_sock, "/tmp/promptgate_upgrade.sock");
+    }
+
+    #[test]
+    fn upgrade_sock_is_configurable_and_checked() {
+        assert_eq!(
+            ok("upgrade_sock: /run/promptgate/upgrade.sock\n").upgrade_sock,
+            "/run/promptgate/upgrade.sock"
+        );
+        let p = problems("upgrade_sock: upgrade.sock\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "upgrade_sock");
+        assert!(p[0].message.contains("absolute"), "{p:?}");
+        let long = format!("upgrade_sock: /{}\n", "x".repeat(120));
+        assert!(problems(&long)[0].message.contains("at most 107"));
     }
 
     #[test]
