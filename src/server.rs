@@ -228,12 +228,16 @@ impl DrainingShutdown {
                 return None;
             }
         }
+        // Keep-alive off first: during the overlap every busy connection gets its last answer
+        // with `Connection: close` and moves to the new process. Stopping the listeners closes
+        // idle keep-alive connections, and a client may be sending on one just then; after the
+        // overlap only connections idle for all of it are left to that race.
+        self.draining.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(HANDOVER_OVERLAP) => {}
             _ = int.recv() => return Some(ShutdownSignal::FastShutdown),
         }
         self.handover.stop_accepting();
-        self.draining.store(true, Ordering::Relaxed);
         log::info!(
             "stopped accepting; draining {} in-flight request(s)",
             self.inflight.count()

@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod forwarding;
 mod lifecycle;
+mod operations;
 mod reload;
 mod streaming;
 mod upstream_faults;
