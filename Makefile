@@ -3,7 +3,15 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CONFIG ?= conf/promptgate.yaml
 
-.PHONY: run build test lint unit deps test-deps check-config clean
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/promptgate
+# systemctl, only for a real install on a machine running systemd (not for DESTDIR staging);
+# a failure there (e.g. no running systemd) is reported but does not fail the install.
+SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
+
+.PHONY: run build test lint unit packaging install uninstall deps test-deps check-config clean
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -14,7 +22,7 @@ build: deps
 	cargo build --release --locked
 
 ## test: install what is missing, then lint and run every test suite
-test: test-deps lint unit
+test: test-deps lint unit packaging
 
 lint:
 	cargo fmt --all -- --check
@@ -22,6 +30,27 @@ lint:
 
 unit:
 	cargo test --locked
+
+## packaging: systemd unit (verify, security exposure <= 2.0), hadolint Dockerfile, shipped configs
+packaging:
+	@bash scripts/check-packaging.sh
+
+## install: binary, systemd unit, config and env template (kept if present); as root
+install: build
+	install -D -m 0755 target/release/promptgate $(DESTDIR)$(BINDIR)/promptgate
+	install -D -m 0644 systemd/promptgate.service $(DESTDIR)$(UNITDIR)/promptgate.service
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	test -e $(DESTDIR)$(CONFDIR)/promptgate.yaml || install -m 0644 conf/promptgate.yaml $(DESTDIR)$(CONFDIR)/promptgate.yaml
+	test -e $(DESTDIR)$(CONFDIR)/env || install -m 0600 conf/env.example $(DESTDIR)$(CONFDIR)/env
+	@$(SYSTEMCTL) daemon-reload
+	@echo "installed; start with: systemctl enable --now promptgate"
+
+## uninstall: stop and remove the service and binary; /etc/promptgate (config, keys) is kept
+uninstall:
+	@$(SYSTEMCTL) disable --now promptgate
+	rm -f $(DESTDIR)$(BINDIR)/promptgate $(DESTDIR)$(UNITDIR)/promptgate.service
+	@$(SYSTEMCTL) daemon-reload
+	@echo "removed; $(CONFDIR) kept (rm -r $(CONFDIR) to delete config and keys)"
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)
