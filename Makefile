@@ -5,7 +5,15 @@ CONFIG ?= conf/promptgate.yaml
 VENV := .venv
 PYTHON_REQUIREMENTS := tests/python/requirements.txt
 
-.PHONY: run build test lint unit python-test deps test-deps check-config clean
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/promptgate
+# systemctl, only for a real install on a machine running systemd (not for DESTDIR staging);
+# a failure there (e.g. no running systemd) is reported but does not fail the install.
+SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
+
+.PHONY: run build test lint unit python-test packaging install uninstall deps test-deps check-config clean
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -17,7 +25,7 @@ build: deps
 
 ## test: install what is missing, then lint and run every test suite; the Python suite runs
 ## last, so its closing "N passed" line ends the output
-test: test-deps lint unit
+test: test-deps lint unit packaging
 	@$(MAKE) --no-print-directory python-test
 
 lint:
@@ -38,6 +46,27 @@ $(VENV)/.requirements-installed: $(PYTHON_REQUIREMENTS)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(PYTHON_REQUIREMENTS)
 	touch $@
+
+## packaging: systemd unit (verify, security exposure <= 2.0), hadolint Dockerfile, shipped configs
+packaging:
+	@bash scripts/check-packaging.sh
+
+## install: binary, systemd unit, config and env template (kept if present); as root
+install: build
+	install -D -m 0755 target/release/promptgate $(DESTDIR)$(BINDIR)/promptgate
+	install -D -m 0644 systemd/promptgate.service $(DESTDIR)$(UNITDIR)/promptgate.service
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	test -e $(DESTDIR)$(CONFDIR)/promptgate.yaml || install -m 0644 conf/promptgate.yaml $(DESTDIR)$(CONFDIR)/promptgate.yaml
+	test -e $(DESTDIR)$(CONFDIR)/env || install -m 0600 conf/env.example $(DESTDIR)$(CONFDIR)/env
+	@$(SYSTEMCTL) daemon-reload
+	@echo "installed; start with: systemctl enable --now promptgate"
+
+## uninstall: stop and remove the service and binary; /etc/promptgate (config, keys) is kept
+uninstall:
+	@$(SYSTEMCTL) disable --now promptgate
+	rm -f $(DESTDIR)$(BINDIR)/promptgate $(DESTDIR)$(UNITDIR)/promptgate.service
+	@$(SYSTEMCTL) daemon-reload
+	@echo "removed; $(CONFDIR) kept (rm -r $(CONFDIR) to delete config and keys)"
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)

@@ -1,6 +1,7 @@
-//! The command line: `promptgate run | check | key | warm`, with `--config` resolution.
+//! The command line: `promptgate run | check | key | warm | health`, with `--config` resolution.
 
 use crate::config;
+use crate::health;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,14 +25,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy until SIGTERM (graceful) or SIGINT; SIGHUP reloads the config file.
-    Run(ConfigArg),
+    /// Run the proxy until SIGTERM (graceful) or SIGINT; SIGHUP reloads the config file;
+    /// SIGQUIT hands the listeners to a process started with --upgrade, SIGUSR2 starts one.
+    Run(RunArgs),
     /// Validate the config file: exit 0 when valid, else list every problem and exit 1.
     Check(ConfigArg),
     /// Print the cache key of a request (body on stdin) and the canonical form that was hashed.
     Key(KeyArgs),
     /// Send a JSONL file of requests through a running promptgate to fill its cache.
     Warm(WarmArgs),
+    /// Ask the admin listener's /healthz: exit 0 on 200, else say why and exit 1.
+    Health(HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +70,25 @@ pub struct WarmArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Take over the listening sockets of the running promptgate (zero-downtime upgrade):
+    /// start this, then send the old process SIGQUIT within 5 seconds.
+    #[arg(long)]
+    pub upgrade: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Health URL to ask instead of the config's admin address, e.g. http://127.0.0.1:9090/healthz.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Config file (YAML).
     #[arg(short, long, env = "PROMPTGATE_CONFIG", value_name = "FILE")]
@@ -83,14 +106,14 @@ impl ConfigArg {
 /// Runs the parsed command.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(arg) => {
-            let (path, table) = arg.load()?;
+        Command::Run(RunArgs { config, upgrade }) => {
+            let (path, table) = config.load()?;
             log::info!(
                 "config {} loaded: {} route(s)",
                 path.display(),
                 table.routes.len()
             );
-            crate::server::run(table, path).context("promptgate stopped with an error")
+            crate::server::run(table, path, upgrade).context("promptgate stopped with an error")
         }
         Command::Key(args) => print_key(args),
         Command::Warm(args) => {
@@ -126,6 +149,15 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 table.listen,
                 table.admin
             );
+            Ok(())
+        }
+        Command::Health(HealthArgs { config, url }) => {
+            let target = match url {
+                Some(url) => health::Target::from_url(&url)?,
+                None => health::Target::admin(config.load()?.1.admin),
+            };
+            let status = health::check(&target).context("unhealthy")?;
+            println!("healthy: {} answered {status}", target.url());
             Ok(())
         }
     }

@@ -105,9 +105,15 @@ impl Upstream {
     }
 
     /// Sets passive health and the concurrency cap (`max_concurrent` 0 = none).
-    pub fn with_limits(mut self, health: HealthSpec, max_concurrent: usize, queue_timeout: Duration) -> Upstream {
+    pub fn with_limits(
+        mut self,
+        health: HealthSpec,
+        max_concurrent: usize,
+        queue_timeout: Duration,
+    ) -> Upstream {
         self.health.spec = health;
-        self.slots = (max_concurrent > 0).then(|| (Arc::new(Semaphore::new(max_concurrent)), queue_timeout));
+        self.slots =
+            (max_concurrent > 0).then(|| (Arc::new(Semaphore::new(max_concurrent)), queue_timeout));
         self
     }
 
@@ -120,11 +126,17 @@ impl Upstream {
     pub fn record_success(&self, ttfb: Duration) {
         self.health.failures.store(0, Ordering::Release);
         let sample = ttfb.as_secs_f64() * 1e6;
-        let _ = self.latency_ewma.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-            let old = f64::from_bits(bits);
-            let new = if old == 0.0 { sample } else { old + EWMA_ALPHA * (sample - old) };
-            Some(new.max(1.0).to_bits())
-        });
+        let _ = self
+            .latency_ewma
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old == 0.0 {
+                    sample
+                } else {
+                    old + EWMA_ALPHA * (sample - old)
+                };
+                Some(new.max(1.0).to_bits())
+            });
     }
 
     /// A failed attempt; enough of them in a row eject the upstream for its cool-down.

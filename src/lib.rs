@@ -5,7 +5,7 @@
 //! answer chunk by chunk. The table comes from [`config`] and is swapped whole on reload.
 //!
 //! Module map:
-//! - [`cli`] — command line: `run`, `check`.
+//! - [`cli`] — command line: `run`, `check`, `health`.
 //! - [`config`] — YAML → validated [`routing::Table`], every problem with path and line.
 //! - [`routing`] — the table and route matching.
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
@@ -17,16 +17,22 @@
 //! - [`admin`] — the admin listener: health, metrics, reload.
 //! - [`warm`] — `promptgate warm`: fill the cache from a JSONL file of requests.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
+//! - [`upgrade`] — zero-downtime upgrade: hand the listening sockets to a new process.
+//! - [`systemd`] — `Type=notify` readiness (`READY=1`, `MAINPID`, `STOPPING=1`).
+//! - [`health`] — `promptgate health`: one `GET /healthz` to the admin listener.
 
 pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod health;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod systemd;
+pub mod upgrade;
 pub mod warm;

@@ -36,7 +36,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Config fields that are bound when the process starts (sockets, runtimes).
-pub const RESTART_FIELDS: &[&str] = &["listen", "admin", "threads", "cache.memory.max_bytes"];
+/// `upgrade_sock` is among them because a new process started with `--upgrade` reads it from the
+/// file while the running one sends to the path it started with; keeping the running value
+/// makes that mismatch visible (a warning) instead of a silent failed handover.
+pub const RESTART_FIELDS: &[&str] = &[
+    "listen",
+    "admin",
+    "threads",
+    "upgrade_sock",
+    "cache.memory.max_bytes",
+];
 
 /// Quiet time after the last file event before reloading: editors and `kubectl` touch the file
 /// (or its directory) several times per save, and we want to read the finished result once.
@@ -194,9 +203,15 @@ fn keep_startup_fields(running: &Table, next: &mut Table) -> Vec<NeedsRestart> {
         next.cache.memory.max_bytes.to_string(),
     );
     next.cache.memory.max_bytes = running.cache.memory.max_bytes;
+    keep(
+        "upgrade_sock",
+        running.upgrade_sock.clone(),
+        next.upgrade_sock.clone(),
+    );
     next.listen = running.listen;
     next.admin = running.admin;
     next.threads = running.threads;
+    next.upgrade_sock = running.upgrade_sock.clone();
     changed
 }
 
@@ -391,11 +406,12 @@ mod tests {
     fn startup_fields_keep_their_running_values() {
         let running = table("listen: 127.0.0.1:1000\nadmin: 127.0.0.1:1001\nthreads: 2\n");
         let mut next = table(
-            "listen: 127.0.0.1:2000\nadmin: 127.0.0.1:1001\nthreads: 4\nshutdown_grace: 3s\n",
+            "listen: 127.0.0.1:2000\nadmin: 127.0.0.1:1001\nthreads: 4\nshutdown_grace: 3s\nupgrade_sock: /run/pg.sock\n",
         );
         let changed = keep_startup_fields(&running, &mut next);
         let fields: Vec<_> = changed.iter().map(|n| n.field).collect();
-        assert_eq!(fields, ["listen", "threads"]);
+        assert_eq!(fields, ["listen", "threads", "upgrade_sock"]);
+        assert_eq!(next.upgrade_sock, "/tmp/promptgate_upgrade.sock");
         assert_eq!(changed[0].requested, "127.0.0.1:2000");
         assert_eq!(next.listen.to_string(), "127.0.0.1:1000");
         assert_eq!(next.threads, 2);

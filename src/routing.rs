@@ -21,6 +21,8 @@ pub struct Table {
     /// Worker threads of the proxy service (never 0: "0" in the file means one per core).
     pub threads: usize,
     pub shutdown_grace: Duration,
+    /// Unix socket through which listening sockets pass to a new process on upgrade.
+    pub upgrade_sock: String,
     pub max_body_bytes: usize,
     pub routes: Vec<Route>,
     pub cache: CacheSpec,

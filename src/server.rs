@@ -1,5 +1,6 @@
 //! Assembles and runs the Pingora server: the proxy listener, the admin listener, the reload
-//! service, and a shutdown that drains in-flight requests instead of sleeping a fixed grace period.
+//! service, and a shutdown that drains in-flight requests instead of sleeping a fixed grace period
+//! (on SIGTERM, and after handing the listeners to a new process on SIGQUIT/SIGUSR2).
 
 use crate::admin::Admin;
 use crate::cache::Cache;
@@ -7,6 +8,8 @@ use crate::metrics::Metrics;
 use crate::proxy::{Inflight, Proxy};
 use crate::reload::{ReloadService, Reloader};
 use crate::routing::Table;
+use crate::systemd::{self, ReadyNotifier};
+use crate::upgrade::{Handover, UpgradeError};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,16 +18,25 @@ use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::proxy::ProxyServiceBuilder;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// After handing the sockets over, the old process keeps accepting this long too, so that the
+/// new one has surely started its accept loops before the old one stops (connections wait in the
+/// shared backlog either way; this only keeps that wait short).
+const HANDOVER_OVERLAP: Duration = Duration::from_millis(500);
+/// After the accept loops stop, a connection accepted just before may not have sent its request
+/// yet (so it is not counted in flight): wait this long before trusting an in-flight count of 0.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Fails fast when `addr` cannot be bound (Pingora would retry silently for 30 s).
 fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
@@ -37,22 +49,40 @@ fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Runs promptgate with `table`, loaded from `config_path`, until SIGTERM/SIGINT. The file is
-/// reloaded on change, SIGHUP and `POST /reload`. Returns once every listener is closed.
-pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
-    ensure_bindable(table.listen, "listen")?;
-    ensure_bindable(table.admin, "admin")?;
+/// Runs promptgate with `table`, loaded from `config_path`, until SIGTERM/SIGINT, or until its
+/// listeners are handed to a new process (SIGQUIT/SIGUSR2). The file is reloaded on change,
+/// SIGHUP and `POST /reload`. With `upgrade`, the listening sockets are taken over from the
+/// running process instead of bound. Returns once every listener is closed.
+pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
+    if upgrade {
+        log::info!(
+            "upgrade: waiting for the running process's listening sockets on {} (send it SIGQUIT)",
+            table.upgrade_sock
+        );
+    } else {
+        // Taken over on upgrade, so only a fresh start checks that the ports are free.
+        ensure_bindable(table.listen, "listen")?;
+        ensure_bindable(table.admin, "admin")?;
+    }
     let listen = table.listen;
     let admin = table.admin;
+    let upgrade_sock = table.upgrade_sock.clone();
 
     let conf = ServerConf {
         threads: table.threads,
         // Our shutdown watcher drains before Pingora starts its own (fixed-length) grace period.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `upgrade`, this blocks until the old process sends its sockets (Pingora waits about
+    // 5 s, then exits the process with status 1).
     server.bootstrap();
 
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
@@ -63,7 +93,7 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
     let cache = Arc::new(Cache::new(&table.cache).context("cannot set up the cache")?);
     let table = Arc::new(ArcSwap::from_pointee(table));
     let reloader = Arc::new(Reloader::new(
-        config_path,
+        config_path.clone(),
         table.clone(),
         cache.clone(),
         metrics.clone(),
@@ -86,7 +116,9 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
         .server_options(server_options)
         .build();
     service.add_tcp(&listen.to_string());
-    server.add_service(service).add_dependency(&reload);
+    let handover = Handover::new();
+    let proxy_handle = server.add_service(handover.wrap(service));
+    proxy_handle.add_dependency(&reload);
 
     let mut admin_service = Service::new(
         "promptgate admin".to_string(),
@@ -94,7 +126,17 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
     );
     admin_service.add_tcp(&admin.to_string());
     admin_service.threads = Some(1);
-    server.add_service(admin_service).add_dependency(&reload);
+    let admin_handle = server.add_service(handover.wrap(admin_service));
+    admin_handle.add_dependency(&reload);
+
+    let ready = server.add_service(background_service(
+        "promptgate ready",
+        ReadyNotifier {
+            addrs: vec![listen, admin],
+            upgrade,
+        },
+    ));
+    ready.add_dependencies([&proxy_handle, &admin_handle]);
 
     log::info!(
         "promptgate {} listening on {listen} (admin {admin})",
@@ -105,6 +147,9 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
             inflight,
             draining,
             table,
+            handover,
+            upgrade_sock,
+            config_path,
         }),
     });
     Ok(())
@@ -112,44 +157,148 @@ pub fn run(table: Table, config_path: PathBuf) -> anyhow::Result<()> {
 
 /// SIGTERM: stop keeping connections alive, wait until no request is in flight (at most the
 /// grace period), then let Pingora close the listeners. SIGINT: stop now. SIGQUIT: hand the
-/// listening sockets to a new process (zero-downtime upgrade).
+/// listening sockets to a new process (`run --upgrade`), stop accepting, then drain the same way.
+/// SIGUSR2: start that new process ourselves (the binary at our own path, same config), then as
+/// SIGQUIT — the upgrade systemd can run inside the unit.
 struct DrainingShutdown {
     inflight: Arc<Inflight>,
     draining: Arc<AtomicBool>,
     /// Read at SIGTERM, so a reloaded `shutdown_grace` applies.
     table: Arc<ArcSwap<Table>>,
+    handover: Arc<Handover>,
+    upgrade_sock: String,
+    config_path: PathBuf,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for DrainingShutdown {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::user_defined2()),
         ) else {
             log::error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = term.recv() => {
-                self.draining.store(true, Ordering::Relaxed);
-                let grace = self.table.load().shutdown_grace;
-                let deadline = Instant::now() + grace;
-                log::info!("SIGTERM: draining {} in-flight request(s), at most {grace:?}", self.inflight.count());
-                while self.inflight.count() > 0 && Instant::now() < deadline {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+        loop {
+            tokio::select! {
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = term.recv() => {
+                    systemd::notify(&[sd_notify::NotifyState::Stopping]);
+                    self.draining.store(true, Ordering::Relaxed);
+                    log::info!("SIGTERM: draining {} in-flight request(s)", self.inflight.count());
+                    return self.drain(&mut int, Duration::ZERO).await;
+                }
+                _ = quit.recv() => {
+                    log::info!("SIGQUIT: handing the listening sockets to the new process");
+                    if let Some(signal) = self.hand_over(&mut int).await {
+                        return signal;
                     }
                 }
-                if self.inflight.count() > 0 {
-                    log::warn!("grace period over with {} request(s) in flight", self.inflight.count());
+                _ = usr2.recv() => {
+                    log::info!("SIGUSR2: starting a new process to take over the listening sockets");
+                    match self.spawn_successor() {
+                        Ok(()) => {
+                            if let Some(signal) = self.hand_over(&mut int).await {
+                                return signal;
+                            }
+                        }
+                        Err(e) => log::error!("SIGUSR2: {e:#}; still serving"),
+                    }
                 }
-                ShutdownSignal::GracefulTerminate
             }
         }
     }
+}
+
+impl DrainingShutdown {
+    /// Sends the sockets, keeps accepting for [`HANDOVER_OVERLAP`], stops accepting and drains.
+    /// `None` when no process took the sockets: this one keeps serving, nothing is lost.
+    async fn hand_over(&self, int: &mut Signal) -> Option<ShutdownSignal> {
+        match self.handover.send(&self.upgrade_sock).await {
+            Ok(_) => log::info!("listening sockets handed over via {}", self.upgrade_sock),
+            Err(UpgradeError::NoSockets) => {
+                // Cannot happen once the listeners run; Pingora's own path is the fallback.
+                log::warn!("no listening sockets registered; falling back to Pingora's upgrade");
+                return Some(ShutdownSignal::GracefulUpgrade);
+            }
+            Err(e) => {
+                log::error!("{e}; still serving");
+                return None;
+            }
+        }
+        // Keep-alive off first: during the overlap every busy connection gets its last answer
+        // with `Connection: close` and moves to the new process. Stopping the listeners closes
+        // idle keep-alive connections, and a client may be sending on one just then; after the
+        // overlap only connections idle for all of it are left to that race.
+        self.draining.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(HANDOVER_OVERLAP) => {}
+            _ = int.recv() => return Some(ShutdownSignal::FastShutdown),
+        }
+        self.handover.stop_accepting();
+        log::info!(
+            "stopped accepting; draining {} in-flight request(s)",
+            self.inflight.count()
+        );
+        Some(self.drain(int, SETTLE).await)
+    }
+
+    /// Waits at least `settle`, then until no request is in flight (at most `shutdown_grace`).
+    async fn drain(&self, int: &mut Signal, settle: Duration) -> ShutdownSignal {
+        let grace = self.table.load().shutdown_grace;
+        let started = Instant::now();
+        let deadline = started + grace.max(settle);
+        while (self.inflight.count() > 0 || started.elapsed() < settle) && Instant::now() < deadline
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+        if self.inflight.count() > 0 {
+            log::warn!(
+                "grace period ({grace:?}) over with {} request(s) in flight",
+                self.inflight.count()
+            );
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+
+    /// Starts `promptgate run --config <ours> --upgrade` from the path of our own binary (which
+    /// an upgrade has replaced), inheriting our environment (`NOTIFY_SOCKET` included, so it can
+    /// tell systemd it is the new main process), stdout and stderr.
+    fn spawn_successor(&self) -> anyhow::Result<()> {
+        let exe = own_path().context("cannot find our own binary")?;
+        let mut child = Command::new(&exe)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--upgrade")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        log::info!("started {} (pid {})", exe.display(), child.id());
+        // Reap it if it fails while we still run (e.g. an invalid config), so it is logged and
+        // leaves no zombie; once it has taken over it outlives us and this thread.
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                log::warn!("the upgrade process exited: {status}");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The path our binary was started from. Once an upgrade has replaced the file, Linux reports
+/// `/proc/self/exe` as `PATH (deleted)`; the new binary is at `PATH`.
+fn own_path() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => Path::new(path).to_path_buf(),
+        None => exe,
+    })
 }

@@ -1,7 +1,8 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
 use super::schema::{
-    self, CacheBackend, CacheSpec, LimitsSpec, RetryOn, TargetSpec, ReloadSpec, RouteSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, LimitsSpec, ReloadSpec, RetryOn, RouteSpec, TargetSpec,
+    UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::Sections;
@@ -75,6 +76,10 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         .and_then(|v| s.typed::<HumanDuration>("shutdown_grace", v))
         .map(|d| d.0)
         .unwrap_or_else(schema::default_shutdown_grace);
+    let upgrade_sock = take("upgrade_sock")
+        .and_then(|v| s.typed::<String>("upgrade_sock", v))
+        .unwrap_or_else(schema::default_upgrade_sock);
+    check_upgrade_sock(s, &upgrade_sock);
     let limits = take("limits")
         .and_then(|v| s.typed::<LimitsSpec>("limits", v))
         .unwrap_or_default();
@@ -118,11 +123,32 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
             threads
         },
         shutdown_grace,
+        upgrade_sock,
         max_body_bytes: limits.max_body_bytes,
         routes,
         cache,
         reload,
     })
+}
+
+/// A Unix socket path must be absolute (both processes may run from different directories)
+/// and fit `sockaddr_un.sun_path` (108 bytes with its NUL); Pingora panics on a path it cannot bind.
+fn check_upgrade_sock(s: &mut Sections, path: &str) {
+    const SUN_PATH_MAX: usize = 107;
+    if !path.starts_with('/') {
+        s.problem(
+            "upgrade_sock",
+            format!("{path:?} must be an absolute path (e.g. \"/run/promptgate/upgrade.sock\")"),
+        );
+    } else if path.len() > SUN_PATH_MAX {
+        s.problem(
+            "upgrade_sock",
+            format!(
+                "is {} bytes long; a Unix socket path has at most {SUN_PATH_MAX}",
+                path.len()
+            ),
+        );
+    }
 }
 
 fn address(
@@ -347,7 +373,13 @@ fn route(
             "must name at least one upstream (or define groups)",
         );
     }
-    let targets = targets(s, &format!("{path}.targets"), &spec.targets, upstreams, broken);
+    let targets = targets(
+        s,
+        &format!("{path}.targets"),
+        &spec.targets,
+        upstreams,
+        broken,
+    );
     let mut groups = Vec::new();
     for (group, list) in &spec.groups {
         let gpath = format!("{path}.groups.{}", group.as_str());
@@ -366,7 +398,10 @@ fn route(
     }
     let retry = &spec.retry;
     if retry.attempts == 0 {
-        s.problem(format!("{path}.retry.attempts"), "must be at least 1 (1 = no retry)");
+        s.problem(
+            format!("{path}.retry.attempts"),
+            "must be at least 1 (1 = no retry)",
+        );
     }
     if retry.base > retry.max {
         s.problem(format!("{path}.retry.base"), "must not exceed retry.max");
@@ -375,7 +410,10 @@ fn route(
         RetryOn::Status(code) if !(100..=599).contains(code) => Some(*code),
         _ => None,
     }) {
-        s.problem(format!("{path}.retry.on"), format!("{bad} is not an HTTP status code"));
+        s.problem(
+            format!("{path}.retry.on"),
+            format!("{bad} is not an HTTP status code"),
+        );
     }
     let policy = CachePolicy::resolve(cache, &spec.cache)
         .map_err(|problems| {
@@ -520,6 +558,21 @@ cache:
         assert!(t.threads >= 1);
         assert!(t.routes.is_empty());
         assert!(t.reload.watch, "the file is watched by default");
+        assert_eq!(t.upgrade_sock, "/tmp/promptgate_upgrade.sock");
+    }
+
+    #[test]
+    fn upgrade_sock_is_configurable_and_checked() {
+        assert_eq!(
+            ok("upgrade_sock: /run/promptgate/upgrade.sock\n").upgrade_sock,
+            "/run/promptgate/upgrade.sock"
+        );
+        let p = problems("upgrade_sock: upgrade.sock\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "upgrade_sock");
+        assert!(p[0].message.contains("absolute"), "{p:?}");
+        let long = format!("upgrade_sock: /{}\n", "x".repeat(120));
+        assert!(problems(&long)[0].message.contains("at most 107"));
     }
 
     #[test]

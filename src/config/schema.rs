@@ -12,6 +12,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "admin",
     "threads",
     "shutdown_grace",
+    "upgrade_sock",
     "limits",
     "upstreams",
     "routes",
@@ -29,6 +30,11 @@ pub fn default_admin() -> String {
 
 pub fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Where a new process (`run --upgrade`) waits for the running one's listening sockets.
+pub fn default_upgrade_sock() -> String {
+    "/tmp/promptgate_upgrade.sock".into()
 }
 
 /// `limits:` — bounds on what a client may send.
@@ -230,7 +236,10 @@ impl Default for RetrySpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged, expecting = "connect, timeout, reset, or an HTTP status code")]
+#[serde(
+    untagged,
+    expecting = "connect, timeout, reset, or an HTTP status code"
+)]
 pub enum RetryOn {
     Status(u16),
     Named(RetryCondition),
