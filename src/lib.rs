@@ -8,6 +8,7 @@
 //! - [`cli`] — command line: `run`, `check`, `health`.
 //! - [`config`] — YAML → validated [`routing::Table`], every problem with path and line.
 //! - [`routing`] — the table and route matching.
+//! - [`balance`] — the order a request tries a route's targets: groups, strategy, health.
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
 //! - [`providers`] — what differs per provider: how its streams end.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
@@ -22,6 +23,7 @@
 //! - [`health`] — `promptgate health`: one `GET /healthz` to the admin listener.
 
 pub mod admin;
+pub mod balance;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -421,7 +421,16 @@ fn route(
                 s.problem(format!("{path}.cache.{field}"), message);
             }
         })
-        .ok();
+        .ok()
+        .map(|mut policy| {
+            // The priority header picks the group, and so the answer: it is part of the key.
+            if !groups.is_empty() {
+                policy.vary.push(http::HeaderName::from_static(
+                    crate::balance::PRIORITY_HEADER,
+                ));
+            }
+            policy
+        });
     if s.problems.len() > before {
         return None;
     }

@@ -47,6 +47,12 @@ pub struct Ctx {
     pub coalesced: bool,
     /// Set by `request_filter` when the response head was written.
     pub status: u16,
+    /// Set by the failover loop: attempts beyond the first on one target, and moves to the
+    /// next target.
+    pub retries: u32,
+    pub failovers: u32,
+    /// Set by the failover loop: time to the upstream's response head.
+    pub ttfb: Option<std::time::Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
@@ -62,6 +68,9 @@ impl Default for Ctx {
             upstream: None,
             cache: None,
             coalesced: false,
+            retries: 0,
+            failovers: 0,
+            ttfb: None,
             status: 0,
             error: None,
             inflight: None,

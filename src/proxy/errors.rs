@@ -15,8 +15,6 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("{0}")]
     BadRequest(String),
-    #[error("request body is not valid JSON ({0}); route {1} needs it to {2}")]
-    MalformedJson(String, String, &'static str),
     #[error("cannot resolve upstream {upstream}: {detail}")]
     Resolve { upstream: String, detail: String },
     #[error("cannot connect to upstream {upstream}: {detail}")]
@@ -26,8 +24,23 @@ pub enum ProxyError {
         upstream: String,
         phase: &'static str,
     },
+    #[error("upstream {upstream} closed the connection before answering")]
+    Reset { upstream: String },
     #[error("upstream {upstream} failed: {detail}")]
     Upstream { upstream: String, detail: String },
+    #[error("upstream {upstream} is at its max_concurrent limit")]
+    Busy { upstream: String },
+    #[error("{priority}")]
+    Priority {
+        priority: crate::balance::PriorityError,
+    },
+    /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
+    #[error("{last} (route {route} tried: {tried})")]
+    Exhausted {
+        last: Box<ProxyError>,
+        route: String,
+        tried: String,
+    },
 }
 
 impl ProxyError {
@@ -35,13 +48,15 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => 404,
             ProxyError::BodyTooLarge { .. } => 413,
-            ProxyError::ClientBody(_)
-            | ProxyError::BadRequest(_)
-            | ProxyError::MalformedJson(..) => 400,
+            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => 400,
             ProxyError::Timeout { .. } => 504,
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
+            | ProxyError::Reset { .. }
             | ProxyError::Upstream { .. } => 502,
+            ProxyError::Busy { .. } => 503,
+            ProxyError::Priority { .. } => 400,
+            ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
 
@@ -51,11 +66,13 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::MalformedJson(..) => "invalid_json",
             ProxyError::Resolve { .. } => "upstream_unresolvable",
             ProxyError::Connect { .. } => "upstream_unreachable",
             ProxyError::Timeout { .. } => "upstream_timeout",
-            ProxyError::Upstream { .. } => "upstream_error",
+            ProxyError::Reset { .. } | ProxyError::Upstream { .. } => "upstream_error",
+            ProxyError::Busy { .. } => "upstream_busy",
+            ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }
 
@@ -88,6 +105,9 @@ impl ProxyError {
                 detail: e.etype().as_str().to_string(),
                 upstream,
             },
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                ProxyError::Reset { upstream }
+            }
             _ => ProxyError::Upstream {
                 detail: e.etype().as_str().to_string(),
                 upstream,

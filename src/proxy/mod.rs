@@ -13,6 +13,7 @@
 
 mod ctx;
 mod errors;
+mod failover;
 mod follow;
 mod request_body;
 mod respond;
@@ -21,12 +22,13 @@ mod upstream;
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
 
+use crate::balance;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus};
-use crate::routing::{Route, Table, Target};
+use crate::routing::{Route, Table};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -96,6 +98,17 @@ impl Proxy {
             path: path.clone(),
         })?;
         ctx.route = Some(route.name.clone());
+        let group = if route.groups.is_empty() {
+            None
+        } else {
+            let header = session
+                .req_header()
+                .headers
+                .get(balance::PRIORITY_HEADER)
+                .and_then(|v| v.to_str().ok());
+            balance::requested_group(route, header, model_of(&body).as_deref())
+                .map_err(|priority| ProxyError::Priority { priority })?
+        };
 
         let (cache_status, record) = match self.decide_cache(session, route, &path, &body)? {
             None => (None, None),
@@ -109,27 +122,34 @@ impl Proxy {
         };
         ctx.cache = cache_status;
 
-        let target = &route.targets[0];
-        ctx.upstream = Some(target.upstream.name.clone());
-        let body = rewrite_model(route, target, body)?;
+        let targets = balance::order(route, group);
         let forward = match session.req_header().uri.query() {
             Some(q) => format!("{}?{q}", route.forward_path(&path)),
             None => route.forward_path(&path).to_string(),
         };
-        let upstream = &target.upstream;
-        let req = upstream::build_request(session.req_header(), upstream, &forward, body.len())?;
-        let response = upstream::send(&self.connector, upstream, &req, &body).await?;
-        ctx.status = response.header().status.as_u16();
-        upstream::relay(
+        let answer = failover::exchange(
             &self.connector,
-            upstream,
-            response,
+            route,
+            &targets,
+            session.req_header(),
+            &forward,
+            &body,
+            ctx,
+        )
+        .await?;
+        ctx.upstream = Some(answer.target.upstream.name.clone());
+        ctx.status = answer.response.header().status.as_u16();
+        let relayed = upstream::relay(
+            &self.connector,
+            &answer.target.upstream,
+            answer.response,
             session,
             cache_status,
             record,
         )
-        .await
-        .map_err(Failure::AfterResponse)
+        .await;
+        drop(answer.slot);
+        relayed.map_err(Failure::AfterResponse)
     }
 
     /// Answers from the cache, or from an identical request already in flight, when possible;
@@ -258,28 +278,6 @@ fn model_of(body: &Bytes) -> Option<String> {
     serde_json::from_slice::<ModelOnly>(body).ok()?.model
 }
 
-/// Replaces the body's `model` when the target asks for it. Other fields keep their order and
-/// values; the body length changes, which `build_request` accounts for.
-fn rewrite_model(route: &Route, target: &Target, body: Bytes) -> Result<Bytes, ProxyError> {
-    let Some(model) = &target.model else {
-        return Ok(body);
-    };
-    if body.is_empty() {
-        return Ok(body);
-    }
-    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
-        .map_err(|e| {
-            ProxyError::MalformedJson(e.to_string(), route.name.clone(), "rewrite its model")
-        })?;
-    if !object.contains_key("model") {
-        return Ok(body);
-    }
-    object.insert("model".into(), serde_json::Value::String(model.clone()));
-    Ok(Bytes::from(
-        serde_json::to_vec(&object).expect("a JSON map always serializes"),
-    ))
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -350,7 +348,7 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         log::info!(
             target: "promptgate::access",
-            "{} {} status={} route={} upstream={} cache={} ms={:.2}{}",
+            "{} {} status={} route={} upstream={} cache={} retries={} failovers={} ms={:.2}{}",
             req.method,
             req.uri.path(),
             ctx.status,
@@ -360,6 +358,8 @@ impl ProxyHttp for Proxy {
                 (Some(_), true) => "HIT(coalesced)",
                 (status, _) => status.map_or("-", CacheStatus::as_str),
             },
+            ctx.retries,
+            ctx.failovers,
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             match (ctx.error, e) {
                 (Some(label), _) => format!(" error={label}"),

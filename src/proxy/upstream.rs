@@ -6,6 +6,7 @@ use super::respond::CACHE_STATUS_HEADER;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
 use crate::endpoint::Upstream;
+use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
@@ -94,6 +95,25 @@ pub fn build_request(
         set(&mut req, name.clone(), value.expose().clone())?;
     }
     Ok(req)
+}
+
+/// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
+/// and values; the body length changes, which `build_request` accounts for. A body that is not
+/// a JSON object with a `model` is sent untouched: the upstream decides what to make of it.
+pub fn rewrite_model(target: &Target, body: Bytes) -> Bytes {
+    let Some(model) = &target.model else {
+        return body;
+    };
+    let Ok(mut object) =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+    else {
+        return body;
+    };
+    if !object.contains_key("model") {
+        return body;
+    }
+    object.insert("model".into(), serde_json::Value::String(model.clone()));
+    Bytes::from(serde_json::to_vec(&object).expect("a JSON map always serializes"))
 }
 
 /// An upstream response whose head has been read and whose body is still to come.

@@ -270,7 +270,7 @@ async fn oversized_body_gets_413_and_the_connection_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_json_is_a_400_when_the_body_must_be_rewritten() {
+async fn invalid_json_is_forwarded_untouched_even_where_the_model_is_rewritten() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&format!(
         r#"
@@ -282,16 +282,16 @@ routes:
 "#,
         mock.url()
     ));
+    // The upstream decides what to make of it; promptgate neither rewrites nor rejects it.
+    let broken = "{\"model\": \"gpt-4o\", ";
     let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .body("{\"model\": ")
+        .post(gw.url("/echo"))
+        .body(broken)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["type"], "invalid_json");
-    assert_eq!(mock.hits(), 0);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.last_request().unwrap().body, broken.as_bytes());
 }
 
 /// Sends raw bytes and returns what came back until the server closed or `until` appeared.

@@ -51,6 +51,34 @@ fn check_accepts_the_shipped_config_via_the_environment() {
 }
 
 #[test]
+fn the_priority_example_is_valid_once_its_keys_are_set() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/priority.yaml");
+    let check = |keys: &[(&str, &str)]| {
+        Command::new(binary())
+            .args(["check", "--config", example])
+            .env_remove("GEMINI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .envs(keys.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let missing = check(&[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("GEMINI_API_KEY is not set"));
+    let ok = check(&[
+        ("GEMINI_API_KEY", "g"),
+        ("ANTHROPIC_API_KEY", "a"),
+        ("OPENAI_API_KEY", "o"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
 fn port_in_use_fails_fast_with_a_clear_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();

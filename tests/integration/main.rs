@@ -11,6 +11,7 @@ mod lifecycle;
 mod operations;
 mod redis_store;
 mod reload;
+mod resilience;
 mod stream_cache;
 mod streaming;
 mod upstream_faults;

@@ -18,6 +18,7 @@ routes:
     match: {{ path_prefix: /openai }}
     strip_prefix: true
     targets: [mock]
+    retry: {{ attempts: 1 }}
 "#
     )
 }

@@ -121,7 +121,8 @@ def mock_upstream_url(tmp_path_factory):
 
 def promptgate_config(listen, admin, upstream_url):
     """The default config's four provider routes (conf/promptgate.yaml), every upstream the
-    mock."""
+    mock. Upstream errors are retried once, quickly (Retry-After capped at 100 ms), so the
+    SDKs' own error handling is exercised without slowing the suite."""
     upstreams = "".join(
         f"  {name}:\n    url: \"{upstream_url}\"\n"
         for name in ("openai", "anthropic", "gemini", "ollama")
@@ -131,6 +132,7 @@ def promptgate_config(listen, admin, upstream_url):
         f"    match: {{ path_prefix: /{name} }}\n"
         f"    strip_prefix: true\n"
         f"    targets: [{name}]\n"
+        f"    retry: {{ attempts: 2, base: 10ms, max: 100ms }}\n"
         for name in ("openai", "anthropic", "gemini", "ollama")
     )
     return (

@@ -31,7 +31,8 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_promptgate")
 }
 
-/// The usual routes: one per provider wire format, all pointing at `upstream_url`.
+/// The usual routes: one per provider wire format, all pointing at `upstream_url`, without
+/// retries (the retry and failover tests configure their own).
 pub fn provider_routes(upstream_url: &str) -> String {
     format!(
         r#"
@@ -43,18 +44,22 @@ routes:
     match: {{ path_prefix: /openai }}
     strip_prefix: true
     targets: [mock]
+    retry: {{ attempts: 1 }}
   - name: anthropic
     match: {{ path_prefix: /anthropic }}
     strip_prefix: true
     targets: [mock]
+    retry: {{ attempts: 1 }}
   - name: gemini
     match: {{ path_prefix: /gemini }}
     strip_prefix: true
     targets: [mock]
+    retry: {{ attempts: 1 }}
   - name: ollama
     match: {{ path_prefix: /ollama }}
     strip_prefix: true
     targets: [mock]
+    retry: {{ attempts: 1 }}
 "#
     )
 }

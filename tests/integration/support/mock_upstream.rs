@@ -6,7 +6,8 @@
 //! fresh upstream answer from a cached one; in OpenAI JSON mode it is `{"text":"Hello from mock
 //! #N"}`. Faults are driven by request headers:
 //! `x-mock-delay-ms`, `x-mock-chunk-delay-ms`, `x-mock-status` (+ `x-mock-retry-after`),
-//! `x-mock-fail-first` + `x-mock-id`, `x-mock-fault: reset|truncate|close`, `x-mock-hold`
+//! `x-mock-fail-first` + `x-mock-id`, `x-mock-fault: reset|truncate|close` (`x-mock-fault-first`
+//! limits it to the first N requests of an `x-mock-id`), `x-mock-hold`
 //! (held until [`MockUpstream::release`]) and `x-mock-events` (content events per stream).
 
 use std::collections::HashMap;
@@ -161,6 +162,22 @@ impl Shared {
         let seen = failures.entry(id).or_insert(0);
         *seen += 1;
         (*seen <= fail_first).then(|| status.unwrap_or(503))
+    }
+
+    /// With `x-mock-fault-first: N` (and `x-mock-id`), `x-mock-fault` hits only the first N
+    /// requests carrying that id; without it, every request.
+    fn fault_applies(&self, req: &RecordedRequest) -> bool {
+        let Some(first) = req
+            .header("x-mock-fault-first")
+            .and_then(|v| v.parse::<usize>().ok())
+        else {
+            return true;
+        };
+        let id = format!("fault:{}", req.header("x-mock-id").unwrap_or_default());
+        let mut seen = lock(&self.failures);
+        let n = seen.entry(id).or_insert(0);
+        *n += 1;
+        *n <= first
     }
 
     async fn wait_release(&self) {
@@ -424,7 +441,10 @@ async fn respond(
     hit: usize,
     client_close: bool,
 ) -> io::Result<After> {
-    let ctl = Controls::from_request(req);
+    let mut ctl = Controls::from_request(req);
+    if ctl.fault.is_some() && !shared.fault_applies(req) {
+        ctl.fault = None;
+    }
     if !ctl.delay.is_zero() {
         tokio::time::sleep(ctl.delay).await;
     }

@@ -1,0 +1,213 @@
+//! Trying a route's targets until one answers: retries with exponential backoff and full
+//! jitter (honouring `Retry-After`), failover to the next target, passive health.
+//!
+//! All of it happens before anything is sent to the client, and every attempt sends the same
+//! buffered body, intact (each target applying its own model rewrite).
+
+use super::ctx::Ctx;
+use super::errors::ProxyError;
+use super::upstream::{self, UpstreamResponse};
+use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::routing::{Route, Target};
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// The response to relay, from the target that gave it.
+pub struct Answer<'r> {
+    pub target: &'r Target,
+    pub response: UpstreamResponse,
+    /// The target's concurrency slot, held until the response has been relayed.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+/// What kind of failure an error is, for the retry policy.
+fn condition(e: &ProxyError) -> Option<RetryCondition> {
+    match e {
+        ProxyError::Resolve { .. } | ProxyError::Connect { .. } => Some(RetryCondition::Connect),
+        ProxyError::Timeout {
+            phase: "connect", ..
+        } => Some(RetryCondition::Connect),
+        ProxyError::Timeout { .. } => Some(RetryCondition::Timeout),
+        ProxyError::Reset { .. } => Some(RetryCondition::Reset),
+        _ => None,
+    }
+}
+
+fn retries_condition(policy: &RetrySpec, c: RetryCondition) -> bool {
+    policy.on.contains(&RetryOn::Named(c))
+}
+
+fn retries_status(policy: &RetrySpec, status: u16) -> bool {
+    policy.on.contains(&RetryOn::Status(status))
+}
+
+/// Backoff before retry number `retry` (1-based): full jitter under an exponential ceiling
+/// (`base`, `2·base`, `4·base`… capped at `max`), never shorter than an honoured `Retry-After`
+/// (itself capped at `max`).
+pub fn backoff(policy: &RetrySpec, retry: u32, retry_after: Option<Duration>) -> Duration {
+    let ceiling = policy
+        .base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+        .min(policy.max);
+    let jittered = ceiling.mul_f64(fastrand::f64());
+    match retry_after {
+        Some(ra) => jittered.max(ra.min(policy.max)),
+        None => jittered,
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
+    let value = response
+        .header()
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// Sends the request to `targets` in order, retrying and failing over per the route's policy,
+/// until a response that is not retried. When all fail, the last upstream response (if any
+/// attempt got one) is the answer; otherwise the last error, listing what was tried.
+pub async fn exchange<'r>(
+    connector: &Connector,
+    route: &Route,
+    targets: &[&'r Target],
+    client: &RequestHeader,
+    forward: &str,
+    body: &Bytes,
+    ctx: &mut Ctx,
+) -> Result<Answer<'r>, ProxyError> {
+    let policy = &route.retry;
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_response: Option<Answer<'r>> = None;
+    let mut last_error: Option<ProxyError> = None;
+    let mut attempts_made = 0u32;
+    for (index, &target) in targets.iter().enumerate() {
+        if index > 0 {
+            ctx.failovers += 1;
+        }
+        let up = &target.upstream;
+        let body = upstream::rewrite_model(target, body.clone());
+        let req = upstream::build_request(client, up, forward, body.len())?;
+        for attempt in 1..=policy.attempts.max(1) {
+            attempts_made += 1;
+            if attempts_made > 1 && attempt > 1 {
+                ctx.retries += 1;
+            }
+            let slot = match up.slot().await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tried.push(format!("{} busy", up.name));
+                    last_error = Some(ProxyError::Busy {
+                        upstream: up.name.clone(),
+                    });
+                    break; // a full upstream: try the next target now
+                }
+            };
+            let started = Instant::now();
+            let wait = match upstream::send(connector, up, &req, &body).await {
+                Ok(response) => {
+                    let status = response.header().status.as_u16();
+                    if !retries_status(policy, status) {
+                        up.record_success(started.elapsed());
+                        ctx.ttfb = Some(started.elapsed());
+                        return Ok(Answer {
+                            target,
+                            response,
+                            slot,
+                        });
+                    }
+                    up.record_failure();
+                    tried.push(format!("{} HTTP {status}", up.name));
+                    let after = retry_after(&response);
+                    // Keep the newest answer: it is the client's if every attempt fails.
+                    last_response = Some(Answer {
+                        target,
+                        response,
+                        slot,
+                    });
+                    after
+                }
+                Err(e) => {
+                    drop(slot);
+                    up.record_failure();
+                    tried.push(format!("{} {}", up.name, e.kind()));
+                    let Some(c) = condition(&e).filter(|c| retries_condition(policy, *c)) else {
+                        // Not a failure the policy retries: this is the answer.
+                        return Err(exhausted(e, route, &tried));
+                    };
+                    last_error = Some(e);
+                    // A target that cannot be reached is skipped at once when another remains.
+                    if c == RetryCondition::Connect && index + 1 < targets.len() {
+                        break;
+                    }
+                    None
+                }
+            };
+            if attempt < policy.attempts {
+                tokio::time::sleep(backoff(policy, attempt, wait)).await;
+            }
+        }
+    }
+    match (last_response, last_error) {
+        (Some(answer), _) => Ok(answer),
+        (None, Some(e)) => Err(exhausted(e, route, &tried)),
+        (None, None) => Err(ProxyError::Upstream {
+            upstream: route.name.clone(),
+            detail: "the route has no targets".into(),
+        }),
+    }
+}
+
+/// The final error, naming what was tried when there was more than one attempt.
+fn exhausted(last: ProxyError, route: &Route, tried: &[String]) -> ProxyError {
+    if tried.len() <= 1 {
+        return last;
+    }
+    ProxyError::Exhausted {
+        last: Box::new(last),
+        route: route.name.clone(),
+        tried: tried.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_within_its_bounds_and_honours_retry_after() {
+        let policy = RetrySpec {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            ..RetrySpec::default()
+        };
+        for _ in 0..200 {
+            assert!(backoff(&policy, 1, None) <= Duration::from_millis(100));
+            assert!(backoff(&policy, 3, None) <= Duration::from_millis(400));
+            assert!(backoff(&policy, 30, None) <= Duration::from_millis(1000));
+            let ra = backoff(&policy, 1, Some(Duration::from_millis(700)));
+            assert!(ra >= Duration::from_millis(700) && ra <= Duration::from_millis(1000));
+            assert_eq!(
+                backoff(&policy, 1, Some(Duration::from_secs(60))),
+                Duration::from_millis(1000)
+            );
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(&policy, 4, None)).collect();
+        assert!(spread.len() > 10, "jittered");
+    }
+}
