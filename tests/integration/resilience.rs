@@ -345,3 +345,39 @@ async fn two_mib_against_a_one_mib_limit_is_413_either_way() {
     assert_eq!(resp.status(), 413);
     assert_eq!(mock.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_are_refused_without_harm() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let addr = gw.addr;
+    let send = move |head: String| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server may close while we are still writing an oversized head.
+        let _ = s.write_all(head.as_bytes());
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let many: String = (0..300).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge = format!("x-big: {}\r\n", "a".repeat(2 << 20));
+    for extra in [many, huge] {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{extra}\r\n{{}}"
+        );
+        let reply = tokio::task::spawn_blocking({
+            let send = send.clone();
+            move || send(head)
+        })
+        .await
+        .unwrap();
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+            "{:?}",
+            &reply[..reply.len().min(200)]
+        );
+    }
+    assert_eq!(mock.hits(), 0, "nothing was forwarded");
+    assert_eq!(post(&gw, &[], &chat()).await.0, 200, "still serving");
+}
