@@ -85,6 +85,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(arg) => {
             let (path, table) = arg.load()?;
+            crate::logging::set_format(table.log.format);
             log::info!(
                 "config {} loaded: {} route(s)",
                 path.display(),

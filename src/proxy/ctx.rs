@@ -1,10 +1,13 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
+use crate::metrics::LookupResult;
+use crate::providers::Usage;
 use crate::routing::Table;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts requests in flight; shutdown waits for it to reach zero.
 #[derive(Debug, Default)]
@@ -51,6 +54,18 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
     pub inflight: Option<InflightGuard>,
+    /// Set by `request_filter` on cached routes: what the cache lookup found (for metrics).
+    pub lookup: Option<LookupResult>,
+    /// Set by `request_filter` once the upstream's response head arrived: time since the
+    /// request was sent upstream (retries included).
+    pub ttfb: Option<Duration>,
+    /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
+    pub usage: Option<Usage>,
+    /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
+    /// read in `logging`, after the response went out).
+    pub hit_entry: Option<Arc<Entry>>,
+    /// Upstream attempts repeated for this request (incremented by the retry loop).
+    pub retries: u32,
 }
 
 impl Default for Ctx {
@@ -65,6 +80,11 @@ impl Default for Ctx {
             status: 0,
             error: None,
             inflight: None,
+            lookup: None,
+            ttfb: None,
+            usage: None,
+            hit_entry: None,
+            retries: 0,
         }
     }
 }

@@ -6,7 +6,7 @@
 //!    (bounded), finish matching on the body's model, rewrite, exchange with the upstream
 //!    ([`upstream`]), relay the answer. Returns `Ok(true)`: the response has been sent.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — the access log line.
+//! 4. `logging` — metrics and the access log line, from the ctx.
 //!
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
@@ -25,7 +25,10 @@ use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
-use crate::cache::{Cache, CacheStatus};
+use crate::cache::{Cache, CacheStatus, Lookup};
+use crate::logging::{self, Access};
+use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
+use crate::providers::UsageObserver;
 use crate::routing::{Route, Table, Target};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -38,6 +41,7 @@ use pingora::{Error, ErrorType};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// State shared by every request: the swappable routing table, the response cache and the
 /// upstream connection pool.
@@ -48,6 +52,7 @@ pub struct Proxy {
     pub inflight: Arc<Inflight>,
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a request did not complete normally.
@@ -65,13 +70,19 @@ impl From<ProxyError> for Failure {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<Table>>, cache: Arc<Cache>, connector: Connector) -> Proxy {
+    pub fn new(
+        table: Arc<ArcSwap<Table>>,
+        cache: Arc<Cache>,
+        connector: Connector,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
         Proxy {
             table,
             cache,
             connector,
             inflight: Arc::default(),
             draining: Arc::default(),
+            metrics,
         }
     }
 
@@ -118,18 +129,31 @@ impl Proxy {
         };
         let upstream = &target.upstream;
         let req = upstream::build_request(session.req_header(), upstream, &forward, body.len())?;
+        let sent = Instant::now();
         let response = upstream::send(&self.connector, upstream, &req, &body).await?;
+        ctx.ttfb = Some(sent.elapsed());
         ctx.status = response.header().status.as_u16();
-        upstream::relay(
+        let mut usage = UsageObserver::for_content_type(
+            response
+                .header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
+        let relayed = upstream::relay(
             &self.connector,
             upstream,
             response,
             session,
             cache_status,
             record,
+            &mut usage,
         )
-        .await
-        .map_err(Failure::AfterResponse)
+        .await;
+        // Counted even when the client left early: the upstream call was made (and billed).
+        ctx.usage = usage.finish();
+        relayed.map_err(Failure::AfterResponse)
     }
 
     /// Answers from the cache, or from an identical request already in flight, when possible;
@@ -147,15 +171,22 @@ impl Proxy {
             mut record,
         } = decision;
         let Some(key) = lookup else {
+            ctx.lookup = Some(LookupResult::Bypass);
             return Ok(CacheStep::GoUpstream { status, record });
         };
-        if let Some(entry) = self.cache.lookup(&route.name, &key).await {
-            ctx.cache = Some(CacheStatus::Hit);
-            ctx.status = entry.status;
-            respond::cached(session, &entry, route.cache.replay)
-                .await
-                .map_err(Failure::AfterResponse)?;
-            return Ok(CacheStep::Answered);
+        match self.cache.lookup_traced(&route.name, &key).await {
+            Lookup::Hit(entry) => {
+                ctx.lookup = Some(LookupResult::Hit);
+                ctx.cache = Some(CacheStatus::Hit);
+                ctx.status = entry.status;
+                ctx.hit_entry = Some(entry.clone());
+                respond::cached(session, &entry, route.cache.replay)
+                    .await
+                    .map_err(Failure::AfterResponse)?;
+                return Ok(CacheStep::Answered);
+            }
+            Lookup::Miss => ctx.lookup = Some(LookupResult::Miss),
+            Lookup::Error => ctx.lookup = Some(LookupResult::Error),
         }
         if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
             match self.cache.flights().join(key) {
@@ -164,10 +195,12 @@ impl Proxy {
                     let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
                         .await
                         .map_err(Failure::AfterResponse)?;
-                    if let Followed::Served(code) = followed {
+                    if let Followed::Served(code, usage) = followed {
+                        ctx.lookup = Some(LookupResult::Coalesced);
                         ctx.cache = Some(CacheStatus::Hit);
                         ctx.coalesced = true;
                         ctx.status = code;
+                        ctx.usage = usage;
                         return Ok(CacheStep::Answered);
                     }
                 }
@@ -346,27 +379,53 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // The query string is left out on purpose: some providers take the API key there.
+        let duration = ctx.started.elapsed();
+        let route = ctx.route.as_deref();
+        let cache = match ctx.cache {
+            Some(CacheStatus::Hit) => CacheLabel::Hit,
+            Some(CacheStatus::Miss) => CacheLabel::Miss,
+            Some(CacheStatus::Bypass) => CacheLabel::Bypass,
+            None => CacheLabel::None,
+        };
+        // A hit's usage is read from its entry here, after the answer went out.
+        let usage = ctx
+            .usage
+            .as_ref()
+            .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
+        if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
+            self.metrics.cache_lookup(route, lookup);
+        }
+        self.metrics.request_done(&RequestRecord {
+            route,
+            upstream: ctx.upstream.as_deref(),
+            status: ctx.status,
+            cache,
+            duration,
+            ttfb: ctx.ttfb,
+            usage,
+            pricing: ctx.table.as_deref().map(|t| &*t.pricing),
+        });
         let req = session.req_header();
-        log::info!(
-            target: "promptgate::access",
-            "{} {} status={} route={} upstream={} cache={} ms={:.2}{}",
-            req.method,
-            req.uri.path(),
-            ctx.status,
-            ctx.route.as_deref().unwrap_or("-"),
-            ctx.upstream.as_deref().unwrap_or("-"),
-            match (ctx.cache, ctx.coalesced) {
-                (Some(_), true) => "HIT(coalesced)",
-                (status, _) => status.map_or("-", CacheStatus::as_str),
-            },
-            ctx.started.elapsed().as_secs_f64() * 1000.0,
-            match (ctx.error, e) {
-                (Some(label), _) => format!(" error={label}"),
-                (None, Some(e)) => format!(" error={}", e.etype().as_str()),
-                (None, None) => String::new(),
-            }
-        );
+        let error = match (ctx.error, e) {
+            (Some(label), _) => Some(label),
+            (None, Some(e)) => Some(e.etype().as_str()),
+            (None, None) => None,
+        };
+        logging::access(&Access {
+            method: req.method.as_str(),
+            // The query string is left out on purpose: some providers take the API key there.
+            path: req.uri.path(),
+            status: ctx.status,
+            route,
+            upstream: ctx.upstream.as_deref(),
+            cache: ctx.cache.map(CacheStatus::as_str),
+            coalesced: ctx.coalesced,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            input_tokens: usage.map(|u| u.input),
+            output_tokens: usage.map(|u| u.output),
+            retries: ctx.retries,
+            error,
+        });
     }
 }
 
