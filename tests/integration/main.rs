@@ -8,6 +8,7 @@ mod cache_redis;
 mod cli;
 mod forwarding;
 mod lifecycle;
+mod metrics;
 mod redis_store;
 mod reload;
 mod stream_cache;
