@@ -135,6 +135,9 @@ pub struct RequestRecord<'a> {
     pub pricing: Option<&'a Pricing>,
 }
 
+/// A `requests_total` series of one route: (upstream, status, cache) and its counter.
+type RequestSeries = (Box<str>, u16, CacheLabel, IntCounter);
+
 /// One route's series, resolved once.
 pub struct RouteMetrics {
     lookups: [IntCounter; 5],
@@ -142,7 +145,7 @@ pub struct RouteMetrics {
     retries: IntCounter,
     failovers: IntCounter,
     /// `requests_total` by (upstream, status, cache): a handful per route, so a linear scan.
-    requests: RwLock<Vec<(Box<str>, u16, CacheLabel, IntCounter)>>,
+    requests: RwLock<Vec<RequestSeries>>,
     models: RwLock<Vec<Arc<ModelMetrics>>>,
 }
 
@@ -554,9 +557,7 @@ impl RouteMetrics {
         status: u16,
         cache: CacheLabel,
     ) -> IntCounter {
-        let matches = |e: &&(Box<str>, u16, CacheLabel, IntCounter)| {
-            &*e.0 == upstream && e.1 == status && e.2 == cache
-        };
+        let matches = |e: &&RequestSeries| &*e.0 == upstream && e.1 == status && e.2 == cache;
         if let Some(e) = read(&self.requests).iter().find(matches) {
             return e.3.clone();
         }
