@@ -6,7 +6,8 @@ set -euo pipefail
 purpose="${1:-build}"
 packages=(cmake pkg-config gcc g++ make curl ca-certificates)
 if [ "$purpose" = "test" ]; then
-    packages+=(redis-server python3 python3-venv)
+    # prometheus ships promtool, which checks the /metrics output in the integration tests.
+    packages+=(redis-server python3 python3-venv prometheus)
 fi
 
 missing=()

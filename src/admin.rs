@@ -1,18 +1,34 @@
-//! The admin listener: `GET /healthz`, `GET /metrics`, `POST /reload`.
-//! It binds to localhost by default and is never reachable through the proxy port.
+//! The admin listener: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /cache/stats`,
+//! `POST /cache/purge`, `GET /config`, `POST /reload`.
+//! It binds to localhost by default and is never reachable through the proxy port. With
+//! `admin_token` set, the mutating endpoints (`POST`) require `Authorization: Bearer <token>`.
 
+use crate::cache::redis::RedisState;
+use crate::cache::{Cache, Purge};
+use crate::config::schema::CacheBackend;
 use crate::config::ConfigError;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, LookupCounts, Metrics};
+use crate::proxy::Inflight;
 use crate::reload::{Reloader, Trigger};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest admin request body read (a purge selector is a few bytes).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// Longest a readiness check waits for the proxy port to accept a connection.
+const LISTENER_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct Admin {
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
+    pub cache: Arc<Cache>,
+    pub inflight: Arc<Inflight>,
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -46,7 +62,183 @@ fn method_not_allowed(path: &str, allow: &'static str) -> Response<Vec<u8>> {
     resp
 }
 
+/// `POST /cache/purge`'s body: exactly one of the two.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    route: Option<String>,
+    prefix: Option<String>,
+}
+
+fn lookup_json(c: &LookupCounts) -> serde_json::Value {
+    serde_json::json!({
+        "hits": c.hits,
+        "misses": c.misses,
+        "bypasses": c.bypasses,
+        "coalesced": c.coalesced,
+        "errors": c.errors,
+        "hit_ratio": c.hit_ratio(),
+    })
+}
+
+/// True when `given` is the configured token. Both sides are hashed first and blake3's hash
+/// comparison is constant-time, so the answer's timing tells nothing about the token.
+fn token_matches(given: &str, token: &str) -> bool {
+    blake3::hash(given.as_bytes()) == blake3::hash(token.as_bytes())
+}
+
+/// A loopback address to reach a listener bound to `addr` (a wildcard bind accepts there too).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
 impl Admin {
+    /// `None` when the request may proceed, else the 401 to send.
+    fn unauthorized(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let table = self.reloader.table().load();
+        let token = table.admin_token.as_ref()?;
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if given.is_some_and(|g| token_matches(g, token.expose())) {
+            return None;
+        }
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs Authorization: Bearer <admin_token>".into(),
+        );
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        Some(resp)
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        self.metrics.sample(&self.cache, self.inflight.count());
+        respond(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            self.metrics.render().into_bytes(),
+        )
+    }
+
+    /// Ready when a config is in force (always, once running), the proxy port accepts
+    /// connections, and — with `cache.require_redis` on a Redis backend — Redis answers.
+    async fn ready(&self) -> Response<Vec<u8>> {
+        let table = self.reloader.table().load_full();
+        let listener = matches!(
+            tokio::time::timeout(
+                LISTENER_CHECK_TIMEOUT,
+                tokio::net::TcpStream::connect(reachable(table.listen))
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        let mut checks =
+            serde_json::json!({"config": "ok", "listener": if listener { "ok" } else { "down" }});
+        let mut ready = listener;
+        if table.cache.backend == CacheBackend::Redis && table.cache.require_redis {
+            let redis = match self.cache.redis() {
+                Some(r) => r.ping().await.is_ok(),
+                None => false,
+            };
+            checks["redis"] = (if redis { "ok" } else { "down" }).into();
+            ready &= redis;
+        }
+        let (status, word) = if ready {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+        };
+        json(
+            status,
+            serde_json::json!({"status": word, "checks": checks}),
+        )
+    }
+
+    fn cache_stats(&self) -> Response<Vec<u8>> {
+        let (total, per_route) = self.metrics.lookup_counts();
+        let (entries, bytes) = self.cache.memory_usage();
+        let mut body = lookup_json(&total);
+        body["routes"] = per_route
+            .iter()
+            .map(|(name, c)| (name.clone(), lookup_json(c)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        body["memory"] = serde_json::json!({"entries": entries, "bytes": bytes});
+        body["redis"] = match self.cache.redis() {
+            None => serde_json::Value::Null,
+            Some(r) => serde_json::json!({
+                "state": match r.state() {
+                    RedisState::Up => "up",
+                    RedisState::CircuitOpen => "circuit_open",
+                },
+                "errors": r.error_count(),
+            }),
+        };
+        json(StatusCode::OK, body)
+    }
+
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message),
+        };
+        let selector = match serde_json::from_slice::<PurgeRequest>(&body) {
+            Ok(PurgeRequest {
+                route: Some(r),
+                prefix: None,
+            }) if !r.is_empty() => Purge::Route(r),
+            Ok(PurgeRequest {
+                route: None,
+                prefix: Some(p),
+            }) if !p.is_empty() => Purge::Prefix(p),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    r#"expected a JSON body {"route": "NAME"} or {"prefix": "KEY_PREFIX"}"#.into(),
+                )
+            }
+        };
+        match self.cache.purge(&selector).await {
+            Ok(purged) => {
+                log::info!("cache purge {selector:?}: {purged:?}");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"purged": {"memory": purged.memory, "redis": purged.redis}}),
+                )
+            }
+            Err(e) => error(
+                StatusCode::BAD_GATEWAY,
+                "redis_error",
+                format!("the memory store was purged, Redis was not: {e}"),
+            ),
+        }
+    }
+
+    fn config(&self) -> Response<Vec<u8>> {
+        let table = self.reloader.table().load_full();
+        match serde_json::to_value(&*table.spec) {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot show the config: {e}"),
+            ),
+        }
+    }
+
     fn reload(&self) -> Response<Vec<u8>> {
         match self.reloader.reload(Trigger::AdminApi) {
             Ok(done) => {
@@ -91,6 +283,23 @@ fn reload_failed(e: &ConfigError) -> Response<Vec<u8>> {
     }
 }
 
+/// The request body, up to [`MAX_ADMIN_BODY`].
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(format!("body larger than {MAX_ADMIN_BODY} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("cannot read the body: {}", e.etype().as_str())),
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -99,16 +308,29 @@ impl ServeHttp for Admin {
         match (path.as_str(), method.as_str()) {
             ("/healthz", "GET") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             ("/healthz", _) => method_not_allowed(&path, "GET"),
-            ("/metrics", "GET") => respond(
-                StatusCode::OK,
-                metrics::CONTENT_TYPE,
-                self.metrics.render().into_bytes(),
-            ),
+            ("/readyz", "GET") => self.ready().await,
+            ("/readyz", _) => method_not_allowed(&path, "GET"),
+            ("/metrics", "GET") => self.metrics(),
             ("/metrics", _) => method_not_allowed(&path, "GET"),
+            ("/cache/stats", "GET") => self.cache_stats(),
+            ("/cache/stats", _) => method_not_allowed(&path, "GET"),
+            ("/config", "GET") => self.config(),
+            ("/config", _) => method_not_allowed(&path, "GET"),
+            ("/cache/purge", "POST") => match self.unauthorized(session) {
+                Some(denied) => {
+                    let _ = session.drain_request_body().await;
+                    denied
+                }
+                None => self.purge(session).await,
+            },
+            ("/cache/purge", _) => method_not_allowed(&path, "POST"),
             ("/reload", "POST") => {
                 // Any body is ignored; read it off the connection so keep-alive stays in sync.
                 let _ = session.drain_request_body().await;
-                self.reload()
+                match self.unauthorized(session) {
+                    Some(denied) => denied,
+                    None => self.reload(),
+                }
             }
             ("/reload", _) => method_not_allowed(&path, "POST"),
             _ => error(
@@ -117,5 +339,29 @@ impl ServeHttp for Admin {
                 format!("no admin endpoint {path}"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_by_value() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
+    }
+
+    #[test]
+    fn wildcard_listeners_are_checked_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:8080".parse().unwrap()),
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            reachable("10.1.2.3:80".parse().unwrap()),
+            "10.1.2.3:80".parse::<SocketAddr>().unwrap()
+        );
     }
 }

@@ -108,6 +108,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(RunArgs { config, upgrade }) => {
             let (path, table) = config.load()?;
+            crate::logging::set_format(table.log.format);
             log::info!(
                 "config {} loaded: {} route(s)",
                 path.display(),

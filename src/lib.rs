@@ -10,12 +10,15 @@
 //! - [`routing`] — the table and route matching.
 //! - [`balance`] — the order a request tries a route's targets: groups, strategy, health.
 //! - [`endpoint`] — one upstream: address, DNS, injected headers, timeouts.
-//! - [`providers`] — what differs per provider: how its streams end.
+//! - [`providers`] — what differs per provider: how its streams end, its token usage.
+//! - [`pricing`] — the price table behind the cost metrics.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
 //! - [`cache`] — the response cache: keys, entries, stores.
 //! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
 //! - [`metrics`] — every Prometheus metric, in one registry.
-//! - [`admin`] — the admin listener: health, metrics, reload.
+//! - [`logging`] — log format (text or JSON) and the access log line.
+//! - [`admin`] — the admin listener: health, readiness, metrics, cache stats and purge,
+//!   config, reload.
 //! - [`warm`] — `promptgate warm`: fill the cache from a JSONL file of requests.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 //! - [`upgrade`] — zero-downtime upgrade: hand the listening sockets to a new process.
@@ -29,7 +32,9 @@ pub mod cli;
 pub mod config;
 pub mod endpoint;
 pub mod health;
+pub mod logging;
 pub mod metrics;
+pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod reload;

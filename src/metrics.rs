@@ -3,12 +3,38 @@
 //! One [`Metrics`] is built at start-up and shared (`Arc`) with whoever records; the admin
 //! listener serves [`Metrics::render`] as `GET /metrics`. Names carry the `promptgate_` prefix
 //! and follow Prometheus conventions (`_total` counters, base units).
+//!
+//! Label values are bounded: routes and upstreams come from the config, models from the price
+//! table (`other` otherwise), the rest are fixed words and HTTP status codes. Per-request
+//! recording touches only pre-resolved handles: each route's series are resolved once, on the
+//! route's first request, and looked up by name (no allocation) after that.
 
-use prometheus::{Encoder, Gauge, IntCounterVec, Opts, Registry, TextEncoder};
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::cache::Cache;
+use crate::pricing::{Pricing, OTHER};
+use crate::providers::Usage;
+use prometheus::core::Collector;
+use prometheus::{
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The content type of [`Metrics::render`]'s output (Prometheus text exposition format).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Latency buckets, 100 µs to 60 s, so sub-millisecond hits and minute-long generations both
+/// resolve.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// The `route` label of requests no route matched.
+pub const NO_ROUTE: &str = "none";
+/// The `upstream` label of requests that reached no upstream (hits, errors before one).
+pub const NO_UPSTREAM: &str = "none";
 
 /// Result label values of `promptgate_config_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,44 +52,474 @@ impl ReloadResult {
     }
 }
 
+/// The `cache` label of a request: where its answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLabel {
+    Hit,
+    Miss,
+    Bypass,
+    /// Not a cached route (or the request failed before the cache was asked).
+    None,
+}
+
+impl CacheLabel {
+    const ALL: [CacheLabel; 4] = [
+        CacheLabel::Hit,
+        CacheLabel::Miss,
+        CacheLabel::Bypass,
+        CacheLabel::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheLabel::Hit => "hit",
+            CacheLabel::Miss => "miss",
+            CacheLabel::Bypass => "bypass",
+            CacheLabel::None => "none",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `result` label of `promptgate_cache_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Answered from a store.
+    Hit,
+    /// Not stored: the request went upstream.
+    Miss,
+    /// The request skipped the lookup (`no-cache`, `no-store`, `x-promptgate-cache: bypass`).
+    Bypass,
+    /// Answered from an identical request in flight.
+    Coalesced,
+    /// A store could not answer (Redis error, timeout, open circuit, unreadable entry).
+    Error,
+}
+
+impl LookupResult {
+    pub const ALL: [LookupResult; 5] = [
+        LookupResult::Hit,
+        LookupResult::Miss,
+        LookupResult::Bypass,
+        LookupResult::Coalesced,
+        LookupResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupResult::Hit => "hit",
+            LookupResult::Miss => "miss",
+            LookupResult::Bypass => "bypass",
+            LookupResult::Coalesced => "coalesced",
+            LookupResult::Error => "error",
+        }
+    }
+}
+
+/// Token kinds, the `kind` label of `promptgate_tokens_total`.
+const KINDS: [&str; 2] = ["input", "output"];
+
+/// What one finished request reports (from its ctx, in the `logging` phase).
+pub struct RequestRecord<'a> {
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub status: u16,
+    pub cache: CacheLabel,
+    pub duration: Duration,
+    /// Time to the upstream's response head, when the answer came from upstream.
+    pub ttfb: Option<Duration>,
+    pub usage: Option<&'a Usage>,
+    pub pricing: Option<&'a Pricing>,
+}
+
+/// A `requests_total` series of one route: (upstream, status, cache) and its counter.
+type RequestSeries = (Box<str>, u16, CacheLabel, IntCounter);
+
+/// One route's series, resolved once.
+pub struct RouteMetrics {
+    lookups: [IntCounter; 5],
+    duration: [Histogram; 4],
+    retries: IntCounter,
+    failovers: IntCounter,
+    /// `requests_total` by (upstream, status, cache): a handful per route, so a linear scan.
+    requests: RwLock<Vec<RequestSeries>>,
+    models: RwLock<Vec<Arc<ModelMetrics>>>,
+}
+
+/// One (route, model) pair's token and cost series.
+struct ModelMetrics {
+    label: Box<str>,
+    /// [kind][cache label]
+    tokens: [[IntCounter; 4]; 2],
+    cost: Counter,
+    saved: Counter,
+}
+
+/// Lookup counts of one route, for `GET /cache/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookupCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub bypasses: u64,
+    pub coalesced: u64,
+    pub errors: u64,
+}
+
+impl LookupCounts {
+    /// Answers that made no upstream call over all lookups that could have (bypasses excluded).
+    pub fn hit_ratio(&self) -> f64 {
+        let served = self.hits + self.coalesced;
+        let asked = served + self.misses + self.errors;
+        if asked == 0 {
+            0.0
+        } else {
+            served as f64 / asked as f64
+        }
+    }
+
+    fn add(&mut self, other: &LookupCounts) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.bypasses += other.bypasses;
+        self.coalesced += other.coalesced;
+        self.errors += other.errors;
+    }
+}
+
 pub struct Metrics {
     /// Our own registry rather than the process-global default, so tests and embedders can
     /// build several independent instances.
     registry: Registry,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    requests: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_ttfb: HistogramVec,
+    upstream_retries: IntCounterVec,
+    upstream_failovers: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    cost_saved: CounterVec,
+    redis_store_errors: IntCounter,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    inflight: IntGauge,
+    routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    upstreams: RwLock<HashMap<String, Histogram>>,
+    /// The Redis store last sampled (by address) and its error count then: the store keeps its
+    /// own count, and a reload may replace the store.
+    redis_errors_seen: Mutex<(usize, u64)>,
+}
+
+/// Registers `metric` and returns it; the definitions are static, so failure is a bug.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    register(registry, vec)
+}
+
+fn float_counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let vec = CounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    register(registry, vec)
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(
+        registry,
+        HistogramVec::new(opts, labels).expect("valid metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "promptgate_config_reloads_total",
-                "Config reload attempts, by result (success or error).",
-            ),
+        let r = &registry;
+        let config_reloads = counter_vec(
+            r,
+            "promptgate_config_reloads_total",
+            "Config reload attempts, by result (success or error).",
             &["result"],
-        )
-        .expect("static metric definition is valid");
-        let config_last_reload_success = Gauge::new(
-            "promptgate_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load (start-up or reload).",
-        )
-        .expect("static metric definition is valid");
-        registry
-            .register(Box::new(config_reloads.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(config_last_reload_success.clone()))
-            .expect("metric names are unique");
+        );
+        let config_last_reload_success = register(
+            r,
+            Gauge::new(
+                "promptgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load (start-up or reload).",
+            )
+            .expect("valid metric"),
+        );
         // Both series exist from the start, so `rate()` and alerts see a 0 before the first error.
         for result in [ReloadResult::Success, ReloadResult::Error] {
             config_reloads.with_label_values(&[result.label()]);
         }
+        let requests = counter_vec(
+            r,
+            "promptgate_requests_total",
+            "Requests answered, by route, upstream, HTTP status and cache result (hit, miss, bypass, none).",
+            &["route", "upstream", "status", "cache"],
+        );
+        let cache_lookups = counter_vec(
+            r,
+            "promptgate_cache_lookups_total",
+            "Cache lookups by route and result (hit, miss, bypass, coalesced, error).",
+            &["route", "result"],
+        );
+        let request_duration = histogram_vec(
+            r,
+            "promptgate_request_duration_seconds",
+            "Time from the request's arrival to its last response byte, by route and cache result.",
+            &["route", "cache"],
+        );
+        let upstream_ttfb = histogram_vec(
+            r,
+            "promptgate_upstream_ttfb_seconds",
+            "Time from sending a request upstream to the upstream's response head, by upstream.",
+            &["upstream"],
+        );
+        let upstream_retries = counter_vec(
+            r,
+            "promptgate_upstream_retries_total",
+            "Upstream attempts repeated after a retryable failure, by route.",
+            &["route"],
+        );
+        let upstream_failovers = counter_vec(
+            r,
+            "promptgate_upstream_failovers_total",
+            "Switches to a route's next target after its current one failed, by route.",
+            &["route"],
+        );
+        let tokens = counter_vec(
+            r,
+            "promptgate_tokens_total",
+            "Tokens in answers, as the provider reported them, by route, model (price-table entry or other), kind (input or output) and cache result (hit: served from the cache, not paid again).",
+            &["route", "model", "kind", "cache"],
+        );
+        let cost = float_counter_vec(
+            r,
+            "promptgate_cost_usd_total",
+            "What upstream calls cost in US dollars (tokens times the price table), by route and model.",
+            &["route", "model"],
+        );
+        let cost_saved = float_counter_vec(
+            r,
+            "promptgate_cost_saved_usd_total",
+            "What cache hits would have cost upstream in US dollars, by route and model.",
+            &["route", "model"],
+        );
+        let store_errors = counter_vec(
+            r,
+            "promptgate_cache_store_errors_total",
+            "Errors of the shared cache store (timeouts, connection failures, dropped writes), by backend.",
+            &["backend"],
+        );
+        let redis_store_errors = store_errors.with_label_values(&["redis"]);
+        let cache_entries = gauge(
+            r,
+            "promptgate_cache_entries",
+            "Entries in the in-memory cache store.",
+        );
+        let cache_bytes = gauge(
+            r,
+            "promptgate_cache_bytes",
+            "Bytes held by the in-memory cache store.",
+        );
+        let inflight = gauge(
+            r,
+            "promptgate_inflight_requests",
+            "Requests being answered right now.",
+        );
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "promptgate_build_info",
+                    "Always 1; the version label says which promptgate is running.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Metrics {
             registry,
             config_reloads,
             config_last_reload_success,
+            requests,
+            cache_lookups,
+            request_duration,
+            upstream_ttfb,
+            upstream_retries,
+            upstream_failovers,
+            tokens,
+            cost,
+            cost_saved,
+            redis_store_errors,
+            cache_entries,
+            cache_bytes,
+            inflight,
+            routes: RwLock::default(),
+            upstreams: RwLock::default(),
+            redis_errors_seen: Mutex::new((0, 0)),
+        }
+    }
+
+    /// The series of `route` (a configured route name, or [`NO_ROUTE`]), resolved on first use.
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        if let Some(m) = read(&self.routes).get(route) {
+            return m.clone();
+        }
+        write(&self.routes)
+            .entry(route.to_string())
+            .or_insert_with(|| Arc::new(self.resolve_route(route)))
+            .clone()
+    }
+
+    fn resolve_route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            lookups: LookupResult::ALL
+                .map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()])),
+            duration: CacheLabel::ALL.map(|c| {
+                self.request_duration
+                    .with_label_values(&[route, c.as_str()])
+            }),
+            retries: self.upstream_retries.with_label_values(&[route]),
+            failovers: self.upstream_failovers.with_label_values(&[route]),
+            requests: RwLock::default(),
+            models: RwLock::default(),
+        }
+    }
+
+    /// One upstream attempt of a request on `route` is being repeated (same target).
+    pub fn upstream_retry(&self, route: &str) {
+        self.route(route).retries.inc();
+    }
+
+    /// A request on `route` moves on to the route's next target.
+    pub fn upstream_failover(&self, route: &str) {
+        self.route(route).failovers.inc();
+    }
+
+    /// Counts one cache lookup outcome.
+    pub fn cache_lookup(&self, route: &str, result: LookupResult) {
+        self.route(route).lookups[result as usize].inc();
+    }
+
+    /// Records a finished request: its count, latency, upstream TTFB, tokens and cost.
+    pub fn request_done(&self, r: &RequestRecord) {
+        let route_name = r.route.unwrap_or(NO_ROUTE);
+        let route = self.route(route_name);
+        route
+            .request_counter(
+                &self.requests,
+                route_name,
+                r.upstream.unwrap_or(NO_UPSTREAM),
+                r.status,
+                r.cache,
+            )
+            .inc();
+        route.duration[r.cache.index()].observe(r.duration.as_secs_f64());
+        if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
+            self.upstream_ttfb(upstream).observe(ttfb.as_secs_f64());
+        }
+        if let Some(usage) = r.usage {
+            let price = r
+                .pricing
+                .zip(usage.model.as_deref())
+                .and_then(|(p, m)| p.lookup(m));
+            let label = price.map_or(OTHER, |p| p.label.as_str());
+            let m = route.model(self, route_name, label);
+            m.tokens[0][r.cache.index()].inc_by(usage.input);
+            m.tokens[1][r.cache.index()].inc_by(usage.output);
+            if let Some(price) = price {
+                let cost = price.cost(usage.input, usage.output);
+                if r.cache == CacheLabel::Hit {
+                    m.saved.inc_by(cost);
+                } else {
+                    m.cost.inc_by(cost);
+                }
+            }
+        }
+    }
+
+    fn upstream_ttfb(&self, upstream: &str) -> Histogram {
+        if let Some(h) = read(&self.upstreams).get(upstream) {
+            return h.clone();
+        }
+        write(&self.upstreams)
+            .entry(upstream.to_string())
+            .or_insert_with(|| self.upstream_ttfb.with_label_values(&[upstream]))
+            .clone()
+    }
+
+    /// Lookup counts per route seen so far, and their sum.
+    pub fn lookup_counts(&self) -> (LookupCounts, Vec<(String, LookupCounts)>) {
+        let mut total = LookupCounts::default();
+        let mut per_route: Vec<(String, LookupCounts)> = read(&self.routes)
+            .iter()
+            .map(|(name, m)| {
+                let c = |r: LookupResult| m.lookups[r as usize].get();
+                let counts = LookupCounts {
+                    hits: c(LookupResult::Hit),
+                    misses: c(LookupResult::Miss),
+                    bypasses: c(LookupResult::Bypass),
+                    coalesced: c(LookupResult::Coalesced),
+                    errors: c(LookupResult::Error),
+                };
+                total.add(&counts);
+                (name.clone(), counts)
+            })
+            .filter(|(_, c)| *c != LookupCounts::default())
+            .collect();
+        per_route.sort_by(|a, b| a.0.cmp(&b.0));
+        (total, per_route)
+    }
+
+    /// Samples what is cheaper to read at scrape time than to track per request: the memory
+    /// store's size, the shared store's error count, and the requests in flight.
+    pub fn sample(&self, cache: &Cache, inflight: usize) {
+        let (entries, bytes) = cache.memory_usage();
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.inflight
+            .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+        if let Some(redis) = cache.redis() {
+            let id = Arc::as_ptr(&redis) as usize;
+            let count = redis.error_count();
+            let mut seen = self
+                .redis_errors_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A store replaced by a reload counts from zero again.
+            let base = if seen.0 == id { seen.1 } else { 0 };
+            self.redis_store_errors.inc_by(count.saturating_sub(base));
+            *seen = (id, count);
         }
     }
 
@@ -89,6 +545,54 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding gathered metrics into memory does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl RouteMetrics {
+    fn request_counter(
+        &self,
+        vec: &IntCounterVec,
+        route: &str,
+        upstream: &str,
+        status: u16,
+        cache: CacheLabel,
+    ) -> IntCounter {
+        let matches = |e: &&RequestSeries| &*e.0 == upstream && e.1 == status && e.2 == cache;
+        if let Some(e) = read(&self.requests).iter().find(matches) {
+            return e.3.clone();
+        }
+        let mut all = write(&self.requests);
+        if let Some(e) = all.iter().find(matches) {
+            return e.3.clone();
+        }
+        let counter =
+            vec.with_label_values(&[route, upstream, &status.to_string(), cache.as_str()]);
+        all.push((upstream.into(), status, cache, counter.clone()));
+        counter
+    }
+
+    fn model(&self, metrics: &Metrics, route: &str, label: &str) -> Arc<ModelMetrics> {
+        if let Some(m) = read(&self.models).iter().find(|m| &*m.label == label) {
+            return m.clone();
+        }
+        let mut all = write(&self.models);
+        if let Some(m) = all.iter().find(|m| &*m.label == label) {
+            return m.clone();
+        }
+        let m = Arc::new(ModelMetrics {
+            label: label.into(),
+            tokens: KINDS.map(|kind| {
+                CacheLabel::ALL.map(|c| {
+                    metrics
+                        .tokens
+                        .with_label_values(&[route, label, kind, c.as_str()])
+                })
+            }),
+            cost: metrics.cost.with_label_values(&[route, label]),
+            saved: metrics.cost_saved.with_label_values(&[route, label]),
+        });
+        all.push(m.clone());
+        m
     }
 }
 
@@ -140,5 +644,144 @@ mod tests {
             .parse()
             .unwrap();
         assert!(ts > 1.0e9, "{ts}");
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counts_requests_tokens_and_cost_by_cache_result() {
+        let m = Metrics::new();
+        let pricing = Pricing::default();
+        let usage = Usage {
+            input: 1000,
+            output: 500,
+            model: Some("gpt-4o-mini-2024-07-18".into()),
+        };
+        let record = |cache, ttfb| RequestRecord {
+            route: Some("openai"),
+            upstream: (cache != CacheLabel::Hit).then_some("mock"),
+            status: 200,
+            cache,
+            duration: Duration::from_millis(3),
+            ttfb,
+            usage: Some(&usage),
+            pricing: Some(&pricing),
+        };
+        m.request_done(&record(CacheLabel::Miss, Some(Duration::from_millis(2))));
+        m.cache_lookup("openai", LookupResult::Miss);
+        for _ in 0..3 {
+            m.request_done(&record(CacheLabel::Hit, None));
+            m.cache_lookup("openai", LookupResult::Hit);
+        }
+        m.upstream_retry("openai");
+        m.upstream_failover("openai");
+        m.upstream_failover("openai");
+        let t = m.render();
+        let v = |s: &str| value(&t, s);
+        assert_eq!(
+            v(
+                r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#
+            ),
+            3.0
+        );
+        assert_eq!(
+            v(r#"promptgate_cache_lookups_total{result="hit",route="openai"}"#),
+            3.0
+        );
+        assert_eq!(
+            v(r#"promptgate_cache_lookups_total{result="coalesced",route="openai"}"#),
+            0.0
+        );
+        assert_eq!(
+            v(r#"promptgate_request_duration_seconds_count{cache="hit",route="openai"}"#),
+            3.0
+        );
+        assert_eq!(
+            v(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"promptgate_upstream_retries_total{route="openai"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"promptgate_upstream_failovers_total{route="openai"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="hit",kind="input",model="gpt-4o-mini",route="openai"}"#
+            ),
+            3000.0
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="miss",kind="output",model="gpt-4o-mini",route="openai"}"#
+            ),
+            500.0
+        );
+        let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
+        assert!(
+            (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - one).abs()
+                < 1e-12
+        );
+        assert!(
+            (v(r#"promptgate_cost_saved_usd_total{model="gpt-4o-mini",route="openai"}"#)
+                - 3.0 * one)
+                .abs()
+                < 1e-12
+        );
+        assert!(t.contains(&format!(
+            "promptgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let (total, per_route) = m.lookup_counts();
+        assert_eq!((total.hits, total.misses), (3, 1));
+        assert!((total.hit_ratio() - 0.75).abs() < 1e-9);
+        assert_eq!(per_route[0].0, "openai");
+    }
+
+    #[test]
+    fn unpriced_models_are_other_and_cost_nothing() {
+        let m = Metrics::new();
+        let usage = Usage {
+            input: 10,
+            output: 10,
+            model: Some("sk-looks-like-a-key-but-is-a-model".into()),
+        };
+        m.request_done(&RequestRecord {
+            route: Some("r"),
+            upstream: Some("u"),
+            status: 200,
+            cache: CacheLabel::None,
+            duration: Duration::from_millis(1),
+            ttfb: None,
+            usage: Some(&usage),
+            pricing: Some(&Pricing::default()),
+        });
+        let t = m.render();
+        assert!(
+            t.contains(
+                r#"promptgate_tokens_total{cache="none",kind="input",model="other",route="r"} 10"#
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("sk-looks"), "{t}");
+        assert_eq!(
+            value(&t, r#"promptgate_cost_usd_total{model="other",route="r"}"#),
+            0.0
+        );
     }
 }

@@ -161,6 +161,7 @@ impl Reloader {
             // Validation already built this store once, so this is not expected; keep serving.
             log::error!("config reload ({trigger}): cache backend unchanged: {e}");
         }
+        crate::logging::set_format(next.log.format);
         self.table.store(Arc::new(next));
         self.metrics.config_reloaded(ReloadResult::Success);
         log::info!(

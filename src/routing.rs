@@ -4,8 +4,12 @@
 //! and keeps it to its end.
 
 use crate::cache::policy::CachePolicy;
-use crate::config::schema::{CacheSpec, PriorityGroup, ReloadSpec, RetrySpec, Strategy};
+use crate::config::schema::{
+    CacheSpec, ConfigSpec, LogSpec, PriorityGroup, ReloadSpec, RetrySpec, Strategy,
+};
+use crate::config::secret::Secret;
 use crate::endpoint::Upstream;
+use crate::pricing::Pricing;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
@@ -27,6 +31,13 @@ pub struct Table {
     pub routes: Vec<Route>,
     pub cache: CacheSpec,
     pub reload: ReloadSpec,
+    /// Token prices (`pricing:` merged over the defaults), for the cost metrics.
+    pub pricing: Arc<Pricing>,
+    pub log: LogSpec,
+    /// `admin_token`: required (as `Authorization: Bearer …`) by mutating admin endpoints.
+    pub admin_token: Option<Secret<String>>,
+    /// The validated sections, secrets redacted when serialized, for `GET /config`.
+    pub spec: Arc<ConfigSpec>,
 }
 
 #[derive(Debug)]

@@ -105,7 +105,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
         ReloadService::new(reloader.clone()),
     ));
 
-    let proxy = Proxy::new(table.clone(), cache, connector);
+    let proxy = Proxy::new(table.clone(), cache.clone(), connector, metrics.clone());
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
@@ -122,7 +122,12 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
 
     let mut admin_service = Service::new(
         "promptgate admin".to_string(),
-        HttpServer::new_app(Admin { reloader, metrics }),
+        HttpServer::new_app(Admin {
+            reloader,
+            metrics,
+            cache,
+            inflight: inflight.clone(),
+        }),
     );
     admin_service.add_tcp(&admin.to_string());
     admin_service.threads = Some(1);

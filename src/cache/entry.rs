@@ -1,7 +1,9 @@
 //! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
 
+use crate::providers::{Usage, UsageObserver};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// First bytes of every encoded entry: format name and version.
@@ -57,6 +59,9 @@ pub struct Entry {
     /// Seconds since the Unix epoch when the response was stored.
     pub stored_at: u64,
     pub ttl: Duration,
+    /// The tokens this answer used (what a hit saves), read from the body on the first hit
+    /// and kept with the entry in memory; not part of the encoding.
+    pub usage: OnceLock<Option<Usage>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,21 @@ impl Entry {
                 .map(|(n, v)| n.as_str().len() + v.len() + 16)
                 .sum::<usize>()
             + 64
+    }
+
+    /// The provider-reported usage of this answer, if it has one.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage
+            .get_or_init(|| {
+                let content_type = self
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == http::header::CONTENT_TYPE)
+                    .and_then(|(_, v)| v.to_str().ok())
+                    .unwrap_or("");
+                UsageObserver::of_body(content_type, &self.body)
+            })
+            .as_ref()
     }
 
     pub fn is_stream(&self) -> bool {
@@ -182,6 +202,7 @@ impl Entry {
             body: data.slice(offset..offset + len),
             stored_at,
             ttl,
+            usage: OnceLock::new(),
         })
     }
 }
@@ -201,6 +222,7 @@ mod tests {
             chunks: vec![],
             stored_at: 1_700_000_000,
             ttl: Duration::from_secs(3600),
+            usage: OnceLock::new(),
         }
     }
 
@@ -245,6 +267,22 @@ mod tests {
         }
         assert!(is_replayable(&http::header::CONTENT_TYPE));
         assert!(is_replayable(&HeaderName::from_static("openai-model")));
+    }
+
+    #[test]
+    fn usage_is_read_from_the_body_once() {
+        let mut e = entry();
+        e.body = Bytes::from_static(
+            br#"{"model":"gpt-4o","usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        );
+        let u = e.usage().unwrap();
+        assert_eq!(
+            (u.input, u.output, u.model.as_deref()),
+            (3, 4, Some("gpt-4o"))
+        );
+        assert!(e.usage.get().is_some(), "kept for the next hit");
+        // not encoded: a decoded entry reads it again
+        assert!(Entry::decode(e.encode()).unwrap().usage.get().is_none());
     }
 
     #[test]

@@ -241,6 +241,7 @@ mod tests {
             chunks: vec![],
             stored_at: 0,
             ttl: Duration::from_secs(60),
+            usage: Default::default(),
         })
     }
 

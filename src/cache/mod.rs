@@ -40,6 +40,29 @@ impl CacheStatus {
     }
 }
 
+/// What a lookup found.
+pub enum Lookup {
+    Hit(Arc<Entry>),
+    Miss,
+    /// The shared store failed, timed out or is skipped (open circuit), or the entry was
+    /// unreadable: served as a miss.
+    Error,
+}
+
+/// Which entries `POST /cache/purge` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    Route(String),
+    Prefix(String),
+}
+
+/// How many entries a purge removed from each store (`None`: no Redis configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub memory: u64,
+    pub redis: Option<u64>,
+}
+
 /// The Redis key of an entry: `{prefix}:{route}:{hex}`.
 pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
     format!("{prefix}:{route}:{}", key.hex())
@@ -88,29 +111,68 @@ impl Cache {
     /// The stored response for `key`, from memory, else from Redis (bounded by its timeout).
     /// Any Redis trouble is a miss: the request goes upstream.
     pub async fn lookup(&self, route: &str, key: &CacheKey) -> Option<Arc<Entry>> {
+        match self.lookup_traced(route, key).await {
+            Lookup::Hit(entry) => Some(entry),
+            Lookup::Miss | Lookup::Error => None,
+        }
+    }
+
+    /// [`Cache::lookup`], telling a miss from a store that could not answer (for metrics).
+    pub async fn lookup_traced(&self, route: &str, key: &CacheKey) -> Lookup {
         if let Some(entry) = self.memory.get(key) {
-            return Some(entry);
+            return Lookup::Hit(entry);
         }
         let backend = self.backend.load_full();
         let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
-            return None;
+            return Lookup::Miss;
         };
-        let bytes = redis
-            .get(&redis_key(&spec.prefix, route, key))
-            .await
-            .ok()??;
+        let bytes = match redis.get(&redis_key(&spec.prefix, route, key)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Lookup::Miss,
+            Err(_) => return Lookup::Error,
+        };
         let entry = match Entry::decode(bytes) {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 log::warn!("ignoring cache entry for route {route}: {e}");
-                return None;
+                return Lookup::Error;
             }
         };
-        entry.remaining_ttl()?;
-        if spec.l1 {
-            self.memory.insert(*key, entry.clone());
+        if entry.remaining_ttl().is_none() {
+            return Lookup::Miss;
         }
-        Some(entry)
+        if spec.l1 {
+            self.memory.insert(*key, route, entry.clone());
+        }
+        Lookup::Hit(entry)
+    }
+
+    /// Removes the entries of `route`, or those whose key text (`{prefix}:{route}:{hex}`, as
+    /// `promptgate key` prints it) starts with `prefix`, from memory and from Redis.
+    pub async fn purge(&self, selector: &Purge) -> Result<Purged, RedisError> {
+        let backend = self.backend.load_full();
+        let key_prefix = backend
+            .spec
+            .as_ref()
+            .map_or_else(|| RedisSpec::default().prefix, |s| s.prefix.clone());
+        let memory = match selector {
+            Purge::Route(r) => self.memory.purge(|route, _| route == r),
+            Purge::Prefix(p) => self
+                .memory
+                .purge(|route, key| redis_key(&key_prefix, route, key).starts_with(p.as_str())),
+        };
+        let redis = match &backend.redis {
+            Some(redis) => Some(
+                redis
+                    .purge_prefix(&match selector {
+                        Purge::Route(r) => format!("{key_prefix}:{r}:"),
+                        Purge::Prefix(p) => p.clone(),
+                    })
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(Purged { memory, redis })
     }
 
     /// Stores `entry`. The in-memory copy is in place when this returns, so a client that
@@ -119,7 +181,7 @@ impl Cache {
     pub fn store(&self, route: &str, key: CacheKey, entry: Arc<Entry>) {
         let backend = self.backend.load();
         let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
-            self.memory.insert(key, entry);
+            self.memory.insert(key, route, entry);
             return;
         };
         redis.set_in_background(
@@ -135,7 +197,7 @@ impl Cache {
                 ..(*entry).clone()
             })
         };
-        self.memory.insert(key, local);
+        self.memory.insert(key, route, local);
     }
 
     /// Requests in flight upstream, for single-flight.

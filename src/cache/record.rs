@@ -156,6 +156,7 @@ impl Recorder {
             },
             stored_at: unix_now(),
             ttl: self.plan.ttl,
+            usage: Default::default(),
         });
         self.plan
             .cache

@@ -1,14 +1,15 @@
 //! Validation: typed sections → the runtime `Table`, checking every cross-reference.
 
 use super::schema::{
-    self, CacheBackend, CacheSpec, LimitsSpec, ReloadSpec, RetryOn, RouteSpec, TargetSpec,
-    UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, ReloadSpec, RetryOn,
+    RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::Sections;
 use crate::cache::policy::CachePolicy;
 use crate::cache::redis::RedisStore;
 use crate::endpoint::Upstream;
+use crate::pricing::Pricing;
 use crate::routing::{Matcher, Route, Table, Target};
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
@@ -111,8 +112,54 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         .and_then(|v| s.typed::<ReloadSpec>("reload", v))
         .unwrap_or_default();
 
-    let (upstreams, broken) = upstreams(s, take("upstreams"));
-    let routes = routes(s, take("routes"), &upstreams, &broken, &cache);
+    let pricing = take("pricing")
+        .and_then(|v| s.typed::<BTreeMap<String, PriceSpec>>("pricing", v))
+        .unwrap_or_default();
+    for (pattern, price) in &pricing {
+        for (field, value) in [
+            ("input_per_mtok", price.input_per_mtok),
+            ("output_per_mtok", price.output_per_mtok),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                s.problem(format!("pricing.{pattern}.{field}"), "must be a number ≥ 0");
+            }
+        }
+    }
+    let log = take("log")
+        .and_then(|v| s.typed::<LogSpec>("log", v))
+        .unwrap_or_default();
+    // An empty token (e.g. `${ADMIN_TOKEN:-}` with the variable unset) means none.
+    let admin_token = take("admin_token")
+        .and_then(|v| s.typed::<Secret<String>>("admin_token", v))
+        .filter(|t| !t.expose().is_empty());
+
+    // The sections as written (defaults filled in) for `GET /config`. Re-read from the tree
+    // rather than threaded through the builders below; only used when the file is valid, and
+    // then these parse.
+    let upstreams_value = take("upstreams");
+    let routes_value = take("routes");
+    fn as_spec<T: serde::de::DeserializeOwned + Default>(v: &Option<Value>) -> T {
+        v.clone()
+            .and_then(|v| serde_yaml::from_value(v).ok())
+            .unwrap_or_default()
+    }
+    let spec = ConfigSpec {
+        listen: listen.map(|a| a.to_string()).unwrap_or_default(),
+        admin: admin.map(|a| a.to_string()).unwrap_or_default(),
+        admin_token: admin_token.clone(),
+        threads,
+        shutdown_grace,
+        limits: limits.clone(),
+        upstreams: as_spec(&upstreams_value),
+        routes: as_spec(&routes_value),
+        cache: cache.clone(),
+        reload: reload.clone(),
+        pricing: pricing.clone(),
+        log,
+    };
+
+    let (upstreams, broken) = upstreams(s, upstreams_value);
+    let routes = routes(s, routes_value, &upstreams, &broken, &cache);
 
     Some(Table {
         listen: listen?,
@@ -128,6 +175,10 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
         routes,
         cache,
         reload,
+        pricing: Arc::new(Pricing::new(&pricing)),
+        log,
+        admin_token,
+        spec: Arc::new(spec),
     })
 }
 
@@ -686,6 +737,63 @@ bogus: 1
             crate::config::schema::CacheScope::Shared
         );
         assert_eq!(t.routes[0].cache.ignore_fields, ["user", "metadata"]);
+    }
+
+    #[test]
+    fn pricing_log_and_admin_token() {
+        let t = ok(r#"
+admin_token: "${OPENAI_API_KEY}"
+log: {format: json}
+pricing:
+  gpt-4o-mini*: {input_per_mtok: 1.5, output_per_mtok: 6}
+  house-model: {input_per_mtok: 0.5, output_per_mtok: 0.5}
+cache: {backend: redis, require_redis: true}
+"#);
+        assert_eq!(t.admin_token.as_ref().unwrap().expose(), "sk-test");
+        assert_eq!(t.log.format, crate::config::schema::LogFormat::Json);
+        assert_eq!(t.pricing.lookup("gpt-4o-mini").unwrap().input_per_mtok, 1.5);
+        assert_eq!(
+            t.pricing.lookup("house-model").unwrap().label,
+            "house-model"
+        );
+        assert!(
+            t.pricing.lookup("claude-sonnet-4-0").is_some(),
+            "defaults kept"
+        );
+        assert!(t.cache.require_redis);
+        // the running config for GET /config: secrets redacted, defaults filled in
+        let shown = serde_json::to_string(&*t.spec).unwrap();
+        assert!(!shown.contains("sk-test"), "{shown}");
+        assert!(shown.contains(r#""admin_token":"*****""#), "{shown}");
+        assert!(shown.contains(r#""shutdown_grace":"10s""#), "{shown}");
+        assert!(ok("admin_token: \"\"\n").admin_token.is_none());
+        let p = problems(
+            "pricing:\n  x: {input_per_mtok: -1, output_per_mtok: 1}\nlog: {format: xml}\n",
+        );
+        let text = format!("{p:?}");
+        assert!(text.contains("pricing.x.input_per_mtok"), "{text}");
+        assert!(text.contains("log"), "{text}");
+        let p = problems("pricing:\n  x: {input: 1}\n");
+        assert!(format!("{p:?}").contains("pricing"), "{p:?}");
+    }
+
+    #[test]
+    fn the_running_config_redacts_injected_headers_and_redis_passwords() {
+        let t = ok(r#"
+upstreams:
+  openai: {url: "https://api.openai.com", headers: {authorization: "Bearer ${OPENAI_API_KEY}"}}
+routes: [{name: r, targets: [openai]}]
+cache: {redis: {url: "redis://:hunter2@127.0.0.1:6379"}}
+"#);
+        let shown = serde_json::to_string(&*t.spec).unwrap();
+        assert!(
+            !shown.contains("sk-test") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("api.openai.com") && shown.contains(r#""name":"r""#),
+            "{shown}"
+        );
     }
 
     #[test]

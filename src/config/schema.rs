@@ -18,6 +18,9 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "cache",
     "reload",
+    "pricing",
+    "log",
+    "admin_token",
 ];
 
 pub fn default_listen() -> String {
@@ -343,6 +346,8 @@ pub struct CacheSpec {
     pub coalesce_timeout: Duration,
     pub memory: MemorySpec,
     pub redis: RedisSpec,
+    /// With `backend: redis`, `GET /readyz` fails while Redis does not answer.
+    pub require_redis: bool,
 }
 
 impl Default for CacheSpec {
@@ -369,6 +374,7 @@ impl Default for CacheSpec {
             coalesce_timeout: Duration::from_secs(30),
             memory: MemorySpec::default(),
             redis: RedisSpec::default(),
+            require_redis: false,
         }
     }
 }
@@ -474,4 +480,51 @@ impl Default for ReloadSpec {
     fn default() -> Self {
         ReloadSpec { watch: true }
     }
+}
+
+/// `pricing.PATTERN:` — what a model's tokens cost, merged over the shipped defaults
+/// (see `pricing.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    /// USD per million prompt tokens.
+    pub input_per_mtok: f64,
+    /// USD per million generated tokens.
+    pub output_per_mtok: f64,
+}
+
+/// `log:` — how log lines are written (levels come from `RUST_LOG`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSpec {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[time LEVEL target] message key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The running config as the validated sections hold it, for `GET /config`: every secret
+/// (`Secret<T>`) serializes as `*****`. Defaults are filled in, so it shows what is in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigSpec {
+    pub listen: String,
+    pub admin: String,
+    pub admin_token: Option<Secret<String>>,
+    pub threads: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub limits: LimitsSpec,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub cache: CacheSpec,
+    pub reload: ReloadSpec,
+    pub pricing: BTreeMap<String, PriceSpec>,
+    pub log: LogSpec,
 }

@@ -1,10 +1,13 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
+use crate::metrics::LookupResult;
+use crate::providers::Usage;
 use crate::routing::Table;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts requests in flight; shutdown waits for it to reach zero.
 #[derive(Debug, Default)]
@@ -51,12 +54,19 @@ pub struct Ctx {
     /// next target.
     pub retries: u32,
     pub failovers: u32,
-    /// Set by the failover loop: time to the upstream's response head.
-    pub ttfb: Option<std::time::Duration>,
+    /// Set by the failover loop: time from sending the answering attempt to its response head.
+    pub ttfb: Option<Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
     pub inflight: Option<InflightGuard>,
+    /// Set by `request_filter` on cached routes: what the cache lookup found (for metrics).
+    pub lookup: Option<LookupResult>,
+    /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
+    pub usage: Option<Usage>,
+    /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
+    /// read in `logging`, after the response went out).
+    pub hit_entry: Option<Arc<Entry>>,
 }
 
 impl Default for Ctx {
@@ -74,6 +84,9 @@ impl Default for Ctx {
             status: 0,
             error: None,
             inflight: None,
+            lookup: None,
+            usage: None,
+            hit_entry: None,
         }
     }
 }

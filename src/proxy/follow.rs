@@ -3,13 +3,14 @@
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
+use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
 use std::time::Duration;
 
 /// How following went.
 pub enum Followed {
-    /// The response (with this status) was written from the leader's.
-    Served(u16),
+    /// The response (with this status, and the leader's usage) was written from the leader's.
+    Served(u16, Option<Usage>),
     /// Nothing was written: the leader failed or took too long, or its answer is not shared;
     /// make the upstream call yourself.
     FallThrough,
@@ -29,10 +30,17 @@ pub async fn serve(
         return match follower.complete(timeout).await {
             Some(entry) => respond::cached(session, &entry, Replay::Instant)
                 .await
-                .map(|()| Followed::Served(entry.status)),
+                .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             None => Ok(Followed::FallThrough),
         };
     }
+    let content_type = head
+        .headers
+        .iter()
+        .find(|(n, _)| n == http::header::CONTENT_TYPE)
+        .and_then(|(_, v)| v.to_str().ok())
+        .unwrap_or("");
+    let mut usage = UsageObserver::for_content_type(content_type);
     let reply = respond::replay_head(session, head.status, &head.headers, None)?;
     session
         .write_response_header(Box::new(reply), false)
@@ -43,12 +51,13 @@ pub async fn serve(
             Tail::Chunks(chunks) => {
                 seen += chunks.len();
                 for chunk in chunks {
+                    usage.observe(&chunk);
                     session.write_response_body(Some(chunk), false).await?;
                 }
             }
             Tail::Complete => {
                 session.write_response_body(None, true).await?;
-                return Ok(Followed::Served(head.status));
+                return Ok(Followed::Served(head.status, usage.finish()));
             }
             // The leader's stream broke: this one breaks too, never looking complete.
             Tail::Failed => {

@@ -6,7 +6,7 @@
 //!    (bounded), finish matching on the body's model, rewrite, exchange with the upstream
 //!    ([`upstream`]), relay the answer. Returns `Ok(true)`: the response has been sent.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — the access log line.
+//! 4. `logging` — metrics and the access log line, from the ctx.
 //!
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
@@ -27,7 +27,10 @@ use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
-use crate::cache::{Cache, CacheStatus};
+use crate::cache::{Cache, CacheStatus, Lookup};
+use crate::logging::{self, Access};
+use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
+use crate::providers::UsageObserver;
 use crate::routing::{Route, Table};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -50,6 +53,7 @@ pub struct Proxy {
     pub inflight: Arc<Inflight>,
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a request did not complete normally.
@@ -67,13 +71,19 @@ impl From<ProxyError> for Failure {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<Table>>, cache: Arc<Cache>, connector: Connector) -> Proxy {
+    pub fn new(
+        table: Arc<ArcSwap<Table>>,
+        cache: Arc<Cache>,
+        connector: Connector,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
         Proxy {
             table,
             cache,
             connector,
             inflight: Arc::default(),
             draining: Arc::default(),
+            metrics,
         }
     }
 
@@ -139,6 +149,15 @@ impl Proxy {
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
+        let mut usage = UsageObserver::for_content_type(
+            answer
+                .response
+                .header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
         let relayed = upstream::relay(
             &self.connector,
             &answer.target.upstream,
@@ -146,9 +165,12 @@ impl Proxy {
             session,
             cache_status,
             record,
+            &mut usage,
         )
         .await;
         drop(answer.slot);
+        // Counted even when the client left early: the upstream call was made (and billed).
+        ctx.usage = usage.finish();
         relayed.map_err(Failure::AfterResponse)
     }
 
@@ -167,15 +189,22 @@ impl Proxy {
             mut record,
         } = decision;
         let Some(key) = lookup else {
+            ctx.lookup = Some(LookupResult::Bypass);
             return Ok(CacheStep::GoUpstream { status, record });
         };
-        if let Some(entry) = self.cache.lookup(&route.name, &key).await {
-            ctx.cache = Some(CacheStatus::Hit);
-            ctx.status = entry.status;
-            respond::cached(session, &entry, route.cache.replay)
-                .await
-                .map_err(Failure::AfterResponse)?;
-            return Ok(CacheStep::Answered);
+        match self.cache.lookup_traced(&route.name, &key).await {
+            Lookup::Hit(entry) => {
+                ctx.lookup = Some(LookupResult::Hit);
+                ctx.cache = Some(CacheStatus::Hit);
+                ctx.status = entry.status;
+                ctx.hit_entry = Some(entry.clone());
+                respond::cached(session, &entry, route.cache.replay)
+                    .await
+                    .map_err(Failure::AfterResponse)?;
+                return Ok(CacheStep::Answered);
+            }
+            Lookup::Miss => ctx.lookup = Some(LookupResult::Miss),
+            Lookup::Error => ctx.lookup = Some(LookupResult::Error),
         }
         if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
             match self.cache.flights().join(key) {
@@ -184,10 +213,12 @@ impl Proxy {
                     let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
                         .await
                         .map_err(Failure::AfterResponse)?;
-                    if let Followed::Served(code) = followed {
+                    if let Followed::Served(code, usage) = followed {
+                        ctx.lookup = Some(LookupResult::Coalesced);
                         ctx.cache = Some(CacheStatus::Hit);
                         ctx.coalesced = true;
                         ctx.status = code;
+                        ctx.usage = usage;
                         return Ok(CacheStep::Answered);
                     }
                 }
@@ -344,29 +375,62 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // The query string is left out on purpose: some providers take the API key there.
-        let req = session.req_header();
-        log::info!(
-            target: "promptgate::access",
-            "{} {} status={} route={} upstream={} cache={} retries={} failovers={} ms={:.2}{}",
-            req.method,
-            req.uri.path(),
-            ctx.status,
-            ctx.route.as_deref().unwrap_or("-"),
-            ctx.upstream.as_deref().unwrap_or("-"),
-            match (ctx.cache, ctx.coalesced) {
-                (Some(_), true) => "HIT(coalesced)",
-                (status, _) => status.map_or("-", CacheStatus::as_str),
-            },
-            ctx.retries,
-            ctx.failovers,
-            ctx.started.elapsed().as_secs_f64() * 1000.0,
-            match (ctx.error, e) {
-                (Some(label), _) => format!(" error={label}"),
-                (None, Some(e)) => format!(" error={}", e.etype().as_str()),
-                (None, None) => String::new(),
+        let duration = ctx.started.elapsed();
+        let route = ctx.route.as_deref();
+        let cache = match ctx.cache {
+            Some(CacheStatus::Hit) => CacheLabel::Hit,
+            Some(CacheStatus::Miss) => CacheLabel::Miss,
+            Some(CacheStatus::Bypass) => CacheLabel::Bypass,
+            None => CacheLabel::None,
+        };
+        // A hit's usage is read from its entry here, after the answer went out.
+        let usage = ctx
+            .usage
+            .as_ref()
+            .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
+        if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
+            self.metrics.cache_lookup(route, lookup);
+        }
+        if let Some(route) = route {
+            for _ in 0..ctx.retries {
+                self.metrics.upstream_retry(route);
             }
-        );
+            for _ in 0..ctx.failovers {
+                self.metrics.upstream_failover(route);
+            }
+        }
+        self.metrics.request_done(&RequestRecord {
+            route,
+            upstream: ctx.upstream.as_deref(),
+            status: ctx.status,
+            cache,
+            duration,
+            ttfb: ctx.ttfb,
+            usage,
+            pricing: ctx.table.as_deref().map(|t| &*t.pricing),
+        });
+        let req = session.req_header();
+        let error = match (ctx.error, e) {
+            (Some(label), _) => Some(label),
+            (None, Some(e)) => Some(e.etype().as_str()),
+            (None, None) => None,
+        };
+        logging::access(&Access {
+            method: req.method.as_str(),
+            // The query string is left out on purpose: some providers take the API key there.
+            path: req.uri.path(),
+            status: ctx.status,
+            route,
+            upstream: ctx.upstream.as_deref(),
+            cache: ctx.cache.map(CacheStatus::as_str),
+            coalesced: ctx.coalesced,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            input_tokens: usage.map(|u| u.input),
+            output_tokens: usage.map(|u| u.output),
+            retries: ctx.retries,
+            failovers: ctx.failovers,
+            error,
+        });
     }
 }
 

@@ -6,6 +6,7 @@ use super::respond::CACHE_STATUS_HEADER;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
 use crate::endpoint::Upstream;
+use crate::providers::UsageObserver;
 use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -220,6 +221,8 @@ pub fn client_header(
 /// upstream has delivered its last byte — before that byte is passed on, so a client that
 /// repeats the request as soon as it has the answer finds it cached.
 ///
+/// Every body chunk also goes to `usage`, which reads the provider's token counts.
+///
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
 pub async fn relay(
@@ -229,6 +232,7 @@ pub async fn relay(
     session: &mut Session,
     cache_status: Option<CacheStatus>,
     record: Option<RecordPlan>,
+    usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
     let mut head = client_header(response.header(), session)?;
     if let Some(status) = cache_status {
@@ -241,6 +245,7 @@ pub async fn relay(
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
+                usage.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
@@ -253,7 +258,9 @@ pub async fn relay(
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
                     match recorder.filter(Recorder::worth_finishing) {
-                        Some(r) => finish_without_client(connector, upstream, response, r).await,
+                        Some(r) => {
+                            finish_without_client(connector, upstream, response, r, usage).await
+                        }
                         None => response.session.shutdown().await,
                     }
                     return Err(e);
@@ -291,10 +298,14 @@ async fn finish_without_client(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
+    usage: &mut UsageObserver,
 ) {
     loop {
         match response.session.read_response_body().await {
-            Ok(Some(chunk)) => recorder.push(&chunk),
+            Ok(Some(chunk)) => {
+                usage.observe(&chunk);
+                recorder.push(&chunk);
+            }
             Ok(None) => break,
             Err(_) => {
                 response.session.shutdown().await;

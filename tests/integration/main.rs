@@ -8,6 +8,7 @@ mod cache_redis;
 mod cli;
 mod forwarding;
 mod lifecycle;
+mod metrics;
 mod operations;
 mod redis_store;
 mod reload;

@@ -57,6 +57,30 @@ async fn two_500s_then_a_200_is_a_200() {
         .iter()
         .all(|r| r.body == mock.requests()[0].body));
     assert!(!mock.requests()[0].body.is_empty());
+    let metrics = metrics_after(&gw, "promptgate_upstream_retries_total{route=\"chat\"} 2").await;
+    assert!(
+        metrics.contains("promptgate_upstream_retries_total{route=\"chat\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// `/metrics` once `needle` appears in it (the request is counted just after its response).
+async fn metrics_after(gw: &Gateway, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +141,11 @@ async fn a_dead_first_target_fails_over_to_the_second_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(gw.logs().contains("failovers=1"), "{}", gw.logs());
+    let metrics = metrics_after(&gw, "promptgate_upstream_failovers_total{route=\"chat\"} 1").await;
+    assert!(
+        metrics.contains("promptgate_upstream_failovers_total{route=\"chat\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,12 +395,9 @@ async fn too_many_or_too_large_headers_are_refused_without_harm() {
         let head = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{extra}\r\n{{}}"
         );
-        let reply = tokio::task::spawn_blocking({
-            let send = send.clone();
-            move || send(head)
-        })
-        .await
-        .unwrap();
+        let reply = tokio::task::spawn_blocking(move || send(head))
+            .await
+            .unwrap();
         assert!(
             reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
             "{:?}",

@@ -1,0 +1,620 @@
+//! Metrics, admin endpoints, token and cost accounting, and the promise that no credential
+//! ever shows up in logs, metrics or `/config`.
+
+use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const ADMIN_TOKEN: &str = "adm-TOKEN-9c1f";
+
+/// The value of one exact series (`name{labels}`) in a metrics text, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+async fn scrape(gw: &Gateway) -> String {
+    let resp = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+/// Scrapes until `series` reaches `want` (the logging phase runs just after each response).
+async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
+    for _ in 0..100 {
+        let text = scrape(gw).await;
+        if metric(&text, series) == Some(want) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = scrape(gw).await;
+    panic!("{series} never reached {want}:\n{text}");
+}
+
+async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut req = client()
+        .post(gw.url(path))
+        .header("content-type", "application/json");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.body(body.to_vec()).send().await.unwrap();
+    let cache = resp
+        .headers()
+        .get("x-promptgate-cache")
+        .map_or("-".to_string(), |v| v.to_str().unwrap().to_string());
+    let status = resp.status().as_u16();
+    resp.text().await.unwrap();
+    (status, cache)
+}
+
+/// `promtool check metrics` on `text`: no errors, no lint warnings.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: `bash scripts/install-deps.sh test` installs it (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}
+
+/// Every `promptgate_*` name the dashboard queries.
+fn dashboard_metric_names() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana/promptgate.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("the dashboard is well-formed JSON");
+    let mut exprs = Vec::new();
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", Value::String(e)) => out.push(e.clone()),
+                        _ => collect(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("promptgate_"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_mix_is_counted_exactly() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    // 3 misses, then 3 hits of each: 9 hits.
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            serde_json::to_vec(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("prompt number {i}")}]}))
+                .unwrap()
+        })
+        .collect();
+    for body in &bodies {
+        assert_eq!(post(&gw, CHAT, &[], body).await, (200, "MISS".into()));
+    }
+    for _ in 0..3 {
+        for body in &bodies {
+            assert_eq!(post(&gw, CHAT, &[], body).await, (200, "HIT".into()));
+        }
+    }
+    assert_eq!(mock.hits(), 3);
+    let text = scrape_until(
+        &gw,
+        r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#,
+        9.0,
+    )
+    .await;
+    let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    assert_eq!(
+        m(r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"promptgate_cache_lookups_total{result="hit",route="openai"}"#),
+        9.0
+    );
+    assert_eq!(
+        m(r#"promptgate_cache_lookups_total{result="miss",route="openai"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"promptgate_cache_lookups_total{result="error",route="openai"}"#),
+        0.0
+    );
+    assert_eq!(
+        m(r#"promptgate_request_duration_seconds_count{cache="hit",route="openai"}"#),
+        9.0
+    );
+    assert_eq!(
+        m(r#"promptgate_request_duration_seconds_count{cache="miss",route="openai"}"#),
+        3.0
+    );
+    assert!(m(r#"promptgate_request_duration_seconds_sum{cache="miss",route="openai"}"#) > 0.0);
+    assert_eq!(
+        m(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"promptgate_upstream_retries_total{route="openai"}"#),
+        0.0
+    );
+
+    // The mock reports prompt_tokens = body bytes / 4 and 4 completion tokens per answer.
+    let input: u64 = bodies.iter().map(|b| (b.len() / 4).max(1) as u64).sum();
+    let output = 3 * 4;
+    let tokens = |kind: &str, cache: &str| {
+        m(&format!(
+            r#"promptgate_tokens_total{{cache="{cache}",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
+        ))
+    };
+    assert_eq!(tokens("input", "miss"), input as f64);
+    assert_eq!(tokens("output", "miss"), output as f64);
+    assert_eq!(tokens("input", "hit"), 3.0 * input as f64);
+    assert_eq!(tokens("output", "hit"), 3.0 * output as f64);
+    // gpt-4o-mini's shipped price: $0.15 / $0.60 per million tokens
+    let cost = (input as f64 * 0.15 + output as f64 * 0.60) / 1e6;
+    let spent = m(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#);
+    let saved = m(r#"promptgate_cost_saved_usd_total{model="gpt-4o-mini",route="openai"}"#);
+    assert!((spent - cost).abs() < 1e-12, "{spent} vs {cost}");
+    assert!(
+        (saved - 3.0 * cost).abs() < 1e-12,
+        "{saved} vs {}",
+        3.0 * cost
+    );
+
+    assert_eq!(m("promptgate_cache_entries"), 3.0);
+    assert!(m("promptgate_cache_bytes") > 0.0);
+    assert_eq!(m("promptgate_inflight_requests"), 0.0);
+    assert_eq!(
+        m(r#"promptgate_cache_store_errors_total{backend="redis"}"#),
+        0.0
+    );
+    assert_eq!(
+        m(&format!(
+            r#"promptgate_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+
+    let stats: Value = client()
+        .get(gw.admin_url("/cache/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["hits"].as_u64(), stats["misses"].as_u64()),
+        (Some(9), Some(3))
+    );
+    assert_eq!(stats["hit_ratio"], 0.75);
+    assert_eq!(stats["routes"]["openai"]["hit_ratio"], 0.75);
+    assert_eq!(stats["memory"]["entries"], 3);
+    assert_eq!(stats["redis"], Value::Null);
+
+    promtool_check(&text);
+    for name in dashboard_metric_names() {
+        assert!(
+            text.contains(&name),
+            "the dashboard queries {name}, which /metrics lacks"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_report_their_tokens() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let body = serde_json::to_vec(&json!({"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "stream please"}]})).unwrap();
+    let headers = [("anthropic-version", "2023-06-01"), ("x-mock-events", "6")];
+    assert_eq!(
+        post(&gw, "/anthropic/v1/messages", &headers, &body).await,
+        (200, "MISS".into())
+    );
+    assert_eq!(
+        post(&gw, "/anthropic/v1/messages", &headers, &body).await,
+        (200, "HIT".into())
+    );
+    let ollama = serde_json::to_vec(
+        &json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    assert_eq!(
+        post(&gw, "/ollama/api/chat", &[], &ollama).await,
+        (200, "MISS".into())
+    );
+    let text = scrape_until(
+        &gw,
+        r#"promptgate_tokens_total{cache="hit",kind="output",model="claude-sonnet-4",route="anthropic"}"#,
+        6.0,
+    )
+    .await;
+    let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    let input = (body.len() / 4) as f64;
+    assert_eq!(
+        m(
+            r#"promptgate_tokens_total{cache="miss",kind="input",model="claude-sonnet-4",route="anthropic"}"#
+        ),
+        input
+    );
+    assert_eq!(
+        m(
+            r#"promptgate_tokens_total{cache="miss",kind="output",model="claude-sonnet-4",route="anthropic"}"#
+        ),
+        6.0
+    );
+    let cost = (input * 3.0 + 6.0 * 15.0) / 1e6;
+    assert!(
+        (m(r#"promptgate_cost_saved_usd_total{model="claude-sonnet-4",route="anthropic"}"#) - cost)
+            .abs()
+            < 1e-12
+    );
+    let ollama_input = (ollama.len() / 4) as f64;
+    let series =
+        r#"promptgate_tokens_total{cache="miss",kind="input",model="llama",route="ollama"}"#;
+    let text = scrape_until(&gw, series, ollama_input).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"promptgate_cost_usd_total{model="llama",route="ollama"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_and_mutations_need_the_token() {
+    let mock = MockUpstream::start().await;
+    let body = format!(
+        "admin_token: \"${{PG_TEST_ADMIN_TOKEN}}\"\n{}",
+        provider_routes(&mock.url())
+    );
+    let gw = Gateway::start_with_env(&body, &[("PG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let get = |path: &str| client().get(gw.admin_url(path)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "ready");
+    let config: Value = get("/config").await.unwrap().json().await.unwrap();
+    assert_eq!(config["admin_token"], "*****");
+    assert_eq!(config["routes"][0]["name"], "openai");
+    assert_eq!(config["cache"]["backend"], "memory");
+
+    let chat = serde_json::to_vec(
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "purge me"}]}),
+    )
+    .unwrap();
+    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS");
+    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "HIT");
+
+    let purge = |token: Option<&str>, body: Value| {
+        let mut req = client().post(gw.admin_url("/cache/purge")).json(&body);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    let denied = purge(None, json!({"route": "openai"})).await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        purge(Some("wrong"), json!({"route": "openai"}))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(&gw, CHAT, &[], &chat).await.1,
+        "HIT",
+        "a refused purge purges nothing"
+    );
+    assert_eq!(
+        purge(Some(ADMIN_TOKEN), json!({"nothing": 1}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    // another route's purge leaves this entry alone
+    let other: Value = purge(Some(ADMIN_TOKEN), json!({"route": "anthropic"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["purged"]["memory"], 0);
+    let done = purge(Some(ADMIN_TOKEN), json!({"route": "openai"}))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.json::<Value>().await.unwrap()["purged"]["memory"], 1);
+    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS", "purged");
+    // by key prefix, as `promptgate key` prints keys: {prefix}:{route}:{hex}
+    let by_prefix: Value = purge(
+        Some(ADMIN_TOKEN),
+        json!({"prefix": "promptgate:v1:openai:"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(by_prefix["purged"]["memory"], 1);
+    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS");
+
+    let reload = |token: Option<&str>| {
+        let mut req = client().post(gw.admin_url("/reload"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    assert_eq!(reload(None).await.unwrap().status(), 401);
+    assert_eq!(reload(Some(ADMIN_TOKEN)).await.unwrap().status(), 200);
+    assert_eq!(get("/cache/stats").await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .post(gw.admin_url("/cache/stats"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_requires_redis_when_configured() {
+    let dead_port = crate::support::free_port();
+    let gw = Gateway::start(&format!(
+        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n"
+    ));
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["redis"], "down", "{body}");
+    let stats: Value = client()
+        .get(gw.admin_url("/cache/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["redis"]["state"].is_string(), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_ever_appears_in_logs_metrics_or_config() {
+    const UPSTREAM_KEY: &str = "sk-upstream-SECRET-1b2c";
+    const CLIENT_KEY: &str = "sk-client-SECRET-3d4e";
+    const ANTHROPIC_KEY: &str = "sk-ant-SECRET-5f6a";
+    const GOOG_KEY: &str = "AIza-SECRET-7b8c";
+    const QUERY_KEY: &str = "AIza-query-SECRET-9d0e";
+    const REDIS_PASSWORD: &str = "redis-SECRET-pw";
+    let mock = MockUpstream::start().await;
+    let body = format!(
+        r#"admin_token: "${{PG_TEST_ADMIN_TOKEN}}"
+log: {{format: json}}
+upstreams:
+  mock:
+    url: "{url}"
+  injected:
+    url: "{url}"
+    headers:
+      authorization: "Bearer ${{PG_TEST_UPSTREAM_KEY}}"
+routes:
+  - name: openai
+    match: {{ path_prefix: /openai }}
+    strip_prefix: true
+    targets: [mock]
+  - name: injected
+    match: {{ path_prefix: /injected }}
+    strip_prefix: true
+    targets: [injected]
+  - name: anthropic
+    match: {{ path_prefix: /anthropic }}
+    strip_prefix: true
+    targets: [mock]
+  - name: gemini
+    match: {{ path_prefix: /gemini }}
+    strip_prefix: true
+    targets: [mock]
+cache:
+  redis: {{url: "redis://:{REDIS_PASSWORD}@127.0.0.1:1"}}
+"#,
+        url = mock.url()
+    );
+    let gw = Gateway::start_with_env(
+        &body,
+        &[
+            ("PG_TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("PG_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+        ],
+    );
+    // A client may put anything in `model`; it is priced as `other`, never a label.
+    let chat = serde_json::to_vec(
+        &json!({"model": CLIENT_KEY, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {CLIENT_KEY}");
+    for _ in 0..2 {
+        // a miss, then a hit
+        post(&gw, CHAT, &[("authorization", &bearer)], &chat).await;
+        post(&gw, "/injected/v1/chat/completions", &[], &chat).await;
+        post(
+            &gw,
+            "/anthropic/v1/messages",
+            &[
+                ("x-api-key", ANTHROPIC_KEY),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            &chat,
+        )
+        .await;
+        post(
+            &gw,
+            &format!("/gemini/v1beta/models/gemini-2.0-flash:generateContent?key={QUERY_KEY}"),
+            &[("x-goog-api-key", GOOG_KEY)],
+            b"{}",
+        )
+        .await;
+    }
+    // errors: upstream 500, 429, no route, a malformed rewrite target
+    let (status, _) = post(
+        &gw,
+        CHAT,
+        &[("authorization", &bearer), ("x-mock-status", "500")],
+        b"{\"x\":1}",
+    )
+    .await;
+    assert_eq!(status, 500);
+    post(
+        &gw,
+        CHAT,
+        &[("authorization", &bearer), ("x-mock-status", "429")],
+        b"{\"x\":2}",
+    )
+    .await;
+    let (status, _) = post(
+        &gw,
+        &format!("/nowhere?key={QUERY_KEY}"),
+        &[("authorization", &bearer)],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(
+        &gw,
+        CHAT,
+        &[("authorization", &bearer), ("x-mock-fault", "reset")],
+        b"{\"x\":3}",
+    )
+    .await;
+    assert_eq!(status, 502);
+    // admin, with wrong and right tokens
+    client()
+        .post(gw.admin_url("/reload"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    client()
+        .post(gw.admin_url("/reload"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+
+    let metrics = scrape_until(
+        &gw,
+        r#"promptgate_requests_total{cache="none",route="none",status="404",upstream="none"}"#,
+        1.0,
+    )
+    .await;
+    let config = client()
+        .get(gw.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stats = client()
+        .get(gw.admin_url("/cache/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = gw.logs();
+    for secret in [
+        UPSTREAM_KEY,
+        CLIENT_KEY,
+        ANTHROPIC_KEY,
+        GOOG_KEY,
+        QUERY_KEY,
+        REDIS_PASSWORD,
+        ADMIN_TOKEN,
+    ] {
+        for (what, text) in [
+            ("logs", &logs),
+            ("metrics", &metrics),
+            ("/config", &config),
+            ("/cache/stats", &stats),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+    }
+    // the access log is JSON, one object per line, with the structured fields
+    let access: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "promptgate::access")
+        .collect();
+    assert!(access.len() >= 12, "{logs}");
+    let hit = access
+        .iter()
+        .find(|v| v["cache"] == "HIT")
+        .expect("a logged hit");
+    for field in [
+        "status",
+        "route",
+        "upstream",
+        "duration_ms",
+        "input_tokens",
+        "output_tokens",
+        "retries",
+    ] {
+        assert!(hit.get(field).is_some(), "{field} missing in {hit}");
+    }
+    assert!(
+        access
+            .iter()
+            .all(|v| !v["msg"].as_str().unwrap().contains('?')),
+        "query strings are never logged"
+    );
+}
