@@ -103,7 +103,7 @@ impl Proxy {
             .into());
         }
         let body = request_body::read(session, table.max_body_bytes).await?;
-        let route = choose_route(&candidates, &body)?.ok_or_else(|| ProxyError::NoRoute {
+        let route = choose_route(&candidates, &body).ok_or_else(|| ProxyError::NoRoute {
             method: session.req_header().method.to_string(),
             path: path.clone(),
         })?;
@@ -288,16 +288,13 @@ enum CacheStep {
 
 /// The first candidate whose model criterion holds. The body is parsed only when some
 /// candidate routes on the model.
-fn choose_route<'t>(
-    candidates: &[&'t Route],
-    body: &Bytes,
-) -> Result<Option<&'t Route>, ProxyError> {
+fn choose_route<'t>(candidates: &[&'t Route], body: &Bytes) -> Option<&'t Route> {
     let needs_model = candidates.iter().any(|r| r.matcher.model.is_some());
     let model = if needs_model { model_of(body) } else { None };
-    Ok(candidates
+    candidates
         .iter()
         .find(|r| r.matcher.matches_model(model.as_deref()))
-        .copied())
+        .copied()
 }
 
 /// The `model` field of a JSON body, if it is a JSON object with a string model.
