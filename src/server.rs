@@ -91,6 +91,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded();
     let cache = Arc::new(Cache::new(&table.cache).context("cannot set up the cache")?);
+    let shutdown_cache = cache.clone();
     let table = Arc::new(ArcSwap::from_pointee(table));
     let reloader = Arc::new(Reloader::new(
         config_path.clone(),
@@ -149,6 +150,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown {
+            cache: shutdown_cache,
             inflight,
             draining,
             table,
@@ -166,6 +168,8 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
 /// SIGUSR2: start that new process ourselves (the binary at our own path, same config), then as
 /// SIGQUIT — the upgrade systemd can run inside the unit.
 struct DrainingShutdown {
+    /// Its background Redis writes are waited for too: they carry answers already paid for.
+    cache: Arc<Cache>,
     inflight: Arc<Inflight>,
     draining: Arc<AtomicBool>,
     /// Read at SIGTERM, so a reloaded `shutdown_grace` applies.
@@ -251,13 +255,18 @@ impl DrainingShutdown {
         Some(self.drain(int, SETTLE).await)
     }
 
-    /// Waits at least `settle`, then until no request is in flight (at most `shutdown_grace`).
+    /// Requests in flight, plus cache writes still on their way to Redis.
+    fn outstanding(&self) -> usize {
+        self.inflight.count() + self.cache.redis().map_or(0, |r| r.background_writes())
+    }
+
+    /// Waits at least `settle`, then until no request (or Redis write) is in flight, at most
+    /// `shutdown_grace`.
     async fn drain(&self, int: &mut Signal, settle: Duration) -> ShutdownSignal {
         let grace = self.table.load().shutdown_grace;
         let started = Instant::now();
         let deadline = started + grace.max(settle);
-        while (self.inflight.count() > 0 || started.elapsed() < settle) && Instant::now() < deadline
-        {
+        while (self.outstanding() > 0 || started.elapsed() < settle) && Instant::now() < deadline {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 _ = int.recv() => return ShutdownSignal::FastShutdown,

@@ -461,6 +461,11 @@ impl RedisStore {
         self.breaker.state()
     }
 
+    /// Background writes still in flight (shutdown waits for them, so no stored answer is lost).
+    pub fn background_writes(&self) -> usize {
+        self.background_writes.load(Ordering::Acquire)
+    }
+
     /// Errors (timeouts, connection failures, dropped background writes) since start.
     pub fn error_count(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
