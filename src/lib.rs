@@ -12,6 +12,8 @@
 //! - [`providers`] — what differs per provider: how its streams end.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
 //! - [`cache`] — the response cache: keys, entries, stores.
+//! - [`request_framing`], [`request_path`] — hostile input: ambiguous framing refused, paths
+//!   normalised before routing so nothing forwarded escapes a route's base path.
 //! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
 //! - [`metrics`] — every Prometheus metric, in one registry.
 //! - [`admin`] — the admin listener: health, metrics, reload.
@@ -19,6 +21,7 @@
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 //! - [`upgrade`] — zero-downtime upgrade: hand the listening sockets to a new process.
 //! - [`systemd`] — `Type=notify` readiness (`READY=1`, `MAINPID`, `STOPPING=1`).
+//! - [`logging`] — logger set-up; keeps Pingora's request-head dumps out of debug logs.
 //! - [`health`] — `promptgate health`: one `GET /healthz` to the admin listener.
 
 pub mod admin;
@@ -27,10 +30,13 @@ pub mod cli;
 pub mod config;
 pub mod endpoint;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
+pub mod request_framing;
+pub mod request_path;
 pub mod routing;
 pub mod server;
 pub mod systemd;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = promptgate::cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    promptgate::logging::init();
     match promptgate::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

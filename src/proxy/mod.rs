@@ -14,12 +14,15 @@
 mod ctx;
 mod errors;
 mod follow;
+mod inbound;
 mod request_body;
 mod respond;
 mod upstream;
 
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
+// Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
+pub use upstream::build_request;
 
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
@@ -81,7 +84,7 @@ impl Proxy {
         ctx: &mut Ctx,
         table: &Table,
     ) -> Result<(), Failure> {
-        let path = session.req_header().uri.path().to_string();
+        let path = inbound::vet(session)?;
         let candidates = table.candidates(session.req_header(), &path);
         if candidates.is_empty() {
             return Err(ProxyError::NoRoute {
@@ -313,6 +316,10 @@ impl ProxyHttp for Proxy {
                 Err(e)
             }
         }
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        inbound::summary(session)
     }
 
     async fn upstream_peer(
