@@ -282,6 +282,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
         .iter()
         .any(|r| r.path.contains(&format!("key={QUERY_KEY}"))));
 
+    let mut leaks = Vec::new();
     for (what, text) in [
         ("responses", &seen),
         ("process output at debug level", &logs),
@@ -289,17 +290,15 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
         ("`promptgate key`", &key_out),
         ("/metrics", &metrics),
     ] {
-        if let Some(at) = text.find(MARK) {
-            let from = text[..at]
-                .char_indices()
-                .rev()
-                .nth(300)
-                .map_or(0, |(i, _)| i);
-            let to = (at + 200).min(text.len());
-            panic!(
-                "a key leaked into {what}:\n…{}…",
-                text.get(from..to).unwrap_or(&text[from..])
-            );
+        for line in text.lines().filter(|l| l.contains(MARK)) {
+            let at = line.find(MARK).unwrap_or(0);
+            let from = line[..at].char_indices().rev().nth(200).map_or(0, |(i, _)| i);
+            let mut to = (at + 100).min(line.len());
+            while !line.is_char_boundary(to) {
+                to += 1;
+            }
+            leaks.push(format!("{what}: …{}…", &line[from..to]));
         }
     }
+    assert!(leaks.is_empty(), "keys leaked:\n{}", leaks.join("\n"));
 }
