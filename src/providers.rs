@@ -44,8 +44,15 @@ impl StreamEnd {
         })
     }
 
+    /// True once the end marker was seen. An NDJSON stream's last object may arrive without a
+    /// trailing newline, so the unfinished last line counts as it stands — judged here, not as
+    /// chunks arrive, so the verdict never depends on where the network cut the bytes.
     pub fn seen(&self) -> bool {
         self.seen
+            || (self.format == StreamFormat::Ndjson
+                && !self.overlong
+                && !self.line.is_empty()
+                && ndjson_done(&self.line))
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
@@ -72,15 +79,6 @@ impl StreamEnd {
                 self.overlong = false;
             }
         }
-        // An NDJSON stream's last object may arrive without a trailing newline.
-        if self.format == StreamFormat::Ndjson && !self.line.is_empty() && !self.overlong {
-            let line = std::mem::take(&mut self.line);
-            if serde_json::from_slice::<serde_json::Value>(&line).is_ok() {
-                self.check_line(&line);
-            } else {
-                self.line = line;
-            }
-        }
     }
 
     fn check_line(&mut self, line: &[u8]) {
@@ -99,14 +97,19 @@ impl StreamEnd {
                 }
             }
             StreamFormat::Ndjson => {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
-                    if v.get("done") == Some(&serde_json::Value::Bool(true)) {
-                        self.seen = true;
-                    }
+                if ndjson_done(line) {
+                    self.seen = true;
                 }
             }
         }
     }
+}
+
+/// Ollama's last object: `"done": true` at the top level of a JSON line.
+fn ndjson_done(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    serde_json::from_slice::<serde_json::Value>(line)
+        .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -160,6 +163,38 @@ mod tests {
     fn markers_split_across_chunks_are_found() {
         assert!(ends("text/event-stream", &["da", "ta: [DO", "NE]\n", "\n"]));
         assert!(ends("text/event-stream", &["event: message_", "stop\r\n"]));
+    }
+
+    /// Found by the `stream_end` fuzz target: a partial last NDJSON line that parsed as JSON so
+    /// far (`{"done":true}`) was judged complete at the end of each chunk, so byte-by-byte
+    /// delivery said "ended" where the same bytes in one chunk (`{"done":true}` + NULs) did not.
+    #[test]
+    fn verdict_does_not_depend_on_chunk_boundaries() {
+        let input: &[u8] = b"{Ynee}\n{\"done\":true}\0\0\0\0\0\0\0\0\0\0";
+        for data in [input, b"{\"done\":true} x\n", b"{\"done\":true}"] {
+            let whole = ends_bytes("application/x-ndjson", &[data]);
+            let bytewise: Vec<&[u8]> = data.chunks(1).collect();
+            assert_eq!(
+                whole,
+                ends_bytes("application/x-ndjson", &bytewise),
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        // and an unterminated last line still ends a stream when it is the marker
+        assert!(ends_bytes("application/x-ndjson", &[b"{\"done\":true}"]));
+        assert!(!ends_bytes(
+            "application/x-ndjson",
+            &[b"{\"done\":true} x\n"]
+        ));
+    }
+
+    fn ends_bytes(content_type: &str, chunks: &[&[u8]]) -> bool {
+        let mut w = StreamEnd::for_content_type(content_type).unwrap();
+        for c in chunks {
+            w.observe(c);
+        }
+        w.seen()
     }
 
     #[test]
