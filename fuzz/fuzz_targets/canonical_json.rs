@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     }
     // Every part of the key from the same bytes: never panics, and is deterministic.
     let text = String::from_utf8_lossy(data);
-    let (a, b) = text.split_at(text.len() / 2);
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let (a, b) = text.split_at(mid);
     let vary = [("anthropic-version", a.as_bytes())];
     let input = KeyInput {
         scope: b,

@@ -292,7 +292,11 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     ] {
         for line in text.lines().filter(|l| l.contains(MARK)) {
             let at = line.find(MARK).unwrap_or(0);
-            let from = line[..at].char_indices().rev().nth(200).map_or(0, |(i, _)| i);
+            let from = line[..at]
+                .char_indices()
+                .rev()
+                .nth(200)
+                .map_or(0, |(i, _)| i);
             let mut to = (at + 100).min(line.len());
             while !line.is_char_boundary(to) {
                 to += 1;
