@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit python-test packaging install uninstall deps test-deps check-config clean
+.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -25,11 +25,21 @@ build: deps
 
 ## test: install what is missing, then lint and run every test suite; the Python suite runs
 ## last, so its closing "N passed" line ends the output
-test: test-deps lint unit packaging
+test: test-deps lint unit fuzz-short packaging
 	@$(MAKE) --no-print-directory python-test
+
+## fuzz: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each; needs nightly and cargo-fuzz
+FUZZ_SECONDS ?= 300
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## fuzz-short: 20 s per target, part of make test; skipped with a message without nightly/cargo-fuzz
+fuzz-short:
+	@bash scripts/fuzz.sh 20 --optional
 
 lint:
 	cargo fmt --all -- --check
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
 	cargo clippy --locked --all-targets -- -D warnings
 
 unit:

@@ -14,6 +14,8 @@
 //! - [`pricing`] — the price table behind the cost metrics.
 //! - [`proxy`] — the Pingora `ProxyHttp` implementation and the upstream exchange.
 //! - [`cache`] — the response cache: keys, entries, stores.
+//! - [`request_framing`], [`request_path`] — hostile input: ambiguous framing refused, paths
+//!   normalised before routing so nothing forwarded escapes a route's base path.
 //! - [`reload`] — config reload (file watch, SIGHUP, `POST /reload`): validate, then swap.
 //! - [`metrics`] — every Prometheus metric, in one registry.
 //! - [`logging`] — log format (text or JSON) and the access log line.
@@ -23,6 +25,7 @@
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 //! - [`upgrade`] — zero-downtime upgrade: hand the listening sockets to a new process.
 //! - [`systemd`] — `Type=notify` readiness (`READY=1`, `MAINPID`, `STOPPING=1`).
+//! - [`logging`] — logger set-up; keeps Pingora's request-head dumps out of debug logs.
 //! - [`health`] — `promptgate health`: one `GET /healthz` to the admin listener.
 
 pub mod admin;
@@ -38,6 +41,8 @@ pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
+pub mod request_framing;
+pub mod request_path;
 pub mod routing;
 pub mod server;
 pub mod systemd;

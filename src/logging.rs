@@ -5,14 +5,24 @@
 //! function covers every line without a second logging stack (tracing would need a bridge for
 //! Pingora's records). Structured fields travel as `log` key-values: text lines print them as
 //! `key=value`, JSON lines as fields.
+//!
+//! Pingora's own modules stay at `info` unless `RUST_LOG` names them. Why: at debug level
+//! Pingora logs the raw head of every request it cannot parse — request line with query string,
+//! `Authorization`, `x-api-key` and all — and a client can trigger that at will. `RUST_LOG=debug`
+//! is how operators look at promptgate, so it must stay free of keys; whoever needs Pingora's
+//! debug output asks for it by name (`RUST_LOG=debug,pingora_proxy=debug`).
 
 use crate::config::schema::LogFormat;
 use log::kv::{self, VisitSource, VisitValue};
+use log::LevelFilter;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The access log's target, to filter on (`RUST_LOG=promptgate::access=off` silences it).
 pub const ACCESS_TARGET: &str = "promptgate::access";
+
+/// Pingora crates whose debug/trace output can carry request heads.
+const PINGORA_MODULES: &[&str] = &["pingora_proxy", "pingora_core", "pingora_http"];
 
 /// Set from the config at start-up and on reload, read per line.
 static JSON: AtomicBool = AtomicBool::new(false);
@@ -20,7 +30,15 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// Installs the logger: `RUST_LOG` levels (default `info`), text format until the config says
 /// otherwise.
 pub fn init() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    for module in PINGORA_MODULES {
+        if !names_module(&spec, module) {
+            builder.filter_module(module, LevelFilter::Info.min(max_level(&spec)));
+        }
+    }
+    builder
         .format(|buf, record| {
             let ts = buf.timestamp_millis();
             if JSON.load(Ordering::Relaxed) {
@@ -151,6 +169,27 @@ impl<'v> VisitValue<'v> for JsonValue<'_> {
     }
 }
 
+/// True when a `RUST_LOG` spec has a directive for `module` (or a module inside it).
+fn names_module(spec: &str, module: &str) -> bool {
+    spec.split(',').any(|directive| {
+        let name = directive.split('=').next().unwrap_or_default().trim();
+        name == module || name.starts_with(&format!("{module}::"))
+    })
+}
+
+/// The most verbose level a spec asks for anywhere, so capping Pingora never makes it *more*
+/// verbose than the spec (`RUST_LOG=warn` keeps Pingora at warn).
+fn max_level(spec: &str) -> LevelFilter {
+    if spec.trim().is_empty() {
+        return LevelFilter::Info;
+    }
+    spec.split(',')
+        .map(|d| d.rsplit('=').next().unwrap_or_default().trim())
+        .map(|level| level.parse::<LevelFilter>().unwrap_or(LevelFilter::Trace))
+        .max()
+        .unwrap_or(LevelFilter::Info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +211,29 @@ mod tests {
         assert_eq!(
             serde_json::Value::Object(map).to_string(),
             r#"{"status":200,"route":null,"cache":"HIT","ms":1.5,"coalesced":false}"#
+        );
+    }
+
+    #[test]
+    fn pingora_is_capped_unless_named() {
+        assert!(!names_module("debug", "pingora_proxy"));
+        assert!(!names_module("promptgate=debug", "pingora_proxy"));
+        assert!(names_module("debug,pingora_proxy=trace", "pingora_proxy"));
+        assert!(names_module(
+            "pingora_core::protocols=debug",
+            "pingora_core"
+        ));
+        assert!(!names_module("pingora_core_x=debug", "pingora_core"));
+    }
+
+    #[test]
+    fn the_cap_is_never_more_verbose_than_asked() {
+        assert_eq!(max_level("warn"), LevelFilter::Warn);
+        assert_eq!(max_level(""), LevelFilter::Info);
+        assert_eq!(max_level("debug"), LevelFilter::Debug);
+        assert_eq!(
+            LevelFilter::Info.min(max_level("promptgate=trace")),
+            LevelFilter::Info
         );
     }
 }

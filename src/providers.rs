@@ -46,13 +46,22 @@ impl StreamEnd {
         })
     }
 
+    /// True once the end marker was seen. An NDJSON stream's last object may arrive without a
+    /// trailing newline, so the unfinished last line counts as it stands — judged here, not as
+    /// chunks arrive, so the verdict never depends on where the network cut the bytes (a case
+    /// the `stream_end` fuzz target found).
     pub fn seen(&self) -> bool {
         self.seen
+            || (self.format == StreamFormat::Ndjson
+                && self
+                    .lines
+                    .pending()
+                    .is_some_and(|l| line_ends_stream(self.format, l)))
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
         let (format, seen) = (self.format, &mut self.seen);
-        self.lines.feed(chunk, format, |line| {
+        self.lines.feed(chunk, |line| {
             if line_ends_stream(format, line) {
                 *seen = true;
             }
@@ -88,10 +97,8 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    /// Calls `on_line` with each complete line of `chunk` (without `\n` or `\r`). An NDJSON
-    /// stream's last object may arrive without a trailing newline, so a pending NDJSON line that
-    /// already parses as JSON is handed over too.
-    fn feed(&mut self, chunk: &[u8], format: StreamFormat, mut on_line: impl FnMut(&[u8])) {
+    /// Calls `on_line` with each complete line of `chunk` (without `\n` or `\r`).
+    fn feed(&mut self, chunk: &[u8], mut on_line: impl FnMut(&[u8])) {
         for piece in chunk.split_inclusive(|b| *b == b'\n') {
             let (content, ends_line) = match piece.strip_suffix(b"\n") {
                 Some(c) => (c, true),
@@ -113,14 +120,12 @@ impl LineSplitter {
                 self.overlong = false;
             }
         }
-        if format == StreamFormat::Ndjson
-            && !self.line.is_empty()
-            && !self.overlong
-            && serde_json::from_slice::<serde::de::IgnoredAny>(&self.line).is_ok()
-        {
-            on_line(&self.line);
-            self.line.clear();
-        }
+    }
+
+    /// The unfinished last line, if any (an NDJSON stream may end without a newline).
+    fn pending(&self) -> Option<&[u8]> {
+        (!self.overlong && !self.line.is_empty())
+            .then(|| self.line.strip_suffix(b"\r").unwrap_or(&self.line))
     }
 }
 
@@ -187,7 +192,7 @@ impl UsageObserver {
         match &mut self.mode {
             ObserveMode::Lines(format, lines) => {
                 let (format, usage) = (*format, &mut self.usage);
-                lines.feed(chunk, format, |line| observe_line(format, line, usage));
+                lines.feed(chunk, |line| observe_line(format, line, usage));
             }
             ObserveMode::Json { chunks, size } => {
                 *size += chunk.len();
@@ -204,6 +209,12 @@ impl UsageObserver {
     /// The usage seen, if the body reported any.
     pub fn finish(self) -> Option<Usage> {
         let mut usage = self.usage;
+        if let ObserveMode::Lines(format @ StreamFormat::Ndjson, lines) = &self.mode {
+            // The last NDJSON object (Ollama's, with the counts) may lack its newline.
+            if let Some(line) = lines.pending() {
+                observe_line(*format, line, &mut usage);
+            }
+        }
         if let ObserveMode::Json { chunks, size } = self.mode {
             let body = match chunks.len() {
                 0 => return None,
@@ -377,6 +388,38 @@ mod tests {
     fn markers_split_across_chunks_are_found() {
         assert!(ends("text/event-stream", &["da", "ta: [DO", "NE]\n", "\n"]));
         assert!(ends("text/event-stream", &["event: message_", "stop\r\n"]));
+    }
+
+    /// Found by the `stream_end` fuzz target: a partial last NDJSON line that parsed as JSON so
+    /// far (`{"done":true}`) was judged complete at the end of each chunk, so byte-by-byte
+    /// delivery said "ended" where the same bytes in one chunk (`{"done":true}` + NULs) did not.
+    #[test]
+    fn verdict_does_not_depend_on_chunk_boundaries() {
+        let input: &[u8] = b"{Ynee}\n{\"done\":true}\0\0\0\0\0\0\0\0\0\0";
+        for data in [input, b"{\"done\":true} x\n", b"{\"done\":true}"] {
+            let whole = ends_bytes("application/x-ndjson", &[data]);
+            let bytewise: Vec<&[u8]> = data.chunks(1).collect();
+            assert_eq!(
+                whole,
+                ends_bytes("application/x-ndjson", &bytewise),
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        // and an unterminated last line still ends a stream when it is the marker
+        assert!(ends_bytes("application/x-ndjson", &[b"{\"done\":true}"]));
+        assert!(!ends_bytes(
+            "application/x-ndjson",
+            &[b"{\"done\":true} x\n"]
+        ));
+    }
+
+    fn ends_bytes(content_type: &str, chunks: &[&[u8]]) -> bool {
+        let mut w = StreamEnd::for_content_type(content_type).unwrap();
+        for c in chunks {
+            w.observe(c);
+        }
+        w.seen()
     }
 
     #[test]

@@ -184,6 +184,23 @@ mod tests {
     /// Pins the key format: if this changes, every stored entry is orphaned. Bump KEY_VERSION.
     /// The values were cross-checked with an independent Python blake3 implementation of the
     /// layout described at the top of this file.
+    /// Found by the `canonical_json` fuzz target: without serde_json's `float_roundtrip`, a
+    /// long decimal parsed to a neighbouring f64, and the canonical form then parsed back to yet
+    /// another one — canonicalising twice gave a different body (and key).
+    #[test]
+    fn long_decimals_round_trip() {
+        let body = b"[1,-0.0,1.50033333333330333333,3333]";
+        let CanonicalBody::Json(once) = canonical_body(body, &[]) else {
+            panic!("JSON expected")
+        };
+        let CanonicalBody::Json(twice) = canonical_body(&once, &[]) else {
+            panic!("JSON expected")
+        };
+        assert_eq!(once, twice, "{}", String::from_utf8_lossy(&once));
+        let original: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&once).unwrap(), original);
+    }
+
     #[test]
     fn golden_keys() {
         assert_eq!(

@@ -139,7 +139,15 @@ pub fn parse(
     };
     let index = LineIndex::build(text);
     let mut problems = Vec::new();
-    interpolate::expand_tree(&mut root, "", env, &mut problems);
+    let expanded = std::cell::RefCell::new(Vec::new());
+    let recording_env = |name: &str| {
+        let value = env(name);
+        if let Some(v) = &value {
+            expanded.borrow_mut().push(v.clone());
+        }
+        value
+    };
+    interpolate::expand_tree(&mut root, "", &recording_env, &mut problems);
     let mut sections = Sections {
         index: &index,
         problems,
@@ -150,10 +158,34 @@ pub fn parse(
         if p.line.is_none() {
             p.line = index.line_of(&p.path);
         }
+        redact_env_values(p, &expanded.borrow());
     }
     match table {
         Some(table) if problems.is_empty() => Ok(table),
         _ => Err(invalid(problems)),
+    }
+}
+
+/// `${VAR}` values shorter than this are left in messages: keys are long, and masking short
+/// values (`1`, `true`, a port) would garble messages without protecting anything.
+const MIN_REDACTED_LEN: usize = 8;
+
+/// Masks every `${VAR}` value in a problem. Environment values are where API keys live, and a
+/// key put in the wrong field (a URL, an enum, a duration) would otherwise be echoed by the
+/// message about that field into `promptgate check`, the log and `POST /reload`'s answer.
+fn redact_env_values(problem: &mut Problem, values: &[String]) {
+    let mut values: Vec<&String> = values
+        .iter()
+        .filter(|v| v.len() >= MIN_REDACTED_LEN)
+        .collect();
+    // Longest first, so a value containing another is masked whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in values {
+        for text in [&mut problem.message, &mut problem.path] {
+            if text.contains(v.as_str()) {
+                *text = text.replace(v.as_str(), "*****");
+            }
+        }
     }
 }
 
@@ -204,5 +236,35 @@ fn join_path(parent: &str, child: &str) -> String {
         (true, _) => child.to_string(),
         (false, true) => format!("{parent}{child}"),
         (false, false) => format!("{parent}.{child}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_never_appear_in_problems() {
+        let key = "sk-live-0123456789abcdef";
+        let text = "upstreams:\n  a: { url: \"${KEY}\" }\nroutes:\n  - name: r\n    strategy: \"${KEY}\"\n    targets: [\"${KEY}\"]\n";
+        let err = parse(text, "c.yaml", &|name| {
+            (name == "KEY").then(|| key.to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains(key), "{err}");
+        assert!(!err.contains("0123456789"), "{err}");
+        // The messages still say what is wrong, with the value masked where it was echoed.
+        assert!(err.contains("*****"), "{err}");
+        assert!(err.contains("routes[0]: unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn short_env_values_are_left_readable() {
+        let text = "listen: \"${ADDR}\"\n";
+        let err = parse(text, "c.yaml", &|_| Some("nowhere".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nowhere"), "{err}");
     }
 }

@@ -15,12 +15,15 @@ mod ctx;
 mod errors;
 mod failover;
 mod follow;
+mod inbound;
 mod request_body;
 mod respond;
 mod upstream;
 
 pub use ctx::{Ctx, Inflight, InflightGuard};
 pub use errors::ProxyError;
+// Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
+pub use upstream::build_request;
 
 use crate::balance;
 use crate::cache::flight::Role;
@@ -93,7 +96,7 @@ impl Proxy {
         ctx: &mut Ctx,
         table: &Table,
     ) -> Result<(), Failure> {
-        let path = session.req_header().uri.path().to_string();
+        let path = inbound::vet(session)?;
         let candidates = table.candidates(session.req_header(), &path);
         if candidates.is_empty() {
             return Err(ProxyError::NoRoute {
@@ -339,6 +342,10 @@ impl ProxyHttp for Proxy {
                 Err(e)
             }
         }
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        inbound::summary(session)
     }
 
     async fn upstream_peer(

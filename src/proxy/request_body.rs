@@ -54,10 +54,15 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, ProxyErr
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
-        let chunk = session
-            .read_request_body()
-            .await
-            .map_err(|e| ProxyError::ClientBody(e.etype().as_str().to_string()))?;
+        let chunk = match session.read_request_body().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // Bad framing (a malformed chunk size, say): where this body ends is unknown,
+                // so nothing after it on this connection may be read as a request.
+                session.set_keepalive(None);
+                return Err(ProxyError::ClientBody(e.etype().as_str().to_string()));
+            }
+        };
         let Some(chunk) = chunk else { break };
         let so_far = first.as_ref().map_or(0, Bytes::len) + buf.len();
         if so_far + chunk.len() > limit {

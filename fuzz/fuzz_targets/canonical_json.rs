@@ -1,0 +1,45 @@
+//! Cache-key canonicalisation on arbitrary bodies: never panics; the canonical form parses back
+//! to the same value (minus ignored fields) and canonicalising it again changes nothing.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use promptgate::cache::key::{canonical_body, derive, CanonicalBody, KeyInput};
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let ignore = ["user".to_string(), "metadata".to_string()];
+    if let CanonicalBody::Json(canonical) = canonical_body(data, &ignore) {
+        let mut original: Value = serde_json::from_slice(data).expect("only JSON is canonical");
+        if let Value::Object(map) = &mut original {
+            for field in &ignore {
+                map.remove(field);
+            }
+        }
+        let reparsed: Value =
+            serde_json::from_slice(&canonical).expect("the canonical form is JSON");
+        assert_eq!(original, reparsed, "canonical form changed the value");
+        match canonical_body(&canonical, &ignore) {
+            CanonicalBody::Json(again) => assert_eq!(again, canonical, "not idempotent"),
+            CanonicalBody::Raw(_) => panic!("canonical form not recognised as JSON"),
+        }
+    }
+    // Every part of the key from the same bytes: never panics, and is deterministic.
+    let text = String::from_utf8_lossy(data);
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let (a, b) = text.split_at(mid);
+    let vary = [("anthropic-version", a.as_bytes())];
+    let input = KeyInput {
+        scope: b,
+        route: a,
+        method: "POST",
+        path: b,
+        query: Some(a),
+        vary: &vary,
+        body: data,
+        ignore_fields: &ignore,
+    };
+    assert_eq!(derive(&input).0, derive(&input).0);
+});
