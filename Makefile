@@ -5,7 +5,7 @@ CONFIG ?= conf/promptgate.yaml
 VENV := .venv
 PYTHON_REQUIREMENTS := tests/python/requirements.txt
 
-.PHONY: run build test lint unit python-test deps test-deps check-config clean
+.PHONY: run build test lint unit python-test deps test-deps check-config clean bench
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -38,6 +38,12 @@ $(VENV)/.requirements-installed: $(PYTHON_REQUIREMENTS)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(PYTHON_REQUIREMENTS)
 	touch $@
+
+## bench: promptgate side by side with nginx and LiteLLM on loopback, a few minutes; results
+## in bench/results/latest.md (recorded in BENCHMARKS.md). Not part of `make test`.
+bench:
+	@bash bench/setup.sh
+	python3 bench/run.py
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)
