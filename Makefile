@@ -5,7 +5,7 @@ CONFIG ?= conf/promptgate.yaml
 VENV := .venv
 PYTHON_REQUIREMENTS := tests/python/requirements.txt
 
-.PHONY: run build test lint unit python-test deps test-deps check-config clean bench
+.PHONY: run build test lint unit python-test deps test-deps check-config clean bench bench-profile
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -44,6 +44,11 @@ $(VENV)/.requirements-installed: $(PYTHON_REQUIREMENTS)
 bench:
 	@bash bench/setup.sh
 	python3 bench/run.py
+
+## bench-profile: perf profile of the cache-hit path (bench/results/profile-*.txt)
+bench-profile:
+	@bash bench/setup.sh
+	python3 bench/run.py --profile
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)

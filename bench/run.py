@@ -8,7 +8,8 @@ Knobs (environment): BENCH_DURATION (seconds per wrk run, default 3), BENCH_REPS
 default 3), BENCH_CONNS (wrk connections, default 32), BENCH_THREADS (promptgate `threads` =
 nginx `worker_processes`, default 1), BENCH_PIN (1: proxies under test on CPU 0, load
 generator and upstream on CPU 1; default 1 when there are 2+ CPUs), BENCH_LITELLM (0 to skip),
-BENCH_RATE (fixed-rate target rps, default 1000), BENCH_ONLY (comma list of scenario ids).
+BENCH_RATE (fixed-rate target rps, default 1000), BENCH_ONLY (comma list of scenario ids:
+1-6, fixed), PROMPTGATE_BIN (another promptgate binary, e.g. to compare a change).
 """
 
 import atexit
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RUN = BENCH / ".run"
-PROMPTGATE = ROOT / "target" / "release" / "promptgate"
+PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", ROOT / "target" / "release" / "promptgate"))
 LITELLM = BENCH / ".venv" / "bin" / "litellm"
 
 DURATION = int(os.environ.get("BENCH_DURATION", "3"))
@@ -341,6 +342,28 @@ def wrk(port, path, body_file, conns=CONNS, duration=DURATION, header=""):
     return r
 
 
+def cpu_ticks(pids):
+    """utime + stime of each process (all its threads), in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def tree(pid):
+    """pid and its children (nginx workers, uvicorn workers)."""
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [int(k) for k in kids.split()]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_PIDS = {}  # port -> pid of the server under test (its children are added)
+
+
 class Target:
     def __init__(self, sid, label, port, path, body, header="", expect_upstream=None,
                  conns=None):
@@ -356,13 +379,20 @@ def measure_group(group):
     for rep in range(REPS):
         for t in group:
             before = upstream_requests()
+            pids = tree(SERVER_PIDS[t.port])
+            ticks = cpu_ticks(pids)
             r = wrk(t.port, t.path, t.body, conns=t.conns or CONNS, header=t.header)
+            used = (cpu_ticks(pids) - ticks) / TICK
             r["upstream_calls"] = upstream_requests() - before - 1
+            # CPU seconds the server under test spent per request: robust to other load on
+            # the machine, unlike rps (which is what the other builds here take away).
+            r["cpu_us_per_req"] = used * 1e6 / r["requests"] if r["requests"] else 0
             r["load1"] = os.getloadavg()[0]
             t.runs.append(r)
             log(f"  {t.sid:<22} {t.label:<34} rep {rep + 1}: {r['rps']:>9.0f} rps  "
                 f"p50 {r['p50'] / 1000:6.3f} ms  p99 {r['p99'] / 1000:7.3f} ms  "
-                f"err {r['errors']}  upstream calls {r['upstream_calls']}  "
+                f"cpu {r['cpu_us_per_req']:5.0f} us/req  err {r['errors']}  "
+                f"upstream calls {r['upstream_calls']}  "
                 f"load {r['load1']:.2f}")
 
 
@@ -574,6 +604,11 @@ def main():
         litellm_note = "LiteLLM not installed (bench/.venv missing): skipped"
     for p, proc in [(P_PG_REDIS, pg_redis), (P_PG_REDIS_L1, pg_redis_l1), (P_PG_LOG, pg_log)]:
         wait_port(p, proc=proc)
+    SERVER_PIDS.update({P_UP: ng_up.pid, P_NGX_PASS: ng_px.pid, P_NGX_CACHE: ng_px.pid,
+                        P_PG: pg.pid, P_PG_REDIS: pg_redis.pid, P_PG_REDIS_L1: pg_redis_l1.pid,
+                        P_PG_LOG: pg_log.pid})
+    if litellm is not None:
+        SERVER_PIDS[P_LITELLM] = litellm.pid
     time.sleep(1.0)
     idle_rss = rss_kb(pg.pid)["VmRSS"]
     idle_nginx_rss = nginx_rss_kb(ng_px.pid)
@@ -765,13 +800,17 @@ def render(S, ttfb_rows, fixed, rss, note, started_at, finished_at):
     L.append(f"Settings: promptgate threads={THREADS} = nginx worker_processes={THREADS}, "
              f"LiteLLM --num_workers 1; pinning {'on (proxies CPU 0; wrk, upstream, Redis CPU 1)' if PIN else 'off'}; "
              f"wrk -t1 -c{CONNS} (LiteLLM -c{min(CONNS, 8)}), {DURATION}s runs, best of {REPS}, "
-             f"alternating; promptgate RUST_LOG=warn (nginx access_log off) unless noted.")
+             f"alternating; promptgate RUST_LOG=warn (nginx access_log off) unless noted. "
+             f"rps, p50, p99: the best run (highest rps); CPU µs/req: the server's own CPU time "
+             f"(/proc/PID/stat utime+stime, nginx workers included) per request, lowest run; "
+             f"upstream calls: during the best run (0 = every request was a hit).")
     L.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
     if note:
         L.append(f"Note: {note}")
     L.append("")
-    L.append("| scenario | target | rps | p50 ms | p99 ms | upstream calls | vs nginx | vs LiteLLM |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | target | rps | p50 ms | p99 ms | CPU µs/req | upstream calls | "
+             "rps vs nginx | rps vs LiteLLM | CPU/req vs nginx |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sid, targets in S.items():
         ng = next((best(t) for t in targets if t.label.startswith("nginx")), None)
         ll = next((best(t) for t in targets if t.label.startswith("LiteLLM")), None)
@@ -781,10 +820,15 @@ def render(S, ttfb_rows, fixed, rss, note, started_at, finished_at):
         for t in targets:
             b = best(t)
             is_pg = t.label.startswith("promptgate")
+            cpu = min(r["cpu_us_per_req"] for r in t.runs)
+            ng_cpu = next((min(r["cpu_us_per_req"] for r in x.runs) for x in
+                           (S.get(sid.replace("4-redis", "3-hit"), []) if sid.startswith("4-")
+                            else targets) if x.label.startswith("nginx")), None)
             L.append(f"| {sid} | {t.label} | {b['rps']:.0f} | {b['p50'] / 1000:.3f} | "
-                     f"{b['p99'] / 1000:.3f} | {b['upstream_calls']} | "
+                     f"{b['p99'] / 1000:.3f} | {cpu:.0f} | {b['upstream_calls']} | "
                      f"{ratio(b['rps'], ng['rps']) if is_pg and ng else ''} | "
-                     f"{ratio(b['rps'], ll['rps']) if is_pg and ll else ''} |")
+                     f"{ratio(b['rps'], ll['rps']) if is_pg and ll else ''} | "
+                     f"{ratio(cpu, ng_cpu) if is_pg and ng_cpu else ''} |")
     if ttfb_rows:
         L.append("")
         L.append("Streaming (SSE, 50 events), sequential requests on one keep-alive connection "
@@ -822,5 +866,65 @@ def render(S, ttfb_rows, fixed, rss, note, started_at, finished_at):
     return "\n".join(L) + "\n"
 
 
+def profile():
+    """perf record (cpu-clock: this VM has no hardware counters) of promptgate under wrk: the
+    memory-hit path with the 1 KB and the 1 MiB body, and pass-through with 1 KB; self and
+    inclusive profiles in bench/results/profile-*.txt."""
+    if not shutil.which("perf"):
+        sys.exit("perf not found: apt-get install linux-perf")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+    shutil.rmtree(RUN, ignore_errors=True)
+    RUN.mkdir(parents=True)
+    atexit.register(stop_all)
+    response_json, sse, req_1k, req_1m, stream_req = fixtures()
+    write_configs(response_json, sse)
+    (RUN / "req-1k.json").write_text(req_1k)
+    (RUN / "req-1m.json").write_text(req_1m)
+    ng_up = start("nginx-up", ["nginx", "-p", str(RUN / "nginx-up"), "-c",
+                               str(RUN / "nginx-up" / "nginx.conf"), "-g", "daemon off;"],
+                  CPU_LOAD)
+    pg = start("pg-memory", [str(PROMPTGATE), "run", "--config", str(RUN / "pg" / "memory.yaml")],
+               CPU_SUT, env={"RUST_LOG": "warn"})
+    wait_port(P_UP, proc=ng_up)
+    wait_port(P_PG, proc=pg)
+    out_dir = BENCH / "results"
+    out_dir.mkdir(exist_ok=True)
+    for size, route, body in [("1k", "/openai", req_1k), ("1m", "/openai", req_1m),
+                              ("pass-1k", "/pass", req_1k)]:
+        post(P_PG, route + CHAT, body)
+        _, h, _ = post(P_PG, route + CHAT, body)
+        assert h.get("x-promptgate-cache") == ("HIT" if route == "/openai" else None), h
+        data = RUN / f"perf-{size}.data"
+        w = subprocess.Popen(pinned(["wrk", "-t1", f"-c{CONNS}", "-d8s", "-s",
+                                     str(BENCH / "post.lua"),
+                                     f"http://{HOST}:{P_PG}{route}{CHAT}"], CPU_LOAD),
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "BENCH_BODY": str(RUN / f"req-{size[-2:]}.json"),
+                                  "BENCH_KEY": KEY})
+        time.sleep(1)
+        subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "4999", "-g",
+                        "--call-graph", "dwarf,32768", "-p", str(pg.pid), "-o", str(data),
+                        "--", "sleep", "4"], capture_output=True, check=True)
+        r = json.loads(re.search(r"BENCH_JSON (\{.*\})", w.communicate()[0]).group(1))
+        flat = subprocess.run(["perf", "report", "-i", str(data), "--no-children",
+                               "--sort", "symbol", "--stdio", "-g", "none",
+                               "--percent-limit", "0.7"],
+                              capture_output=True, text=True).stdout
+        tree = subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort",
+                               "symbol", "--stdio", "-g", "none", "--percent-limit", "3"],
+                              capture_output=True, text=True).stdout
+        text = (f"# promptgate {'memory hit' if route == '/openai' else 'pass-through'}, "
+                f"{size[-2:]} body, wrk -c{CONNS}: "
+                f"{r['requests'] / (r['duration_us'] / 1e6):.0f} rps (under perf), "
+                f"load {os.getloadavg()[0]:.2f}\n\n## self time\n{flat}\n"
+                f"## inclusive (children)\n{tree}")
+        (out_dir / f"profile-{size}.txt").write_text(text)
+        log(f"written bench/results/profile-{size}.txt")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--profile"]:
+        profile()
+    else:
+        main()
