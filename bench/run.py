@@ -734,7 +734,8 @@ def main():
     fixed = []
     if not ONLY or "fixed" in ONLY:
         log(f"[fixed-rate] {RATE} rps for 10 s, 1 KB body, hit path")
-        for name, port, path in [("promptgate hit (memory)", P_PG, "/openai" + CHAT),
+        for name, port, path in [("direct to upstream (baseline)", P_UP, CHAT),
+                                 ("promptgate hit (memory)", P_PG, "/openai" + CHAT),
                                  ("nginx proxy_cache hit", P_NGX_CACHE, CHAT),
                                  ("promptgate hit (memory)", P_PG, "/openai" + CHAT),
                                  ("nginx proxy_cache hit", P_NGX_CACHE, CHAT)]:
@@ -749,6 +750,7 @@ def main():
     rss = {"promptgate_idle_kb": idle_rss, "nginx_idle_kb": idle_nginx_rss}
     if not ONLY or "6" in ONLY:
         log("[6-rss] 1000 connections for 6 s on the hit path")
+        rss["promptgate_before_kb"] = rss_kb(pg.pid)["VmRSS"]
         for name, port, path, pid, fn in [
                 ("promptgate", P_PG, "/openai" + CHAT, pg.pid, lambda: rss_kb(pg.pid)["VmRSS"]),
                 ("nginx", P_NGX_CACHE, CHAT, ng_px.pid, lambda: nginx_rss_kb(ng_px.pid))]:
@@ -842,7 +844,8 @@ def render(S, ttfb_rows, fixed, rss, note, started_at, finished_at):
     if fixed:
         L.append("")
         L.append(f"Latency at a fixed rate ({RATE} rps target: h2load --h1 -c50 --rps "
-                 f"{RATE // 50}, 10 s, per-request log), 1 KB body, hit path, two runs each:")
+                 f"{RATE // 50}, 10 s, per-request log), 1 KB body, hit path, two runs each, after a "
+                 f"baseline straight to the upstream:")
         L.append("")
         L.append("| target | achieved rps | 200s | p50 ms | p99 ms | p99.9 ms | max ms | load |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -861,7 +864,8 @@ def render(S, ttfb_rows, fixed, rss, note, started_at, finished_at):
                  f"{rss['promptgate_1k_conns_errors']}), nginx "
                  f"{rss['nginx_1k_conns_kb'] / 1024:.1f} MiB "
                  f"({rss['nginx_1k_conns_rps']:.0f} rps, p99 {rss['nginx_1k_conns_p99_ms']:.1f} "
-                 f"ms, errors {rss['nginx_1k_conns_errors']}); promptgate after the whole run "
+                 f"ms, errors {rss['nginx_1k_conns_errors']}); promptgate just before that test "
+                 f"{rss['promptgate_before_kb'] / 1024:.1f} MiB, after it "
                  f"{rss['promptgate_after_kb'] / 1024:.1f} MiB")
     return "\n".join(L) + "\n"
 
