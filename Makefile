@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean
+.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -77,6 +77,17 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/promptgate $(DESTDIR)$(UNITDIR)/promptgate.service
 	@$(SYSTEMCTL) daemon-reload
 	@echo "removed; $(CONFDIR) kept (rm -r $(CONFDIR) to delete config and keys)"
+
+## bench: promptgate side by side with nginx and LiteLLM on loopback, a few minutes; results
+## in bench/results/latest.md (recorded in BENCHMARKS.md). Not part of `make test`.
+bench:
+	@bash bench/setup.sh
+	python3 bench/run.py
+
+## bench-profile: perf profile of the cache-hit path (bench/results/profile-*.txt)
+bench-profile:
+	@bash bench/setup.sh
+	python3 bench/run.py --profile
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)
