@@ -17,6 +17,8 @@ use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -37,6 +39,14 @@ const HANDOVER_OVERLAP: Duration = Duration::from_millis(500);
 /// After the accept loops stop, a connection accepted just before may not have sent its request
 /// yet (so it is not counted in flight): wait this long before trusting an in-flight count of 0.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// Socket buffers of client connections. Pingora's default 1460-byte write buffer sends a
+/// response head and its body in two packets (a cache hit's ~2 KB answer: two `sendto`s where
+/// one does); 16 KiB sends them together. The default 64 KiB read buffer is mostly idle memory
+/// per connection: request bodies are read into promptgate's own buffer anyway.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(16 * 1024, 16 * 1024)
+}
 
 /// Fails fast when `addr` cannot be bound (Pingora would retry silently for 30 s).
 fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
@@ -116,7 +126,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
         .name("promptgate proxy")
         .server_options(server_options)
         .build();
-    service.add_tcp(&listen.to_string());
+    service.add_listener(ListenerConfig::tcp(listen.to_string()).l4_buffer(client_buffers()));
     let handover = Handover::new();
     let proxy_handle = server.add_service(handover.wrap(service));
     proxy_handle.add_dependency(&reload);

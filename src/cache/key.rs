@@ -7,7 +7,8 @@
 //! key order or whitespace share a key. Other bodies are hashed as raw bytes.
 //! Changing anything here changes every key: bump the version with it.
 
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use std::borrow::Cow;
 use std::fmt;
 
 pub const KEY_VERSION: &str = "promptgate-cache-v1";
@@ -110,50 +111,172 @@ pub fn canonical_body<'a>(body: &'a [u8], ignore_fields: &[String]) -> Canonical
     if !matches!(first, Some(b'{') | Some(b'[')) {
         return CanonicalBody::Raw(body);
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(mut value) => {
-            if let Value::Object(map) = &mut value {
-                for field in ignore_fields {
-                    map.remove(field);
-                }
+    match serde_json::from_slice::<Node>(body) {
+        Ok(mut node) => {
+            if let Node::Object(fields) = &mut node {
+                fields.retain(|(k, _)| !ignore_fields.iter().any(|f| f == k.as_ref()));
             }
             let mut out = Vec::with_capacity(body.len());
-            write_canonical(&value, &mut out);
+            node.write(&mut out);
             CanonicalBody::Json(out)
         }
         Err(_) => CanonicalBody::Raw(body),
     }
 }
 
-/// Writes `value` with object keys sorted and no whitespace. Strings and numbers are written
-/// by serde_json, so equal values are always written the same way.
-pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k).expect("writing to a Vec cannot fail");
-                out.push(b':');
-                write_canonical(v, out);
+/// A parsed JSON value that borrows its strings from the body where it can.
+///
+/// Why not `serde_json::Value`: a prompt is mostly long strings, and a `Value` copies each one
+/// and re-escapes it on output. A string without escapes in the body is written back as the
+/// exact bytes it came from — the same bytes serde_json's escaping would produce, since only
+/// `"`, `\` and control characters are escaped and none of them can stand raw in a JSON
+/// string — so the canonical form (and the v1 key) is unchanged, for a fraction of the work.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    /// Fields as written; sorted (last duplicate wins, as in any JSON map) on output.
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl Node<'_> {
+    /// Writes the node with object keys sorted and no whitespace.
+    fn write(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Node::Number(n) => {
+                serde_json::to_writer(&mut *out, n).expect("writing to a Vec cannot fail")
             }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            Node::String(s) => write_str(s, out),
+            Node::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter_mut().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
                 }
-                write_canonical(v, out);
+                out.push(b']');
             }
-            out.push(b']');
+            Node::Object(fields) => {
+                // Stable, so among duplicate keys the last written stays last…
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                out.push(b'{');
+                let mut first = true;
+                for i in 0..fields.len() {
+                    // …and only that last one is written.
+                    if fields.get(i + 1).is_some_and(|next| next.0 == fields[i].0) {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let (k, v) = &mut fields[i];
+                    write_str(k, out);
+                    out.push(b':');
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
         }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+/// A borrowed string had no escapes in the body, so it needs none now; an owned one (decoded
+/// from escapes) is escaped by serde_json.
+#[allow(clippy::ptr_arg)] // Borrowed or Owned is the point: it says whether there were escapes.
+fn write_str(s: &Cow<'_, str>, out: &mut Vec<u8>) {
+    match s {
+        Cow::Borrowed(raw) => {
+            out.push(b'"');
+            out.extend_from_slice(raw.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(decoded) => {
+            serde_json::to_writer(&mut *out, decoded).expect("writing to a Vec cannot fail")
+        }
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
+                serde_json::Number::from_f64(v)
+                    .map(Node::Number)
+                    .ok_or_else(|| E::custom("not a JSON number"))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Owned(v)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((Text(k), v)) = map.next_entry::<Text, Node>()? {
+                    fields.push((k, v));
+                }
+                Ok(Node::Object(fields))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -161,6 +284,99 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// The v1 canonical form as first implemented, on a `serde_json::Value` tree: the oracle
+    /// the borrowing implementation must match byte for byte (it is the key contract).
+    fn reference(body: &[u8], ignore: &[String]) -> Option<Vec<u8>> {
+        fn write(value: &Value, out: &mut Vec<u8>) {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    out.push(b'{');
+                    for (i, (k, v)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        serde_json::to_writer(&mut *out, k).unwrap();
+                        out.push(b':');
+                        write(v, out);
+                    }
+                    out.push(b'}');
+                }
+                Value::Array(items) => {
+                    out.push(b'[');
+                    for (i, v) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write(v, out);
+                    }
+                    out.push(b']');
+                }
+                scalar => serde_json::to_writer(&mut *out, scalar).unwrap(),
+            }
+        }
+        let mut value: Value = serde_json::from_slice(body).ok()?;
+        if let Value::Object(map) = &mut value {
+            for f in ignore {
+                map.remove(f);
+            }
+        }
+        let mut out = Vec::new();
+        write(&value, &mut out);
+        Some(out)
+    }
+
+    fn fast(body: &[u8]) -> Vec<u8> {
+        match canonical_body(body, &ignore()) {
+            CanonicalBody::Json(v) => v,
+            CanonicalBody::Raw(_) => panic!("not JSON: {}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[test]
+    fn escapes_duplicates_and_unicode_match_the_reference() {
+        for body in [
+            &br#"{"a":"caf\u00e9","b":"caf\u00e9 \"q\" \\ \n \u0001 \u2028 \ud83d\ude00"}"#[..],
+            r#"{"a":"café 😀","z":[1,-2,3.5,1e100,-0.0,12345678901234567890]}"#.as_bytes(),
+            br#"{"k":1,"k":2,"a":{"k":"x","k":"y"},"user":"u"}"#,
+            br#"[{"b":null,"a":true},[],{},"",false]"#,
+        ] {
+            assert_eq!(
+                fast(body),
+                reference(body, &ignore()).unwrap(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // an escaped and an unescaped spelling of one string are one key
+        assert_eq!(
+            fast(br#"{"a":"caf\u00e9"}"#),
+            fast(r#"{"a":"café"}"#.as_bytes())
+        );
+    }
+
+    /// Like `arb_json`, with strings that need escaping, non-ASCII text and float numbers.
+    fn arb_json_text() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z\"\\\\\n\t\u{1}\u{7f}é€😀 ]{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("[a-dé\"]{1,3}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
 
     fn ignore() -> Vec<String> {
         vec!["user".into(), "metadata".into()]
@@ -356,6 +572,12 @@ mod tests {
             prop_assert_eq!(&once, &twice);
             let back: Value = serde_json::from_slice(&once).unwrap();
             prop_assert_eq!(back, serde_json::from_slice::<Value>(&text).unwrap());
+        }
+
+        #[test]
+        fn borrowing_canonical_form_matches_the_reference(v in arb_json_text()) {
+            let body = serde_json::to_vec(&serde_json::json!({"p": v, "user": "x"})).unwrap();
+            prop_assert_eq!(fast(&body), reference(&body, &ignore()).unwrap());
         }
 
         #[test]
