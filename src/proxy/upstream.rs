@@ -253,6 +253,11 @@ pub async fn relay(
                     if let Some(r) = recorder.take() {
                         r.commit();
                     }
+                    // Back to the pool before the client has its last byte, so a request it
+                    // sends right after finds the connection idle instead of opening another.
+                    release(connector, upstream, response).await;
+                    session.write_response_body(Some(chunk), false).await?;
+                    return session.write_response_body(None, true).await;
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
@@ -278,7 +283,12 @@ pub async fn relay(
     if let Some(r) = recorder.take() {
         r.commit();
     }
-    session.write_response_body(None, true).await?;
+    release(connector, upstream, response).await;
+    session.write_response_body(None, true).await
+}
+
+/// Returns a finished upstream connection to the pool (an unfinished one is dropped).
+async fn release(connector: &Connector, upstream: &Upstream, mut response: UpstreamResponse) {
     if response.session.response_done() {
         connector
             .release_http_session(
@@ -288,7 +298,6 @@ pub async fn relay(
             )
             .await;
     }
-    Ok(())
 }
 
 /// Reads the rest of the upstream response into `recorder` after the client left, and stores
@@ -314,15 +323,7 @@ async fn finish_without_client(
         }
     }
     recorder.commit();
-    if response.session.response_done() {
-        connector
-            .release_http_session(
-                response.session,
-                &response.peer,
-                Some(upstream.timeouts.idle),
-            )
-            .await;
-    }
+    release(connector, upstream, response).await;
 }
 
 #[cfg(test)]

@@ -37,7 +37,17 @@ async fn first_event_reaches_the_client_before_the_upstream_finishes() {
     }
     let all = String::from_utf8(rest).unwrap();
     assert!(all.trim_end().ends_with("data: [DONE]"), "{all}");
-    assert_eq!(mock.completed_streams(), 1);
+    assert_eq!(completed_streams(&mock, 1).await, 1);
+}
+
+/// The mock counts a stream as completed just after writing its last byte, which can be after
+/// the client has read it: waits (briefly) for the count to reach `n`.
+async fn completed_streams(mock: &MockUpstream, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while mock.completed_streams() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mock.completed_streams()
 }
 
 async fn collect(resp: reqwest::Response) -> String {
@@ -76,7 +86,7 @@ async fn each_providers_stream_arrives_complete() {
     let text = collect(ollama).await;
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["done"], true);
-    assert_eq!(mock.completed_streams(), 3);
+    assert_eq!(completed_streams(&mock, 3).await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
