@@ -67,16 +67,7 @@ async fn identical_request_is_served_from_cache() {
         assert!(first.headers.contains_key(h), "upstream sent {h}");
         assert!(!second.headers.contains_key(h), "{h} replayed");
     }
-    // the access log line is written just after the response
-    let mut logged = false;
-    for _ in 0..50 {
-        logged = gw.logs().contains("cache=HIT");
-        if logged {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(logged, "{}", gw.logs());
+    assert!(gw.wait_for_log("cache=HIT").await, "{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Retries with backoff, failover, priority routing, passive health, concurrency caps and bad
 //! input — everything an upstream or a client can throw before the response starts.
 
-use crate::support::{client, free_port, Gateway, MockUpstream};
+use crate::support::{client, free_port, get_text, Gateway, MockUpstream};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -68,14 +68,7 @@ async fn two_500s_then_a_200_is_a_200() {
 async fn metrics_after(gw: &Gateway, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let text = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&gw.admin_url("/metrics")).await;
         if text.contains(needle) || Instant::now() > deadline {
             return text;
         }
@@ -135,12 +128,7 @@ async fn a_dead_first_target_fails_over_to_the_second_at_once() {
         "no backoff before failing over"
     );
     assert_eq!(mock.hits(), 1);
-    // the access log line is written just after the response
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !gw.logs().contains("failovers=1") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gw.logs().contains("failovers=1"), "{}", gw.logs());
+    assert!(gw.wait_for_log("failovers=1").await, "{}", gw.logs());
     let metrics = metrics_after(&gw, "promptgate_upstream_failovers_total{route=\"chat\"} 1").await;
     assert!(
         metrics.contains("promptgate_upstream_failovers_total{route=\"chat\"} 1"),

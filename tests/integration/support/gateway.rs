@@ -153,6 +153,19 @@ impl Gateway {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// Waits (at most 2 s) until the log contains `needle`: the access log line of a request is
+    /// written just after its response. Returns whether it appeared.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.logs().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         read_to_string(&self.dir.path().join("promptgate.log"))

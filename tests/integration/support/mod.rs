@@ -19,3 +19,15 @@ pub fn client() -> reqwest::Client {
 pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
+
+/// The body of a GET, as text (admin endpoints: `/metrics`, `/config`, …).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
