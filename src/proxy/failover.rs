@@ -94,7 +94,6 @@ pub async fn exchange<'r>(
     let mut tried: Vec<String> = Vec::new();
     let mut last_response: Option<Answer<'r>> = None;
     let mut last_error: Option<ProxyError> = None;
-    let mut attempts_made = 0u32;
     for (index, &target) in targets.iter().enumerate() {
         if index > 0 {
             ctx.failovers += 1;
@@ -103,8 +102,7 @@ pub async fn exchange<'r>(
         let body = upstream::rewrite_model(target, body.clone());
         let req = upstream::build_request(client, up, forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
-            attempts_made += 1;
-            if attempts_made > 1 && attempt > 1 {
+            if attempt > 1 {
                 ctx.retries += 1;
             }
             let slot = match up.slot().await {

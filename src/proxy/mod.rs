@@ -106,10 +106,17 @@ impl Proxy {
             .into());
         }
         let body = request_body::read(session, table.max_body_bytes).await?;
-        let route = choose_route(&candidates, &body).ok_or_else(|| ProxyError::NoRoute {
-            method: session.req_header().method.to_string(),
-            path: path.clone(),
-        })?;
+        // The body is parsed for its model at most once, and only when some candidate routes
+        // on the model or picks a priority group by a model alias.
+        let needs_model = candidates
+            .iter()
+            .any(|r| r.matcher.model.is_some() || !r.groups.is_empty());
+        let model = if needs_model { model_of(&body) } else { None };
+        let route =
+            choose_route(&candidates, model.as_deref()).ok_or_else(|| ProxyError::NoRoute {
+                method: session.req_header().method.to_string(),
+                path: path.clone(),
+            })?;
         ctx.route = Some(route.name.clone());
         let group = if route.groups.is_empty() {
             None
@@ -119,7 +126,7 @@ impl Proxy {
                 .headers
                 .get(balance::PRIORITY_HEADER)
                 .and_then(|v| v.to_str().ok());
-            balance::requested_group(route, header, model_of(&body).as_deref())
+            balance::requested_group(route, header, model.as_deref())
                 .map_err(|priority| ProxyError::Priority { priority })?
         };
 
@@ -289,14 +296,11 @@ enum CacheStep {
     },
 }
 
-/// The first candidate whose model criterion holds. The body is parsed only when some
-/// candidate routes on the model.
-fn choose_route<'t>(candidates: &[&'t Route], body: &Bytes) -> Option<&'t Route> {
-    let needs_model = candidates.iter().any(|r| r.matcher.model.is_some());
-    let model = if needs_model { model_of(body) } else { None };
+/// The first candidate whose model criterion holds.
+fn choose_route<'t>(candidates: &[&'t Route], model: Option<&str>) -> Option<&'t Route> {
     candidates
         .iter()
-        .find(|r| r.matcher.matches_model(model.as_deref()))
+        .find(|r| r.matcher.matches_model(model))
         .copied()
 }
 
