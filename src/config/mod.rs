@@ -9,7 +9,7 @@ mod locate;
 pub mod schema;
 pub mod secret;
 
-use crate::routing::Table;
+use crate::runtime::Runtime;
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
@@ -105,7 +105,7 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 /// Reads and validates the config file at `path`, expanding `${VAR}` from the process environment.
-pub fn load(path: &Path) -> Result<Table, ConfigError> {
+pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -120,7 +120,7 @@ pub fn parse(
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Table, ConfigError> {
+) -> Result<Runtime, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         origin: origin.to_string(),
         problems,
@@ -152,7 +152,7 @@ pub fn parse(
         index: &index,
         problems,
     };
-    let table = compile::compile(&mut sections, root);
+    let runtime = compile::compile(&mut sections, root);
     let mut problems = sections.problems;
     for p in &mut problems {
         if p.line.is_none() {
@@ -160,8 +160,8 @@ pub fn parse(
         }
         redact_env_values(p, &expanded.borrow());
     }
-    match table {
-        Some(table) if problems.is_empty() => Ok(table),
+    match runtime {
+        Some(runtime) if problems.is_empty() => Ok(runtime),
         _ => Err(invalid(problems)),
     }
 }
