@@ -1,7 +1,7 @@
 //! The process: start-up errors, `check`, admin health, graceful shutdown.
 
 use crate::support::gateway::binary;
-use crate::support::{client, free_port, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, free_port, Config, Gateway, MockUpstream};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,7 +120,7 @@ async fn admin_listener_answers_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_streams_then_exits() {
     let mock = MockUpstream::start().await;
-    let mut gw = Gateway::start(&provider_routes(&mock.url()));
+    let mut gw = Gateway::start(Config::providers(&mock.url()));
     let url = gw.url("/openai/v1/chat/completions");
     let inflight = tokio::spawn(async move {
         let resp = client()

@@ -1,7 +1,7 @@
 //! Metrics, admin endpoints, token and cost accounting, and the promise that no credential
 //! ever shows up in logs, metrics or `/config`.
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -119,7 +119,7 @@ fn dashboard_metric_names() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_mix_is_counted_exactly() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     // 3 misses, then 3 hits of each: 9 hits.
     let bodies: Vec<Vec<u8>> = (0..3)
         .map(|i| {
@@ -244,7 +244,7 @@ async fn a_scripted_mix_is_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_answers_report_their_tokens() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let body = serde_json::to_vec(&json!({"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "stream please"}]})).unwrap();
     let headers = [("anthropic-version", "2023-06-01"), ("x-mock-events", "6")];
     assert_eq!(
@@ -305,10 +305,7 @@ async fn streamed_answers_report_their_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer_and_mutations_need_the_token() {
     let mock = MockUpstream::start().await;
-    let body = format!(
-        "admin_token: \"${{PG_TEST_ADMIN_TOKEN}}\"\n{}",
-        provider_routes(&mock.url())
-    );
+    let body = Config::providers(&mock.url()).section(r#"admin_token: "${PG_TEST_ADMIN_TOKEN}""#);
     let gw = Gateway::start_with_env(&body, &[("PG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let get = |path: &str| client().get(gw.admin_url(path)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
@@ -407,7 +404,7 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_requires_redis_when_configured() {
     let dead_port = crate::support::free_port();
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::start(format!(
         "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n"
     ));
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
@@ -434,38 +431,22 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
     const QUERY_KEY: &str = "AIza-query-SECRET-9d0e";
     const REDIS_PASSWORD: &str = "redis-SECRET-pw";
     let mock = MockUpstream::start().await;
-    let body = format!(
-        r#"admin_token: "${{PG_TEST_ADMIN_TOKEN}}"
-log: {{format: json}}
-upstreams:
-  mock:
-    url: "{url}"
-  injected:
-    url: "{url}"
-    headers:
-      authorization: "Bearer ${{PG_TEST_UPSTREAM_KEY}}"
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-  - name: injected
-    match: {{ path_prefix: /injected }}
-    strip_prefix: true
-    targets: [injected]
-  - name: anthropic
-    match: {{ path_prefix: /anthropic }}
-    strip_prefix: true
-    targets: [mock]
-  - name: gemini
-    match: {{ path_prefix: /gemini }}
-    strip_prefix: true
-    targets: [mock]
-cache:
-  redis: {{url: "redis://:{REDIS_PASSWORD}@127.0.0.1:1"}}
-"#,
-        url = mock.url()
-    );
+    let body = Config::new()
+        .section(r#"admin_token: "${PG_TEST_ADMIN_TOKEN}""#)
+        .section("log: {format: json}")
+        .section(format!(
+            r#"cache: {{ redis: {{url: "redis://:{REDIS_PASSWORD}@127.0.0.1:1"}} }}"#
+        ))
+        .upstream("mock", &mock.url())
+        .upstream_with(
+            "injected",
+            &mock.url(),
+            r#"headers: { authorization: "Bearer ${PG_TEST_UPSTREAM_KEY}" }"#,
+        )
+        .route(Route::prefixed("openai").targets("[mock]"))
+        .route(Route::prefixed("injected").targets("[injected]"))
+        .route(Route::prefixed("anthropic").targets("[mock]"))
+        .route(Route::prefixed("gemini").targets("[mock]"));
     let gw = Gateway::start_with_env(
         &body,
         &[
