@@ -17,6 +17,19 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.parse().unwrap())
 }
 
+/// Checks each line of `expected`, written as `/metrics` writes it (`name{labels} value`):
+/// `text` has that exact series with exactly that value.
+fn assert_metrics(text: &str, expected: &str) {
+    let mut checked = 0;
+    for line in expected.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value.parse().expect("a number");
+        assert_eq!(metric(text, series), Some(value), "{series}:\n{text}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no series in {expected:?}");
+}
+
 async fn scrape(gw: &Gateway) -> String {
     let resp = client().get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -142,53 +155,47 @@ async fn a_scripted_mix_is_counted_exactly() {
         9.0,
     )
     .await;
+    assert_metrics(
+        &text,
+        r#"
+        promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"} 3
+        promptgate_cache_lookups_total{result="hit",route="openai"} 9
+        promptgate_cache_lookups_total{result="miss",route="openai"} 3
+        promptgate_cache_lookups_total{result="error",route="openai"} 0
+        promptgate_request_duration_seconds_count{cache="hit",route="openai"} 9
+        promptgate_request_duration_seconds_count{cache="miss",route="openai"} 3
+        promptgate_upstream_ttfb_seconds_count{upstream="mock"} 3
+        promptgate_upstream_retries_total{route="openai"} 0
+        promptgate_cache_entries 3
+        promptgate_inflight_requests 0
+        promptgate_cache_store_errors_total{backend="redis"} 0
+        "#,
+    );
+    assert_metrics(
+        &text,
+        &format!(
+            r#"promptgate_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
     let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
-    assert_eq!(
-        m(r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="hit",route="openai"}"#),
-        9.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="miss",route="openai"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="error",route="openai"}"#),
-        0.0
-    );
-    assert_eq!(
-        m(r#"promptgate_request_duration_seconds_count{cache="hit",route="openai"}"#),
-        9.0
-    );
-    assert_eq!(
-        m(r#"promptgate_request_duration_seconds_count{cache="miss",route="openai"}"#),
-        3.0
-    );
     assert!(m(r#"promptgate_request_duration_seconds_sum{cache="miss",route="openai"}"#) > 0.0);
-    assert_eq!(
-        m(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_upstream_retries_total{route="openai"}"#),
-        0.0
-    );
+    assert!(m("promptgate_cache_bytes") > 0.0);
 
     // The mock reports prompt_tokens = body bytes / 4 and 4 completion tokens per answer.
     let input: u64 = bodies.iter().map(|b| (b.len() / 4).max(1) as u64).sum();
     let output = 3 * 4;
-    let tokens = |kind: &str, cache: &str| {
-        m(&format!(
+    for (cache, kind, want) in [
+        ("miss", "input", input),
+        ("miss", "output", output),
+        ("hit", "input", 3 * input),
+        ("hit", "output", 3 * output),
+    ] {
+        let series = format!(
             r#"promptgate_tokens_total{{cache="{cache}",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
-        ))
-    };
-    assert_eq!(tokens("input", "miss"), input as f64);
-    assert_eq!(tokens("output", "miss"), output as f64);
-    assert_eq!(tokens("input", "hit"), 3.0 * input as f64);
-    assert_eq!(tokens("output", "hit"), 3.0 * output as f64);
+        );
+        assert_eq!(m(&series), want as f64, "{series}");
+    }
     // gpt-4o-mini's shipped price: $0.15 / $0.60 per million tokens
     let cost = (input as f64 * 0.15 + output as f64 * 0.60) / 1e6;
     let spent = m(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#);
@@ -198,21 +205,6 @@ async fn a_scripted_mix_is_counted_exactly() {
         (saved - 3.0 * cost).abs() < 1e-12,
         "{saved} vs {}",
         3.0 * cost
-    );
-
-    assert_eq!(m("promptgate_cache_entries"), 3.0);
-    assert!(m("promptgate_cache_bytes") > 0.0);
-    assert_eq!(m("promptgate_inflight_requests"), 0.0);
-    assert_eq!(
-        m(r#"promptgate_cache_store_errors_total{backend="redis"}"#),
-        0.0
-    );
-    assert_eq!(
-        m(&format!(
-            r#"promptgate_build_info{{version="{}"}}"#,
-            env!("CARGO_PKG_VERSION")
-        )),
-        1.0
     );
 
     let stats: Value = client()
@@ -271,18 +263,12 @@ async fn streamed_answers_report_their_tokens() {
     .await;
     let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
     let input = (body.len() / 4) as f64;
-    assert_eq!(
-        m(
-            r#"promptgate_tokens_total{cache="miss",kind="input",model="claude-sonnet-4",route="anthropic"}"#
-        ),
-        input
-    );
-    assert_eq!(
-        m(
-            r#"promptgate_tokens_total{cache="miss",kind="output",model="claude-sonnet-4",route="anthropic"}"#
-        ),
-        6.0
-    );
+    for (kind, want) in [("input", input), ("output", 6.0)] {
+        let series = format!(
+            r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="claude-sonnet-4",route="anthropic"}}"#
+        );
+        assert_eq!(m(&series), want, "{series}");
+    }
     let cost = (input * 3.0 + 6.0 * 15.0) / 1e6;
     assert!(
         (m(r#"promptgate_cost_saved_usd_total{model="claude-sonnet-4",route="anthropic"}"#) - cost)
@@ -293,12 +279,9 @@ async fn streamed_answers_report_their_tokens() {
     let series =
         r#"promptgate_tokens_total{cache="miss",kind="input",model="llama",route="ollama"}"#;
     let text = scrape_until(&gw, series, ollama_input).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"promptgate_cost_usd_total{model="llama",route="ollama"}"#
-        ),
-        Some(0.0)
+    assert_metrics(
+        &text,
+        r#"promptgate_cost_usd_total{model="llama",route="ollama"} 0"#,
     );
 }
 
