@@ -1,7 +1,7 @@
 //! Metrics, admin endpoints, token and cost accounting, and the promise that no credential
 //! ever shows up in logs, metrics or `/config`.
 
-use crate::support::{client, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -207,14 +207,7 @@ async fn a_scripted_mix_is_counted_exactly() {
         3.0 * cost
     );
 
-    let stats: Value = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&gw.admin_url("/cache/stats")).await;
     assert_eq!(
         (stats["hits"].as_u64(), stats["misses"].as_u64()),
         (Some(9), Some(3))
@@ -394,14 +387,7 @@ async fn readiness_requires_redis_when_configured() {
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], "down", "{body}");
-    let stats: Value = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&gw.admin_url("/cache/stats")).await;
     assert!(stats["redis"]["state"].is_string(), "{stats}");
 }
 
@@ -517,22 +503,8 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
         1.0,
     )
     .await;
-    let config = client()
-        .get(gw.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stats = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let config = get_text(&gw.admin_url("/config")).await;
+    let stats = get_text(&gw.admin_url("/cache/stats")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let logs = gw.logs();
     for secret in [

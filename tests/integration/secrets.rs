@@ -8,7 +8,7 @@
 //! (`/config` does not exist yet; when it does, add its body to `seen` below.)
 
 use crate::support::gateway::binary;
-use crate::support::{client, free_port, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -250,14 +250,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     let key_out = String::from_utf8_lossy(&key_out.stdout).into_owned()
         + &String::from_utf8_lossy(&key_out.stderr);
 
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
     // Let the last access-log lines reach the log file.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = gw.logs();

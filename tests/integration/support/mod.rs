@@ -34,3 +34,15 @@ pub async fn get_text(url: &str) -> String {
         .await
         .unwrap()
 }
+
+/// The body of a GET, parsed as JSON (admin endpoints: `/cache/stats`, `/config`, …).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
