@@ -16,8 +16,8 @@
 //!
 //! To answer a new endpoint, add a match arm (and a function) to its provider's `answer`; a
 //! new provider is a new file plus one line in [`providers::PROVIDERS`]. To add a fault, add a
-//! field to [`faults::Controls`], parse its header in `Controls::from_request`, and act on it
-//! in [`server`]'s `respond` at the phase it belongs to.
+//! field to [`faults::Controls`], parse its header in `Controls::from_request` (and give it a
+//! row in the table there), and act on it in [`server`]'s `respond` at the phase it belongs to.
 //!
 //! The example `examples/mock_upstream.rs` compiles this folder too (via `#[path]`), so
 //! `tests/python/` drives the same mock as a process.
