@@ -283,6 +283,14 @@ def make_handler(backend, lock: threading.Lock, verbose: bool):
                 self.close_connection = True
                 return self._error(ApiError(411, "Content-Length is required"))
             if length > MAX_BODY_BYTES:
+                # Read (and drop) a moderately large body first, so the client is not cut off
+                # mid-send and actually sees the 413; past 16 MiB just close.
+                remaining = length if length <= 16 * MAX_BODY_BYTES else 0
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 65536))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
                 self.close_connection = True
                 return self._error(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes"))
             body = self.rfile.read(length)
