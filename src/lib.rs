@@ -18,6 +18,8 @@
 //!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
+//! - [`limits`] — rate limits and budgets per credential or route: counters in memory or in the
+//!   cache's Redis, kept across reloads.
 //! - [`providers`] — what differs per provider: how its streams end, its token usage.
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics.
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod pricing;

@@ -8,6 +8,7 @@ use super::secret::Secret;
 use super::Sections;
 use crate::cache::policy::CachePolicy;
 use crate::cache::redis::RedisStore;
+use crate::limits::RouteLimit;
 use crate::pricing::Pricing;
 use crate::routing::upstream::Upstream;
 use crate::routing::{Matcher, Route, Target};
@@ -467,6 +468,16 @@ fn route(
             format!("{bad} is not an HTTP status code"),
         );
     }
+    if let Some(limit) = &spec.rate_limit {
+        for (field, message) in limit.problems() {
+            let at = if field.is_empty() {
+                format!("{path}.rate_limit")
+            } else {
+                format!("{path}.rate_limit.{field}")
+            };
+            s.problem(at, message);
+        }
+    }
     let policy = CachePolicy::resolve(cache, &spec.cache)
         .map_err(|problems| {
             for (field, message) in problems {
@@ -511,6 +522,10 @@ fn route(
         strategy: spec.strategy,
         retry: spec.retry,
         cache: policy?,
+        rate_limit: spec
+            .rate_limit
+            .as_ref()
+            .map(|l| Arc::new(RouteLimit::new(l))),
     })
 }
 

@@ -1,0 +1,122 @@
+//! The in-process counter store: one [`State`] per (route, bucket), per process.
+//!
+//! Kept by the [`Limiter`](super::Limiter), outside the swapped runtime, so counters survive a
+//! reload. Buckets whose state no longer matters are swept at most once a minute, when a new
+//! bucket is added, so a stream of one-off credentials cannot grow the map without bound for
+//! longer than a minute plus the longest state lifetime.
+
+use super::gcra::{self, Op, Outcome, Params, State};
+use super::Who;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// µs between two sweeps of idle buckets.
+const SWEEP_EVERY_US: i64 = 60_000_000;
+
+/// Buckets by route name, then by who is counted.
+#[derive(Default)]
+pub struct MemoryCounters {
+    routes: Mutex<HashMap<Box<str>, HashMap<Who, State>>>,
+    last_sweep: AtomicI64,
+}
+
+impl MemoryCounters {
+    /// Applies `op` to the bucket of (`route`, `who`) at `now` (µs since the epoch).
+    pub fn apply(&self, route: &str, who: &Who, p: &Params, op: Op, now: i64) -> Outcome {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let buckets = match routes.get_mut(route) {
+            Some(b) => b,
+            None => routes.entry(route.into()).or_default(),
+        };
+        if let Some(state) = buckets.get_mut(who) {
+            return gcra::apply(state, p, op, now).0;
+        }
+        let mut state = State::default();
+        let (outcome, changed) = gcra::apply(&mut state, p, op, now);
+        if changed {
+            buckets.insert(who.clone(), state);
+            self.maybe_sweep(&mut routes, now);
+        }
+        outcome
+    }
+
+    /// Every bucket with state that still matters: (route, who, state).
+    pub fn buckets(&self, now: i64) -> Vec<(String, Who, State)> {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .iter()
+            .flat_map(|(route, buckets)| {
+                buckets
+                    .iter()
+                    .filter(|(_, s)| gcra::lifetime_us(s, now) > 0)
+                    .map(|(who, s)| (route.to_string(), who.clone(), *s))
+            })
+            .collect()
+    }
+
+    /// Number of buckets held (idle ones not yet swept included).
+    pub fn len(&self) -> usize {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn maybe_sweep(&self, routes: &mut HashMap<Box<str>, HashMap<Who, State>>, now: i64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now - last < SWEEP_EVERY_US {
+            return;
+        }
+        self.last_sweep.store(now, Ordering::Relaxed);
+        for buckets in routes.values_mut() {
+            buckets.retain(|_, s| gcra::lifetime_us(s, now) > 0);
+        }
+        routes.retain(|_, b| !b.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_750_000_000_000_000;
+
+    #[test]
+    fn buckets_are_per_route_and_per_credential() {
+        let m = MemoryCounters::default();
+        let p = Params {
+            rpm: 1,
+            ..Params::default()
+        };
+        let a = Who::Credential([1; 32]);
+        let b = Who::Credential([2; 32]);
+        assert!(m.apply("r", &a, &p, Op::Check, T0).denied.is_none());
+        assert!(m.apply("r", &a, &p, Op::Check, T0).denied.is_some());
+        assert!(m.apply("r", &b, &p, Op::Check, T0).denied.is_none());
+        assert!(m.apply("other", &a, &p, Op::Check, T0).denied.is_none());
+        assert_eq!(m.buckets(T0).len(), 3);
+    }
+
+    #[test]
+    fn peeks_add_no_bucket_and_idle_buckets_are_swept() {
+        let m = MemoryCounters::default();
+        let p = Params {
+            rpm: 60,
+            ..Params::default()
+        };
+        m.apply("r", &Who::Route, &p, Op::Peek, T0);
+        assert!(m.is_empty());
+        for i in 0..100u8 {
+            m.apply("r", &Who::Credential([i; 32]), &p, Op::Check, T0);
+        }
+        assert_eq!(m.len(), 100);
+        // Two minutes on, every bucket is idle; the next new bucket sweeps them.
+        let later = T0 + 120_000_000;
+        assert!(m.buckets(later).is_empty());
+        m.apply("r", &Who::Route, &p, Op::Check, later);
+        assert_eq!(m.len(), 1);
+    }
+}
