@@ -14,6 +14,10 @@
 //!   request is admitted while the token TAT is less than a minute ahead of now.
 //! - **USD**: nano-USD spent on the current UTC day; admitted while below the budget. The day
 //!   changes at 00:00 UTC, and the first charge or check of a new day starts from zero.
+//!
+//! A TAT is a time, so it means "n requests (tokens) counted" only for the rate it was made
+//! with; the state keeps that rate, and when a reload changes the limit the TAT is rescaled so
+//! the counted requests and tokens carry over (2 of 2 used becomes 2 of 600 used, not "full").
 
 /// One minute, in microseconds.
 pub const MINUTE_US: i64 = 60_000_000;
@@ -47,6 +51,9 @@ pub struct State {
     pub requests_tat: i64,
     /// Theoretical arrival time of tokens, µs since the epoch (0: never used).
     pub tokens_tat: i64,
+    /// The `rpm` and `tpm` the TATs were made with (0: none yet).
+    pub requests_rate: i64,
+    pub tokens_rate: i64,
     /// The UTC day (days since the epoch) `usd_spent` counts.
     pub usd_day: i64,
     /// Nano-USD spent on `usd_day`.
@@ -129,11 +136,34 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 }
 
 /// Applies `op` to `state` at `now` (µs since the epoch). Returns the outcome, and whether the
-/// state changed (and so must be written back).
+/// state changed and must be kept; when it did not, `state` may still have been normalised
+/// (rescaled, new day) and the caller discards it, as the Redis script does.
 pub fn apply(state: &mut State, p: &Params, op: Op, now: i64) -> (Outcome, bool) {
     let rpm = p.rpm.min(MAX_RPM) as i64;
     let tpm = p.tpm.min(MAX_TPM) as i64;
     let budget = p.budget_nano_usd.min(MAX_NANO_USD) as i64;
+    let (interval, window) = if rpm > 0 {
+        let i = MINUTE_US / rpm;
+        (i, rpm * i)
+    } else {
+        (0, 0)
+    };
+    if rpm > 0 {
+        let old = state.requests_rate;
+        if old > 0 && old != rpm && state.requests_tat > now {
+            let d = (state.requests_tat - now) as f64 * interval as f64 / (MINUTE_US / old) as f64;
+            state.requests_tat = now + d.ceil() as i64;
+        }
+        state.requests_rate = rpm;
+    }
+    if tpm > 0 {
+        let old = state.tokens_rate;
+        if old > 0 && old != tpm && state.tokens_tat > now {
+            let d = (state.tokens_tat - now) as f64 * old as f64 / tpm as f64;
+            state.tokens_tat = now + d.ceil() as i64;
+        }
+        state.tokens_rate = tpm;
+    }
     let today = now.div_euclid(DAY_US);
     if state.usd_day != today {
         state.usd_day = today;
@@ -141,12 +171,6 @@ pub fn apply(state: &mut State, p: &Params, op: Op, now: i64) -> (Outcome, bool)
     }
     let tat_r = state.requests_tat.max(now);
     let mut tat_t = state.tokens_tat.max(now);
-    let (interval, window) = if rpm > 0 {
-        let i = MINUTE_US / rpm;
-        (i, rpm * i)
-    } else {
-        (0, 0)
-    };
     let mut out = Outcome {
         now,
         ..Outcome::default()
@@ -359,6 +383,34 @@ mod tests {
         let (o, _) = apply(&mut s, &p, Op::Check, T0);
         assert_eq!(o.denied, Some(Kind::Tokens));
         assert_eq!(o.retry_after_us, 120 * SECOND + 1);
+    }
+
+    #[test]
+    fn a_changed_limit_keeps_what_was_counted() {
+        let mut s = State::default();
+        apply(&mut s, &rpm(2), Op::Check, T0);
+        apply(&mut s, &rpm(2), Op::Check, T0);
+        assert_eq!(apply(&mut s, &rpm(2), Op::Peek, T0).0.requests_remaining, 0);
+        let (o, _) = apply(&mut s.clone(), &rpm(600), Op::Peek, T0);
+        assert_eq!((o.denied, o.requests_remaining), (None, 598));
+        let (o, _) = apply(&mut s.clone(), &rpm(1), Op::Check, T0);
+        assert_eq!(
+            o.denied,
+            Some(Kind::Requests),
+            "2 counted, over a limit of 1"
+        );
+        let tokens = |tpm| Params {
+            tpm,
+            ..Params::default()
+        };
+        let mut s = State::default();
+        let charge = Op::Charge {
+            tokens: 50,
+            nano_usd: 0,
+        };
+        apply(&mut s, &tokens(100), charge, T0);
+        let (o, _) = apply(&mut s, &tokens(1000), Op::Peek, T0);
+        assert_eq!(o.tokens_remaining, 950);
     }
 
     #[test]

@@ -30,7 +30,14 @@ impl MemoryCounters {
             None => routes.entry(route.into()).or_default(),
         };
         if let Some(state) = buckets.get_mut(who) {
-            return gcra::apply(state, p, op, now).0;
+            // On a copy: a peek (or a refusal) leaves the stored state exactly as it was, as
+            // the Redis script does.
+            let mut next = *state;
+            let (outcome, changed) = gcra::apply(&mut next, p, op, now);
+            if changed {
+                *state = next;
+            }
+            return outcome;
         }
         let mut state = State::default();
         let (outcome, changed) = gcra::apply(&mut state, p, op, now);

@@ -2,7 +2,8 @@
 //! (EVALSHA) per check, charge or peek, so every sidecar on that Redis shares the limit.
 //!
 //! The script repeats [`gcra::apply`](super::gcra::apply) step for step (integer µs and
-//! nano-USD, all below 2^53 so Lua's doubles are exact) and takes the time from Redis (`TIME`),
+//! nano-USD, all below 2^53 so Lua's doubles are exact; the one rescaling after a changed limit
+//! is the same IEEE double arithmetic on both sides) and takes the time from Redis (`TIME`),
 //! so sidecars with skewed clocks still agree. One key per script call: safe on Redis Cluster.
 //! The key expires on its own once its state no longer matters (plus a second).
 
@@ -31,11 +32,28 @@ local tpm = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local MINUTE = 60000000
 local DAY = 86400000000
-local s = redis.call('HMGET', key, 'r', 't', 'd', 'u')
+local s = redis.call('HMGET', key, 'r', 't', 'd', 'u', 'rp', 'tp')
 local r = tonumber(s[1]) or 0
 local t = tonumber(s[2]) or 0
 local d = tonumber(s[3]) or 0
 local u = tonumber(s[4]) or 0
+local rp = tonumber(s[5]) or 0
+local tp = tonumber(s[6]) or 0
+local interval, window = 0, 0
+if rpm > 0 then
+  interval = math.floor(MINUTE / rpm)
+  window = rpm * interval
+  if rp > 0 and rp ~= rpm and r > now then
+    r = now + math.ceil((r - now) * interval / math.floor(MINUTE / rp))
+  end
+  rp = rpm
+end
+if tpm > 0 then
+  if tp > 0 and tp ~= tpm and t > now then
+    t = now + math.ceil((t - now) * tp / tpm)
+  end
+  tp = tpm
+end
 local today = math.floor(now / DAY)
 if d ~= today then
   d = today
@@ -43,11 +61,6 @@ if d ~= today then
 end
 local tat_r = math.max(r, now)
 local tat_t = math.max(t, now)
-local interval, window = 0, 0
-if rpm > 0 then
-  interval = math.floor(MINUTE / rpm)
-  window = rpm * interval
-end
 local denied, wait = 0, 0
 local current_r = tat_r
 local changed = false
@@ -91,7 +104,7 @@ else
 end
 if changed then
   local f = function(x) return string.format('%.0f', x) end
-  redis.call('HSET', key, 'r', f(r), 't', f(t), 'd', f(d), 'u', f(u))
+  redis.call('HSET', key, 'r', f(r), 't', f(t), 'd', f(d), 'u', f(u), 'rp', f(rp), 'tp', f(tp))
   local life = math.max(r - now, t - now, 0)
   if u > 0 then
     life = math.max(life, (d + 1) * DAY - now)

@@ -1,13 +1,18 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use super::limit::LimitStep;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
+use crate::limits::headers::Headers;
 use crate::metrics::LookupResult;
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// No extra response headers (a route without rate limits).
+static NO_HEADERS: Headers = Vec::new();
 
 pub struct Ctx {
     /// Set by `new_ctx`.
@@ -41,6 +46,16 @@ pub struct Ctx {
     /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
     /// read in `logging`, after the response went out).
     pub hit_entry: Option<Arc<Entry>>,
+    /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
+    /// the bucket to charge the answer's usage to (in `logging`).
+    pub limit: Option<LimitStep>,
+}
+
+impl Ctx {
+    /// Headers every response of this request carries: a rate-limited route's `x-ratelimit-*`.
+    pub fn extra_headers(&self) -> &Headers {
+        self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers)
+    }
 }
 
 impl Default for Ctx {
@@ -61,6 +76,7 @@ impl Default for Ctx {
             lookup: None,
             usage: None,
             hit_entry: None,
+            limit: None,
         }
     }
 }

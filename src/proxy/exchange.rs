@@ -2,9 +2,10 @@
 //! and relay the response to the client chunk by chunk as it arrives.
 
 use super::errors::ProxyError;
-use super::respond::CACHE_STATUS_HEADER;
+use super::respond::{self, CACHE_STATUS_HEADER};
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
+use crate::limits::headers::Headers;
 use crate::providers::UsageObserver;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -215,6 +216,15 @@ pub fn client_header(
     Ok(resp)
 }
 
+/// What promptgate adds to the upstream's response head for the client.
+pub struct Additions<'a> {
+    /// `x-promptgate-cache`, on cached routes.
+    pub cache_status: Option<CacheStatus>,
+    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
+    /// stored with an entry (they are per exchange).
+    pub extra: &'a Headers,
+}
+
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
@@ -230,14 +240,15 @@ pub async fn relay(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    cache_status: Option<CacheStatus>,
+    additions: Additions<'_>,
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
     let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
+    if let Some(status) = additions.cache_status {
         head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
     }
+    respond::add(&mut head, additions.extra)?;
     let mut recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
         .and_then(|plan| Recorder::start(plan, &head));

@@ -3,6 +3,7 @@
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
+use crate::limits::headers::Headers;
 use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -22,13 +23,14 @@ pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
     timeout: Duration,
+    extra: &Headers,
 ) -> pingora::Result<Followed> {
     let Some(head) = follower.head(timeout).await else {
         return Ok(Followed::FallThrough);
     };
     if !head.streaming {
         return match follower.complete(timeout).await {
-            Some(entry) => respond::cached(session, &entry, Replay::Instant)
+            Some(entry) => respond::cached(session, &entry, Replay::Instant, extra)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             None => Ok(Followed::FallThrough),
@@ -41,7 +43,7 @@ pub async fn serve(
         .and_then(|(_, v)| v.to_str().ok())
         .unwrap_or("");
     let mut usage = UsageObserver::for_content_type(content_type);
-    let reply = respond::replay_head(session, head.status, &head.headers, None)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;

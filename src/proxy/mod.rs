@@ -17,6 +17,7 @@ mod exchange;
 mod failover;
 mod follow;
 mod inbound;
+mod limit;
 mod request_body;
 pub mod request_framing;
 pub mod request_path;
@@ -32,6 +33,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus, Lookup};
+use crate::limits::Limiter;
 use crate::logging::{self, Access};
 use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
 use crate::providers::UsageObserver;
@@ -61,6 +63,8 @@ pub struct Proxy {
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Rate-limit counters, kept across reloads.
+    pub limiter: Arc<Limiter>,
 }
 
 /// Why a request did not complete normally.
@@ -83,6 +87,7 @@ impl Proxy {
         cache: Arc<Cache>,
         connector: Connector,
         metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
     ) -> Proxy {
         Proxy {
             runtime,
@@ -91,6 +96,7 @@ impl Proxy {
             inflight: Arc::default(),
             draining: Arc::default(),
             metrics,
+            limiter,
         }
     }
 
@@ -134,6 +140,11 @@ impl Proxy {
                 .map_err(|priority| ProxyError::Priority { priority })?
         };
 
+        // With count_hits, every request counts: checked before the cache may answer it.
+        let limited = route.rate_limit.as_ref();
+        if let Some(l) = limited.filter(|l| l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
         let (cache_status, record) = match self.decide_cache(session, route, &path, &body)? {
             None => (None, None),
             Some(decision) => match self
@@ -145,6 +156,10 @@ impl Proxy {
             },
         };
         ctx.cache = cache_status;
+        // Otherwise only requests about to cost an upstream call are checked (hits are free).
+        if let Some(l) = limited.filter(|l| !l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
 
         let targets = balance::order(route, group);
         let forward = match session.req_header().uri.query() {
@@ -177,7 +192,10 @@ impl Proxy {
             &answer.target.upstream,
             answer.response,
             session,
-            cache_status,
+            exchange::Additions {
+                cache_status,
+                extra: ctx.extra_headers(),
+            },
             record,
             &mut usage,
         )
@@ -212,7 +230,7 @@ impl Proxy {
                 ctx.cache = Some(CacheStatus::Hit);
                 ctx.status = entry.status;
                 ctx.hit_entry = Some(entry.clone());
-                respond::cached(session, &entry, route.cache.replay)
+                respond::cached(session, &entry, route.cache.replay, ctx.extra_headers())
                     .await
                     .map_err(Failure::AfterResponse)?;
                 return Ok(CacheStep::Answered);
@@ -224,9 +242,14 @@ impl Proxy {
             match self.cache.flights().join(key) {
                 Role::Leader(leader) => plan.leader = Some(leader),
                 Role::Follower(follower) => {
-                    let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
-                        .await
-                        .map_err(Failure::AfterResponse)?;
+                    let followed = follow::serve(
+                        session,
+                        follower,
+                        route.cache.coalesce_timeout,
+                        ctx.extra_headers(),
+                    )
+                    .await
+                    .map_err(Failure::AfterResponse)?;
                     if let Followed::Served(code, usage) = followed {
                         ctx.lookup = Some(LookupResult::Coalesced);
                         ctx.cache = Some(CacheStatus::Hit);
@@ -342,7 +365,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e).await?;
+                respond::error(session, &e, ctx.extra_headers()).await?;
                 Ok(true)
             }
             Err(Failure::AfterResponse(e)) => {
@@ -377,7 +400,7 @@ impl ProxyHttp for Proxy {
                 upstream: "-".into(),
                 detail: e.etype().as_str().to_string(),
             };
-            let _ = respond::error(session, &err).await;
+            let _ = respond::error(session, &err, &Vec::new()).await;
             502
         };
         FailToProxy {
@@ -402,6 +425,17 @@ impl ProxyHttp for Proxy {
             .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
         if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
             self.metrics.cache_lookup(route, lookup);
+        }
+        if let (Some(route), Some(step)) = (route, &ctx.limit) {
+            limit::charge(
+                &self.limiter,
+                route,
+                step,
+                usage,
+                ctx.cache,
+                ctx.runtime.as_deref().map(|t| &*t.pricing),
+            );
+            self.metrics.rate_limit(route, &limit::record(step));
         }
         if let Some(route) = route {
             for _ in 0..ctx.retries {
