@@ -665,7 +665,10 @@ def machine():
 
 
 def ratio(a, b):
-    return f"{a / b:.2f}×" if a and b else ""
+    if not a or not b:
+        return ""
+    r = a / b
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.4f}×"
 
 
 def check_hit(header):
@@ -1194,7 +1197,7 @@ def render(S, loads, ttfb_rows, stream_ttfb, fixed, rss, rss_rows, notes, starte
         ll = next((t for t in rows if t.kind == "litellm"), None)
         if pg and ll:
             L.append(f"\n{sid}: promptgate / LiteLLM = {ratio(pg.best()['rps'], ll.best()['rps'])} "
-                     f"rps, {ratio(pg.cpu(), ll.cpu())} CPU per request.")
+                     f"rps; CPU per request {pg.cpu():,.1f} µs vs {ll.cpu():,.0f} µs.")
     if stream_ttfb:
         L += ["", f"Streaming (SSE, 50 events), sequential requests on one keep-alive connection "
               f"(Python client), {TTFB_N * 3} each; a miss has a unique body (key, record, store):",
