@@ -626,6 +626,46 @@ cache:
     }
 
     #[test]
+    fn rate_limits_are_checked_with_their_paths() {
+        let route = |limit: &str| {
+            format!(
+                "upstreams: {{ u: {{ url: \"http://127.0.0.1:1\" }} }}\nroutes:\n  - name: r\n    targets: [u]\n    rate_limit: {limit}\n"
+            )
+        };
+        let t = ok(&route(
+            "{ requests_per_minute: 6, usd_per_day: 2.5, key: route }",
+        ));
+        let limit = t.routes[0].rate_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.params.rpm, limit.params.budget_nano_usd),
+            (6, 2_500_000_000)
+        );
+        let paths =
+            |yaml: String| -> Vec<String> { problems(&yaml).into_iter().map(|p| p.path).collect() };
+        assert_eq!(
+            paths(route("{ count_hits: true }")),
+            ["routes[0].rate_limit"]
+        );
+        assert_eq!(
+            paths(route("{ requests_per_minute: 0, usd_per_day: -1 }")),
+            [
+                "routes[0].rate_limit.requests_per_minute",
+                "routes[0].rate_limit.usd_per_day"
+            ]
+        );
+        for (bad, word) in [
+            ("{ tokens_per_minute: 5, per_hour: 1 }", "per_hour"),
+            ("{ requests_per_minute: 5, key: user }", "user"),
+        ] {
+            let found = problems(&route(bad));
+            assert!(
+                found.len() == 1 && found[0].message.contains(word),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let t = ok("");
         assert_eq!(t.listen.to_string(), "127.0.0.1:8080");
