@@ -1,7 +1,7 @@
 //! Config reload: re-read the config file and swap the routing table whole, or keep the running
 //! one — triggered by a file change, SIGHUP or `POST /reload`, all through [`Reloader::reload`].
 //!
-//! A reload validates exactly like start-up and `promptgate check` ([`config::load`]). An
+//! A reload validates exactly like start-up and `promptgate check` ([`runtime::load`]). An
 //! invalid file changes nothing: the error (every problem, with file and line) is logged and
 //! counted, and the running table keeps serving. Requests already under way keep the snapshot
 //! they loaded at their start, so a reload never changes a request mid-flight.
@@ -16,9 +16,9 @@
 //! address is unchanged keeps its pooled connections.
 
 use crate::cache::Cache;
-use crate::config::{self, ConfigError};
+use crate::config::ConfigError;
 use crate::metrics::{Metrics, ReloadResult};
-use crate::runtime::Runtime;
+use crate::runtime::{self, Runtime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::event::{AccessKind, AccessMode};
@@ -130,7 +130,7 @@ impl Reloader {
     /// that rather than hop to a blocking pool for it.
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = match config::load(&self.path) {
+        let mut next = match runtime::load(&self.path) {
             Ok(runtime) => runtime,
             Err(e) => {
                 self.metrics.config_reloaded(ReloadResult::Error);
@@ -400,7 +400,7 @@ mod tests {
     use notify::event::{CreateKind, ModifyKind, RenameMode};
 
     fn runtime(yaml: &str) -> Runtime {
-        config::parse(yaml, "test.yaml", &|_| None).unwrap()
+        runtime::build(&crate::config::parse(yaml, "test.yaml", &|_| None).unwrap())
     }
 
     #[test]
@@ -476,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "routes: []\n").unwrap();
-        let live = Arc::new(ArcSwap::from_pointee(config::load(&path).unwrap()));
+        let live = Arc::new(ArcSwap::from_pointee(runtime::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
         let r = Reloader::new(path.clone(), live.clone(), cache, metrics.clone());
