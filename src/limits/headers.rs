@@ -3,31 +3,35 @@
 //! as `1s`, `6m0s` or `120ms`), and on a refusal `retry-after` (whole seconds, rounded up) with
 //! `retry-after-ms` (which the OpenAI SDKs read first).
 
-use super::gcra::{Outcome, Params};
-use http::{HeaderName, HeaderValue};
+use super::gcra::Outcome;
+use super::RouteLimit;
+use http::HeaderValue;
+use std::io::Write;
 
-pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-pub const REMAINING_REQUESTS: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining-requests");
-pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+// Names as static text: Pingora's `insert_header` copies a `HeaderName` into a fresh buffer
+// to keep its original case, but takes a `&'static str` as it is.
+pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
+pub const REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
+pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
+pub const LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
+pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
+pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+pub const RETRY_AFTER: &str = "retry-after";
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// A response header list; a handful of entries.
-pub type Headers = Vec<(HeaderName, HeaderValue)>;
+pub type Headers = Vec<(&'static str, HeaderValue)>;
 
-/// The `x-ratelimit-*` headers for the limits that are set (requests, tokens).
-pub fn ratelimit(p: &Params, o: &Outcome) -> Headers {
+/// The `x-ratelimit-*` headers for the limits of `limit` that are set (requests, tokens).
+pub fn ratelimit(limit: &RouteLimit, o: &Outcome) -> Headers {
     let mut h = Vec::with_capacity(8);
-    if p.rpm > 0 {
-        h.push((LIMIT_REQUESTS, HeaderValue::from(p.rpm)));
+    if limit.params.rpm > 0 {
+        h.push((LIMIT_REQUESTS, limit.values.requests.clone()));
         h.push((REMAINING_REQUESTS, HeaderValue::from(o.requests_remaining)));
         h.push((RESET_REQUESTS, duration_value(o.requests_reset_us)));
     }
-    if p.tpm > 0 {
-        h.push((LIMIT_TOKENS, HeaderValue::from(p.tpm)));
+    if limit.params.tpm > 0 {
+        h.push((LIMIT_TOKENS, limit.values.tokens.clone()));
         h.push((REMAINING_TOKENS, HeaderValue::from(o.tokens_remaining)));
         h.push((RESET_TOKENS, duration_value(o.tokens_reset_us)));
     }
@@ -36,10 +40,7 @@ pub fn ratelimit(p: &Params, o: &Outcome) -> Headers {
 
 /// Appends `retry-after` (whole seconds, at least 1) and `retry-after-ms` for a wait of `us`.
 pub fn push_retry_after(h: &mut Headers, us: i64) {
-    h.push((
-        http::header::RETRY_AFTER,
-        HeaderValue::from(retry_after_secs(us)),
-    ));
+    h.push((RETRY_AFTER, HeaderValue::from(retry_after_secs(us))));
     h.push((RETRY_AFTER_MS, HeaderValue::from(ceil_div(us.max(1), 1000))));
 }
 
@@ -49,41 +50,60 @@ pub fn retry_after_secs(us: i64) -> i64 {
     ceil_div(us, 1_000_000).max(1)
 }
 
+/// ⌈a / b⌉ for b > 0, negative `a` taken as 0 (no overflow near `i64::MAX`).
 fn ceil_div(a: i64, b: i64) -> i64 {
-    (a.max(0) + b - 1) / b
+    let a = a.max(0);
+    a / b + i64::from(a % b != 0)
 }
 
 fn duration_value(us: i64) -> HeaderValue {
-    HeaderValue::from_str(&duration_text(us)).expect("a duration is ASCII")
+    if us <= 0 {
+        return HeaderValue::from_static("0s");
+    }
+    let mut buf = [0u8; 40];
+    let len = write_duration(&mut buf, us);
+    HeaderValue::from_bytes(&buf[..len]).expect("a duration is ASCII")
 }
 
 /// A duration the way OpenAI (Go's `time.Duration`) writes it, to the millisecond, rounded up:
 /// `0s`, `120ms`, `1s`, `8.64s`, `6m0s`, `1h2m3.5s`.
 pub fn duration_text(us: i64) -> String {
+    let mut buf = [0u8; 40];
+    let len = write_duration(&mut buf, us);
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// Writes [`duration_text`] into `buf` (no allocation); returns its length.
+fn write_duration(buf: &mut [u8; 40], us: i64) -> usize {
+    let mut w = &mut buf[..];
     let ms = ceil_div(us, 1000);
-    if ms == 0 {
-        return "0s".into();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
     let (h, m, s_ms) = (ms / 3_600_000, (ms / 60_000) % 60, ms % 60_000);
-    let seconds = if s_ms % 1000 == 0 {
-        format!("{}s", s_ms / 1000)
+    // At most "2562047788015h59m59.999s" for i64::MAX µs: the buffer always suffices.
+    let _ = if ms == 0 {
+        write!(w, "0s")
+    } else if ms < 1000 {
+        write!(w, "{ms}ms")
     } else {
-        let frac = format!("{:03}", s_ms % 1000);
-        format!("{}.{}s", s_ms / 1000, frac.trim_end_matches('0'))
+        if h > 0 {
+            let _ = write!(w, "{h}h{m}m");
+        } else if m > 0 {
+            let _ = write!(w, "{m}m");
+        }
+        let (secs, frac) = (s_ms / 1000, s_ms % 1000);
+        match frac {
+            0 => write!(w, "{secs}s"),
+            f if f % 100 == 0 => write!(w, "{secs}.{}s", f / 100),
+            f if f % 10 == 0 => write!(w, "{secs}.{:02}s", f / 10),
+            f => write!(w, "{secs}.{f:03}s"),
+        }
     };
-    match (h, m) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
+    40 - w.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::schema::RateLimitSpec;
 
     #[test]
     fn durations_read_like_openais() {
@@ -99,6 +119,9 @@ mod tests {
             (360_000_000, "6m0s"),
             (90_000_000, "1m30s"),
             (3_723_500_000, "1h2m3.5s"),
+            (61_050_000, "1m1.05s"),
+            (1_007_000, "1.007s"),
+            (i64::MAX, "2562047788h0m54.776s"),
         ] {
             assert_eq!(duration_text(us), text, "{us} µs");
         }
@@ -121,10 +144,10 @@ mod tests {
             tokens_reset_us: 12_000,
             ..Outcome::default()
         };
-        let only_rpm = Params {
-            rpm: 6,
-            ..Params::default()
-        };
+        let only_rpm = RouteLimit::new(&RateLimitSpec {
+            requests_per_minute: Some(6),
+            ..RateLimitSpec::default()
+        });
         let h = ratelimit(&only_rpm, &o);
         let text: Vec<(String, String)> = h
             .iter()
@@ -139,14 +162,19 @@ mod tests {
             ]
             .map(|(n, v)| (n.to_string(), v.to_string()))
         );
-        let both = Params {
-            rpm: 6,
-            tpm: 1000,
-            ..Params::default()
-        };
+        let both = RouteLimit::new(&RateLimitSpec {
+            requests_per_minute: Some(6),
+            tokens_per_minute: Some(1000),
+            ..RateLimitSpec::default()
+        });
         let h = ratelimit(&both, &o);
         assert_eq!(h.len(), 6);
+        assert_eq!((h[3].0, h[3].1.to_str().unwrap()), (LIMIT_TOKENS, "1000"));
         assert_eq!(h[5].1, "12ms");
-        assert!(ratelimit(&Params::default(), &o).is_empty());
+        let usd_only = RouteLimit::new(&RateLimitSpec {
+            usd_per_day: Some(1.0),
+            ..RateLimitSpec::default()
+        });
+        assert!(ratelimit(&usd_only, &o).is_empty());
     }
 }

@@ -8,17 +8,64 @@
 use super::gcra::{self, Op, Outcome, Params, State};
 use super::Who;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// µs between two sweeps of idle buckets.
 const SWEEP_EVERY_US: i64 = 60_000_000;
 
+/// Buckets of one route, by who is counted.
+type Buckets = HashMap<Who, State, Seeded>;
+
 /// Buckets by route name, then by who is counted.
 #[derive(Default)]
 pub struct MemoryCounters {
-    routes: Mutex<HashMap<Box<str>, HashMap<Who, State>>>,
+    routes: Mutex<HashMap<Box<str>, Buckets, Seeded>>,
     last_sweep: AtomicI64,
+    seed: Seeded,
+}
+
+/// A cheap keyed hash for the bucket maps (the default SipHash is most of a lookup's cost): a
+/// credential is already a blake3 hash, so [`Who`] hashes as its first 8 bytes; route names
+/// are short. Mixed with a random per-process seed, so clients cannot aim keys at one slot.
+#[derive(Clone, Copy)]
+pub struct Seeded(u64);
+
+impl Default for Seeded {
+    fn default() -> Seeded {
+        Seeded(fastrand::u64(..) | 1)
+    }
+}
+
+impl BuildHasher for Seeded {
+    type Hasher = SeededHasher;
+
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher(self.0)
+    }
+}
+
+pub struct SeededHasher(u64);
+
+impl Hasher for SeededHasher {
+    fn finish(&self) -> u64 {
+        // A final mix (from splitmix64) spreads every input bit over the whole word.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl MemoryCounters {
@@ -27,7 +74,9 @@ impl MemoryCounters {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let buckets = match routes.get_mut(route) {
             Some(b) => b,
-            None => routes.entry(route.into()).or_default(),
+            None => routes
+                .entry(route.into())
+                .or_insert_with(|| Buckets::with_hasher(self.seed)),
         };
         if let Some(state) = buckets.get_mut(who) {
             // On a copy: a peek (or a refusal) leaves the stored state exactly as it was, as
@@ -65,14 +114,14 @@ impl MemoryCounters {
     /// Number of buckets held (idle ones not yet swept included).
     pub fn len(&self) -> usize {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        routes.values().map(HashMap::len).sum()
+        routes.values().map(|b| b.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn maybe_sweep(&self, routes: &mut HashMap<Box<str>, HashMap<Who, State>>, now: i64) {
+    fn maybe_sweep(&self, routes: &mut HashMap<Box<str>, Buckets, Seeded>, now: i64) {
         let last = self.last_sweep.load(Ordering::Relaxed);
         if now - last < SWEEP_EVERY_US {
             return;

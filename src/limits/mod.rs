@@ -45,22 +45,36 @@ pub struct RouteLimit {
     pub key: LimitKey,
     pub count_hits: bool,
     pub on_store_error: OnStoreError,
+    /// The `x-ratelimit-limit-*` values, made once (a clone shares the bytes).
+    pub values: LimitValues,
+}
+
+/// Header values that are the same on every response of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitValues {
+    pub requests: http::HeaderValue,
+    pub tokens: http::HeaderValue,
 }
 
 impl RouteLimit {
     /// From a validated section.
     pub fn new(spec: &RateLimitSpec) -> RouteLimit {
+        let params = Params {
+            rpm: spec.requests_per_minute.unwrap_or(0),
+            tpm: spec.tokens_per_minute.unwrap_or(0),
+            budget_nano_usd: spec
+                .usd_per_day
+                .map_or(0, |usd| (usd * NANO).round() as u64),
+        };
         RouteLimit {
-            params: Params {
-                rpm: spec.requests_per_minute.unwrap_or(0),
-                tpm: spec.tokens_per_minute.unwrap_or(0),
-                budget_nano_usd: spec
-                    .usd_per_day
-                    .map_or(0, |usd| (usd * NANO).round() as u64),
-            },
+            params,
             key: spec.key,
             count_hits: spec.count_hits,
             on_store_error: spec.on_store_error,
+            values: LimitValues {
+                requests: params.rpm.into(),
+                tokens: params.tpm.into(),
+            },
         }
     }
 
@@ -80,10 +94,22 @@ impl RouteLimit {
 }
 
 /// Who a bucket counts: one credential (by its hash, as the cache scope), or the whole route.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Who {
     Route,
     Credential([u8; 32]),
+}
+
+/// A credential hash is already uniform: its first 8 bytes stand for it in hash maps.
+impl std::hash::Hash for Who {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Who::Route => state.write_u64(0),
+            Who::Credential(h) => {
+                state.write_u64(u64::from_le_bytes(h[..8].try_into().expect("8 bytes")))
+            }
+        }
+    }
 }
 
 impl Who {

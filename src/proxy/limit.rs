@@ -45,7 +45,7 @@ pub async fn admit(
     let verdict = limiter.check(&route.name, limit, &who).await;
     let mut headers = verdict
         .outcome()
-        .map(|o| headers::ratelimit(&limit.params, o))
+        .map(|o| headers::ratelimit(limit, o))
         .unwrap_or_default();
     let refusal = match verdict {
         Verdict::Admitted(_) | Verdict::StoreError { admitted: true } => None,

@@ -16,7 +16,7 @@ pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
 /// `x-ratelimit-*` say nothing about promptgate's limits).
 pub fn add(head: &mut ResponseHeader, extra: &Headers) -> pingora::Result<()> {
     for (name, value) in extra {
-        head.insert_header(name.clone(), value.clone())?;
+        head.insert_header(*name, value.clone())?;
     }
     Ok(())
 }

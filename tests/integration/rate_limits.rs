@@ -2,7 +2,7 @@
 //! not count, budgets charged after the answer, counters shared through a real Redis and kept
 //! across reloads, and failing open when Redis is gone.
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
 use promptgate::cache::redis::RedisStore;
 use promptgate::config::schema::RedisSpec;
@@ -251,6 +251,7 @@ async fn tokens_per_minute_counts_the_answers_usage() {
         99.0,
         "{m}"
     );
+    crate::metrics::promtool_check(&m);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,6 +367,41 @@ async fn redis_down_admits_and_counts_or_refuses_when_told() {
             r#"promptgate_rate_limit_store_errors_total{decision="refused",route="strict"}"#
         ),
         1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_works_on_redis_cluster() {
+    let mock = MockUpstream::start().await;
+    let cluster = RedisCluster::start();
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let cfg = limited(&mock, "requests_per_minute: 3").section(format!(
+        "cache:\n  backend: redis\n  redis: {{ cluster: [{}], timeout: 1s }}",
+        urls.join(", ")
+    ));
+    let gw = Gateway::start(&cfg);
+    // Credentials whose buckets land on different masters (keys spread by slot).
+    for key in ["sk-1", "sk-2", "sk-3", "sk-4", "sk-5"] {
+        let prompts: Vec<String> = (0..4).map(|i| format!("{key} {i}")).collect();
+        let statuses: Vec<u16> =
+            futures_util::future::join_all(prompts.iter().map(|p| ask(&gw, key, p)))
+                .await
+                .iter()
+                .map(|r| r.status)
+                .collect();
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [200, 200, 200, 429],
+            "{key}: {statuses:?}\n{}",
+            gw.logs()
+        );
+    }
+    assert_eq!(cluster.keys("limits:*").len(), 5);
+    assert!(
+        cluster.sizes().iter().filter(|&&n| n > 0).count() >= 2,
+        "buckets spread over masters"
     );
 }
 
