@@ -20,7 +20,9 @@
 //! - [`metrics`] — every Prometheus metric, in one registry.
 //! - [`logging`] — log format (text or JSON) and the access log line.
 //! - [`admin`] — the admin listener: health, readiness, metrics, cache stats and purge,
-//!   config, reload.
+//!   config, reload, the dashboard.
+//! - [`stats`] — what the dashboard shows: recent requests, a 15-minute series, `GET /stats`.
+//! - [`dashboard`] — the dashboard page and its assets, embedded in the binary.
 //! - [`warm`] — `promptgate warm`: fill the cache from a JSONL file of requests.
 //! - [`server`] — assembling and running the Pingora server, graceful shutdown.
 //! - [`upgrade`] — zero-downtime upgrade: hand the listening sockets to a new process.
@@ -33,6 +35,7 @@ pub mod balance;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod endpoint;
 pub mod health;
 pub mod logging;
@@ -45,6 +48,7 @@ pub mod request_framing;
 pub mod request_path;
 pub mod routing;
 pub mod server;
+pub mod stats;
 pub mod systemd;
 pub mod upgrade;
 pub mod warm;

@@ -30,7 +30,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -89,6 +89,16 @@ pub struct Reloaded {
     pub needs_restart: Vec<NeedsRestart>,
 }
 
+/// The last reload attempt, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    /// When it finished.
+    pub at: SystemTime,
+    pub trigger: Trigger,
+    /// `None` on success, else what was wrong (as `POST /reload` reports it).
+    pub error: Option<String>,
+}
+
 /// Owns the config path and the live table; the one place a table is swapped after start-up.
 pub struct Reloader {
     path: PathBuf,
@@ -98,6 +108,7 @@ pub struct Reloader {
     /// Serializes reloads so that two racing triggers cannot store an older read over a newer
     /// one. Only held in synchronous code.
     serial: Mutex<()>,
+    last: Mutex<Option<LastReload>>,
 }
 
 impl Reloader {
@@ -113,6 +124,7 @@ impl Reloader {
             cache,
             metrics,
             serial: Mutex::new(()),
+            last: Mutex::new(None),
         }
     }
 
@@ -122,6 +134,22 @@ impl Reloader {
 
     pub fn table(&self) -> &Arc<ArcSwap<Table>> {
         &self.table
+    }
+
+    /// The last reload attempt since start, if any.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, trigger: Trigger, error: Option<String>) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+            at: SystemTime::now(),
+            trigger,
+            error,
+        });
     }
 
     /// Reads, validates and swaps in the config file, or keeps the running table on error.
@@ -143,6 +171,7 @@ impl Reloader {
                 log::error!(
                     "config reload ({trigger}) failed, the running config stays in force: {e}{cause}"
                 );
+                self.remember(trigger, Some(format!("{e}{cause}")));
                 return Err(e);
             }
         };
@@ -164,6 +193,7 @@ impl Reloader {
         crate::logging::set_format(next.log.format);
         self.table.store(Arc::new(next));
         self.metrics.config_reloaded(ReloadResult::Success);
+        self.remember(trigger, None);
         log::info!(
             "config {} reloaded ({trigger}): {routes} route(s)",
             self.path.display()
@@ -481,6 +511,7 @@ mod tests {
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
         let r = Reloader::new(path.clone(), live.clone(), cache, metrics.clone());
         let before = live.load_full();
+        assert!(r.last().is_none());
 
         std::fs::write(&path, "routes: [unclosed\n").unwrap();
         assert!(matches!(
@@ -488,14 +519,19 @@ mod tests {
             Err(ConfigError::Invalid { .. })
         ));
         assert!(Arc::ptr_eq(&before, &live.load_full()), "table kept");
+        let failed = r.last().unwrap();
+        assert_eq!(failed.trigger, Trigger::AdminApi);
+        assert!(failed.error.unwrap().contains("c.yaml"));
 
         std::fs::write(
             &path,
             "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n",
         )
         .unwrap();
-        assert_eq!(r.reload(Trigger::AdminApi).unwrap().routes, 1);
+        assert_eq!(r.reload(Trigger::Sighup).unwrap().routes, 1);
         assert_eq!(live.load().routes.len(), 1);
+        let ok = r.last().unwrap();
+        assert_eq!((ok.trigger, ok.error), (Trigger::Sighup, None));
         let text = metrics.render();
         assert!(text.contains(r#"promptgate_config_reloads_total{result="error"} 1"#));
         assert!(text.contains(r#"promptgate_config_reloads_total{result="success"} 1"#));

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Inflight, Proxy};
 use crate::reload::{ReloadService, Reloader};
 use crate::routing::Table;
+use crate::stats::Sampler;
 use crate::systemd::{self, ReadyNotifier};
 use crate::upgrade::{Handover, UpgradeError};
 use anyhow::{bail, Context};
@@ -114,6 +115,12 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
     let reload = server.add_service(background_service(
         "promptgate reload",
         ReloadService::new(reloader.clone()),
+    ));
+
+    // The dashboard's 15-minute series, sampled from the metrics.
+    server.add_service(background_service(
+        "promptgate stats",
+        Sampler::new(metrics.clone()),
     ));
 
     let proxy = Proxy::new(table.clone(), cache.clone(), connector, metrics.clone());

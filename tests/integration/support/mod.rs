@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: the mock upstream, the gateway process and Redis.
 
+pub mod browser;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod redis;
