@@ -399,8 +399,12 @@ mod tests {
     use super::*;
     use notify::event::{CreateKind, ModifyKind, RenameMode};
 
+    /// One upstream and route, which every valid config needs.
+    const ROUTE: &str =
+        "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
+
     fn table(yaml: &str) -> Table {
-        config::parse(yaml, "test.yaml", &|_| None).unwrap()
+        config::parse(&format!("{yaml}{ROUTE}"), "test.yaml", &|_| None).unwrap()
     }
 
     #[test]
@@ -475,7 +479,7 @@ mod tests {
     fn a_failed_reload_keeps_the_table_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "routes: []\n").unwrap();
+        std::fs::write(&path, ROUTE).unwrap();
         let live = Arc::new(ArcSwap::from_pointee(config::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
@@ -491,11 +495,11 @@ mod tests {
 
         std::fs::write(
             &path,
-            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n",
+            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}, {name: s, targets: [u]}]\n",
         )
         .unwrap();
-        assert_eq!(r.reload(Trigger::AdminApi).unwrap().routes, 1);
-        assert_eq!(live.load().routes.len(), 1);
+        assert_eq!(r.reload(Trigger::AdminApi).unwrap().routes, 2);
+        assert_eq!(live.load().routes.len(), 2);
         let text = metrics.render();
         assert!(text.contains(r#"promptgate_config_reloads_total{result="error"} 1"#));
         assert!(text.contains(r#"promptgate_config_reloads_total{result="success"} 1"#));
