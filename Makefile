@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile
+.PHONY: run build demo test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -22,6 +22,11 @@ run: deps
 
 build: deps
 	cargo build --release --locked
+
+## demo: offline in about a minute: the mock upstream and promptgate (conf/demo.yaml), a question
+## asked twice (MISS, then HIT), a stream twice, hit rate and cost saved from /metrics; stops both
+demo: deps
+	@bash scripts/demo.sh
 
 ## test: install what is missing, then lint and run every test suite; the Python suite runs
 ## last, so its closing "N passed" line ends the output
