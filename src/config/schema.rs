@@ -1,5 +1,5 @@
 //! The config file's shape: serde types mirroring `promptgate.yaml`, with defaults.
-//! Unknown fields are errors. README's config reference documents each field.
+//! Unknown fields are errors. docs/configuration.md documents each field.
 
 use super::secret::Secret;
 use super::units;
