@@ -221,6 +221,9 @@ pub fn yaml_syntax(raw: &str, line: Option<usize>, column: Option<usize>) -> Str
             "unknown escape sequence in a \"double-quoted\" string (write \\\\ for a backslash, or use 'single quotes')".into()
         }
         "did not find expected node content" => "a value is missing here".into(),
+        "deserializing from YAML containing more than one document is not supported" => {
+            "the file holds more than one YAML document (a `---` line after the start); promptgate reads one".into()
+        }
         "block sequence entries are not allowed in this context" => {
             "a list item (`- `) cannot start on the same line as its key; put it on the next line, indented".into()
         }

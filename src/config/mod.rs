@@ -142,7 +142,8 @@ pub fn parse(
         Err(e) => {
             let (line, column) = match e.location() {
                 Some(l) => (Some(l.line()), Some(l.column())),
-                None => (None, None),
+                // serde_yaml gives no mark for a second document: point at its `---`.
+                None => (second_document(text), None),
             };
             return Err(invalid(vec![Problem {
                 path: String::new(),
@@ -187,6 +188,19 @@ pub fn parse(
         Some(table) if problems.is_empty() => Ok(table),
         _ => Err(invalid(problems)),
     }
+}
+
+/// The line of the `---` that starts a second YAML document (one after content), if any.
+fn second_document(text: &str) -> Option<usize> {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") && content {
+            return Some(i + 1);
+        }
+        let t = line.trim();
+        content |= !(t.is_empty() || t.starts_with('#') || t.starts_with("---"));
+    }
+    None
 }
 
 /// A config without routes would answer every request with 404: refuse it, saying so.

@@ -334,6 +334,11 @@ fn yaml_syntax_errors_keep_line_and_column_in_plain_words() {
             1,
             &["\"listen\" appears twice"][..],
         ),
+        (
+            "---\nlisten: x\n---\nadmin: y\n",
+            3,
+            &["more than one YAML document"][..],
+        ),
     ] {
         let p = problems(text);
         assert_eq!(p.len(), 1, "{p:?}");
