@@ -9,6 +9,8 @@ mod interpolate;
 mod locate;
 #[cfg(test)]
 mod problem_tests;
+#[cfg(test)]
+mod reference_tests;
 pub mod schema;
 pub mod secret;
 mod typed;
