@@ -408,7 +408,8 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
 async fn readiness_requires_redis_when_configured() {
     let dead_port = crate::support::free_port();
     let gw = Gateway::start(&format!(
-        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n"
+        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n{}",
+        provider_routes("http://127.0.0.1:9")
     ));
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
