@@ -8,8 +8,8 @@ use crate::cache::{Cache, Purge};
 use crate::config::schema::CacheBackend;
 use crate::config::ConfigError;
 use crate::metrics::{self, LookupCounts, Metrics};
-use crate::proxy::Inflight;
-use crate::reload::{Reloader, Trigger};
+use crate::server::inflight::Inflight;
+use crate::server::reload::{Reloader, Trigger};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -99,8 +99,8 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 impl Admin {
     /// `None` when the request may proceed, else the 401 to send.
     fn unauthorized(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
-        let table = self.reloader.table().load();
-        let token = table.admin_token.as_ref()?;
+        let runtime = self.reloader.runtime().load();
+        let token = runtime.admin_token.as_ref()?;
         let given = session
             .req_header()
             .headers
@@ -135,11 +135,11 @@ impl Admin {
     /// Ready when a config is in force (always, once running), the proxy port accepts
     /// connections, and — with `cache.require_redis` on a Redis backend — Redis answers.
     async fn ready(&self) -> Response<Vec<u8>> {
-        let table = self.reloader.table().load_full();
+        let runtime = self.reloader.runtime().load_full();
         let listener = matches!(
             tokio::time::timeout(
                 LISTENER_CHECK_TIMEOUT,
-                tokio::net::TcpStream::connect(reachable(table.listen))
+                tokio::net::TcpStream::connect(reachable(runtime.listen))
             )
             .await,
             Ok(Ok(_))
@@ -147,7 +147,7 @@ impl Admin {
         let mut checks =
             serde_json::json!({"config": "ok", "listener": if listener { "ok" } else { "down" }});
         let mut ready = listener;
-        if table.cache.backend == CacheBackend::Redis && table.cache.require_redis {
+        if runtime.cache.backend == CacheBackend::Redis && runtime.cache.require_redis {
             let redis = match self.cache.redis() {
                 Some(r) => r.ping().await.is_ok(),
                 None => false,
@@ -228,8 +228,8 @@ impl Admin {
     }
 
     fn config(&self) -> Response<Vec<u8>> {
-        let table = self.reloader.table().load_full();
-        match serde_json::to_value(&*table.spec) {
+        let runtime = self.reloader.runtime().load_full();
+        match serde_json::to_value(&*runtime.spec) {
             Ok(v) => json(StatusCode::OK, v),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
-use promptgate::routing::Table;
-use promptgate::{request_framing, request_path};
+use promptgate::proxy::{request_framing, request_path};
+use promptgate::runtime::Runtime;
 use std::sync::OnceLock;
 
 const CONFIG: &str = r#"
@@ -21,9 +21,9 @@ routes:
   - { name: all, match: { path_prefix: / }, strip_prefix: true, targets: [base] }
 "#;
 
-fn table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| promptgate::config::parse(CONFIG, "fuzz", &|_| None).expect("valid"))
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| promptgate::config::parse(CONFIG, "fuzz", &|_| None).expect("valid"))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!path.contains(bad), "{path}");
     }
 
-    for route in table().candidates(&req, &path) {
+    for route in runtime().candidates(&req, &path) {
         let forward = route.forward_path(&path);
         let with_query = match req.uri.query() {
             Some(q) => format!("{forward}?{q}"),

@@ -8,9 +8,10 @@ use super::secret::Secret;
 use super::Sections;
 use crate::cache::policy::CachePolicy;
 use crate::cache::redis::RedisStore;
-use crate::endpoint::Upstream;
 use crate::pricing::Pricing;
-use crate::routing::{Matcher, Route, Table, Target};
+use crate::routing::upstream::Upstream;
+use crate::routing::{Matcher, Route, Target};
+use crate::runtime::Runtime;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -37,7 +38,7 @@ const UNINJECTABLE: &[&str] = &[
 #[derive(Deserialize)]
 struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
 
-pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
+pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Runtime> {
     let Value::Mapping(mut map) = root else {
         s.problem("", "the config must be a YAML mapping (key: value pairs)");
         return None;
@@ -161,7 +162,7 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Table> {
     let (upstreams, broken) = upstreams(s, upstreams_value);
     let routes = routes(s, routes_value, &upstreams, &broken, &cache);
 
-    Some(Table {
+    Some(Runtime {
         listen: listen?,
         admin: admin?,
         threads: if threads == 0 {
@@ -477,7 +478,7 @@ fn route(
             // The priority header picks the group, and so the answer: it is part of the key.
             if !groups.is_empty() {
                 policy.vary.push(http::HeaderName::from_static(
-                    crate::balance::PRIORITY_HEADER,
+                    crate::routing::balance::PRIORITY_HEADER,
                 ));
             }
             policy
@@ -553,13 +554,13 @@ fn targets(
 #[cfg(test)]
 mod tests {
     use crate::config::{parse, ConfigError, Problem};
-    use crate::routing::Table;
+    use crate::runtime::Runtime;
 
     fn env(name: &str) -> Option<String> {
         (name == "OPENAI_API_KEY").then(|| "sk-test".to_string())
     }
 
-    fn ok(yaml: &str) -> Table {
+    fn ok(yaml: &str) -> Runtime {
         parse(yaml, "test.yaml", &env).unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -16,7 +16,7 @@ pub mod secret;
 mod typed;
 pub mod units;
 
-use crate::routing::Table;
+use crate::runtime::Runtime;
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -112,7 +112,7 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 /// Reads and validates the config file at `path`, expanding `${VAR}` from the process environment.
-pub fn load(path: &Path) -> Result<Table, ConfigError> {
+pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -127,7 +127,7 @@ pub fn parse(
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Table, ConfigError> {
+) -> Result<Runtime, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         origin: origin.to_string(),
         problems,
@@ -172,7 +172,7 @@ pub fn parse(
         index: &index,
         problems,
     };
-    let table = compile::compile(&mut sections, root);
+    let runtime = compile::compile(&mut sections, root);
     let mut problems = sections.problems;
     for p in &mut problems {
         if p.line.is_none() {
@@ -186,8 +186,8 @@ pub fn parse(
     }
     // Top to bottom, as the file reads; problems about the whole file first.
     problems.sort_by_key(|p| p.line.unwrap_or(0));
-    match table {
-        Some(table) if problems.is_empty() => Ok(table),
+    match runtime {
+        Some(runtime) if problems.is_empty() => Ok(runtime),
         _ => Err(invalid(problems)),
     }
 }

@@ -4,42 +4,16 @@ use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::metrics::LookupResult;
 use crate::providers::Usage;
-use crate::routing::Table;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::runtime::Runtime;
+use crate::server::inflight::InflightGuard;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Counts requests in flight; shutdown waits for it to reach zero.
-#[derive(Debug, Default)]
-pub struct Inflight(AtomicUsize);
-
-impl Inflight {
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// Holds one unit of [`Inflight`] for as long as the request lives.
-pub struct InflightGuard(Arc<Inflight>);
-
-impl InflightGuard {
-    pub fn new(inflight: &Arc<Inflight>) -> InflightGuard {
-        inflight.0.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(inflight.clone())
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 pub struct Ctx {
     /// Set by `new_ctx`.
     pub started: Instant,
     /// Set at the start of `request_filter`: the table this request uses to its end.
-    pub table: Option<Arc<Table>>,
+    pub runtime: Option<Arc<Runtime>>,
     /// Set by `request_filter` once a route matched.
     pub route: Option<String>,
     /// Set by `request_filter` when an upstream was chosen.
@@ -73,7 +47,7 @@ impl Default for Ctx {
     fn default() -> Ctx {
         Ctx {
             started: Instant::now(),
-            table: None,
+            runtime: None,
             route: None,
             upstream: None,
             cache: None,

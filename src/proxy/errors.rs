@@ -32,7 +32,7 @@ pub enum ProxyError {
     Busy { upstream: String },
     #[error("{priority}")]
     Priority {
-        priority: crate::balance::PriorityError,
+        priority: crate::routing::balance::PriorityError,
     },
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]

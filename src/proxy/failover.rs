@@ -6,7 +6,7 @@
 
 use super::ctx::Ctx;
 use super::errors::ProxyError;
-use super::upstream::{self, UpstreamResponse};
+use super::exchange::{self, UpstreamResponse};
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::{Route, Target};
 use bytes::Bytes;
@@ -99,8 +99,8 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = upstream::rewrite_model(target, body.clone());
-        let req = upstream::build_request(client, up, forward, body.len())?;
+        let body = exchange::rewrite_model(target, body.clone());
+        let req = exchange::build_request(client, up, forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
@@ -116,7 +116,7 @@ pub async fn exchange<'r>(
                 }
             };
             let started = Instant::now();
-            let wait = match upstream::send(connector, up, &req, &body).await {
+            let wait = match exchange::send(connector, up, &req, &body).await {
                 Ok(response) => {
                     let status = response.header().status.as_u16();
                     if !retries_status(policy, status) {

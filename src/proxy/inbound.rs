@@ -2,7 +2,7 @@
 //! path. A request that fails them is answered 400 and its connection closed.
 
 use super::errors::ProxyError;
-use crate::{request_framing, request_path};
+use super::{request_framing, request_path};
 use pingora::proxy::Session;
 
 /// The normalised request path to route, cache and forward on, or a 400.

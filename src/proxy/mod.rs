@@ -4,7 +4,7 @@
 //! 1. `new_ctx` — start the clock.
 //! 2. `request_filter` — load the table snapshot, match a route on the head, read the body
 //!    (bounded), finish matching on the body's model, rewrite, exchange with the upstream
-//!    ([`upstream`]), relay the answer. Returns `Ok(true)`: the response has been sent.
+//!    ([`exchange`]), relay the answer. Returns `Ok(true)`: the response has been sent.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — metrics and the access log line, from the ctx.
 //!
@@ -13,19 +13,20 @@
 
 mod ctx;
 mod errors;
+mod exchange;
 mod failover;
 mod follow;
 mod inbound;
 mod request_body;
+pub mod request_framing;
+pub mod request_path;
 mod respond;
-mod upstream;
 
-pub use ctx::{Ctx, Inflight, InflightGuard};
+pub use ctx::Ctx;
 pub use errors::ProxyError;
 // Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
-pub use upstream::build_request;
+pub use exchange::build_request;
 
-use crate::balance;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
@@ -34,7 +35,10 @@ use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::logging::{self, Access};
 use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
 use crate::providers::UsageObserver;
-use crate::routing::{Route, Table};
+use crate::routing::balance;
+use crate::routing::Route;
+use crate::runtime::Runtime;
+use crate::server::inflight::{Inflight, InflightGuard};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,7 +54,7 @@ use std::sync::Arc;
 /// State shared by every request: the swappable routing table, the response cache and the
 /// upstream connection pool.
 pub struct Proxy {
-    pub table: Arc<ArcSwap<Table>>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
     pub cache: Arc<Cache>,
     pub connector: Connector,
     pub inflight: Arc<Inflight>,
@@ -75,13 +79,13 @@ impl From<ProxyError> for Failure {
 
 impl Proxy {
     pub fn new(
-        table: Arc<ArcSwap<Table>>,
+        runtime: Arc<ArcSwap<Runtime>>,
         cache: Arc<Cache>,
         connector: Connector,
         metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
-            table,
+            runtime,
             cache,
             connector,
             inflight: Arc::default(),
@@ -94,10 +98,10 @@ impl Proxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        table: &Table,
+        runtime: &Runtime,
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
-        let candidates = table.candidates(session.req_header(), &path);
+        let candidates = runtime.candidates(session.req_header(), &path);
         if candidates.is_empty() {
             return Err(ProxyError::NoRoute {
                 method: session.req_header().method.to_string(),
@@ -105,7 +109,7 @@ impl Proxy {
             }
             .into());
         }
-        let body = request_body::read(session, table.max_body_bytes).await?;
+        let body = request_body::read(session, runtime.max_body_bytes).await?;
         // The body is parsed for its model at most once, and only when some candidate routes
         // on the model or picks a priority group by a model alias.
         let needs_model = candidates
@@ -168,7 +172,7 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         );
-        let relayed = upstream::relay(
+        let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
             answer.response,
@@ -326,9 +330,9 @@ impl ProxyHttp for Proxy {
         if self.draining.load(Ordering::Relaxed) {
             session.set_keepalive(None);
         }
-        let table = self.table.load_full();
-        ctx.table = Some(table.clone());
-        match self.handle(session, ctx, &table).await {
+        let runtime = self.runtime.load_full();
+        ctx.runtime = Some(runtime.clone());
+        match self.handle(session, ctx, &runtime).await {
             Ok(()) => Ok(true),
             Err(Failure::BeforeResponse(e)) => {
                 ctx.status = e.status();
@@ -415,7 +419,7 @@ impl ProxyHttp for Proxy {
             duration,
             ttfb: ctx.ttfb,
             usage,
-            pricing: ctx.table.as_deref().map(|t| &*t.pricing),
+            pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
         });
         let req = session.req_header();
         let error = match (ctx.error, e) {

@@ -2,7 +2,7 @@
 
 use crate::support::gateway::binary;
 use crate::support::redis::RedisServer;
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -44,11 +44,10 @@ fn key_line(out: &Output, label: &str) -> String {
 async fn key_matches_what_the_proxy_stores() {
     let mock = MockUpstream::start().await;
     let redis = RedisServer::start();
-    let gw = Gateway::start(&format!(
-        "cache: {{ backend: redis, redis: {{ url: \"{}\", timeout: 1s }} }}\n{}",
-        redis.url(),
-        provider_routes(&mock.url())
-    ));
+    let gw = Gateway::start(Config::providers(&mock.url()).section(format!(
+        "cache: {{ backend: redis, redis: {{ url: \"{}\", timeout: 1s }} }}",
+        redis.url()
+    )));
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
@@ -113,7 +112,7 @@ async fn key_matches_what_the_proxy_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_fills_the_cache_and_reports_each_line() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("warm.jsonl");
     std::fs::write(

@@ -96,7 +96,7 @@ async fn post_reload(gw: &Gateway) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_is_served_within_two_seconds() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(&routes_to(&a, &b, "a", ""));
+    let gw = Gateway::start(routes_to(&a, &b, "a", ""));
     assert_eq!(answered_by(&gw).await, "a");
 
     // written in place (truncate + write), as `echo > file` does
@@ -133,7 +133,7 @@ async fn a_configmap_style_symlink_flip_is_picked_up() {
     // Kubernetes mounts promptgate.yaml -> ..data/promptgate.yaml, ..data -> ..<version>/,
     // and publishes a new version by atomically renaming a new ..data symlink into place.
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(&routes_to(&a, &b, "a", ""));
+    let gw = Gateway::start(routes_to(&a, &b, "a", ""));
     let dir = gw.config_path().parent().unwrap().to_path_buf();
     let publish = |version: &str, body: String| {
         std::fs::create_dir(dir.join(version)).unwrap();
@@ -157,7 +157,7 @@ async fn a_configmap_style_symlink_flip_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_with_the_watcher_off() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(&routes_to(&a, &b, "a", NO_WATCH));
+    let gw = Gateway::start(routes_to(&a, &b, "a", NO_WATCH));
     gw.rewrite_config(&routes_to(&a, &b, "b", NO_WATCH));
     // Longer than the debounce: with the watcher off, nothing has reloaded yet.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -176,7 +176,7 @@ async fn sighup_reloads_with_the_watcher_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_swaps_at_once_and_reports_problems() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(&routes_to(&a, &b, "a", NO_WATCH));
+    let gw = Gateway::start(routes_to(&a, &b, "a", NO_WATCH));
     gw.rewrite_config(&routes_to(&a, &b, "b", NO_WATCH));
     let (status, body) = post_reload(&gw).await;
     assert_eq!(status, 200, "{body}");
@@ -225,7 +225,7 @@ async fn post_reload_swaps_at_once_and_reports_problems() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configs_keep_the_running_table() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let mut gw = Gateway::start(&routes_to(&a, &b, "a", ""));
+    let mut gw = Gateway::start(routes_to(&a, &b, "a", ""));
     assert_eq!(reloads(&gw, "error").await, 0);
 
     gw.rewrite_config(INVALID_YAML);
@@ -359,7 +359,7 @@ async fn stream_request(gw_url: &str) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_storm_never_fails_a_request() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let mut gw = Gateway::start(&routes_to(&a, &b, "a", ""));
+    let mut gw = Gateway::start(routes_to(&a, &b, "a", ""));
     let url = gw.url("/openai/v1/chat/completions");
     let stop = Arc::new(AtomicBool::new(false));
 

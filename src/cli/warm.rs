@@ -6,7 +6,7 @@
 //! relative to the route's `path_prefix`. Optional: `"method"` (default POST) and
 //! `"headers": {"name": "value"}`. A string `body` is sent as is; anything else as JSON.
 
-use crate::routing::Table;
+use crate::runtime::Runtime;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
@@ -32,11 +32,11 @@ pub struct Summary {
 }
 
 /// The full request path for one line.
-fn request_path(req: &WarmRequest, table: &Table) -> anyhow::Result<String> {
+fn request_path(req: &WarmRequest, runtime: &Runtime) -> anyhow::Result<String> {
     let Some(route) = &req.route else {
         return req.path.clone().context("needs \"path\" or \"route\"");
     };
-    let found = table
+    let found = runtime
         .routes
         .iter()
         .find(|r| &r.name == route)
@@ -55,7 +55,7 @@ fn request_path(req: &WarmRequest, table: &Table) -> anyhow::Result<String> {
 pub async fn run(
     file: &Path,
     proxy: &str,
-    table: &Table,
+    runtime: &Runtime,
     concurrency: usize,
 ) -> anyhow::Result<Summary> {
     let text =
@@ -68,7 +68,7 @@ pub async fn run(
         let req: WarmRequest = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a warm request", file.display(), n + 1))?;
         let path =
-            request_path(&req, table).with_context(|| format!("{}:{}", file.display(), n + 1))?;
+            request_path(&req, runtime).with_context(|| format!("{}:{}", file.display(), n + 1))?;
         lines.push((n + 1, path, req));
     }
     if lines.is_empty() {

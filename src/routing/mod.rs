@@ -1,44 +1,15 @@
-//! The routing table: the compiled, immutable form of one config, and route matching.
-//!
-//! A `Table` is swapped whole on reload; each request loads one snapshot at its start
-//! and keeps it to its end.
+//! Routes and route matching: which route a request belongs to, and where it may go.
+
+pub mod balance;
+pub mod upstream;
 
 use crate::cache::policy::CachePolicy;
-use crate::config::schema::{
-    CacheSpec, ConfigSpec, LogSpec, PriorityGroup, ReloadSpec, RetrySpec, Strategy,
-};
-use crate::config::secret::Secret;
-use crate::endpoint::Upstream;
-use crate::pricing::Pricing;
+use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use upstream::Upstream;
 use wildmatch::WildMatch;
-
-/// Everything the running proxy needs from one config file.
-#[derive(Debug)]
-pub struct Table {
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    /// Worker threads of the proxy service (never 0: "0" in the file means one per core).
-    pub threads: usize,
-    pub shutdown_grace: Duration,
-    /// Unix socket through which listening sockets pass to a new process on upgrade.
-    pub upgrade_sock: String,
-    pub max_body_bytes: usize,
-    pub routes: Vec<Route>,
-    pub cache: CacheSpec,
-    pub reload: ReloadSpec,
-    /// Token prices (`pricing:` merged over the defaults), for the cost metrics.
-    pub pricing: Arc<Pricing>,
-    pub log: LogSpec,
-    /// `admin_token`: required (as `Authorization: Bearer …`) by mutating admin endpoints.
-    pub admin_token: Option<Secret<String>>,
-    /// The validated sections, secrets redacted when serialized, for `GET /config`.
-    pub spec: Arc<ConfigSpec>,
-}
 
 #[derive(Debug)]
 pub struct Route {
@@ -148,19 +119,10 @@ impl Route {
     }
 }
 
-impl Table {
-    /// Routes whose head criteria match, in config order. Empty means 404 without reading the body.
-    pub fn candidates(&self, req: &RequestHeader, path: &str) -> Vec<&Route> {
-        self.routes
-            .iter()
-            .filter(|r| r.matcher.matches_head(req, path))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::schema::CacheSpec;
 
     #[test]
     fn path_prefix_respects_segment_boundaries() {

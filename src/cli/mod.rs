@@ -1,7 +1,10 @@
 //! The command line: `promptgate run | check | key | warm | health`, with `--config` resolution.
 
+pub mod health;
+pub mod warm;
+
 use crate::config;
-use crate::health;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -96,10 +99,10 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
-    fn load(&self) -> anyhow::Result<(PathBuf, crate::routing::Table)> {
+    fn load(&self) -> anyhow::Result<(PathBuf, crate::runtime::Runtime)> {
         let path = config::resolve_path(self.config.as_deref())?;
-        let table = config::load(&path)?;
-        Ok((path, table))
+        let runtime = config::load(&path)?;
+        Ok((path, runtime))
     }
 }
 
@@ -107,29 +110,29 @@ impl ConfigArg {
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(RunArgs { config, upgrade }) => {
-            let (path, table) = config.load()?;
-            crate::logging::set_format(table.log.format);
+            let (path, runtime) = config.load()?;
+            crate::logging::set_format(runtime.log.format);
             log::info!(
                 "config {} loaded: {} route(s)",
                 path.display(),
-                table.routes.len()
+                runtime.routes.len()
             );
-            crate::server::run(table, path, upgrade).context("promptgate stopped with an error")
+            crate::server::run(runtime, path, upgrade).context("promptgate stopped with an error")
         }
         Command::Key(args) => print_key(args),
         Command::Warm(args) => {
-            let (_, table) = args.config.load()?;
+            let (_, runtime) = args.config.load()?;
             let proxy = args
                 .proxy
-                .unwrap_or_else(|| format!("http://{}", table.listen));
-            let runtime = tokio::runtime::Builder::new_current_thread()
+                .unwrap_or_else(|| format!("http://{}", runtime.listen));
+            let tokio_rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let s = runtime.block_on(crate::warm::run(
+            let s = tokio_rt.block_on(crate::cli::warm::run(
                 &args.file,
                 &proxy,
-                &table,
+                &runtime,
                 args.concurrency,
             ))?;
             println!(
@@ -142,13 +145,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check(arg) => {
-            let (path, table) = arg.load()?;
+            let (path, runtime) = arg.load()?;
             println!(
                 "{}: ok ({} route(s), proxy on {}, admin on {})",
                 path.display(),
-                table.routes.len(),
-                table.listen,
-                table.admin
+                runtime.routes.len(),
+                runtime.listen,
+                runtime.admin
             );
             Ok(())
         }
@@ -167,13 +170,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
 /// `promptgate key`: derives the key exactly as the proxy does for this request.
 fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     use std::io::Read;
-    let (_, table) = args.config.load()?;
-    let route = table
+    let (_, runtime) = args.config.load()?;
+    let route = runtime
         .routes
         .iter()
         .find(|r| r.name == args.route)
         .with_context(|| {
-            let names: Vec<&str> = table.routes.iter().map(|r| r.name.as_str()).collect();
+            let names: Vec<&str> = runtime.routes.iter().map(|r| r.name.as_str()).collect();
             format!("no route {:?} (routes: {})", args.route, names.join(", "))
         })?;
     let path = args
@@ -208,7 +211,7 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     println!("key:       {}", key.hex());
     println!(
         "redis key: {}",
-        crate::cache::redis_key(&table.cache.redis.prefix, &route.name, &key)
+        crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
     println!("scope:     {:?}", route.cache.scope);
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());

@@ -2,17 +2,20 @@
 //! service, and a shutdown that drains in-flight requests instead of sleeping a fixed grace period
 //! (on SIGTERM, and after handing the listeners to a new process on SIGQUIT/SIGUSR2).
 
+pub mod inflight;
+pub mod reload;
+pub mod systemd;
+pub mod upgrade;
+
 use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
-use crate::proxy::{Inflight, Proxy};
-use crate::reload::{ReloadService, Reloader};
-use crate::routing::Table;
-use crate::systemd::{self, ReadyNotifier};
-use crate::upgrade::{Handover, UpgradeError};
+use crate::proxy::Proxy;
+use crate::runtime::Runtime;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use inflight::Inflight;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
@@ -24,13 +27,16 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use reload::{ReloadService, Reloader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use systemd::ReadyNotifier;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use upgrade::{Handover, UpgradeError};
 
 /// After handing the sockets over, the old process keeps accepting this long too, so that the
 /// new one has surely started its accept loops before the old one stops (connections wait in the
@@ -63,23 +69,23 @@ fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
 /// listeners are handed to a new process (SIGQUIT/SIGUSR2). The file is reloaded on change,
 /// SIGHUP and `POST /reload`. With `upgrade`, the listening sockets are taken over from the
 /// running process instead of bound. Returns once every listener is closed.
-pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
+pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     if upgrade {
         log::info!(
             "upgrade: waiting for the running process's listening sockets on {} (send it SIGQUIT)",
-            table.upgrade_sock
+            runtime.upgrade_sock
         );
     } else {
         // Taken over on upgrade, so only a fresh start checks that the ports are free.
-        ensure_bindable(table.listen, "listen")?;
-        ensure_bindable(table.admin, "admin")?;
+        ensure_bindable(runtime.listen, "listen")?;
+        ensure_bindable(runtime.admin, "admin")?;
     }
-    let listen = table.listen;
-    let admin = table.admin;
-    let upgrade_sock = table.upgrade_sock.clone();
+    let listen = runtime.listen;
+    let admin = runtime.admin;
+    let upgrade_sock = runtime.upgrade_sock.clone();
 
     let conf = ServerConf {
-        threads: table.threads,
+        threads: runtime.threads,
         // Our shutdown watcher drains before Pingora starts its own (fixed-length) grace period.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -100,12 +106,12 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
     )));
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded();
-    let cache = Arc::new(Cache::new(&table.cache).context("cannot set up the cache")?);
+    let cache = Arc::new(Cache::new(&runtime.cache).context("cannot set up the cache")?);
     let shutdown_cache = cache.clone();
-    let table = Arc::new(ArcSwap::from_pointee(table));
+    let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Arc::new(Reloader::new(
         config_path.clone(),
-        table.clone(),
+        runtime.clone(),
         cache.clone(),
         metrics.clone(),
     ));
@@ -116,7 +122,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
         ReloadService::new(reloader.clone()),
     ));
 
-    let proxy = Proxy::new(table.clone(), cache.clone(), connector, metrics.clone());
+    let proxy = Proxy::new(runtime.clone(), cache.clone(), connector, metrics.clone());
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
@@ -163,7 +169,7 @@ pub fn run(table: Table, config_path: PathBuf, upgrade: bool) -> anyhow::Result<
             cache: shutdown_cache,
             inflight,
             draining,
-            table,
+            runtime,
             handover,
             upgrade_sock,
             config_path,
@@ -183,7 +189,7 @@ struct DrainingShutdown {
     inflight: Arc<Inflight>,
     draining: Arc<AtomicBool>,
     /// Read at SIGTERM, so a reloaded `shutdown_grace` applies.
-    table: Arc<ArcSwap<Table>>,
+    runtime: Arc<ArcSwap<Runtime>>,
     handover: Arc<Handover>,
     upgrade_sock: String,
     config_path: PathBuf,
@@ -273,7 +279,7 @@ impl DrainingShutdown {
     /// Waits at least `settle`, then until no request (or Redis write) is in flight, at most
     /// `shutdown_grace`.
     async fn drain(&self, int: &mut Signal, settle: Duration) -> ShutdownSignal {
-        let grace = self.table.load().shutdown_grace;
+        let grace = self.runtime.load().shutdown_grace;
         let started = Instant::now();
         let deadline = started + grace.max(settle);
         while (self.outstanding() > 0 || started.elapsed() < settle) && Instant::now() < deadline {

@@ -3,7 +3,7 @@
 //!
 //! Every message is a no-op unless `NOTIFY_SOCKET` is set, so nothing changes outside systemd.
 
-use crate::health::Target;
+use crate::cli::health::Target;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;

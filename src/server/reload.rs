@@ -18,7 +18,7 @@
 use crate::cache::Cache;
 use crate::config::{self, ConfigError};
 use crate::metrics::{Metrics, ReloadResult};
-use crate::routing::Table;
+use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::event::{AccessKind, AccessMode};
@@ -92,7 +92,7 @@ pub struct Reloaded {
 /// Owns the config path and the live table; the one place a table is swapped after start-up.
 pub struct Reloader {
     path: PathBuf,
-    table: Arc<ArcSwap<Table>>,
+    runtime: Arc<ArcSwap<Runtime>>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     /// Serializes reloads so that two racing triggers cannot store an older read over a newer
@@ -103,13 +103,13 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         path: PathBuf,
-        table: Arc<ArcSwap<Table>>,
+        runtime: Arc<ArcSwap<Runtime>>,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader {
             path,
-            table,
+            runtime,
             cache,
             metrics,
             serial: Mutex::new(()),
@@ -120,8 +120,8 @@ impl Reloader {
         &self.path
     }
 
-    pub fn table(&self) -> &Arc<ArcSwap<Table>> {
-        &self.table
+    pub fn runtime(&self) -> &Arc<ArcSwap<Runtime>> {
+        &self.runtime
     }
 
     /// Reads, validates and swaps in the config file, or keeps the running table on error.
@@ -131,7 +131,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = match config::load(&self.path) {
-            Ok(table) => table,
+            Ok(runtime) => runtime,
             Err(e) => {
                 self.metrics.config_reloaded(ReloadResult::Error);
                 // An invalid file's Display lists every problem as file:line: path: message;
@@ -146,7 +146,7 @@ impl Reloader {
                 return Err(e);
             }
         };
-        let needs_restart = keep_startup_fields(&self.table.load(), &mut next);
+        let needs_restart = keep_startup_fields(&self.runtime.load(), &mut next);
         for n in &needs_restart {
             log::warn!(
                 "config reload ({trigger}): {} changed from {} to {}; that needs a restart, {} stays in force",
@@ -162,7 +162,7 @@ impl Reloader {
             log::error!("config reload ({trigger}): cache backend unchanged: {e}");
         }
         crate::logging::set_format(next.log.format);
-        self.table.store(Arc::new(next));
+        self.runtime.store(Arc::new(next));
         self.metrics.config_reloaded(ReloadResult::Success);
         log::info!(
             "config {} reloaded ({trigger}): {routes} route(s)",
@@ -176,7 +176,7 @@ impl Reloader {
 }
 
 /// Copies the running values of [`RESTART_FIELDS`] into `next`, returning those that differed.
-fn keep_startup_fields(running: &Table, next: &mut Table) -> Vec<NeedsRestart> {
+fn keep_startup_fields(running: &Runtime, next: &mut Runtime) -> Vec<NeedsRestart> {
     let mut changed = Vec::new();
     let mut keep = |field: &'static str, running: String, requested: String| {
         if running != requested {
@@ -269,7 +269,7 @@ impl BackgroundService for ReloadService {
                     let _ = self.reloader.reload(Trigger::Sighup);
                 }
                 Some(()) = next_change(&mut watch) => {
-                    if !self.reloader.table().load().reload.watch {
+                    if !self.reloader.runtime().load().reload.watch {
                         log::debug!("config file changed; not reloading (reload.watch is false)");
                         continue;
                     }
@@ -403,14 +403,14 @@ mod tests {
     const ROUTE: &str =
         "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
 
-    fn table(yaml: &str) -> Table {
+    fn runtime(yaml: &str) -> Runtime {
         config::parse(&format!("{yaml}{ROUTE}"), "test.yaml", &|_| None).unwrap()
     }
 
     #[test]
     fn startup_fields_keep_their_running_values() {
-        let running = table("listen: 127.0.0.1:1000\nadmin: 127.0.0.1:1001\nthreads: 2\n");
-        let mut next = table(
+        let running = runtime("listen: 127.0.0.1:1000\nadmin: 127.0.0.1:1001\nthreads: 2\n");
+        let mut next = runtime(
             "listen: 127.0.0.1:2000\nadmin: 127.0.0.1:1001\nthreads: 4\nshutdown_grace: 3s\nupgrade_sock: /run/pg.sock\n",
         );
         let changed = keep_startup_fields(&running, &mut next);
@@ -427,8 +427,8 @@ mod tests {
     #[test]
     fn unchanged_startup_fields_are_not_reported() {
         let yaml = "listen: 127.0.0.1:1000\nadmin: 127.0.0.1:1001\nthreads: 2\n";
-        let mut next = table(yaml);
-        assert!(keep_startup_fields(&table(yaml), &mut next).is_empty());
+        let mut next = runtime(yaml);
+        assert!(keep_startup_fields(&runtime(yaml), &mut next).is_empty());
     }
 
     fn event(kind: EventKind, path: &str) -> notify::Event {

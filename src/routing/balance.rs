@@ -115,8 +115,9 @@ mod tests {
         let yaml = format!(
             "upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\n  b: {{ url: \"http://127.0.0.1:2\" }}\n  c: {{ url: \"http://127.0.0.1:3\" }}\nroutes:\n  - name: r\n{yaml_route}"
         );
-        let mut table = config::parse(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        table.routes.remove(0)
+        let mut runtime =
+            config::parse(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        runtime.routes.remove(0)
     }
 
     fn names(list: &[&Target]) -> Vec<String> {
