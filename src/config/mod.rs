@@ -1,27 +1,32 @@
-//! Config loading: file → YAML → `${ENV}` expansion → typed sections → validated `Table`.
+//! Config loading, plain data only: file → YAML → `${ENV}` expansion → typed sections →
+//! validated [`Spec`]. Building the running state from a spec is `runtime::build`'s job; this
+//! module imports no runtime module.
 //!
 //! Every problem is collected (each with its field path and line) and reported at once;
 //! `promptgate check`, start-up and reload all go through [`load`].
 
-mod compile;
 mod explain;
 mod interpolate;
 mod locate;
 #[cfg(test)]
 mod problem_tests;
+pub mod redis_url;
 #[cfg(test)]
 mod reference_tests;
 pub mod schema;
 pub mod secret;
+pub mod spec;
 mod typed;
 pub mod units;
+mod validate;
 
-use crate::runtime::Runtime;
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+pub use spec::{RouteCache, Spec};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +117,7 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 /// Reads and validates the config file at `path`, expanding `${VAR}` from the process environment.
-pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
+pub fn load(path: &Path) -> Result<Spec, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -127,7 +132,7 @@ pub fn parse(
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Runtime, ConfigError> {
+) -> Result<Spec, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         origin: origin.to_string(),
         problems,
@@ -172,7 +177,7 @@ pub fn parse(
         index: &index,
         problems,
     };
-    let runtime = compile::compile(&mut sections, root);
+    let spec = validate::validate(&mut sections, root);
     let mut problems = sections.problems;
     for p in &mut problems {
         if p.line.is_none() {
@@ -186,8 +191,8 @@ pub fn parse(
     }
     // Top to bottom, as the file reads; problems about the whole file first.
     problems.sort_by_key(|p| p.line.unwrap_or(0));
-    match runtime {
-        Some(runtime) if problems.is_empty() => Ok(runtime),
+    match spec {
+        Some(spec) if problems.is_empty() => Ok(spec),
         _ => Err(invalid(problems)),
     }
 }

@@ -314,7 +314,7 @@ fn human_byte_sizes_are_accepted() {
     )
     .unwrap();
     assert_eq!(t.max_body_bytes, 1024);
-    let shown = serde_json::to_string(&*t.spec).unwrap();
+    let shown = serde_json::to_string(&*t.sections).unwrap();
     assert!(shown.contains(r#""max_body_bytes":1024"#), "{shown}");
 }
 

@@ -48,7 +48,7 @@ fn every_field_is_in_docs_configuration_md() {
     .unwrap();
     let mut paths = Vec::new();
     leaves(
-        &serde_json::to_value(&*table.spec).unwrap(),
+        &serde_json::to_value(&*table.sections).unwrap(),
         String::new(),
         &mut paths,
     );
