@@ -113,6 +113,16 @@ impl std::hash::Hash for Who {
 }
 
 impl Who {
+    /// The bucket of `req` under `key`: its credential's hash (the cache scope's), or the route.
+    pub fn of(req: &pingora::http::RequestHeader, key: LimitKey) -> Who {
+        match key {
+            LimitKey::Route => Who::Route,
+            LimitKey::Credential => {
+                Who::Credential(*crate::cache::policy::credential_hash(req).as_bytes())
+            }
+        }
+    }
+
     /// `"route"`, or the credential hash in hex (never the credential).
     pub fn label(&self) -> String {
         match self {

@@ -2,6 +2,7 @@
 //!
 //! Messages name routes, upstreams and limits, never credentials or query strings.
 
+use crate::json_error;
 use bytes::Bytes;
 use pingora::{Error as PingoraError, ErrorType};
 
@@ -102,14 +103,13 @@ impl ProxyError {
     /// `{"error":{"type":…,"message":…}}`, the shape the provider SDKs already parse. A rate
     /// limit adds OpenAI's `code` and the `limit` that refused (e.g. `requests_per_minute`).
     pub fn body(&self) -> Bytes {
-        let mut body = serde_json::json!({
-            "error": { "type": self.kind(), "message": self.to_string() }
-        });
         if let ProxyError::RateLimited { kind, .. } = self {
-            body["error"]["code"] = self.kind().into();
-            body["error"]["limit"] = kind.as_str().into();
+            let mut v = json_error::value(self.kind(), &self.to_string());
+            v["error"]["code"] = self.kind().into();
+            v["error"]["limit"] = kind.as_str().into();
+            return Bytes::from(v.to_string());
         }
-        Bytes::from(body.to_string())
+        Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
     /// Classifies a Pingora error from talking to `upstream`.

@@ -8,7 +8,6 @@
 
 use super::ctx::Ctx;
 use super::errors::ProxyError;
-use crate::cache::policy;
 use crate::cache::CacheStatus;
 use crate::config::schema::LimitKey;
 use crate::limits::gcra::Kind;
@@ -38,10 +37,7 @@ pub async fn admit(
     route: &Route,
     limit: &Arc<RouteLimit>,
 ) -> Result<(), ProxyError> {
-    let who = match limit.key {
-        LimitKey::Route => Who::Route,
-        LimitKey::Credential => Who::Credential(*policy::credential_hash(req).as_bytes()),
-    };
+    let who = Who::of(req, limit.key);
     let verdict = limiter.check(&route.name, limit, &who).await;
     let mut headers = verdict
         .outcome()
