@@ -17,6 +17,8 @@ mod exchange;
 mod failover;
 mod follow;
 mod inbound;
+mod lookup;
+mod report;
 mod request_body;
 pub mod request_framing;
 pub mod request_path;
@@ -27,13 +29,8 @@ pub use errors::ProxyError;
 // Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
 pub use exchange::build_request;
 
-use crate::cache::flight::Role;
-use crate::cache::key::CacheKey;
-use crate::cache::policy;
-use crate::cache::record::RecordPlan;
-use crate::cache::{Cache, CacheStatus, Lookup};
-use crate::logging::{self, Access};
-use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
+use crate::cache::Cache;
+use crate::metrics::Metrics;
 use crate::providers::UsageObserver;
 use crate::routing::balance;
 use crate::routing::Route;
@@ -42,7 +39,7 @@ use crate::server::inflight::{Inflight, InflightGuard};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use follow::Followed;
+use lookup::CacheStep;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -134,16 +131,16 @@ impl Proxy {
                 .map_err(|priority| ProxyError::Priority { priority })?
         };
 
-        let (cache_status, record) = match self.decide_cache(session, route, &path, &body)? {
-            None => (None, None),
-            Some(decision) => match self
-                .answer_without_upstream(session, ctx, route, decision)
-                .await?
-            {
-                CacheStep::Answered => return Ok(()),
-                CacheStep::GoUpstream { status, record } => (Some(status), record),
-            },
-        };
+        let (cache_status, record) =
+            match lookup::decide(&self.cache, session, route, &path, &body)? {
+                None => (None, None),
+                Some(decision) => {
+                    match lookup::answer(&self.cache, session, ctx, route, decision).await? {
+                        CacheStep::Answered => return Ok(()),
+                        CacheStep::GoUpstream { status, record } => (Some(status), record),
+                    }
+                }
+            };
         ctx.cache = cache_status;
 
         let targets = balance::order(route, group);
@@ -187,117 +184,6 @@ impl Proxy {
         ctx.usage = usage.finish();
         relayed.map_err(Failure::AfterResponse)
     }
-
-    /// Answers from the cache, or from an identical request already in flight, when possible;
-    /// otherwise says how the upstream answer is to be recorded (and shared, as a leader).
-    async fn answer_without_upstream(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &Route,
-        decision: CacheDecision,
-    ) -> Result<CacheStep, Failure> {
-        let CacheDecision {
-            status,
-            lookup,
-            mut record,
-        } = decision;
-        let Some(key) = lookup else {
-            ctx.lookup = Some(LookupResult::Bypass);
-            return Ok(CacheStep::GoUpstream { status, record });
-        };
-        match self.cache.lookup_traced(&route.name, &key).await {
-            Lookup::Hit(entry) => {
-                ctx.lookup = Some(LookupResult::Hit);
-                ctx.cache = Some(CacheStatus::Hit);
-                ctx.status = entry.status;
-                ctx.hit_entry = Some(entry.clone());
-                respond::cached(session, &entry, route.cache.replay)
-                    .await
-                    .map_err(Failure::AfterResponse)?;
-                return Ok(CacheStep::Answered);
-            }
-            Lookup::Miss => ctx.lookup = Some(LookupResult::Miss),
-            Lookup::Error => ctx.lookup = Some(LookupResult::Error),
-        }
-        if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
-            match self.cache.flights().join(key) {
-                Role::Leader(leader) => plan.leader = Some(leader),
-                Role::Follower(follower) => {
-                    let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
-                        .await
-                        .map_err(Failure::AfterResponse)?;
-                    if let Followed::Served(code, usage) = followed {
-                        ctx.lookup = Some(LookupResult::Coalesced);
-                        ctx.cache = Some(CacheStatus::Hit);
-                        ctx.coalesced = true;
-                        ctx.status = code;
-                        ctx.usage = usage;
-                        return Ok(CacheStep::Answered);
-                    }
-                }
-            }
-        }
-        Ok(CacheStep::GoUpstream { status, record })
-    }
-
-    /// The cache's part in this request, or `None` when the route or method is not cached.
-    fn decide_cache(
-        &self,
-        session: &Session,
-        route: &Route,
-        path: &str,
-        body: &Bytes,
-    ) -> Result<Option<CacheDecision>, ProxyError> {
-        let req = session.req_header();
-        if !route.cache.enabled || !policy::cacheable_method(&req.method) {
-            return Ok(None);
-        }
-        let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        if !controls.lookup && !controls.store {
-            return Ok(Some(CacheDecision {
-                status: CacheStatus::Bypass,
-                lookup: None,
-                record: None,
-            }));
-        }
-        let (key, _) = policy::request_key(req, &route.key_name, &route.cache, path, body);
-        Ok(Some(CacheDecision {
-            status: if controls.lookup {
-                CacheStatus::Miss
-            } else {
-                CacheStatus::Bypass
-            },
-            lookup: controls.lookup.then_some(key),
-            record: controls.store.then(|| RecordPlan {
-                cache: self.cache.clone(),
-                route: route.name.clone(),
-                key,
-                ttl: controls.ttl.unwrap_or(route.cache.ttl),
-                limit: route.cache.max_entry_bytes,
-                complete_on_disconnect: route.cache.complete_on_disconnect,
-                leader: None,
-            }),
-        }))
-    }
-}
-
-/// The cache's part in one request, decided before going upstream.
-struct CacheDecision {
-    /// `x-promptgate-cache` when the answer comes from upstream: MISS, or BYPASS when the
-    /// request skipped the lookup.
-    status: CacheStatus,
-    lookup: Option<CacheKey>,
-    record: Option<RecordPlan>,
-}
-
-/// Whether the cache answered, or what to do with the upstream's answer.
-enum CacheStep {
-    Answered,
-    GoUpstream {
-        status: CacheStatus,
-        record: Option<RecordPlan>,
-    },
 }
 
 /// The first candidate whose model criterion holds.
@@ -387,62 +273,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let duration = ctx.started.elapsed();
-        let route = ctx.route.as_deref();
-        let cache = match ctx.cache {
-            Some(CacheStatus::Hit) => CacheLabel::Hit,
-            Some(CacheStatus::Miss) => CacheLabel::Miss,
-            Some(CacheStatus::Bypass) => CacheLabel::Bypass,
-            None => CacheLabel::None,
-        };
-        // A hit's usage is read from its entry here, after the answer went out.
-        let usage = ctx
-            .usage
-            .as_ref()
-            .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
-        if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
-            self.metrics.cache_lookup(route, lookup);
-        }
-        if let Some(route) = route {
-            for _ in 0..ctx.retries {
-                self.metrics.upstream_retry(route);
-            }
-            for _ in 0..ctx.failovers {
-                self.metrics.upstream_failover(route);
-            }
-        }
-        self.metrics.request_done(&RequestRecord {
-            route,
-            upstream: ctx.upstream.as_deref(),
-            status: ctx.status,
-            cache,
-            duration,
-            ttfb: ctx.ttfb,
-            usage,
-            pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
-        });
-        let req = session.req_header();
-        let error = match (ctx.error, e) {
-            (Some(label), _) => Some(label),
-            (None, Some(e)) => Some(e.etype().as_str()),
-            (None, None) => None,
-        };
-        logging::access(&Access {
-            method: req.method.as_str(),
-            // The query string is left out on purpose: some providers take the API key there.
-            path: req.uri.path(),
-            status: ctx.status,
-            route,
-            upstream: ctx.upstream.as_deref(),
-            cache: ctx.cache.map(CacheStatus::as_str),
-            coalesced: ctx.coalesced,
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            input_tokens: usage.map(|u| u.input),
-            output_tokens: usage.map(|u| u.output),
-            retries: ctx.retries,
-            failovers: ctx.failovers,
-            error,
-        });
+        report::report(&self.metrics, session, e, ctx);
     }
 }
 

@@ -1,0 +1,69 @@
+//! The `logging` phase: a finished request's metrics and access log line, read from its ctx.
+
+use super::ctx::Ctx;
+use crate::cache::CacheStatus;
+use crate::logging::{self, Access};
+use crate::metrics::{CacheLabel, Metrics, RequestRecord};
+use pingora::proxy::Session;
+use pingora::Error;
+
+/// Feeds `metrics` and writes the access log line for the request `ctx` describes; `e` is
+/// Pingora's error when the request ended in one.
+pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Ctx) {
+    let duration = ctx.started.elapsed();
+    let route = ctx.route.as_deref();
+    let cache = match ctx.cache {
+        Some(CacheStatus::Hit) => CacheLabel::Hit,
+        Some(CacheStatus::Miss) => CacheLabel::Miss,
+        Some(CacheStatus::Bypass) => CacheLabel::Bypass,
+        None => CacheLabel::None,
+    };
+    // A hit's usage is read from its entry here, after the answer went out.
+    let usage = ctx
+        .usage
+        .as_ref()
+        .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
+    if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
+        metrics.cache_lookup(route, lookup);
+    }
+    if let Some(route) = route {
+        for _ in 0..ctx.retries {
+            metrics.upstream_retry(route);
+        }
+        for _ in 0..ctx.failovers {
+            metrics.upstream_failover(route);
+        }
+    }
+    metrics.request_done(&RequestRecord {
+        route,
+        upstream: ctx.upstream.as_deref(),
+        status: ctx.status,
+        cache,
+        duration,
+        ttfb: ctx.ttfb,
+        usage,
+        pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
+    });
+    let req = session.req_header();
+    let error = match (ctx.error, e) {
+        (Some(label), _) => Some(label),
+        (None, Some(e)) => Some(e.etype().as_str()),
+        (None, None) => None,
+    };
+    logging::access(&Access {
+        method: req.method.as_str(),
+        // The query string is left out on purpose: some providers take the API key there.
+        path: req.uri.path(),
+        status: ctx.status,
+        route,
+        upstream: ctx.upstream.as_deref(),
+        cache: ctx.cache.map(CacheStatus::as_str),
+        coalesced: ctx.coalesced,
+        duration_ms: duration.as_secs_f64() * 1000.0,
+        input_tokens: usage.map(|u| u.input),
+        output_tokens: usage.map(|u| u.output),
+        retries: ctx.retries,
+        failovers: ctx.failovers,
+        error,
+    });
+}
