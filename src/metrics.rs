@@ -9,7 +9,7 @@
 //! recording touches only pre-resolved handles: each route's series are resolved once, on the
 //! route's first request, and looked up by name (no allocation) after that.
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::pricing::{Pricing, OTHER};
 use crate::providers::Usage;
 use prometheus::core::Collector;
@@ -52,71 +52,25 @@ impl ReloadResult {
     }
 }
 
-/// The `cache` label of a request: where its answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheLabel {
-    Hit,
-    Miss,
-    Bypass,
-    /// Not a cached route (or the request failed before the cache was asked).
+/// The `cache` label of requests the cache had no part in (not a cached route, or the request
+/// failed before the cache was asked).
+pub const NO_CACHE: &str = "none";
+
+/// `cache` label series, in the order of [`cache_index`].
+const CACHE_SERIES: [Option<CacheStatus>; 4] = [
+    Some(CacheStatus::Hit),
+    Some(CacheStatus::Miss),
+    Some(CacheStatus::Bypass),
     None,
+];
+
+/// The position of a request's `cache` label in [`CACHE_SERIES`].
+fn cache_index(cache: Option<CacheStatus>) -> usize {
+    cache.map_or(CacheStatus::ALL.len(), |c| c as usize)
 }
 
-impl CacheLabel {
-    const ALL: [CacheLabel; 4] = [
-        CacheLabel::Hit,
-        CacheLabel::Miss,
-        CacheLabel::Bypass,
-        CacheLabel::None,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheLabel::Hit => "hit",
-            CacheLabel::Miss => "miss",
-            CacheLabel::Bypass => "bypass",
-            CacheLabel::None => "none",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The `result` label of `promptgate_cache_lookups_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupResult {
-    /// Answered from a store.
-    Hit,
-    /// Not stored: the request went upstream.
-    Miss,
-    /// The request skipped the lookup (`no-cache`, `no-store`, `x-promptgate-cache: bypass`).
-    Bypass,
-    /// Answered from an identical request in flight.
-    Coalesced,
-    /// A store could not answer (Redis error, timeout, open circuit, unreadable entry).
-    Error,
-}
-
-impl LookupResult {
-    pub const ALL: [LookupResult; 5] = [
-        LookupResult::Hit,
-        LookupResult::Miss,
-        LookupResult::Bypass,
-        LookupResult::Coalesced,
-        LookupResult::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LookupResult::Hit => "hit",
-            LookupResult::Miss => "miss",
-            LookupResult::Bypass => "bypass",
-            LookupResult::Coalesced => "coalesced",
-            LookupResult::Error => "error",
-        }
-    }
+fn cache_label(cache: Option<CacheStatus>) -> &'static str {
+    cache.map_or(NO_CACHE, CacheStatus::label)
 }
 
 /// Token kinds, the `kind` label of `promptgate_tokens_total`.
@@ -127,7 +81,8 @@ pub struct RequestRecord<'a> {
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,
-    pub cache: CacheLabel,
+    /// Where the answer came from; `None` when the cache had no part in it.
+    pub cache: Option<CacheStatus>,
     pub duration: Duration,
     /// Time to the upstream's response head, when the answer came from upstream.
     pub ttfb: Option<Duration>,
@@ -136,7 +91,7 @@ pub struct RequestRecord<'a> {
 }
 
 /// A `requests_total` series of one route: (upstream, status, cache) and its counter.
-type RequestSeries = (Box<str>, u16, CacheLabel, IntCounter);
+type RequestSeries = (Box<str>, u16, Option<CacheStatus>, IntCounter);
 
 /// One route's series, resolved once.
 pub struct RouteMetrics {
@@ -401,11 +356,10 @@ impl Metrics {
 
     fn resolve_route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
-            lookups: LookupResult::ALL
-                .map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()])),
-            duration: CacheLabel::ALL.map(|c| {
+            lookups: Lookup::LABELS.map(|r| self.cache_lookups.with_label_values(&[route, r])),
+            duration: CACHE_SERIES.map(|c| {
                 self.request_duration
-                    .with_label_values(&[route, c.as_str()])
+                    .with_label_values(&[route, cache_label(c)])
             }),
             retries: self.upstream_retries.with_label_values(&[route]),
             failovers: self.upstream_failovers.with_label_values(&[route]),
@@ -425,8 +379,8 @@ impl Metrics {
     }
 
     /// Counts one cache lookup outcome.
-    pub fn cache_lookup(&self, route: &str, result: LookupResult) {
-        self.route(route).lookups[result as usize].inc();
+    pub fn cache_lookup(&self, route: &str, result: &Lookup) {
+        self.route(route).lookups[result.index()].inc();
     }
 
     /// Records a finished request: its count, latency, upstream TTFB, tokens and cost.
@@ -442,7 +396,7 @@ impl Metrics {
                 r.cache,
             )
             .inc();
-        route.duration[r.cache.index()].observe(r.duration.as_secs_f64());
+        route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
         if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
             self.upstream_ttfb(upstream).observe(ttfb.as_secs_f64());
         }
@@ -453,11 +407,11 @@ impl Metrics {
                 .and_then(|(p, m)| p.lookup(m));
             let label = price.map_or(OTHER, |p| p.label.as_str());
             let m = route.model(self, route_name, label);
-            m.tokens[0][r.cache.index()].inc_by(usage.input);
-            m.tokens[1][r.cache.index()].inc_by(usage.output);
+            m.tokens[0][cache_index(r.cache)].inc_by(usage.input);
+            m.tokens[1][cache_index(r.cache)].inc_by(usage.output);
             if let Some(price) = price {
                 let cost = price.cost(usage.input, usage.output);
-                if r.cache == CacheLabel::Hit {
+                if r.cache == Some(CacheStatus::Hit) {
                     m.saved.inc_by(cost);
                 } else {
                     m.cost.inc_by(cost);
@@ -482,13 +436,15 @@ impl Metrics {
         let mut per_route: Vec<(String, LookupCounts)> = read(&self.routes)
             .iter()
             .map(|(name, m)| {
-                let c = |r: LookupResult| m.lookups[r as usize].get();
+                // In `Lookup::LABELS` order.
+                let [hits, misses, bypasses, coalesced, errors] =
+                    m.lookups.each_ref().map(IntCounter::get);
                 let counts = LookupCounts {
-                    hits: c(LookupResult::Hit),
-                    misses: c(LookupResult::Miss),
-                    bypasses: c(LookupResult::Bypass),
-                    coalesced: c(LookupResult::Coalesced),
-                    errors: c(LookupResult::Error),
+                    hits,
+                    misses,
+                    bypasses,
+                    coalesced,
+                    errors,
                 };
                 total.add(&counts);
                 (name.clone(), counts)
@@ -555,7 +511,7 @@ impl RouteMetrics {
         route: &str,
         upstream: &str,
         status: u16,
-        cache: CacheLabel,
+        cache: Option<CacheStatus>,
     ) -> IntCounter {
         let matches = |e: &&RequestSeries| &*e.0 == upstream && e.1 == status && e.2 == cache;
         if let Some(e) = read(&self.requests).iter().find(matches) {
@@ -566,7 +522,7 @@ impl RouteMetrics {
             return e.3.clone();
         }
         let counter =
-            vec.with_label_values(&[route, upstream, &status.to_string(), cache.as_str()]);
+            vec.with_label_values(&[route, upstream, &status.to_string(), cache_label(cache)]);
         all.push((upstream.into(), status, cache, counter.clone()));
         counter
     }
@@ -582,10 +538,10 @@ impl RouteMetrics {
         let m = Arc::new(ModelMetrics {
             label: label.into(),
             tokens: KINDS.map(|kind| {
-                CacheLabel::ALL.map(|c| {
+                CACHE_SERIES.map(|c| {
                     metrics
                         .tokens
-                        .with_label_values(&[route, label, kind, c.as_str()])
+                        .with_label_values(&[route, label, kind, cache_label(c)])
                 })
             }),
             cost: metrics.cost.with_label_values(&[route, label]),
@@ -611,6 +567,7 @@ fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::Entry;
 
     #[test]
     fn renders_reload_counters_and_timestamp() {
@@ -665,7 +622,7 @@ mod tests {
         };
         let record = |cache, ttfb| RequestRecord {
             route: Some("openai"),
-            upstream: (cache != CacheLabel::Hit).then_some("mock"),
+            upstream: (cache != Some(CacheStatus::Hit)).then_some("mock"),
             status: 200,
             cache,
             duration: Duration::from_millis(3),
@@ -673,11 +630,23 @@ mod tests {
             usage: Some(&usage),
             pricing: Some(&pricing),
         };
-        m.request_done(&record(CacheLabel::Miss, Some(Duration::from_millis(2))));
-        m.cache_lookup("openai", LookupResult::Miss);
+        let hit = Lookup::Hit(Arc::new(Entry {
+            status: 200,
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+            chunks: Vec::new(),
+            stored_at: 0,
+            ttl: Duration::from_secs(60),
+            usage: Default::default(),
+        }));
+        m.request_done(&record(
+            Some(CacheStatus::Miss),
+            Some(Duration::from_millis(2)),
+        ));
+        m.cache_lookup("openai", &Lookup::Miss);
         for _ in 0..3 {
-            m.request_done(&record(CacheLabel::Hit, None));
-            m.cache_lookup("openai", LookupResult::Hit);
+            m.request_done(&record(Some(CacheStatus::Hit), None));
+            m.cache_lookup("openai", &hit);
         }
         m.upstream_retry("openai");
         m.upstream_failover("openai");
@@ -765,7 +734,7 @@ mod tests {
             route: Some("r"),
             upstream: Some("u"),
             status: 200,
-            cache: CacheLabel::None,
+            cache: None,
             duration: Duration::from_millis(1),
             ttfb: None,
             usage: Some(&usage),

@@ -10,7 +10,6 @@ use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus, Lookup};
-use crate::metrics::LookupResult;
 use crate::routing::Route;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -89,23 +88,20 @@ pub(super) async fn answer(
         mut record,
     } = decision;
     let Some(key) = lookup else {
-        ctx.lookup = Some(LookupResult::Bypass);
+        ctx.lookup = Some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
-    match cache.lookup_traced(&route.name, &key).await {
-        Lookup::Hit(entry) => {
-            ctx.lookup = Some(LookupResult::Hit);
-            ctx.cache = Some(CacheStatus::Hit);
-            ctx.status = entry.status;
-            ctx.hit_entry = Some(entry.clone());
-            respond::cached(session, &entry, route.cache.replay)
-                .await
-                .map_err(Failure::AfterResponse)?;
-            return Ok(CacheStep::Answered);
-        }
-        Lookup::Miss => ctx.lookup = Some(LookupResult::Miss),
-        Lookup::Error => ctx.lookup = Some(LookupResult::Error),
+    let found = cache.lookup_traced(&route.name, &key).await;
+    if let Lookup::Hit(entry) = &found {
+        ctx.cache = Some(CacheStatus::Hit);
+        ctx.status = entry.status;
+        let replayed = respond::cached(session, entry, route.cache.replay).await;
+        // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
+        ctx.lookup = Some(found);
+        replayed.map_err(Failure::AfterResponse)?;
+        return Ok(CacheStep::Answered);
     }
+    ctx.lookup = Some(found);
     if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
@@ -114,7 +110,7 @@ pub(super) async fn answer(
                     .await
                     .map_err(Failure::AfterResponse)?;
                 if let Followed::Served(code, usage) = followed {
-                    ctx.lookup = Some(LookupResult::Coalesced);
+                    ctx.lookup = Some(Lookup::Coalesced);
                     ctx.cache = Some(CacheStatus::Hit);
                     ctx.coalesced = true;
                     ctx.status = code;

@@ -1,9 +1,9 @@
 //! The `logging` phase: a finished request's metrics and access log line, read from its ctx.
 
 use super::ctx::Ctx;
-use crate::cache::CacheStatus;
+use crate::cache::{CacheStatus, Lookup};
 use crate::logging::{self, Access};
-use crate::metrics::{CacheLabel, Metrics, RequestRecord};
+use crate::metrics::{Metrics, RequestRecord};
 use pingora::proxy::Session;
 use pingora::Error;
 
@@ -12,18 +12,12 @@ use pingora::Error;
 pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let duration = ctx.started.elapsed();
     let route = ctx.route.as_deref();
-    let cache = match ctx.cache {
-        Some(CacheStatus::Hit) => CacheLabel::Hit,
-        Some(CacheStatus::Miss) => CacheLabel::Miss,
-        Some(CacheStatus::Bypass) => CacheLabel::Bypass,
-        None => CacheLabel::None,
-    };
     // A hit's usage is read from its entry here, after the answer went out.
-    let usage = ctx
-        .usage
-        .as_ref()
-        .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
-    if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
+    let usage = ctx.usage.as_ref().or_else(|| match &ctx.lookup {
+        Some(Lookup::Hit(entry)) => entry.usage(),
+        _ => None,
+    });
+    if let (Some(route), Some(lookup)) = (route, &ctx.lookup) {
         metrics.cache_lookup(route, lookup);
     }
     if let Some(route) = route {
@@ -38,7 +32,7 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         route,
         upstream: ctx.upstream.as_deref(),
         status: ctx.status,
-        cache,
+        cache: ctx.cache,
         duration,
         ttfb: ctx.ttfb,
         usage,
