@@ -7,7 +7,8 @@
 //! Label values are bounded: routes and upstreams come from the config, models from the price
 //! table (`other` otherwise), the rest are fixed words and HTTP status codes. Per-request
 //! recording touches only pre-resolved handles: each route's series are resolved once, on the
-//! route's first request, and looked up by name (no allocation) after that.
+//! route's first request; a finished request ([`Metrics::request_done`]) looks its route up by
+//! name once (no allocation) and records everything through that handle.
 
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::pricing::{Pricing, OTHER};
@@ -18,7 +19,7 @@ use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The content type of [`Metrics::render`]'s output (Prometheus text exposition format).
@@ -83,6 +84,11 @@ pub struct RequestRecord<'a> {
     pub status: u16,
     /// Where the answer came from; `None` when the cache had no part in it.
     pub cache: Option<CacheStatus>,
+    /// What the cache step did, on cached routes.
+    pub lookup: Option<&'a Lookup>,
+    /// Upstream attempts repeated on the same target, and moves to a route's next target.
+    pub retries: u32,
+    pub failovers: u32,
     pub duration: Duration,
     /// Time to the upstream's response head, when the answer came from upstream.
     pub ttfb: Option<Duration>,
@@ -90,8 +96,16 @@ pub struct RequestRecord<'a> {
     pub pricing: Option<&'a Pricing>,
 }
 
-/// A `requests_total` series of one route: (upstream, status, cache) and its counter.
-type RequestSeries = (Box<str>, u16, Option<CacheStatus>, IntCounter);
+/// A `requests_total` series of one route, by (upstream, status, cache), with the TTFB
+/// histogram of its upstream.
+struct RequestSeries {
+    upstream: Box<str>,
+    status: u16,
+    cache: Option<CacheStatus>,
+    requests: IntCounter,
+    /// Resolved on the series' first TTFB (requests that reached no upstream have none).
+    ttfb: OnceLock<Histogram>,
+}
 
 /// One route's series, resolved once.
 pub struct RouteMetrics {
@@ -368,38 +382,22 @@ impl Metrics {
         }
     }
 
-    /// One upstream attempt of a request on `route` is being repeated (same target).
-    pub fn upstream_retry(&self, route: &str) {
-        self.route(route).retries.inc();
-    }
-
-    /// A request on `route` moves on to the route's next target.
-    pub fn upstream_failover(&self, route: &str) {
-        self.route(route).failovers.inc();
-    }
-
-    /// Counts one cache lookup outcome.
-    pub fn cache_lookup(&self, route: &str, result: &Lookup) {
-        self.route(route).lookups[result.index()].inc();
-    }
-
-    /// Records a finished request: its count, latency, upstream TTFB, tokens and cost.
+    /// Records a finished request: its count, cache lookup, retries and failovers, latency,
+    /// upstream TTFB, tokens and cost. The route's series are looked up once, here.
     pub fn request_done(&self, r: &RequestRecord) {
         let route_name = r.route.unwrap_or(NO_ROUTE);
         let route = self.route(route_name);
-        route
-            .request_counter(
-                &self.requests,
-                route_name,
-                r.upstream.unwrap_or(NO_UPSTREAM),
-                r.status,
-                r.cache,
-            )
-            .inc();
-        route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
-        if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
-            self.upstream_ttfb(upstream).observe(ttfb.as_secs_f64());
+        if let Some(lookup) = r.lookup {
+            route.lookups[lookup.index()].inc();
         }
+        if r.retries > 0 {
+            route.retries.inc_by(r.retries.into());
+        }
+        if r.failovers > 0 {
+            route.failovers.inc_by(r.failovers.into());
+        }
+        route.count_request(self, route_name, r);
+        route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
         if let Some(usage) = r.usage {
             let price = r
                 .pricing
@@ -505,26 +503,42 @@ impl Metrics {
 }
 
 impl RouteMetrics {
-    fn request_counter(
-        &self,
-        vec: &IntCounterVec,
-        route: &str,
-        upstream: &str,
-        status: u16,
-        cache: Option<CacheStatus>,
-    ) -> IntCounter {
-        let matches = |e: &&RequestSeries| &*e.0 == upstream && e.1 == status && e.2 == cache;
-        if let Some(e) = read(&self.requests).iter().find(matches) {
-            return e.3.clone();
+    /// Counts the request in its `requests_total` series and observes its upstream TTFB.
+    fn count_request(&self, metrics: &Metrics, route: &str, r: &RequestRecord) {
+        let upstream = r.upstream.unwrap_or(NO_UPSTREAM);
+        let record = |series: &RequestSeries| {
+            series.requests.inc();
+            if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
+                series
+                    .ttfb
+                    .get_or_init(|| metrics.upstream_ttfb(upstream))
+                    .observe(ttfb.as_secs_f64());
+            }
+        };
+        let matches = |e: &&RequestSeries| {
+            &*e.upstream == upstream && e.status == r.status && e.cache == r.cache
+        };
+        if let Some(series) = read(&self.requests).iter().find(matches) {
+            return record(series);
         }
         let mut all = write(&self.requests);
-        if let Some(e) = all.iter().find(matches) {
-            return e.3.clone();
+        if let Some(series) = all.iter().find(matches) {
+            return record(series);
         }
-        let counter =
-            vec.with_label_values(&[route, upstream, &status.to_string(), cache_label(cache)]);
-        all.push((upstream.into(), status, cache, counter.clone()));
-        counter
+        let series = RequestSeries {
+            upstream: upstream.into(),
+            status: r.status,
+            cache: r.cache,
+            requests: metrics.requests.with_label_values(&[
+                route,
+                upstream,
+                &r.status.to_string(),
+                cache_label(r.cache),
+            ]),
+            ttfb: OnceLock::new(),
+        };
+        record(&series);
+        all.push(series);
     }
 
     fn model(&self, metrics: &Metrics, route: &str, label: &str) -> Arc<ModelMetrics> {
@@ -620,11 +634,14 @@ mod tests {
             output: 500,
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
-        let record = |cache, ttfb| RequestRecord {
+        let record = |cache, lookup, ttfb, retries| RequestRecord {
             route: Some("openai"),
             upstream: (cache != Some(CacheStatus::Hit)).then_some("mock"),
             status: 200,
             cache,
+            lookup,
+            retries,
+            failovers: retries * 2,
             duration: Duration::from_millis(3),
             ttfb,
             usage: Some(&usage),
@@ -639,25 +656,25 @@ mod tests {
             ttl: Duration::from_secs(60),
             usage: Default::default(),
         }));
-        m.request_done(&record(
-            Some(CacheStatus::Miss),
-            Some(Duration::from_millis(2)),
-        ));
-        m.cache_lookup("openai", &Lookup::Miss);
-        for _ in 0..3 {
-            m.request_done(&record(Some(CacheStatus::Hit), None));
-            m.cache_lookup("openai", &hit);
+        // Twice: the second finds the series (and its TTFB histogram) resolved by the first.
+        for _ in 0..2 {
+            m.request_done(&record(
+                Some(CacheStatus::Miss),
+                Some(&Lookup::Miss),
+                Some(Duration::from_millis(2)),
+                1,
+            ));
         }
-        m.upstream_retry("openai");
-        m.upstream_failover("openai");
-        m.upstream_failover("openai");
+        for _ in 0..3 {
+            m.request_done(&record(Some(CacheStatus::Hit), Some(&hit), None, 0));
+        }
         let t = m.render();
         let v = |s: &str| value(&t, s);
         assert_eq!(
             v(
                 r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#
             ),
-            1.0
+            2.0
         );
         assert_eq!(
             v(
@@ -679,15 +696,15 @@ mod tests {
         );
         assert_eq!(
             v(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
-            1.0
+            2.0
         );
         assert_eq!(
             v(r#"promptgate_upstream_retries_total{route="openai"}"#),
-            1.0
+            2.0
         );
         assert_eq!(
             v(r#"promptgate_upstream_failovers_total{route="openai"}"#),
-            2.0
+            4.0
         );
         assert_eq!(
             v(
@@ -699,11 +716,12 @@ mod tests {
             v(
                 r#"promptgate_tokens_total{cache="miss",kind="output",model="gpt-4o-mini",route="openai"}"#
             ),
-            500.0
+            1000.0
         );
         let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
         assert!(
-            (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - one).abs()
+            (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - 2.0 * one)
+                .abs()
                 < 1e-12
         );
         assert!(
@@ -717,8 +735,8 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         let (total, per_route) = m.lookup_counts();
-        assert_eq!((total.hits, total.misses), (3, 1));
-        assert!((total.hit_ratio() - 0.75).abs() < 1e-9);
+        assert_eq!((total.hits, total.misses), (3, 2));
+        assert!((total.hit_ratio() - 0.6).abs() < 1e-9);
         assert_eq!(per_route[0].0, "openai");
     }
 
@@ -735,6 +753,9 @@ mod tests {
             upstream: Some("u"),
             status: 200,
             cache: None,
+            lookup: None,
+            retries: 0,
+            failovers: 0,
             duration: Duration::from_millis(1),
             ttfb: None,
             usage: Some(&usage),

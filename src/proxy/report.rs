@@ -17,22 +17,14 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         Some(Lookup::Hit(entry)) => entry.usage(),
         _ => None,
     });
-    if let (Some(route), Some(lookup)) = (route, &ctx.lookup) {
-        metrics.cache_lookup(route, lookup);
-    }
-    if let Some(route) = route {
-        for _ in 0..ctx.retries {
-            metrics.upstream_retry(route);
-        }
-        for _ in 0..ctx.failovers {
-            metrics.upstream_failover(route);
-        }
-    }
     metrics.request_done(&RequestRecord {
         route,
         upstream: ctx.upstream.as_deref(),
         status: ctx.status,
         cache: ctx.cache,
+        lookup: ctx.lookup.as_ref(),
+        retries: ctx.retries,
+        failovers: ctx.failovers,
         duration,
         ttfb: ctx.ttfb,
         usage,
