@@ -16,6 +16,8 @@
 //! - [`runtime`] — the running state built from one config (routes, cache policy, prices, …).
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
 //!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
+//! - [`body`] — a request body parsed once: its JSON tree, read for the model, the cache key's
+//!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
 //! - [`providers`] — what differs per provider: how its streams end, its token usage.
@@ -26,6 +28,7 @@
 //!   with path and line. Imports no runtime module.
 
 pub mod admin;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,8 @@
 //! What may be cached for a request: the route's cache policy, the request's own controls
 //! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
 
-use super::key::{self, CacheKey, CanonicalBody, KeyInput};
+use super::key::{self, CacheKey, KeyInput};
+use crate::body::ParsedBody;
 use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec};
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -154,14 +155,14 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The cache key of a request on a route with `policy`, and the canonical body that was hashed.
-pub fn request_key<'a>(
+/// The cache key of a request on a route with `policy`.
+pub fn request_key(
     req: &RequestHeader,
     route: &str,
     policy: &CachePolicy,
     path: &str,
-    body: &'a [u8],
-) -> (CacheKey, CanonicalBody<'a>) {
+    body: &ParsedBody<'_>,
+) -> CacheKey {
     let vary: Vec<(&str, &[u8])> = policy
         .vary
         .iter()

@@ -5,13 +5,13 @@ use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
 use super::{respond, Failure};
+use crate::body::ParsedBody;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
-use bytes::Bytes;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ pub(super) fn decide(
     session: &Session,
     route: &Route,
     path: &str,
-    body: &Bytes,
+    body: &ParsedBody<'_>,
 ) -> Result<Option<CacheDecision>, ProxyError> {
     let req = session.req_header();
     if !route.cache.enabled || !policy::cacheable_method(&req.method) {
@@ -53,7 +53,7 @@ pub(super) fn decide(
             record: None,
         }));
     }
-    let (key, _) = policy::request_key(req, &route.key_name, &route.cache, path, body);
+    let key = policy::request_key(req, &route.key_name, &route.cache, path, body);
     Ok(Some(CacheDecision {
         status: if controls.lookup {
             CacheStatus::Miss

@@ -2,15 +2,20 @@
 //!
 //! Phase order for one request:
 //! 1. `new_ctx` — start the clock.
-//! 2. `request_filter` — load the table snapshot, match a route on the head, read the body
-//!    (bounded), finish matching on the body's model, rewrite, exchange with the upstream
-//!    ([`exchange`]), relay the answer. Returns `Ok(true)`: the response has been sent.
+//! 2. `request_filter` — load the runtime snapshot, then [`Proxy::handle`]:
+//!    vet the head (`inbound`), find the candidate routes (`choose`), read the body (bounded,
+//!    `request_body`; its JSON tree is parsed at most once, on first use, `crate::body`), choose
+//!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
+//!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
+//!    of the answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response
+//!    has been sent.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — metrics and the access log line, from the ctx.
+//! 4. `logging` — metrics and the access log line, from the ctx (`report`).
 //!
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
 
+mod choose;
 mod ctx;
 mod errors;
 mod exchange;
@@ -29,22 +34,20 @@ pub use errors::ProxyError;
 // Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
 pub use exchange::build_request;
 
+use crate::body::ParsedBody;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::providers::UsageObserver;
 use crate::routing::balance;
-use crate::routing::Route;
 use crate::runtime::Runtime;
 use crate::server::inflight::{Inflight, InflightGuard};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
 use lookup::CacheStep;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -91,6 +94,7 @@ impl Proxy {
         }
     }
 
+    /// Answers one request (see the phase order at the top).
     async fn handle(
         &self,
         session: &mut Session,
@@ -98,41 +102,15 @@ impl Proxy {
         runtime: &Runtime,
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
-        let candidates = runtime.candidates(session.req_header(), &path);
-        if candidates.is_empty() {
-            return Err(ProxyError::NoRoute {
-                method: session.req_header().method.to_string(),
-                path,
-            }
-            .into());
-        }
+        let candidates = choose::candidates(runtime, session.req_header(), &path)?;
         let body = request_body::read(session, runtime.max_body_bytes).await?;
-        // The body is parsed for its model at most once, and only when some candidate routes
-        // on the model or picks a priority group by a model alias.
-        let needs_model = candidates
-            .iter()
-            .any(|r| r.matcher.model.is_some() || !r.groups.is_empty());
-        let model = if needs_model { model_of(&body) } else { None };
-        let route =
-            choose_route(&candidates, model.as_deref()).ok_or_else(|| ProxyError::NoRoute {
-                method: session.req_header().method.to_string(),
-                path: path.clone(),
-            })?;
+        // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
+        let parsed = ParsedBody::new(&body);
+        let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
         ctx.route = Some(route.name.clone());
-        let group = if route.groups.is_empty() {
-            None
-        } else {
-            let header = session
-                .req_header()
-                .headers
-                .get(balance::PRIORITY_HEADER)
-                .and_then(|v| v.to_str().ok());
-            balance::requested_group(route, header, model.as_deref())
-                .map_err(|priority| ProxyError::Priority { priority })?
-        };
 
         let (cache_status, record) =
-            match lookup::decide(&self.cache, session, route, &path, &body)? {
+            match lookup::decide(&self.cache, session, route, &path, &parsed)? {
                 None => (None, None),
                 Some(decision) => {
                     match lookup::answer(&self.cache, session, ctx, route, decision).await? {
@@ -152,23 +130,18 @@ impl Proxy {
             &self.connector,
             route,
             &targets,
-            session.req_header(),
-            &forward,
-            &body,
+            failover::Outgoing {
+                client: session.req_header(),
+                forward: &forward,
+                body: &body,
+                parsed: &parsed,
+            },
             ctx,
         )
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
-        let mut usage = UsageObserver::for_content_type(
-            answer
-                .response
-                .header()
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-        );
+        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
         let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
@@ -184,23 +157,6 @@ impl Proxy {
         ctx.usage = usage.finish();
         relayed.map_err(Failure::AfterResponse)
     }
-}
-
-/// The first candidate whose model criterion holds.
-fn choose_route<'t>(candidates: &[&'t Route], model: Option<&str>) -> Option<&'t Route> {
-    candidates
-        .iter()
-        .find(|r| r.matcher.matches_model(model))
-        .copied()
-}
-
-/// The `model` field of a JSON body, if it is a JSON object with a string model.
-fn model_of(body: &Bytes) -> Option<String> {
-    #[derive(Deserialize)]
-    struct ModelOnly {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<ModelOnly>(body).ok()?.model
 }
 
 #[async_trait]
@@ -274,20 +230,5 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         report::report(&self.metrics, session, e, ctx);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_model_of_json_bodies_only() {
-        assert_eq!(
-            model_of(&Bytes::from_static(br#"{"messages":[],"model":"gpt-4o"}"#)).as_deref(),
-            Some("gpt-4o")
-        );
-        assert_eq!(model_of(&Bytes::from_static(b"not json")), None);
-        assert_eq!(model_of(&Bytes::from_static(br#"{"model":5}"#)), None);
     }
 }
