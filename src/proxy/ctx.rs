@@ -1,10 +1,8 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
 use super::limit::LimitStep;
-use crate::cache::entry::Entry;
-use crate::cache::CacheStatus;
+use crate::cache::{CacheStatus, Lookup};
 use crate::limits::headers::Headers;
-use crate::metrics::LookupResult;
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
@@ -39,13 +37,11 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
     pub inflight: Option<InflightGuard>,
-    /// Set by `request_filter` on cached routes: what the cache lookup found (for metrics).
-    pub lookup: Option<LookupResult>,
+    /// Set by `request_filter` on cached routes: what the cache did. A hit keeps the entry it
+    /// served: its usage is what the hit saved (read in `logging`, after the answer went out).
+    pub lookup: Option<Lookup>,
     /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
-    /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
-    /// read in `logging`, after the response went out).
-    pub hit_entry: Option<Arc<Entry>>,
     /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
     /// the bucket to charge the answer's usage to (in `logging`).
     pub limit: Option<LimitStep>,
@@ -55,6 +51,14 @@ impl Ctx {
     /// Headers every response of this request carries: a rate-limited route's `x-ratelimit-*`.
     pub fn extra_headers(&self) -> &Headers {
         self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers)
+    }
+
+    /// The tokens of the answer: the upstream's, or on a hit those of the entry it replayed.
+    pub fn answer_usage(&self) -> Option<&Usage> {
+        self.usage.as_ref().or_else(|| match &self.lookup {
+            Some(Lookup::Hit(entry)) => entry.usage(),
+            _ => None,
+        })
     }
 }
 
@@ -75,7 +79,6 @@ impl Default for Ctx {
             inflight: None,
             lookup: None,
             usage: None,
-            hit_entry: None,
             limit: None,
         }
     }

@@ -13,9 +13,7 @@ use crate::config::schema::LimitKey;
 use crate::limits::gcra::Kind;
 use crate::limits::headers::{self, Headers};
 use crate::limits::{self, Limiter, RouteLimit, Verdict, Who};
-use crate::metrics::RateLimitRecord;
-use crate::pricing::Pricing;
-use crate::providers::Usage;
+use crate::metrics::{Metrics, RateLimitRecord};
 use crate::routing::Route;
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -72,34 +70,33 @@ pub async fn admit(
     refusal.map_or(Ok(()), Err)
 }
 
-/// After the answer: charges its tokens and cost to the bucket the request was admitted by.
-/// A hit (counted only with `count_hits: true`) charges its tokens but no money: nothing was paid.
-pub fn charge(
-    limiter: &Limiter,
-    route: &str,
-    step: &LimitStep,
-    usage: Option<&Usage>,
-    cache: Option<CacheStatus>,
-    pricing: Option<&Pricing>,
-) {
-    let Some(usage) = usage.filter(|_| step.verdict.admitted()) else {
+/// The `logging` phase's part: charges the answer's tokens and cost to the bucket the request
+/// was admitted by, and records the step in the metrics. Nothing to do on a route without
+/// limits, or for a hit that never reached the limiter. A hit (counted only with
+/// `count_hits: true`) charges its tokens but no money: nothing was paid.
+pub fn settle(limiter: &Limiter, metrics: &Metrics, ctx: &Ctx) {
+    let (Some(step), Some(route)) = (&ctx.limit, ctx.route.as_deref()) else {
         return;
     };
-    let usd = if cache == Some(CacheStatus::Hit) {
-        0.0
-    } else {
-        pricing
-            .zip(usage.model.as_deref())
-            .and_then(|(p, m)| p.lookup(m))
-            .map_or(0.0, |price| price.cost(usage.input, usage.output))
-    };
-    limiter.charge(
-        route,
-        &step.limit,
-        &step.who,
-        usage.input.saturating_add(usage.output),
-        usd,
-    );
+    if let Some(usage) = ctx.answer_usage().filter(|_| step.verdict.admitted()) {
+        let usd = if ctx.cache == Some(CacheStatus::Hit) {
+            0.0
+        } else {
+            ctx.runtime
+                .as_deref()
+                .zip(usage.model.as_deref())
+                .and_then(|(r, m)| r.pricing.lookup(m))
+                .map_or(0.0, |price| price.cost(usage.input, usage.output))
+        };
+        limiter.charge(
+            route,
+            &step.limit,
+            &step.who,
+            usage.input.saturating_add(usage.output),
+            usd,
+        );
+    }
+    metrics.rate_limit(route, &record(step));
 }
 
 /// What the metrics record of this step.
