@@ -34,6 +34,10 @@ pub enum ProxyError {
     Priority {
         priority: crate::routing::balance::PriorityError,
     },
+    /// The client closed its connection before the response started: nothing is sent; logged
+    /// as 499 (nginx's convention).
+    #[error("the client closed its connection before the answer")]
+    ClientClosed,
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]
     Exhausted {
@@ -56,6 +60,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 502,
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
+            ProxyError::ClientClosed => 499,
             ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
@@ -72,6 +77,7 @@ impl ProxyError {
             ProxyError::Reset { .. } | ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::ClientClosed => "client_closed",
             ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }

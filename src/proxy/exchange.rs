@@ -234,13 +234,8 @@ pub async fn relay(
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
-    let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
-    let mut recorder = record
-        .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, &head));
+    let head = relayed_head(&response, session, cache_status)?;
+    let mut recorder = recorder(record, session, &head);
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
@@ -285,6 +280,52 @@ pub async fn relay(
     }
     release(connector, upstream, response).await;
     session.write_response_body(None, true).await
+}
+
+/// The client's head for an upstream response, with `x-promptgate-cache`.
+fn relayed_head(
+    response: &UpstreamResponse,
+    session: &Session,
+    cache_status: Option<CacheStatus>,
+) -> pingora::Result<ResponseHeader> {
+    let mut head = client_header(response.header(), session)?;
+    if let Some(status) = cache_status {
+        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
+    }
+    Ok(head)
+}
+
+/// Starts recording the response whose client head is `head`, if the plan and the response
+/// allow it (a `HEAD` request's empty body is never stored).
+fn recorder(
+    record: Option<RecordPlan>,
+    session: &Session,
+    head: &ResponseHeader,
+) -> Option<Recorder> {
+    record
+        .filter(|_| session.req_header().method != http::Method::HEAD)
+        .and_then(|plan| Recorder::start(plan, head))
+}
+
+/// After the client left before the response head, reads the answer into the cache (and to
+/// followers) when it is storable; otherwise drops the upstream connection. Writes nothing
+/// to the client.
+pub async fn finish_detached(
+    connector: &Connector,
+    upstream: &Upstream,
+    mut response: UpstreamResponse,
+    session: &Session,
+    cache_status: Option<CacheStatus>,
+    record: Option<RecordPlan>,
+    usage: &mut UsageObserver,
+) {
+    let recorder = relayed_head(&response, session, cache_status)
+        .ok()
+        .and_then(|head| recorder(record, session, &head));
+    match recorder {
+        Some(r) => finish_without_client(connector, upstream, response, r, usage).await,
+        None => response.session.shutdown().await,
+    }
 }
 
 /// Returns a finished upstream connection to the pool (an unfinished one is dropped).

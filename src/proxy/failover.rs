@@ -2,18 +2,33 @@
 //! jitter (honouring `Retry-After`), failover to the next target, passive health.
 //!
 //! All of it happens before anything is sent to the client, and every attempt sends the same
-//! buffered body, intact (each target applying its own model rewrite).
+//! buffered body, intact (each target applying its own model rewrite). Every wait watches the
+//! client: one that leaves cancels the call (see [`watched`]).
 
+use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
+use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
+
+/// What every attempt sends, and whether the answer is wanted without the client.
+pub struct Call<'a> {
+    pub route: &'a Route,
+    /// The upstream path and query (before each upstream's base path).
+    pub forward: &'a str,
+    pub body: &'a Bytes,
+    /// How the answer would be recorded: it decides whether the call goes on when the client
+    /// leaves (see [`RecordPlan::wanted_without_client`]).
+    pub record: Option<&'a RecordPlan>,
+}
 
 /// The response to relay, from the target that gave it.
 pub struct Answer<'r> {
@@ -81,15 +96,18 @@ fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
 /// Sends the request to `targets` in order, retrying and failing over per the route's policy,
 /// until a response that is not retried. When all fail, the last upstream response (if any
 /// attempt got one) is the answer; otherwise the last error, listing what was tried.
+///
+/// A client that leaves while this waits ends it with [`ProxyError::ClientClosed`] (no further
+/// attempt), unless the answer is still wanted without it: then `ctx.client_left` is set and
+/// the call goes on, no longer watched.
 pub async fn exchange<'r>(
     connector: &Connector,
-    route: &Route,
+    call: &Call<'_>,
     targets: &[&'r Target],
-    client: &RequestHeader,
-    forward: &str,
-    body: &Bytes,
+    session: &mut Session,
     ctx: &mut Ctx,
 ) -> Result<Answer<'r>, ProxyError> {
+    let route = call.route;
     let policy = &route.retry;
     let mut tried: Vec<String> = Vec::new();
     let mut last_response: Option<Answer<'r>> = None;
@@ -99,13 +117,13 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = exchange::rewrite_model(target, body.clone());
-        let req = exchange::build_request(client, up, forward, body.len())?;
+        let body = exchange::rewrite_model(target, call.body.clone());
+        let req = exchange::build_request(session.req_header(), up, call.forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
             }
-            let slot = match up.slot().await {
+            let slot = match watched(session, ctx, call.record, Waiting::Slot, up.slot()).await? {
                 Ok(slot) => slot,
                 Err(_) => {
                     tried.push(format!("{} busy", up.name));
@@ -116,7 +134,8 @@ pub async fn exchange<'r>(
                 }
             };
             let started = Instant::now();
-            let wait = match exchange::send(connector, up, &req, &body).await {
+            let sent = exchange::send(connector, up, &req, &body);
+            let wait = match watched(session, ctx, call.record, Waiting::Upstream, sent).await? {
                 Ok(response) => {
                     let status = response.header().status.as_u16();
                     if !retries_status(policy, status) {
@@ -156,7 +175,8 @@ pub async fn exchange<'r>(
                 }
             };
             if attempt < policy.attempts {
-                tokio::time::sleep(backoff(policy, attempt, wait)).await;
+                let pause = tokio::time::sleep(backoff(policy, attempt, wait));
+                watched(session, ctx, call.record, Waiting::Backoff, pause).await?;
             }
         }
     }
@@ -167,6 +187,33 @@ pub async fn exchange<'r>(
             upstream: route.name.clone(),
             detail: "the route has no targets".into(),
         }),
+    }
+}
+
+/// Runs one wait of the exchange while watching the client. If it leaves, the wait is dropped
+/// (an upstream connection with it: closed, never pooled) and the call ends with
+/// [`ProxyError::ClientClosed`] — unless `record` still wants the answer (to fill the cache, or
+/// for followers): then the same wait goes on to its end, and so does the rest of the call.
+async fn watched<F: Future>(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    record: Option<&RecordPlan>,
+    waiting: Waiting,
+    wait: F,
+) -> Result<F::Output, ProxyError> {
+    if ctx.client_left.is_some() {
+        return Ok(wait.await);
+    }
+    let mut wait = std::pin::pin!(wait);
+    if let Some(out) = unless_gone(session, wait.as_mut()).await {
+        return Ok(out);
+    }
+    ctx.client_left = Some(waiting);
+    if record.is_some_and(RecordPlan::wanted_without_client) {
+        log::debug!("the client left; the upstream call goes on for the cache or for followers");
+        Ok(wait.await)
+    } else {
+        Err(ProxyError::ClientClosed)
     }
 }
 

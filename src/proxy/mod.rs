@@ -11,6 +11,7 @@
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
 
+mod client_gone;
 mod ctx;
 mod errors;
 mod exchange;
@@ -42,6 +43,7 @@ use crate::server::inflight::{Inflight, InflightGuard};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use client_gone::Waiting;
 use follow::Followed;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -151,16 +153,13 @@ impl Proxy {
             Some(q) => format!("{}?{q}", route.forward_path(&path)),
             None => route.forward_path(&path).to_string(),
         };
-        let answer = failover::exchange(
-            &self.connector,
+        let call = failover::Call {
             route,
-            &targets,
-            session.req_header(),
-            &forward,
-            &body,
-            ctx,
-        )
-        .await?;
+            forward: &forward,
+            body: &body,
+            record: record.as_ref(),
+        };
+        let answer = failover::exchange(&self.connector, &call, &targets, session, ctx).await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
         let mut usage = UsageObserver::for_content_type(
@@ -172,6 +171,21 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         );
+        if ctx.client_left.is_some() {
+            // The call went on without its client, for the cache or for followers.
+            exchange::finish_detached(
+                &self.connector,
+                &answer.target.upstream,
+                answer.response,
+                session,
+                cache_status,
+                record,
+                &mut usage,
+            )
+            .await;
+            ctx.usage = usage.finish();
+            return Err(ProxyError::ClientClosed.into());
+        }
         let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
@@ -227,13 +241,20 @@ impl Proxy {
                     let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
                         .await
                         .map_err(Failure::AfterResponse)?;
-                    if let Followed::Served(code, usage) = followed {
-                        ctx.lookup = Some(LookupResult::Coalesced);
-                        ctx.cache = Some(CacheStatus::Hit);
-                        ctx.coalesced = true;
-                        ctx.status = code;
-                        ctx.usage = usage;
-                        return Ok(CacheStep::Answered);
+                    match followed {
+                        Followed::Served(code, usage) => {
+                            ctx.lookup = Some(LookupResult::Coalesced);
+                            ctx.cache = Some(CacheStatus::Hit);
+                            ctx.coalesced = true;
+                            ctx.status = code;
+                            ctx.usage = usage;
+                            return Ok(CacheStep::Answered);
+                        }
+                        Followed::ClientLeft => {
+                            ctx.client_left = Some(Waiting::Coalesced);
+                            return Err(ProxyError::ClientClosed.into());
+                        }
+                        Followed::FallThrough => {}
                     }
                 }
             }
@@ -334,6 +355,18 @@ impl ProxyHttp for Proxy {
         ctx.runtime = Some(runtime.clone());
         match self.handle(session, ctx, &runtime).await {
             Ok(()) => Ok(true),
+            // Whatever happened after the client left, there is no one to answer.
+            Err(Failure::BeforeResponse(_)) if ctx.client_left.is_some() => {
+                ctx.status = ProxyError::ClientClosed.status();
+                ctx.error = Some(ProxyError::ClientClosed.kind());
+                log::debug!(
+                    "{} {}: the client closed its connection while waiting ({})",
+                    session.req_header().method,
+                    session.req_header().uri.path(),
+                    ctx.client_left.map_or("-", Waiting::as_str)
+                );
+                Ok(true)
+            }
             Err(Failure::BeforeResponse(e)) => {
                 ctx.status = e.status();
                 ctx.error = Some(e.kind());
@@ -343,6 +376,11 @@ impl ProxyHttp for Proxy {
                     session.req_header().uri.path()
                 );
                 respond::error(session, &e).await?;
+                if matches!(e, ProxyError::BodyTooLarge { .. }) {
+                    // The answer is out: the request's time ends here, not after the linger.
+                    ctx.answered_in = Some(ctx.started.elapsed());
+                    request_body::linger(session).await;
+                }
                 Ok(true)
             }
             Err(Failure::AfterResponse(e)) => {
@@ -387,7 +425,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let duration = ctx.started.elapsed();
+        let duration = ctx.answered_in.unwrap_or_else(|| ctx.started.elapsed());
         let route = ctx.route.as_deref();
         let cache = match ctx.cache {
             Some(CacheStatus::Hit) => CacheLabel::Hit,
@@ -409,6 +447,9 @@ impl ProxyHttp for Proxy {
             }
             for _ in 0..ctx.failovers {
                 self.metrics.upstream_failover(route);
+            }
+            if let Some(waiting) = ctx.client_left {
+                self.metrics.client_disconnect(route, waiting.as_str());
             }
         }
         self.metrics.request_done(&RequestRecord {
