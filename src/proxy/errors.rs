@@ -90,7 +90,8 @@ impl ProxyError {
         Bytes::from(body.to_string())
     }
 
-    /// Classifies a Pingora error from talking to `upstream`.
+    /// Classifies a Pingora error from talking to `upstream` before its response head (a read
+    /// timeout then is the `first_byte` timeout).
     pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
         let upstream = upstream.to_string();
         let timeout = |phase| ProxyError::Timeout {
@@ -99,7 +100,7 @@ impl ProxyError {
         };
         match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timeout("connect"),
-            ErrorType::ReadTimedout => timeout("read"),
+            ErrorType::ReadTimedout => timeout("first_byte"),
             ErrorType::WriteTimedout => timeout("write"),
             ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute

@@ -151,10 +151,14 @@ pub async fn send(
             .get_http_session(&peer)
             .await
             .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
-        session.set_read_timeout(Some(upstream.timeouts.read));
+        session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         match exchange_head(&mut session, req, body).await {
-            Ok(()) => return Ok(UpstreamResponse { session, peer }),
+            Ok(()) => {
+                // From here on the wait is for the next body chunk.
+                session.set_read_timeout(Some(upstream.timeouts.idle));
+                return Ok(UpstreamResponse { session, peer });
+            }
             Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
                 log::debug!(
                     "pooled connection to {} was closed; reconnecting",
@@ -335,7 +339,7 @@ async fn release(connector: &Connector, upstream: &Upstream, mut response: Upstr
             .release_http_session(
                 response.session,
                 &response.peer,
-                Some(upstream.timeouts.idle),
+                Some(upstream.timeouts.pool_idle),
             )
             .await;
     }
