@@ -101,7 +101,7 @@ pub struct ConfigArg {
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<(PathBuf, crate::runtime::Runtime)> {
         let path = config::resolve_path(self.config.as_deref())?;
-        let runtime = config::load(&path)?;
+        let runtime = crate::runtime::load(&path)?;
         Ok((path, runtime))
     }
 }
@@ -117,7 +117,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 path.display(),
                 runtime.routes.len()
             );
-            for warning in runtime.spec.warnings() {
+            for warning in runtime.sections.warnings() {
                 log::warn!("config {}: {warning}", path.display());
             }
             crate::server::run(runtime, path, upgrade).context("promptgate stopped with an error")
@@ -149,7 +149,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(arg) => {
             let (path, runtime) = arg.load()?;
-            for warning in runtime.spec.warnings() {
+            for warning in runtime.sections.warnings() {
                 eprintln!("warning: {}: {warning}", path.display());
             }
             println!(
