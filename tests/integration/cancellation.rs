@@ -186,3 +186,73 @@ async fn complete_on_disconnect_finishes_the_call_for_the_cache() {
     assert_eq!(again.headers()["x-promptgate-cache"], "HIT");
     assert_eq!(mock.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_resets_its_stream_cancels_too() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(openai(&mock, ""));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // A fast request first: an HTTP/2 request that ended its stream is not taken as gone.
+    let ok = h2
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .header("x-mock-delay-ms", "300")
+        .body(body("h2 stays"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.version(), reqwest::Version::HTTP_2);
+    // Then one the client gives up on: dropping the request resets its stream.
+    let slow = h2
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .header("x-mock-delay-ms", "4000")
+        .body(body("h2 leaves"))
+        .send();
+    let _ = tokio::time::timeout(Duration::from_secs(1), slow).await;
+    let left = Instant::now();
+    let closed = wait_for(Duration::from_secs(3), || mock.abandoned().first().copied())
+        .await
+        .expect("the upstream never saw its connection closed");
+    assert!(closed.saturating_duration_since(left) < Duration::from_millis(500));
+    assert!(gw.wait_for_log("status=499").await, "{}", gw.logs());
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_leaves_does_not_disturb_its_leader() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(openai(&mock, ""));
+    let prompt = body("followed");
+    let leader = tokio::spawn({
+        let (url, prompt) = (gw.url(CHAT), prompt.clone());
+        async move {
+            client()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-mock-delay-ms", "1000")
+                .body(prompt)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send_and_leave(gw.addr, &[], prompt, Duration::from_millis(300)).await;
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status(), 200);
+    assert_eq!(mock.hits(), 1);
+    assert!(mock.abandoned().is_empty());
+    assert!(gw.wait_for_log("status=499").await, "{}", gw.logs());
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(
+            r#"promptgate_client_disconnects_total{route="openai",waiting="coalesced"} 1"#
+        ),
+        "{metrics}"
+    );
+}
