@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
+.PHONY: run build test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -44,6 +44,11 @@ lint:
 
 unit:
 	cargo test --locked
+
+## browser-test: only the dashboard tests, the page in headless Chromium among them (they are
+## part of `unit`, so `make test` runs them)
+browser-test: test-deps
+	cargo test --locked --test integration dashboard::
 
 ## python-test: the official Python SDKs (tests/python) against the debug promptgate binary and
 ## the mock upstream example; any pytest failure, or no test collected (exit 5), fails make

@@ -6,8 +6,9 @@ set -euo pipefail
 purpose="${1:-build}"
 packages=(cmake pkg-config gcc g++ make curl ca-certificates)
 if [ "$purpose" = "test" ]; then
-    # prometheus ships promtool, which checks the /metrics output in the integration tests.
-    packages+=(redis-server python3 python3-venv prometheus)
+    # prometheus ships promtool, which checks the /metrics output in the integration tests;
+    # chromium and chromium-driver (same build, so they always match) run the dashboard test.
+    packages+=(redis-server python3 python3-venv prometheus chromium chromium-driver)
 fi
 
 missing=()

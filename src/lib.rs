@@ -22,6 +22,9 @@
 //! - [`providers`] — what differs per provider: how its streams end, its token usage.
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics.
+//! - [`stats`] — what the dashboard shows: recent requests, a 15-minute series, `GET /stats`;
+//!   fed by [`metrics`].
+//! - [`dashboard`] — the dashboard page and its assets, embedded in the binary.
 //! - [`logging`] — logger set-up (text or JSON), the access log line.
 //! - [`config`] — plain data: YAML → `${ENV}` → typed sections → validated [`config::Spec`]
 //!   (per-route cache settings resolved, Redis URLs parsed), every problem with path and line.
@@ -31,6 +34,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod logging;
 pub mod metrics;
 pub mod pricing;
@@ -39,3 +43,4 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod stats;

@@ -11,13 +11,13 @@ use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::future::Future;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// What every attempt sends, and whether the answer is wanted without the client.
 pub struct Call<'a> {
@@ -35,7 +35,7 @@ pub struct Answer<'r> {
     pub target: &'r Target,
     pub response: UpstreamResponse,
     /// The target's concurrency slot, held until the response has been relayed.
-    pub slot: Option<OwnedSemaphorePermit>,
+    pub slot: Slot,
 }
 
 /// What kind of failure an error is, for the retry policy.

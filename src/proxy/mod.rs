@@ -452,7 +452,10 @@ impl ProxyHttp for Proxy {
                 self.metrics.client_disconnect(route, waiting.as_str());
             }
         }
+        let req = session.req_header();
         self.metrics.request_done(&RequestRecord {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             route,
             upstream: ctx.upstream.as_deref(),
             status: ctx.status,
@@ -462,7 +465,6 @@ impl ProxyHttp for Proxy {
             usage,
             pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
         });
-        let req = session.req_header();
         let error = match (ctx.error, e) {
             (Some(label), _) => Some(label),
             (None, Some(e)) => Some(e.etype().as_str()),

@@ -7,6 +7,7 @@ mod cache;
 mod cache_redis;
 mod cancellation;
 mod cli;
+mod dashboard;
 mod forwarding;
 mod hostile_input;
 mod lifecycle;
