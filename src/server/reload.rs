@@ -362,8 +362,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// One upstream and route, which every valid config needs.
+    const ROUTE: &str =
+        "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
+
     fn runtime(yaml: &str) -> Runtime {
-        runtime::build(&crate::config::parse(yaml, "test.yaml", &|_| None).unwrap())
+        runtime::build(
+            &crate::config::parse(&format!("{yaml}{ROUTE}"), "test.yaml", &|_| None).unwrap(),
+        )
     }
 
     #[test]
@@ -394,7 +400,7 @@ mod tests {
     fn a_failed_reload_keeps_the_table_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "routes: []\n").unwrap();
+        std::fs::write(&path, ROUTE).unwrap();
         let live = Arc::new(ArcSwap::from_pointee(runtime::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
@@ -414,11 +420,11 @@ mod tests {
 
         std::fs::write(
             &path,
-            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n",
+            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}, {name: s, targets: [u]}]\n",
         )
         .unwrap();
-        assert_eq!(r.reload(Trigger::Sighup).unwrap().routes, 1);
-        assert_eq!(live.load().routes.len(), 1);
+        assert_eq!(r.reload(Trigger::Sighup).unwrap().routes, 2);
+        assert_eq!(live.load().routes.len(), 2);
         let ok = r.last().unwrap();
         assert_eq!((ok.trigger, ok.error), (Trigger::Sighup, None));
         let text = metrics.render();

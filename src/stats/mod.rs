@@ -11,10 +11,9 @@ mod recent;
 mod series;
 mod snapshot;
 
-pub use read::{Buckets, Reading};
-pub use recent::{RecentRequest, RecentRequests};
-pub use series::{Sample, Sampler, Series};
-pub use snapshot::{snapshot, Snapshot, Sources};
+pub use recent::RecentRequests;
+pub use series::{Sampler, Series};
+pub use snapshot::{snapshot, Sources};
 
 use std::time::Instant;
 
