@@ -61,7 +61,7 @@ fn check_accepts_the_old_read_timeout_with_a_warning() {
     let path = dir.path().join("old.yaml");
     std::fs::write(
         &path,
-        "upstreams:\n  ollama: { url: \"http://127.0.0.1:11434\", timeouts: { read: 120s } }\n",
+        "upstreams:\n  ollama: { url: \"http://127.0.0.1:11434\", timeouts: { read: 120s } }\nroutes: [{ name: r, targets: [ollama] }]\n",
     )
     .unwrap();
     let out = Command::new(binary())
