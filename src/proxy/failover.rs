@@ -9,6 +9,7 @@ use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
+use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::upstream::Slot;
@@ -18,17 +19,6 @@ use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// What every attempt sends, and whether the answer is wanted without the client.
-pub struct Call<'a> {
-    pub route: &'a Route,
-    /// The upstream path and query (before each upstream's base path).
-    pub forward: &'a str,
-    pub body: &'a Bytes,
-    /// How the answer would be recorded: it decides whether the call goes on when the client
-    /// leaves (see [`RecordPlan::wanted_without_client`]).
-    pub record: Option<&'a RecordPlan>,
-}
 
 /// The response to relay, from the target that gave it.
 pub struct Answer<'r> {
@@ -93,6 +83,19 @@ fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
     )
 }
 
+/// What every attempt sends (the client's head comes from the session), before each target's
+/// own headers and model rewrite; and whether the answer is wanted without the client.
+pub struct Outgoing<'a, 'b> {
+    /// The upstream path and query (the route's prefix rewriting applied).
+    pub forward: &'a str,
+    pub body: &'a Bytes,
+    /// `body`'s tree, for the model rewrites.
+    pub parsed: &'a ParsedBody<'b>,
+    /// How the answer would be recorded: it decides whether the call goes on when the client
+    /// leaves (see [`RecordPlan::wanted_without_client`]).
+    pub record: Option<&'a RecordPlan>,
+}
+
 /// Sends the request to `targets` in order, retrying and failing over per the route's policy,
 /// until a response that is not retried. When all fail, the last upstream response (if any
 /// attempt got one) is the answer; otherwise the last error, listing what was tried.
@@ -102,12 +105,12 @@ fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
 /// the call goes on, no longer watched.
 pub async fn exchange<'r>(
     connector: &Connector,
-    call: &Call<'_>,
+    route: &Route,
     targets: &[&'r Target],
     session: &mut Session,
+    outgoing: Outgoing<'_, '_>,
     ctx: &mut Ctx,
 ) -> Result<Answer<'r>, ProxyError> {
-    let route = call.route;
     let policy = &route.retry;
     let mut tried: Vec<String> = Vec::new();
     let mut last_response: Option<Answer<'r>> = None;
@@ -117,25 +120,27 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = exchange::rewrite_model(target, call.body.clone());
-        let req = exchange::build_request(session.req_header(), up, call.forward, body.len())?;
+        let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
+        let req = exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
             }
-            let slot = match watched(session, ctx, call.record, Waiting::Slot, up.slot()).await? {
-                Ok(slot) => slot,
-                Err(_) => {
-                    tried.push(format!("{} busy", up.name));
-                    last_error = Some(ProxyError::Busy {
-                        upstream: up.name.clone(),
-                    });
-                    break; // a full upstream: try the next target now
-                }
-            };
+            let slot =
+                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot()).await? {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        tried.push(format!("{} busy", up.name));
+                        last_error = Some(ProxyError::Busy {
+                            upstream: up.name.clone(),
+                        });
+                        break; // a full upstream: try the next target now
+                    }
+                };
             let started = Instant::now();
             let sent = exchange::send(connector, up, &req, &body);
-            let wait = match watched(session, ctx, call.record, Waiting::Upstream, sent).await? {
+            let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
+            {
                 Ok(response) => {
                     let status = response.header().status.as_u16();
                     if !retries_status(policy, status) {
@@ -176,7 +181,7 @@ pub async fn exchange<'r>(
             };
             if attempt < policy.attempts {
                 let pause = tokio::time::sleep(backoff(policy, attempt, wait));
-                watched(session, ctx, call.record, Waiting::Backoff, pause).await?;
+                watched(session, ctx, outgoing.record, Waiting::Backoff, pause).await?;
             }
         }
     }
