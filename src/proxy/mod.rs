@@ -8,7 +8,8 @@
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
 //!    of the answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response
-//!    has been sent.
+//!    has been sent — or, when the client left while promptgate waited for it (`client_gone`),
+//!    nothing is, and the request is logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — metrics and the access log line, from the ctx (`report`).
 //!
