@@ -35,6 +35,10 @@ pub enum ProxyError {
     Priority {
         priority: crate::routing::balance::PriorityError,
     },
+    /// The client closed its connection before the response started: nothing is sent; logged
+    /// as 499 (nginx's convention).
+    #[error("the client closed its connection before the answer")]
+    ClientClosed,
     /// Over a `rate_limit` of the route.
     #[error(
         "route {route} is over its {} limit of {}{}; retry in {} s",
@@ -76,6 +80,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 502,
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
+            ProxyError::ClientClosed => 499,
             ProxyError::RateLimited { .. } => 429,
             ProxyError::LimitStoreDown { .. } => 503,
             ProxyError::Exhausted { last, .. } => last.status(),
@@ -94,6 +99,7 @@ impl ProxyError {
             ProxyError::Reset { .. } | ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::ClientClosed => "client_closed",
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::LimitStoreDown { .. } => "rate_limit_unavailable",
             ProxyError::Exhausted { last, .. } => last.kind(),
@@ -112,7 +118,8 @@ impl ProxyError {
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
-    /// Classifies a Pingora error from talking to `upstream`.
+    /// Classifies a Pingora error from talking to `upstream` before its response head (a read
+    /// timeout then is the `first_byte` timeout).
     pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
         let upstream = upstream.to_string();
         let timeout = |phase| ProxyError::Timeout {
@@ -121,7 +128,7 @@ impl ProxyError {
         };
         match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timeout("connect"),
-            ErrorType::ReadTimedout => timeout("read"),
+            ErrorType::ReadTimedout => timeout("first_byte"),
             ErrorType::WriteTimedout => timeout("write"),
             ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute
