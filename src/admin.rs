@@ -130,6 +130,8 @@ impl Admin {
 
     fn metrics(&self) -> Response<Vec<u8>> {
         self.metrics.sample(&self.cache, self.inflight.count());
+        self.metrics
+            .log_lines_dropped(crate::logging::dropped_lines());
         respond(
             StatusCode::OK,
             metrics::CONTENT_TYPE,

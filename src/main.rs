@@ -6,7 +6,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = promptgate::cli::Cli::parse();
     promptgate::logging::init();
-    match promptgate::cli::execute(cli) {
+    let result = promptgate::cli::execute(cli);
+    // The log lines still queued go out before our own error line, and before the exit.
+    promptgate::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("promptgate: error: {e:#}");

@@ -221,6 +221,7 @@ pub struct Metrics {
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
     inflight: IntGauge,
+    access_log_dropped: IntCounter,
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
     upstreams: RwLock<HashMap<String, Histogram>>,
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
@@ -404,6 +405,14 @@ impl Metrics {
             "promptgate_inflight_requests",
             "Requests being answered right now.",
         );
+        let access_log_dropped = register(
+            r,
+            IntCounter::new(
+                "promptgate_access_log_dropped_total",
+                "Log lines (access log lines, and any other) dropped because the log writer's queue was full.",
+            )
+            .expect("valid metric"),
+        );
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -440,6 +449,7 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             inflight,
+            access_log_dropped,
             routes: RwLock::default(),
             upstreams: RwLock::default(),
             redis_errors_seen: Mutex::new((0, 0)),
@@ -604,6 +614,14 @@ impl Metrics {
         }
     }
 
+    /// Brings `promptgate_access_log_dropped_total` up to `total`, the log lines dropped since
+    /// start (sampled at scrape time from [`crate::logging::dropped_lines`]).
+    pub fn log_lines_dropped(&self, total: u64) {
+        let counted = self.access_log_dropped.get();
+        self.access_log_dropped
+            .inc_by(total.saturating_sub(counted));
+    }
+
     /// The config was loaded at start-up: not a reload, but it is the config in force now.
     pub fn config_loaded(&self) {
         self.config_last_reload_success.set(unix_now());
@@ -727,6 +745,23 @@ fn unix_now() -> f64 {
 mod tests {
     use super::*;
     use crate::cache::entry::Entry;
+
+    #[test]
+    fn dropped_log_lines_follow_the_writers_count() {
+        let m = Metrics::new();
+        assert!(m
+            .render()
+            .contains("\npromptgate_access_log_dropped_total 0\n"));
+        m.log_lines_dropped(8);
+        m.log_lines_dropped(8);
+        assert!(m
+            .render()
+            .contains("\npromptgate_access_log_dropped_total 8\n"));
+        m.log_lines_dropped(11);
+        assert!(m
+            .render()
+            .contains("\npromptgate_access_log_dropped_total 11\n"));
+    }
 
     #[test]
     fn renders_reload_counters_and_timestamp() {

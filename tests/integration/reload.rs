@@ -143,7 +143,11 @@ async fn a_changed_file_is_served_within_two_seconds() {
         .requests()
         .iter()
         .all(|r| r.body.windows(7).any(|w| w == b"model-b")));
-    assert!(gw.logs().contains("reloaded (file changed)"));
+    assert!(
+        gw.wait_for_log("reloaded (file changed)").await,
+        "{}",
+        gw.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +191,7 @@ async fn sighup_reloads_with_the_watcher_off() {
         "{}",
         gw.logs()
     );
-    assert!(gw.logs().contains("reloaded (SIGHUP)"));
+    assert!(gw.wait_for_log("reloaded (SIGHUP)").await, "{}", gw.logs());
     assert_eq!(reloads(&gw, "success").await, 1);
     // Not merely ignored: the watcher never ran.
     let logs = gw.logs();
@@ -333,6 +337,11 @@ async fn invalid_configs_keep_the_running_table() {
     assert!(wait_for_reloads(&gw, "error", 2).await, "{}", gw.logs());
     assert_eq!(answered_by(&gw).await, "a");
     assert!(gw.is_running());
+    assert!(
+        gw.wait_for_log("unknown upstream \"nowhere\"").await,
+        "{}",
+        gw.logs()
+    );
     let logs = gw.logs();
     assert!(
         logs.contains("failed, the running config stays in force")
@@ -375,7 +384,11 @@ async fn restart_only_fields_are_reported_and_kept() {
     let (status, reply) = post_reload(&gw).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["needs_restart"], json!(["listen"]));
-    assert!(gw.logs().contains("listen changed from"));
+    assert!(
+        gw.wait_for_log("listen changed from").await,
+        "{}",
+        gw.logs()
+    );
     // still listening where it was, on the same pooled upstream connection
     send().await;
     assert_eq!(mock.hits(), 2);

@@ -321,7 +321,7 @@ async fn a_failing_target_is_ejected_then_put_back() {
         assert_eq!(post(&gw, &[], &chat()).await.0, 200);
     }
     assert_eq!(b.hits(), 2);
-    assert!(gw.logs().contains("skipping it for"), "{}", gw.logs());
+    assert!(gw.wait_for_log("skipping it for").await, "{}", gw.logs());
     // a comes back, but while ejected it is not tried first
     let a = MockUpstream::start_on(a_port).await;
     assert_eq!(post(&gw, &[], &chat()).await.0, 200);

@@ -122,7 +122,8 @@ impl Gateway {
     }
 
     /// Waits (at most 2 s) until the log contains `needle`: the access log line of a request is
-    /// written just after its response. Returns whether it appeared.
+    /// written just after its response, and every line reaches the file from the log's writer
+    /// thread a few milliseconds after it was logged. Returns whether it appeared.
     pub async fn wait_for_log(&self, needle: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(2);
         while !self.logs().contains(needle) {

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Instructions per request of a promptgate binary, under callgrind (all threads, user space).
+
+    python3 bench/icount.py BINARY [on|off] [hit|pass] [N1 N2]
+
+Runs the binary twice under valgrind's callgrind with the pinned rows' config (`threads: 1`),
+sends N1 (default 300) and then N2 (default 2,300) sequential keep-alive requests (the 924-byte
+chat request) after two warm-up requests, and prints (Ir(N2) - Ir(N1)) / (N2 - N1): start-up and
+shutdown cancel out. `on` leaves RUST_LOG unset (access log on, to a file), `off` sets
+RUST_LOG=warn. Deterministic to a few hundred instructions, unlike CPU time on a busy machine.
+Needs the fixtures and the nginx upstream config of one `bench/run.py` run (bench/.run); starts
+and stops that upstream itself. Listens on 127.0.0.1:28411/28491.
+"""
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUN = Path(__file__).resolve().parent / ".run"
+OUT = RUN / "icount"
+PORT, ADMIN = 28411, 28491
+
+
+def wait_port(port):
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"nothing listens on {port}")
+
+
+def instructions(binary, mode, path, n, config):
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    if mode == "off":
+        env["RUST_LOG"] = "warn"
+    out = OUT / f"callgrind.{mode}.{n}"
+    with open(OUT / f"promptgate.{mode}.{n}.log", "w") as log:
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                 binary, "run", "--config", str(config)],
+                                stdout=log, stderr=log, env=env)
+    wait_port(PORT)
+    body = (RUN / "req-1k.json").read_bytes()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    conn = http.client.HTTPConnection("127.0.0.1", PORT)
+    for i in range(n + 2):
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            sys.exit(f"request {i}: status {resp.status}")
+    conn.close()
+    time.sleep(0.5)
+    proc.send_signal(2)
+    proc.wait()
+    text = out.read_text()
+    return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    mode = sys.argv[2] if len(sys.argv) > 2 else "on"
+    kind = sys.argv[3] if len(sys.argv) > 3 else "hit"
+    n1, n2 = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (300, 2300)
+    path = ("/openai" if kind == "hit" else "/pass") + "/v1/chat/completions"
+    if not (RUN / "pg1" / "promptgate.yaml").exists():
+        sys.exit("run bench/run.py once first (it writes the fixtures into bench/.run)")
+    OUT.mkdir(exist_ok=True)
+    config = OUT / "promptgate.yaml"
+    config.write_text((RUN / "pg1" / "promptgate.yaml").read_text()
+                      .replace("28111", str(PORT)).replace("28191", str(ADMIN)))
+    up = RUN / "nginx-up"
+    subprocess.run(["nginx", "-c", str(up / "nginx.conf"), "-p", str(up)], check=True)
+    try:
+        a = instructions(binary, mode, path, n1, config)
+        b = instructions(binary, mode, path, n2, config)
+    finally:
+        subprocess.run(["nginx", "-s", "stop", "-c", str(up / "nginx.conf"), "-p", str(up)])
+    print(f"{binary} log {mode}, {kind}: {(b - a) / (n2 - n1):,.0f} instructions/request")
+
+
+if __name__ == "__main__":
+    main()
