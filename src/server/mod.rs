@@ -89,6 +89,11 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
 
     let conf = ServerConf {
         threads: runtime.threads,
+        // One thread: a single-threaded runtime (no work-stealing machinery), 5 µs less CPU
+        // per pass-through request. Several: work stealing stays, because without it a thread
+        // that the OS preempts leaves its connections waiting, and on a shared machine that
+        // cost more than stealing does (issue 22; numbers in BENCHMARKS.md).
+        work_stealing: runtime.threads > 1,
         // Our shutdown watcher drains before Pingora starts its own (fixed-length) grace period.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
