@@ -5,7 +5,8 @@
 
 # --- builder: release binary ----------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS builder
-# cmake: flate2 → libz-ng-sys (a Pingora dependency) builds zlib-ng with it.
+# cmake: flate2 → libz-ng-sys (a Pingora dependency) builds zlib-ng with it; make and the C
+# compiler (g++ brings gcc): tikv-jemalloc-sys builds jemalloc, the global allocator.
 # Versions come with the pinned Debian release of the base image; pinning each package too would
 # only block its security updates.
 # hadolint ignore=DL3008

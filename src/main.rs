@@ -3,6 +3,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// jemalloc rather than glibc malloc: measured cheaper per request (BENCHMARKS.md, issue 22).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = promptgate::cli::Cli::parse();
     promptgate::logging::init();
