@@ -3,13 +3,13 @@
 
     python3 bench/icount.py BINARY [on|off] [hit|pass] [N1 N2]
 
-Runs the binary twice under valgrind's callgrind with the pinned rows' config (`threads: 1`),
-sends N1 (default 300) and then N2 (default 2,300) sequential keep-alive requests (the 924-byte
-chat request) after two warm-up requests, and prints (Ir(N2) - Ir(N1)) / (N2 - N1): start-up and
-shutdown cancel out. `on` leaves RUST_LOG unset (access log on, to a file), `off` sets
-RUST_LOG=warn. Deterministic to a few hundred instructions, unlike CPU time on a busy machine.
-Needs the fixtures and the nginx upstream config of one `bench/run.py` run (bench/.run); starts
-and stops that upstream itself. Listens on 127.0.0.1:28411/28491.
+Runs the binary twice under valgrind's callgrind with the pinned rows' config of bench/run.py
+(`threads: 1`), sends N1 (default 300) and then N2 (default 2,300) sequential keep-alive requests
+(the 924-byte chat request) after two warm-up requests, and prints (Ir(N2) - Ir(N1)) / (N2 - N1):
+start-up and shutdown cancel out. `on` leaves RUST_LOG unset (access log on, to a file), `off`
+sets RUST_LOG=warn. Deterministic to a few hundred instructions, unlike CPU time on a busy
+machine. Uses bench/run.py's fixtures, config and nginx upstream (127.0.0.1:28101, so not while
+bench/run.py runs); works in bench/.icount; promptgate listens on 127.0.0.1:28411/28491.
 """
 import http.client
 import os
@@ -20,9 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-RUN = Path(__file__).resolve().parent / ".run"
-OUT = RUN / "icount"
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / ".icount"
 PORT, ADMIN = 28411, 28491
+
+sys.path.insert(0, str(BENCH))
+_argv, sys.argv = sys.argv, [sys.argv[0]]
+import run as bench  # noqa: E402  (bench/run.py: fixtures, configs; it parses argv on import)
+sys.argv = _argv
 
 
 def wait_port(port):
@@ -45,7 +50,7 @@ def instructions(binary, mode, path, n, config):
                                  binary, "run", "--config", str(config)],
                                 stdout=log, stderr=log, env=env)
     wait_port(PORT)
-    body = (RUN / "req-1k.json").read_bytes()
+    body = (OUT / "req-1k.json").read_bytes()
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
     conn = http.client.HTTPConnection("127.0.0.1", PORT)
     for i in range(n + 2):
@@ -70,13 +75,14 @@ def main():
     kind = sys.argv[3] if len(sys.argv) > 3 else "hit"
     n1, n2 = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (300, 2300)
     path = ("/openai" if kind == "hit" else "/pass") + "/v1/chat/completions"
-    if not (RUN / "pg1" / "promptgate.yaml").exists():
-        sys.exit("run bench/run.py once first (it writes the fixtures into bench/.run)")
     OUT.mkdir(exist_ok=True)
+    bench.RUN = OUT
+    response_json, sse, req_1k, _, _ = bench.fixtures()
+    bench.write_upstream(response_json, sse)
+    (OUT / "req-1k.json").write_text(req_1k)
     config = OUT / "promptgate.yaml"
-    config.write_text((RUN / "pg1" / "promptgate.yaml").read_text()
-                      .replace("28111", str(PORT)).replace("28191", str(ADMIN)))
-    up = RUN / "nginx-up"
+    config.write_text(bench.promptgate_yaml(PORT, ADMIN, 1))
+    up = OUT / "nginx-up"
     subprocess.run(["nginx", "-c", str(up / "nginx.conf"), "-p", str(up)], check=True)
     try:
         a = instructions(binary, mode, path, n1, config)
