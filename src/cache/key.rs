@@ -8,8 +8,11 @@
 //! Changing anything here changes every key: bump the version with it.
 
 use crate::body::{self, Field, Node, ParsedBody, Sink};
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::sync::Mutex;
 
 pub const KEY_VERSION: &str = "promptgate-cache-v1";
 
@@ -129,6 +132,133 @@ fn derive_with(input: &KeyInput<'_, '_>, stream_above: usize) -> CacheKey {
         }
     }
     CacheKey(*h.finalize().as_bytes())
+}
+
+/// Keys of recent requests, by a hash of the key's inputs with the body's raw bytes in place of
+/// its canonical form: a repeated prompt is parsed and canonicalised once, later repeats cost one
+/// blake3 pass over the raw bytes and a map lookup. Bounded: two generations of at most
+/// [`KeyMemo::ENTRIES`] entries each; when the current one is full it becomes the previous one
+/// and the old previous one is dropped (a hit in the previous generation moves forward).
+///
+/// Sound because a key is a function of exactly these inputs: equal ids mean equal inputs
+/// (short of a blake3 collision), so the memo answers what [`derive`] would. The id hashes the
+/// raw query and the `ignore_fields` too, so a reload that changes a route's settings cannot
+/// reuse an old key.
+pub struct KeyMemo {
+    generations: Mutex<[HashMap<[u8; 32], CacheKey, IdHasher>; 2]>,
+}
+
+impl KeyMemo {
+    /// Entries per generation (each about 100 bytes with the map's overhead).
+    pub const ENTRIES: usize = 4096;
+
+    pub fn new() -> KeyMemo {
+        KeyMemo {
+            generations: Mutex::new([HashMap::default(), HashMap::default()]),
+        }
+    }
+
+    /// [`derive`], from the memo when these inputs were seen recently.
+    pub fn derive(&self, input: &KeyInput<'_, '_>) -> CacheKey {
+        let id = memo_id(input);
+        {
+            let mut g = self.lock();
+            if let Some(key) = g[0].get(&id).copied() {
+                return key;
+            }
+            if let Some(key) = g[1].remove(&id) {
+                insert(&mut g, id, key);
+                return key;
+            }
+        }
+        // Not under the lock: a large body takes a while.
+        let key = derive(input);
+        insert(&mut self.lock(), id, key);
+        key
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<[u8; 32], CacheKey, IdHasher>; 2]> {
+        self.generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Entries held now (both generations).
+    pub fn len(&self) -> usize {
+        let g = self.lock();
+        g[0].len() + g[1].len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for KeyMemo {
+    fn default() -> KeyMemo {
+        KeyMemo::new()
+    }
+}
+
+fn insert(g: &mut [HashMap<[u8; 32], CacheKey, IdHasher>; 2], id: [u8; 32], key: CacheKey) {
+    if g[0].len() >= KeyMemo::ENTRIES {
+        g[1] = std::mem::take(&mut g[0]);
+        g[0].reserve(KeyMemo::ENTRIES);
+    }
+    g[0].insert(id, key);
+}
+
+/// The memo's id for `input`: everything [`derive`] reads, the body as raw bytes.
+fn memo_id(input: &KeyInput<'_, '_>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    part(&mut h, b"promptgate-key-memo");
+    part(&mut h, KEY_VERSION.as_bytes());
+    part(&mut h, input.scope.as_bytes());
+    part(&mut h, input.route.as_bytes());
+    part(&mut h, input.method.as_bytes());
+    part(&mut h, input.path.as_bytes());
+    // Tagged: no query and an empty one are different inputs here (the key's canonical query
+    // makes them equal, which the memo need not know).
+    match input.query {
+        Some(q) => {
+            h.update(&[1]);
+            part(&mut h, q.as_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    h.update(&(input.vary.len() as u64).to_le_bytes());
+    for (name, value) in input.vary {
+        part(&mut h, name.as_bytes());
+        part(&mut h, value);
+    }
+    h.update(&(input.ignore_fields.len() as u64).to_le_bytes());
+    for field in input.ignore_fields {
+        part(&mut h, field.as_bytes());
+    }
+    part(&mut h, input.body.raw());
+    *h.finalize().as_bytes()
+}
+
+/// The memo's map hashes its ids by their own first bytes: they are blake3 output already.
+type IdHasher = BuildHasherDefault<FirstBytes>;
+
+#[derive(Default)]
+struct FirstBytes(u64);
+
+impl Hasher for FirstBytes {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length, then its bytes: keep the first 8 of those.
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(first);
+        }
+    }
 }
 
 /// Canonical JSON of `body` when it is JSON, else the raw bytes (for `promptgate key`, which
@@ -399,7 +529,128 @@ mod tests {
             "{}",
             String::from_utf8_lossy(body)
         );
+        // The memo gives the same key, computed (cold) and remembered (warm).
+        let memo = KeyMemo::new();
+        assert_eq!(memo.derive(&input), key);
+        assert_eq!(memo.derive(&input), key);
+        assert_eq!(memo.len(), 1);
         key
+    }
+
+    #[test]
+    fn the_memo_keys_on_every_input() {
+        let memo = KeyMemo::new();
+        let ignore = ignore();
+        let none: Vec<String> = Vec::new();
+        let body = br#"{"model":"m","user":"u","messages":[]}"#;
+        let parsed = ParsedBody::new(body);
+        let other = ParsedBody::new(br#"{"model":"m","user":"v","messages":[ ]}"#);
+        let vary: &[(&str, &[u8])] = &[("x-tenant", b"a")];
+        let base = KeyInput {
+            scope: "shared",
+            route: "openai",
+            method: "POST",
+            path: "/v1/chat/completions",
+            query: Some("b=2&a=1"),
+            vary,
+            body: &parsed,
+            ignore_fields: &ignore,
+        };
+        let variants = [
+            KeyInput {
+                scope: "abc",
+                ..base
+            },
+            KeyInput {
+                route: "other",
+                ..base
+            },
+            KeyInput {
+                method: "GET",
+                ..base
+            },
+            KeyInput {
+                path: "/v1/embeddings",
+                ..base
+            },
+            KeyInput {
+                query: None,
+                ..base
+            },
+            KeyInput {
+                query: Some("a=1&b=2"),
+                ..base
+            },
+            KeyInput {
+                vary: &[("x-tenant", b"b")],
+                ..base
+            },
+            KeyInput { vary: &[], ..base },
+            KeyInput {
+                ignore_fields: &none,
+                ..base
+            },
+            KeyInput {
+                body: &other,
+                ..base
+            },
+        ];
+        // Warm the memo with every variant, then ask again: each answer is what derive says,
+        // whatever was remembered for the others.
+        for round in 0..2 {
+            assert_eq!(memo.derive(&base), derive(&base), "round {round}");
+            for (i, v) in variants.iter().enumerate() {
+                assert_eq!(memo.derive(v), derive(v), "variant {i}, round {round}");
+            }
+        }
+        // Same key from different raw inputs (query order; whitespace plus an ignored field):
+        // separate memo entries, one key.
+        assert_eq!(derive(&variants[5]), derive(&base));
+        assert_eq!(derive(&variants[9]), derive(&base));
+        assert_eq!(memo.len(), 11);
+    }
+
+    #[test]
+    fn the_memo_is_bounded_and_keeps_recent_keys() {
+        let memo = KeyMemo::new();
+        let bodies: Vec<String> = (0..KeyMemo::ENTRIES * 2 + 10)
+            .map(|i| format!("{{\"n\":{i}}}"))
+            .collect();
+        let input = |body: &ParsedBody| {
+            derive(&KeyInput {
+                scope: "shared",
+                route: "r",
+                method: "POST",
+                path: "/",
+                query: None,
+                vary: &[],
+                body,
+                ignore_fields: &[],
+            })
+        };
+        let memo_key = |body: &ParsedBody| {
+            memo.derive(&KeyInput {
+                scope: "shared",
+                route: "r",
+                method: "POST",
+                path: "/",
+                query: None,
+                vary: &[],
+                body,
+                ignore_fields: &[],
+            })
+        };
+        for b in &bodies {
+            let parsed = ParsedBody::new(b.as_bytes());
+            assert_eq!(memo_key(&parsed), input(&parsed));
+        }
+        assert!(memo.len() <= 2 * KeyMemo::ENTRIES, "{}", memo.len());
+        assert!(memo.len() > KeyMemo::ENTRIES, "{}", memo.len());
+        // the latest bodies are remembered (and still right)
+        let last = ParsedBody::new(bodies.last().unwrap().as_bytes());
+        let before = memo.len();
+        assert_eq!(memo_key(&last), input(&last));
+        assert_eq!(memo.len(), before);
     }
 
     /// The derivation as first implemented: the canonical body written out whole, then hashed.

@@ -16,7 +16,7 @@ use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
 use entry::Entry;
 use flight::Flights;
-use key::CacheKey;
+use key::{CacheKey, KeyMemo};
 use memory::MemoryStore;
 use redis::{RedisError, RedisStore};
 use std::sync::Arc;
@@ -129,6 +129,8 @@ pub struct Cache {
     memory: MemoryStore,
     backend: ArcSwap<Backend>,
     flights: Arc<Flights>,
+    /// Recent requests' keys, so a repeated body is canonicalised once.
+    key_memo: KeyMemo,
 }
 
 impl Cache {
@@ -139,7 +141,13 @@ impl Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
             backend: ArcSwap::from_pointee(Backend::new(spec)?),
             flights: Arc::default(),
+            key_memo: KeyMemo::new(),
         })
+    }
+
+    /// The memo of recent requests' keys (see [`KeyMemo`]).
+    pub fn key_memo(&self) -> &KeyMemo {
+        &self.key_memo
     }
 
     /// Applies a reloaded `cache:` section: a changed Redis setting connects anew; memory

@@ -2,7 +2,7 @@
 //! the config), the request's own controls (`Cache-Control`, `x-promptgate-cache`,
 //! `x-promptgate-ttl`), and the credential scope.
 
-use super::key::{self, CacheKey, KeyInput};
+use super::key::{self, CacheKey, KeyInput, KeyMemo};
 use crate::body::ParsedBody;
 use crate::config::schema::CacheScope;
 use crate::config::RouteCache;
@@ -93,13 +93,15 @@ pub fn credential_hash(req: &RequestHeader) -> blake3::Hash {
     h.finalize()
 }
 
-/// The cache key of a request on a route with cache settings `policy`.
+/// The cache key of a request on a route with cache settings `policy`; through `memo` when
+/// given (the proxy's: a repeated body is canonicalised once).
 pub fn request_key(
     req: &RequestHeader,
     route: &str,
     policy: &RouteCache,
     path: &str,
     body: &ParsedBody<'_>,
+    memo: Option<&KeyMemo>,
 ) -> CacheKey {
     let vary: Vec<(&str, &[u8])> = policy
         .vary
@@ -112,7 +114,7 @@ pub fn request_key(
         })
         .collect();
     let scope = scope(req, policy.scope);
-    key::derive(&KeyInput {
+    let input = KeyInput {
         scope: &scope,
         route,
         method: req.method.as_str(),
@@ -121,7 +123,11 @@ pub fn request_key(
         vary: &vary,
         body,
         ignore_fields: &policy.ignore_fields,
-    })
+    };
+    match memo {
+        Some(memo) => memo.derive(&input),
+        None => key::derive(&input),
+    }
 }
 
 /// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).

@@ -209,6 +209,7 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         &route.cache,
         req.uri.path(),
         &crate::body::ParsedBody::new(&body),
+        None,
     );
     let canonical = crate::cache::key::canonical_body(&body, &route.cache.ignore_fields);
     let kind = match canonical {

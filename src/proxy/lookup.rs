@@ -54,7 +54,14 @@ pub(super) fn decide(
             record: None,
         }));
     }
-    let key = policy::request_key(req, &route.key_name, &route.cache, path, body);
+    let key = policy::request_key(
+        req,
+        &route.key_name,
+        &route.cache,
+        path,
+        body,
+        Some(cache.key_memo()),
+    );
     Ok(Some(CacheDecision {
         status: if controls.lookup {
             CacheStatus::Miss
