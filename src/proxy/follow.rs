@@ -17,7 +17,10 @@ pub enum Followed {
 }
 
 /// Answers from the leader's flight: a plain response once it is complete, a stream chunk by
-/// chunk as the leader receives it. Errors happen only after the response started.
+/// chunk as the leader receives it — every byte the leader's client gets, stored or not.
+/// `timeout` bounds the wait for the leader's head (and for a plain answer, its body: nothing
+/// was written yet, so falling through is still possible). Errors happen only after the
+/// response started.
 pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
@@ -47,7 +50,7 @@ pub async fn serve(
         .await?;
     let mut seen = 0;
     loop {
-        match follower.tail(seen, timeout).await {
+        match follower.tail(seen).await {
             Tail::Chunks(chunks) => {
                 seen += chunks.len();
                 for chunk in chunks {
@@ -59,7 +62,8 @@ pub async fn serve(
                 session.write_response_body(None, true).await?;
                 return Ok(Followed::Served(head.status, usage.finish()));
             }
-            // The leader's stream broke: this one breaks too, never looking complete.
+            // The leader's upstream broke off: this one breaks too, never looking complete
+            // (exactly as the leader's own client is cut).
             Tail::Failed => {
                 return Err(pingora::Error::explain(
                     pingora::ErrorType::ConnectionClosed,

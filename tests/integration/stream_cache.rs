@@ -288,3 +288,43 @@ async fn streams_over_the_entry_limit_are_relayed_but_not_stored() {
     }
     assert_eq!(mock.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_whole_answer_even_when_it_is_too_large_to_store() {
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(&format!(
+        "cache: {{ max_entry_bytes: 100 }}\n{}",
+        provider_routes(&mock.url())
+    )));
+    for streaming in [false, true] {
+        let before = mock.hits();
+        let body = chat(streaming, "too large to store");
+        let headers = [
+            ("x-mock-delay-ms", "300"),
+            ("x-mock-chunk-delay-ms", "20"),
+            ("x-mock-events", "30"),
+        ];
+        let path = "/openai/v1/chat/completions";
+        let follower = {
+            let (gw, body) = (gw.clone(), body.clone());
+            tokio::spawn(async move {
+                // joins while the leader waits for the upstream's head
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stream(&gw, path, &headers, &body).await
+            })
+        };
+        let leader = stream(&gw, path, &headers, &body).await;
+        let follower = follower.await.unwrap();
+        assert_eq!((leader.status, follower.status), (200, 200));
+        assert!(leader.body.len() > 100, "the answer is over the limit");
+        assert_eq!(leader.body, follower.body, "streaming: {streaming}");
+        if streaming {
+            assert!(String::from_utf8_lossy(&follower.body).contains("[DONE]"));
+        }
+        assert_eq!(
+            mock.hits() - before,
+            1,
+            "one upstream call (streaming: {streaming})"
+        );
+    }
+}
