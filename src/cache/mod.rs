@@ -8,6 +8,7 @@ pub mod entry;
 pub mod flight;
 pub mod key;
 pub mod memory;
+pub mod operations;
 pub mod policy;
 pub mod record;
 pub mod redis;

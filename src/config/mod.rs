@@ -6,6 +6,7 @@
 mod compile;
 mod interpolate;
 mod locate;
+pub mod operations;
 pub mod schema;
 pub mod secret;
 
