@@ -498,6 +498,7 @@ fn route(
     };
     Some(Route {
         key_name,
+        websocket: spec.websocket,
         name: spec.name,
         matcher: Matcher {
             path_prefix: m.path_prefix.clone(),

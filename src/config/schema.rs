@@ -153,6 +153,10 @@ pub struct RouteSpec {
     pub retry: RetrySpec,
     #[serde(default)]
     pub cache: RouteCacheSpec,
+    /// Tunnel WebSocket upgrades to the route's upstream (default true); `false` refuses them
+    /// with a 403 JSON error.
+    #[serde(default = "default_true")]
+    pub websocket: bool,
 }
 
 /// The order in which a route's targets are tried.
@@ -527,4 +531,8 @@ pub struct ConfigSpec {
     pub reload: ReloadSpec,
     pub pricing: BTreeMap<String, PriceSpec>,
     pub log: LogSpec,
+}
+
+fn default_true() -> bool {
+    true
 }

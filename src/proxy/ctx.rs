@@ -1,5 +1,6 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use super::tunnel::Tunnelled;
 use crate::cache::{CacheStatus, Lookup};
 use crate::providers::Usage;
 use crate::runtime::Runtime;
@@ -37,6 +38,8 @@ pub struct Ctx {
     pub lookup: Option<Lookup>,
     /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
+    /// Set by `request_filter` when a WebSocket tunnel ended: the bytes it carried.
+    pub tunnel: Option<Tunnelled>,
 }
 
 impl Default for Ctx {
@@ -56,6 +59,7 @@ impl Default for Ctx {
             inflight: None,
             lookup: None,
             usage: None,
+            tunnel: None,
         }
     }
 }

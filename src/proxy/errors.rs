@@ -34,6 +34,8 @@ pub enum ProxyError {
     Priority {
         priority: crate::routing::balance::PriorityError,
     },
+    #[error("route {route} does not allow WebSocket upgrades (its websocket option is false)")]
+    WebSocketRefused { route: String },
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]
     Exhausted {
@@ -56,6 +58,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 502,
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
+            ProxyError::WebSocketRefused { .. } => 403,
             ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::Reset { .. } | ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::WebSocketRefused { .. } => "websocket_refused",
             ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }

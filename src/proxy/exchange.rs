@@ -36,7 +36,7 @@ const HOP_BY_HOP: &[&str] = &[
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// True for hop-by-hop headers, including any the message's `Connection` header nominates.
-fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
@@ -121,6 +121,11 @@ impl UpstreamResponse {
         self.session
             .response_header()
             .expect("send() returns only after the response head was read")
+    }
+
+    /// The upstream session, for a tunnel after a `101` (it is never returned to the pool).
+    pub fn into_session(self) -> UpstreamSession {
+        self.session
     }
 
     /// The `Content-Type`, or `""`.

@@ -11,6 +11,7 @@ use crate::body::ParsedBody;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::{Route, Target};
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use std::time::{Duration, Instant};
@@ -88,6 +89,9 @@ pub struct Outgoing<'a, 'b> {
     pub body: &'a Bytes,
     /// `body`'s tree, for the model rewrites.
     pub parsed: &'a ParsedBody<'b>,
+    /// For a WebSocket upgrade, the client's `Upgrade` value: sent on with
+    /// `Connection: upgrade` (both hop-by-hop, so `build_request` leaves them out).
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 /// Sends the request to `targets` in order, retrying and failing over per the route's policy,
@@ -110,7 +114,14 @@ pub async fn exchange<'r>(
         }
         let up = &target.upstream;
         let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
-        let req = exchange::build_request(outgoing.client, up, outgoing.forward, body.len())?;
+        let mut req = exchange::build_request(outgoing.client, up, outgoing.forward, body.len())?;
+        if let Some(upgrade) = outgoing.upgrade {
+            let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
+            req.insert_header(http::header::UPGRADE, upgrade.clone())
+                .map_err(invalid)?;
+            req.insert_header(http::header::CONNECTION, "upgrade")
+                .map_err(invalid)?;
+        }
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;

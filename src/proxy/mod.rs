@@ -7,8 +7,9 @@
 //!    `request_body`; its JSON tree is parsed at most once, on first use, `crate::body`), choose
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
-//!    of the answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response
-//!    has been sent.
+//!    of the answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the
+//!    route allows, no cache step and a tunnel after the upstream's `101` (`tunnel`). Returns
+//!    `Ok(true)`: the response has been sent.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — metrics and the access log line, from the ctx (`report`).
 //!
@@ -28,6 +29,7 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
@@ -108,17 +110,28 @@ impl Proxy {
         let parsed = ParsedBody::new(&body);
         let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
         ctx.route = Some(route.name.clone());
+        let upgrade = tunnel::websocket(session).cloned();
+        if upgrade.is_some() && !route.websocket {
+            return Err(ProxyError::WebSocketRefused {
+                route: route.name.clone(),
+            }
+            .into());
+        }
 
-        let (cache_status, record) =
-            match lookup::decide(&self.cache, session, route, &path, &parsed)? {
-                None => (None, None),
-                Some(decision) => {
-                    match lookup::answer(&self.cache, session, ctx, route, decision).await? {
-                        CacheStep::Answered => return Ok(()),
-                        CacheStep::GoUpstream { status, record } => (Some(status), record),
-                    }
+        let decision = match upgrade {
+            // A tunnel is never cached.
+            Some(_) => None,
+            None => lookup::decide(&self.cache, session, route, &path, &parsed)?,
+        };
+        let (cache_status, record) = match decision {
+            None => (None, None),
+            Some(decision) => {
+                match lookup::answer(&self.cache, session, ctx, route, decision).await? {
+                    CacheStep::Answered => return Ok(()),
+                    CacheStep::GoUpstream { status, record } => (Some(status), record),
                 }
-            };
+            }
+        };
         ctx.cache = cache_status;
 
         let targets = balance::order(route, group);
@@ -135,12 +148,20 @@ impl Proxy {
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
+                upgrade: upgrade.as_ref(),
             },
             ctx,
         )
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
+        if upgrade.is_some() && ctx.status == 101 {
+            let mut counted = tunnel::Tunnelled::default();
+            let tunnelled = tunnel::run(session, answer.response, &mut counted).await;
+            drop(answer.slot);
+            ctx.tunnel = Some(counted);
+            return tunnelled.map_err(Failure::AfterResponse);
+        }
         let mut usage = UsageObserver::for_content_type(answer.response.content_type());
         let relayed = exchange::relay(
             &self.connector,

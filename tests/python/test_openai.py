@@ -177,3 +177,18 @@ def test_an_error_is_not_cached(sdk_env, prompt):
 
     assert cache == "MISS"
     mock_number(completion.choices[0].message.content)
+
+
+def test_realtime_client_connects_through_promptgate(client, prompt):
+    # The Realtime API goes to the same base URL, as a WebSocket upgrade: promptgate tunnels
+    # it to the route's upstream (the mock's Realtime-like endpoint) and never caches it.
+    for _ in range(2):
+        with client.realtime.connect(model="gpt-realtime") as connection:
+            created = connection.recv()
+            assert created.type == "session.created"
+
+            connection.session.update(session={"type": "realtime", "instructions": prompt})
+            updated = connection.recv()
+
+            assert updated.type == "session.updated"
+            assert updated.session.instructions == prompt

@@ -9,6 +9,10 @@
 //! `x-mock-fail-first` + `x-mock-id`, `x-mock-fault: reset|truncate|close` (`x-mock-fault-first`
 //! limits it to the first N requests of an `x-mock-id`), `x-mock-hold`
 //! (held until [`MockUpstream::release`]) and `x-mock-events` (content events per stream).
+//! A WebSocket upgrade is answered by a Realtime-like endpoint (`websocket.rs`).
+
+#[path = "mock_upstream/websocket.rs"]
+mod websocket;
 
 use std::collections::HashMap;
 use std::io;
@@ -226,6 +230,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         };
         let hit = shared.record(req.clone());
+        if websocket::is_upgrade(&req) {
+            let _ = websocket::serve(&mut stream, &mut buf, &req).await;
+            return;
+        }
         match respond(&mut stream, &shared, &req, hit, client_close).await {
             Ok(After::KeepAlive) => {}
             Ok(After::Close) => {
