@@ -2,8 +2,9 @@
 //! as the leader of a flight, sharing it live with identical requests waiting on it.
 
 use super::entry::{is_replayable, unix_now, ChunkMark, Entry};
-use super::flight::{Leader, SharedHead};
+use super::flight::{Leader, SharedHead, Variant};
 use super::key::CacheKey;
+use super::vary::{self, Varies};
 use super::Cache;
 use crate::providers::StreamEnd;
 use bytes::{Bytes, BytesMut};
@@ -38,6 +39,8 @@ pub struct Recorder {
     started: Instant,
     size: usize,
     overflowed: bool,
+    /// Set when the answer varies on request headers: which variant this is.
+    variant: Option<Variant>,
 }
 
 impl Recorder {
@@ -45,7 +48,14 @@ impl Recorder {
     /// shared: a 2xx the upstream did not mark `no-store` or `private`. Otherwise the plan is
     /// dropped, which releases any followers (before their first byte) to make their own calls.
     /// An answer declared larger than the limit is shared with followers but not stored.
-    pub fn start(plan: RecordPlan, head: &ResponseHeader) -> Option<Recorder> {
+    ///
+    /// An answer whose `Vary` names request headers is stored (and shared) as the variant that
+    /// `request`'s values of them select; `Vary: *` is neither stored nor shared.
+    pub fn start(
+        plan: RecordPlan,
+        head: &ResponseHeader,
+        request: &http::HeaderMap,
+    ) -> Option<Recorder> {
         if !head.status.is_success() {
             return None;
         }
@@ -53,6 +63,17 @@ impl Recorder {
         if forbids_storing(head.headers.get_all(http::header::CACHE_CONTROL)) {
             return None;
         }
+        let variant = match vary::of(head.headers.get_all(http::header::VARY)) {
+            Varies::No => plan.cache.known_variants(&plan.key).map(|names| Variant {
+                key: vary::variant_key(&plan.key, &names, request),
+                names,
+            }),
+            Varies::On(names) => Some(Variant {
+                key: vary::variant_key(&plan.key, &names, request),
+                names,
+            }),
+            Varies::Anything => return None,
+        };
         let declared = header(http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         let stream_end =
             StreamEnd::for_content_type(header(http::header::CONTENT_TYPE).unwrap_or(""));
@@ -72,13 +93,14 @@ impl Recorder {
             started: Instant::now(),
             size: 0,
             overflowed: false,
+            variant,
         };
         if let Some(leader) = &recorder.plan.leader {
             leader.head(SharedHead {
                 status: recorder.status,
                 headers: recorder.headers.clone(),
                 streaming: recorder.stream_end.is_some(),
-                variant: None,
+                variant: recorder.variant.clone(),
             });
         }
         if declared.is_some_and(|len| len > recorder.plan.limit) {
@@ -178,9 +200,17 @@ impl Recorder {
             ttl: self.plan.ttl,
             usage: Default::default(),
         });
-        self.plan
-            .cache
-            .store(&self.plan.route, self.plan.key, entry.clone());
+        let cache = &self.plan.cache;
+        match &self.variant {
+            Some(v) => cache.store_variant(
+                &self.plan.route,
+                self.plan.key,
+                &v.names,
+                v.key,
+                entry.clone(),
+            ),
+            None => cache.store(&self.plan.route, self.plan.key, entry.clone()),
+        }
         Some(entry)
     }
 }

@@ -369,6 +369,10 @@ impl Default for CacheSpec {
                 "openai-organization",
                 "openai-project",
                 "openai-beta",
+                // Browser clients: an answer carrying one origin's CORS headers is never
+                // replayed to another origin, even from servers that send `Vary: Origin`
+                // only when a request has one.
+                "origin",
             ]
             .map(String::from)
             .to_vec(),

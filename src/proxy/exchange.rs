@@ -247,7 +247,7 @@ pub async fn relay(
     }
     let mut recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, &head));
+        .and_then(|plan| Recorder::start(plan, &head, &session.req_header().headers));
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {

@@ -2,6 +2,8 @@
 
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
+use crate::cache::key::CacheKey;
+use crate::cache::vary;
 use crate::config::schema::Replay;
 use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
@@ -21,14 +23,23 @@ pub enum Followed {
 /// `timeout` bounds the wait for the leader's head (and for a plain answer, its body: nothing
 /// was written yet, so falling through is still possible). Errors happen only after the
 /// response started.
+///
+/// `key` is this request's cache key: when the leader's answer varies on request headers
+/// (`Vary`), a follower whose values of them select another variant makes its own call.
 pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
+    key: CacheKey,
     timeout: Duration,
 ) -> pingora::Result<Followed> {
     let Some(head) = follower.head(timeout).await else {
         return Ok(Followed::FallThrough);
     };
+    if let Some(v) = &head.variant {
+        if vary::variant_key(&key, &v.names, &session.req_header().headers) != v.key {
+            return Ok(Followed::FallThrough);
+        }
+    }
     if !head.streaming {
         return match follower.complete(timeout).await {
             Some(entry) => respond::cached(session, &entry, Replay::Instant)

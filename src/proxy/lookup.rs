@@ -91,7 +91,9 @@ pub(super) async fn answer(
         ctx.lookup = Some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
-    let found = cache.lookup_traced(&route.name, &key).await;
+    let found = cache
+        .lookup_traced(&route.name, &key, &session.req_header().headers)
+        .await;
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
@@ -106,7 +108,7 @@ pub(super) async fn answer(
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
             Role::Follower(follower) => {
-                let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
+                let followed = follow::serve(session, follower, key, route.cache.coalesce_timeout)
                     .await
                     .map_err(Failure::AfterResponse)?;
                 if let Followed::Served(code, usage) = followed {

@@ -8,6 +8,7 @@ mod cache_redis;
 mod cli;
 mod forwarding;
 mod hostile_input;
+mod http_semantics;
 mod lifecycle;
 mod metrics;
 mod operations;

@@ -9,7 +9,9 @@
 //! `x-mock-fail-first` + `x-mock-id`, `x-mock-fault: reset|truncate|close` (`x-mock-fault-first`
 //! limits it to the first N requests of an `x-mock-id`), `x-mock-hold`
 //! (held until [`MockUpstream::release`]) and `x-mock-events` (content events per stream).
-//! A WebSocket upgrade is answered by a Realtime-like endpoint (`websocket.rs`).
+//! A WebSocket upgrade is answered by a Realtime-like endpoint (`websocket.rs`). A request
+//! with `Origin` gets `Vary: Origin` and its own `Access-Control-Allow-Origin`;
+//! `x-mock-vary` and `x-mock-cache-control` set those response headers.
 
 #[path = "mock_upstream/websocket.rs"]
 mod websocket;
@@ -476,6 +478,18 @@ async fn respond(
     );
     for (name, value) in &reply.extra_headers {
         head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // Like a CORS-aware server: the answer names the caller's origin, so it varies on Origin.
+    if let Some(origin) = req.header("origin") {
+        head.push_str(&format!(
+            "vary: Origin\r\naccess-control-allow-origin: {origin}\r\n"
+        ));
+    }
+    if let Some(vary) = req.header("x-mock-vary") {
+        head.push_str(&format!("vary: {vary}\r\n"));
+    }
+    if let Some(cc) = req.header("x-mock-cache-control") {
+        head.push_str(&format!("cache-control: {cc}\r\n"));
     }
     if close {
         head.push_str("connection: close\r\n");
