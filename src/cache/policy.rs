@@ -3,6 +3,7 @@
 
 use super::key::{self, CacheKey, KeyInput};
 use crate::body::ParsedBody;
+use crate::config::operations::{self, Operation};
 use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec};
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -16,6 +17,8 @@ pub struct CachePolicy {
     pub scope: CacheScope,
     pub ignore_fields: Vec<String>,
     pub vary: Vec<HeaderName>,
+    /// The cacheable operations (`cache.operations`, presets expanded).
+    pub operations: Vec<Operation>,
     pub max_entry_bytes: usize,
     pub replay: Replay,
     pub complete_on_disconnect: bool,
@@ -54,10 +57,21 @@ impl CachePolicy {
                 )),
             }
         }
+        let operations =
+            match operations::parse(route.operations.as_ref().unwrap_or(&global.operations)) {
+                Ok(ops) => ops,
+                Err(wrong) => {
+                    for (i, problem) in wrong {
+                        problems.push((format!("operations[{i}]"), problem));
+                    }
+                    Vec::new()
+                }
+            };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(CachePolicy {
+            operations,
             enabled: global.enabled && route.enabled.unwrap_or(true),
             ttl,
             scope: route.scope.unwrap_or(global.scope),
@@ -184,11 +198,6 @@ pub fn request_key(
         body,
         ignore_fields: &policy.ignore_fields,
     })
-}
-
-/// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).
-pub fn cacheable_method(method: &http::Method) -> bool {
-    method == http::Method::POST || method == http::Method::GET
 }
 
 #[cfg(test)]

@@ -339,6 +339,10 @@ pub struct CacheSpec {
     pub ignore_fields: Vec<String>,
     /// Request headers that change the answer, so they are part of the key.
     pub vary: Vec<String>,
+    /// Which requests are cacheable operations: presets (`default`, `openai`, `anthropic`,
+    /// `gemini`, `ollama`) and `METHOD /path-glob` entries matched on the end of the forwarded
+    /// path. Everything else is forwarded untouched as `BYPASS`. Default `[default]`.
+    pub operations: Vec<String>,
     /// How a cached stream is replayed: at once, or at its recorded pace.
     pub replay: Replay,
     /// Keep reading a stream into the cache after its client left early.
@@ -376,6 +380,7 @@ impl Default for CacheSpec {
             ]
             .map(String::from)
             .to_vec(),
+            operations: vec![super::operations::DEFAULT.to_string()],
             replay: Replay::Instant,
             complete_on_disconnect: false,
             coalesce: true,
@@ -471,6 +476,7 @@ pub struct RouteCacheSpec {
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
     pub vary: Option<Vec<String>>,
+    pub operations: Option<Vec<String>>,
     pub replay: Option<Replay>,
     pub complete_on_disconnect: Option<bool>,
     pub coalesce: Option<bool>,

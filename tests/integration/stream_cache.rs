@@ -67,8 +67,9 @@ async fn every_stream_format_is_replayed_byte_for_byte() {
             json!({"contents": []}),
         ),
         (
+            // (with no messages it would only load the model: not cacheable)
             "/ollama/api/chat",
-            json!({"model": "llama3.2", "messages": []}),
+            json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}),
         ),
     ];
     for (i, (path, body)) in cases.iter().enumerate() {
