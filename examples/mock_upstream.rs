@@ -4,7 +4,7 @@
 //! Serves on 127.0.0.1:PORT (default 0: any free port) until killed. The first line on stdout
 //! is the port actually bound, so a caller can start it with port 0 and read the port back.
 
-#[path = "../tests/integration/support/mock_upstream.rs"]
+#[path = "../tests/integration/support/mock_upstream/mod.rs"]
 mod mock_upstream;
 
 use std::io::Write;

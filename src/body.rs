@@ -105,6 +105,16 @@ impl<'a> ParsedBody<'a> {
         }
     }
 
+    /// [`ParsedBody::model`] without building the tree, for when nothing else will read the
+    /// body: the struct reading skips what it does not need and allocates nothing but the
+    /// model (a third of the tree's cost on a chat request). Uses the tree if it is built.
+    pub fn peek_model(&self) -> Option<Cow<'_, str>> {
+        match self.tree.get() {
+            Some(_) => self.model(),
+            None => model_of(self.raw).map(Cow::Owned),
+        }
+    }
+
     /// The body with its top-level `model` replaced by `model`, when it is a JSON object with a
     /// `model` field (of any type); `None` otherwise (send the body as it is).
     ///
@@ -152,7 +162,9 @@ fn model_of(raw: &[u8]) -> Option<String> {
 pub trait Sink {
     fn bytes(&mut self, b: &[u8]);
     /// A string decoded from escapes, escaped as serde_json escapes it (quotes included).
-    fn escaped(&mut self, s: &str);
+    fn escaped(&mut self, s: &str) {
+        write_escaped(s, self);
+    }
     /// A number as serde_json prints it.
     fn number(&mut self, n: &serde_json::Number);
 }
@@ -161,12 +173,60 @@ impl Sink for Vec<u8> {
     fn bytes(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
     }
-    fn escaped(&mut self, s: &str) {
-        serde_json::to_writer(self, s).expect("writing to a Vec cannot fail");
-    }
     fn number(&mut self, n: &serde_json::Number) {
         serde_json::to_writer(self, n).expect("writing to a Vec cannot fail");
     }
+}
+
+/// True for the bytes serde_json escapes in a string: `"`, `\` and control characters.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Writes `s` quoted and escaped exactly as serde_json does (`\"`, `\\`, `\b`, `\f`, `\n`,
+/// `\r`, `\t`, other control characters as `\u00xx`, everything else as it is), skipping
+/// clean text 16 bytes at a time: prompts are long runs of text with a few newlines.
+pub fn write_escaped<S: Sink + ?Sized>(s: &str, out: &mut S) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.bytes(b"\"");
+    let mut start = 0;
+    for (at, block) in bytes.chunks(16).enumerate() {
+        // A whole-block check (no early exit) compiles to a few vector instructions.
+        if !block
+            .iter()
+            .fold(false, |dirty, &b| dirty | needs_escape(b))
+        {
+            continue;
+        }
+        for (i, &b) in block.iter().enumerate() {
+            if !needs_escape(b) {
+                continue;
+            }
+            let i = at * 16 + i;
+            out.bytes(&bytes[start..i]);
+            start = i + 1;
+            match b {
+                b'"' => out.bytes(b"\\\""),
+                b'\\' => out.bytes(b"\\\\"),
+                0x08 => out.bytes(b"\\b"),
+                0x0c => out.bytes(b"\\f"),
+                b'\n' => out.bytes(b"\\n"),
+                b'\r' => out.bytes(b"\\r"),
+                b'\t' => out.bytes(b"\\t"),
+                _ => out.bytes(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+            }
+        }
+    }
+    out.bytes(&bytes[start..]);
+    out.bytes(b"\"");
 }
 
 /// Writes `node` compactly with object fields in the tree's order: sorted by key, one per key
@@ -378,7 +438,12 @@ pub(crate) mod tests {
     }
 
     fn model(raw: &[u8]) -> Option<String> {
-        ParsedBody::new(raw).model().map(Cow::into_owned)
+        let parsed = ParsedBody::new(raw);
+        let peeked = parsed.peek_model().map(Cow::into_owned);
+        let read = parsed.model().map(Cow::into_owned);
+        assert_eq!(peeked, read, "{}", String::from_utf8_lossy(raw));
+        assert_eq!(parsed.peek_model().map(Cow::into_owned), read);
+        read
     }
 
     #[test]
@@ -466,6 +531,13 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        #[test]
+        fn escaping_is_serde_jsons(s in "\\PC*|[\u{0}-\u{7f}]{0,40}|[a-z\n\"\\\\]{0,70}") {
+            let mut out = Vec::new();
+            write_escaped(&s, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        }
+
         #[test]
         fn rewrite_matches_the_map_rewrite(text in arb_json_text()) {
             let body = format!(r#"{{"model":"x","p":{text},"q":{text}}}"#);

@@ -13,7 +13,9 @@
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::pricing::{Pricing, OTHER};
 use crate::providers::Usage;
+use crate::stats::Activity;
 use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -53,6 +55,15 @@ impl ReloadResult {
     }
 }
 
+/// The counters of `promptgate_config_watch_events_total`, handed to the config file watcher.
+#[derive(Debug, Clone)]
+pub struct WatchCounters {
+    /// Events about the config file (or that may hide one: its directory, a queue overflow).
+    pub config: IntCounter,
+    /// Events about another file in the config's directory: each woke the watcher for nothing.
+    pub other: IntCounter,
+}
+
 /// The `cache` label of requests the cache had no part in (not a cached route, or the request
 /// failed before the cache was asked).
 pub const NO_CACHE: &str = "none";
@@ -79,6 +90,9 @@ const KINDS: [&str; 2] = ["input", "output"];
 
 /// What one finished request reports (from its ctx, in the `logging` phase).
 pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    /// The request path, without the query string (some providers take the API key there).
+    pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,
@@ -164,6 +178,7 @@ pub struct Metrics {
     registry: Registry,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    config_watch_events: IntCounterVec,
     requests: IntCounterVec,
     /// `promptgate_websocket_bytes_total{route,direction}`.
     websocket_bytes: IntCounterVec,
@@ -184,6 +199,8 @@ pub struct Metrics {
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
     redis_errors_seen: Mutex<(usize, u64)>,
+    /// Recent requests and the last minutes' rates, for the dashboard (fed from here).
+    activity: Activity,
 }
 
 /// Registers `metric` and returns it; the definitions are static, so failure is a bug.
@@ -245,6 +262,15 @@ impl Metrics {
         // Both series exist from the start, so `rate()` and alerts see a 0 before the first error.
         for result in [ReloadResult::Success, ReloadResult::Error] {
             config_reloads.with_label_values(&[result.label()]);
+        }
+        let config_watch_events = counter_vec(
+            r,
+            "promptgate_config_watch_events_total",
+            "Events the config file watcher received, by file: config (the config file, its ConfigMap link) or other (another file in its directory).",
+            &["file"],
+        );
+        for file in ["config", "other"] {
+            config_watch_events.with_label_values(&[file]);
         }
         let requests = counter_vec(
             r,
@@ -346,6 +372,7 @@ impl Metrics {
             registry,
             config_reloads,
             config_last_reload_success,
+            config_watch_events,
             requests,
             websocket_bytes,
             cache_lookups,
@@ -363,6 +390,7 @@ impl Metrics {
             routes: RwLock::default(),
             upstreams: RwLock::default(),
             redis_errors_seen: Mutex::new((0, 0)),
+            activity: Activity::default(),
         }
     }
 
@@ -410,6 +438,7 @@ impl Metrics {
         if let Some(lookup) = r.lookup {
             route.lookups[lookup.index()].inc();
         }
+        self.activity.recent.push(r);
         if r.retries > 0 {
             route.retries.inc_by(r.retries.into());
         }
@@ -512,11 +541,29 @@ impl Metrics {
         }
     }
 
+    /// The watcher's event counters (cheap handles on the same series).
+    pub fn config_watch_counters(&self) -> WatchCounters {
+        WatchCounters {
+            config: self.config_watch_events.with_label_values(&["config"]),
+            other: self.config_watch_events.with_label_values(&["other"]),
+        }
+    }
+
+    /// Recent requests and the sampled time series, for the dashboard.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Every metric's current values (what [`Metrics::render`] prints).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.gather(), &mut out)
             .expect("encoding gathered metrics into memory does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
@@ -655,6 +702,8 @@ mod tests {
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
         let record = |cache, lookup, ttfb, retries| RequestRecord {
+            method: "POST",
+            path: "/openai/v1/chat/completions",
             route: Some("openai"),
             upstream: (cache != Some(CacheStatus::Hit)).then_some("mock"),
             status: 200,
@@ -769,6 +818,8 @@ mod tests {
             model: Some("sk-looks-like-a-key-but-is-a-model".into()),
         };
         m.request_done(&RequestRecord {
+            method: "POST",
+            path: "/r",
             route: Some("r"),
             upstream: Some("u"),
             status: 200,

@@ -8,8 +8,9 @@
 //! followers to make their own calls; one whose upstream breaks off mid-body fails its
 //! followers exactly as its own client fails (the stream is cut, never made to look complete).
 
-use super::entry::{unix_now, Entry};
+use super::entry::Entry;
 use super::key::CacheKey;
+use crate::clock::unix_now;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;

@@ -78,12 +78,22 @@ pub fn canonical_query(query: Option<&str>) -> String {
     pairs.join("&")
 }
 
+/// Bodies up to this many bytes are hashed from one canonical buffer: for them a small
+/// allocation costs less than a second walk over the tree. Larger ones stream (see [`derive`]).
+const STREAM_ABOVE: usize = 16 * 1024;
+
 /// Derives the key.
 ///
-/// The canonical body goes straight into the hash, never into a buffer of its own: its length,
-/// which the layout puts first, is counted by a first walk over the tree (cheap: borrowed
-/// strings and containers are counted without being read), then the second walk writes it.
+/// A large body's canonical form goes straight into the hash, never into a buffer of its own:
+/// its length, which the layout puts first, is counted by a first walk over the tree (cheap:
+/// borrowed strings and containers are counted without being read), then the second walk
+/// writes it.
 pub fn derive(input: &KeyInput<'_, '_>) -> CacheKey {
+    derive_with(input, STREAM_ABOVE)
+}
+
+/// [`derive`], streaming bodies over `stream_above` bytes (tests force either way).
+fn derive_with(input: &KeyInput<'_, '_>, stream_above: usize) -> CacheKey {
     let mut h = blake3::Hasher::new();
     part(&mut h, KEY_VERSION.as_bytes());
     part(&mut h, input.scope.as_bytes());
@@ -98,6 +108,12 @@ pub fn derive(input: &KeyInput<'_, '_>) -> CacheKey {
     }
     // The body kind is hashed too, so raw bytes can never collide with a canonical JSON form.
     match input.body.tree() {
+        Some(tree) if input.body.raw().len() <= stream_above => {
+            part(&mut h, b"json");
+            let mut out = Vec::with_capacity(input.body.raw().len());
+            write_canonical(tree, input.ignore_fields, &mut out);
+            part(&mut h, &out);
+        }
         Some(tree) => {
             part(&mut h, b"json");
             let mut count = Count(0);
@@ -149,30 +165,24 @@ impl Sink for Count {
     }
 }
 
-/// Extra bytes serde_json's escaping adds for each byte of a string: `\"`, `\\` and the
-/// short escapes of backspace, form feed, newline, carriage return and tab take 2 bytes, other
-/// control characters 6 (`\u00XX`); nothing else is escaped.
-const ESCAPE_EXTRA: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = 5;
-        b += 1;
-    }
-    t[b'"' as usize] = 1;
-    t[b'\\' as usize] = 1;
-    t[0x08] = 1;
-    t[0x0c] = 1;
-    t[b'\n' as usize] = 1;
-    t[b'\r' as usize] = 1;
-    t[b'\t' as usize] = 1;
-    t
-};
-
-/// The length of `s` as serde_json writes it, quotes included.
+/// The length of `s` as serde_json writes it, quotes included. serde_json escapes only `"`,
+/// `\` and control characters: `\"`, `\\` and the short escapes of backspace, form feed,
+/// newline, carriage return and tab take 2 bytes, other control characters 6 (`\u00XX`).
 fn escaped_len(s: &str) -> u64 {
-    let extra: u64 = s.bytes().map(|b| u64::from(ESCAPE_EXTRA[b as usize])).sum();
-    s.len() as u64 + 2 + extra
+    let (mut quoted, mut controls, mut short) = (0u64, 0u64, 0u64);
+    // Byte-wide counters over chunks that cannot overflow them: the loop vectorizes.
+    for chunk in s.as_bytes().chunks(255) {
+        let (mut q, mut c, mut sh) = (0u8, 0u8, 0u8);
+        for &b in chunk {
+            q += u8::from(b == b'"') + u8::from(b == b'\\');
+            c += u8::from(b < 0x20);
+            sh += u8::from(matches!(b, 0x08 | 0x0c | b'\n' | b'\r' | b'\t'));
+        }
+        quoted += u64::from(q);
+        controls += u64::from(c);
+        short += u64::from(sh);
+    }
+    s.len() as u64 + 2 + quoted + short + 5 * (controls - short)
 }
 
 /// Feeds the hash in blocks of [`HashWriter::BLOCK`] bytes aligned on the hash's input, so
@@ -205,8 +215,10 @@ impl<'h> HashWriter<'h> {
     }
 }
 
-impl Sink for HashWriter<'_> {
-    fn bytes(&mut self, mut b: &[u8]) {
+impl HashWriter<'_> {
+    /// `bytes` when they reach the block boundary.
+    #[inline(never)]
+    fn spill(&mut self, mut b: &[u8]) {
         while !b.is_empty() {
             if self.len == 0 && b.len() >= Self::BLOCK {
                 // A long string: straight in, no copy.
@@ -223,8 +235,18 @@ impl Sink for HashWriter<'_> {
             }
         }
     }
-    fn escaped(&mut self, s: &str) {
-        serde_json::to_writer(IoOut(self), s).expect("hashing cannot fail");
+}
+
+impl Sink for HashWriter<'_> {
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) {
+        let end = self.len + b.len();
+        if end < self.room {
+            self.buf[self.len..end].copy_from_slice(b);
+            self.len = end;
+        } else {
+            self.spill(b);
+        }
     }
     fn number(&mut self, n: &serde_json::Number) {
         serde_json::to_writer(IoOut(self), n).expect("hashing cannot fail");
@@ -381,7 +403,7 @@ mod tests {
     }
 
     /// The derivation as first implemented: the canonical body written out whole, then hashed.
-    /// The streaming `derive` (length counted first, body written into the hash) must match it.
+    /// `derive` (streaming: length counted first, body written into the hash) must match it.
     fn derive_buffered(input: &KeyInput) -> CacheKey {
         let body = canonical_body(input.body.raw(), input.ignore_fields);
         let mut h = blake3::Hasher::new();
@@ -594,7 +616,9 @@ mod tests {
                         body: &ParsedBody::new(body.as_bytes()),
                         ignore_fields: &ignore,
                     };
-                    assert_eq!(derive(&input), derive_buffered(&input), "{len} {filler:?}");
+                    let key = derive_buffered(&input);
+                    assert_eq!(derive(&input), key, "{len} {filler:?}");
+                    assert_eq!(derive_with(&input, 0), key, "{len} {filler:?}");
                 }
             }
         }

@@ -4,15 +4,15 @@
 //!
 //! Lookups never fail a request: a store that errs is a miss.
 
-pub mod entry;
-pub mod flight;
+pub(crate) mod entry;
+pub(crate) mod flight;
 pub mod key;
-pub mod memory;
-pub mod operations;
-pub mod policy;
-pub mod record;
+pub(crate) mod memory;
+pub(crate) mod operations;
+pub(crate) mod policy;
+pub(crate) mod record;
 pub mod redis;
-pub mod vary;
+pub(crate) mod vary;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;

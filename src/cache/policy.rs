@@ -1,95 +1,13 @@
-//! What may be cached for a request: the route's cache policy, the request's own controls
-//! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
+//! What may be cached for a request: the route's cache settings ([`RouteCache`], resolved with
+//! the config), the request's own controls (`Cache-Control`, `x-promptgate-cache`,
+//! `x-promptgate-ttl`), and the credential scope.
 
 use super::key::{self, CacheKey, KeyInput};
 use crate::body::ParsedBody;
-use crate::config::operations::{self, Operation};
-use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec};
-use http::HeaderName;
+use crate::config::schema::CacheScope;
+use crate::config::RouteCache;
 use pingora::http::RequestHeader;
 use std::time::Duration;
-
-/// A route's effective cache settings (route overrides applied over the `cache:` defaults).
-#[derive(Debug, Clone)]
-pub struct CachePolicy {
-    pub enabled: bool,
-    pub ttl: Duration,
-    pub scope: CacheScope,
-    pub ignore_fields: Vec<String>,
-    pub vary: Vec<HeaderName>,
-    /// The cacheable operations (`cache.operations`, presets expanded).
-    pub operations: Vec<Operation>,
-    pub max_entry_bytes: usize,
-    pub replay: Replay,
-    pub complete_on_disconnect: bool,
-    pub coalesce: bool,
-    pub coalesce_timeout: Duration,
-}
-
-impl CachePolicy {
-    /// The route's overrides applied over the `cache:` defaults; or each field that is wrong
-    /// (relative to `routes[N].cache`) with its problem.
-    pub fn resolve(
-        global: &CacheSpec,
-        route: &RouteCacheSpec,
-    ) -> Result<CachePolicy, Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        let ttl = route.ttl.unwrap_or(global.ttl);
-        if ttl.is_zero() {
-            problems.push((
-                "ttl".to_string(),
-                "must be greater than 0 (use enabled: false to turn caching off)".to_string(),
-            ));
-        }
-        let mut vary = Vec::new();
-        for (i, name) in route
-            .vary
-            .as_ref()
-            .unwrap_or(&global.vary)
-            .iter()
-            .enumerate()
-        {
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => vary.push(h),
-                Err(_) => problems.push((
-                    format!("vary[{i}]"),
-                    format!("{name:?} is not a valid header name"),
-                )),
-            }
-        }
-        let operations =
-            match operations::parse(route.operations.as_ref().unwrap_or(&global.operations)) {
-                Ok(ops) => ops,
-                Err(wrong) => {
-                    for (i, problem) in wrong {
-                        problems.push((format!("operations[{i}]"), problem));
-                    }
-                    Vec::new()
-                }
-            };
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(CachePolicy {
-            operations,
-            enabled: global.enabled && route.enabled.unwrap_or(true),
-            ttl,
-            scope: route.scope.unwrap_or(global.scope),
-            ignore_fields: route
-                .ignore_fields
-                .clone()
-                .unwrap_or_else(|| global.ignore_fields.clone()),
-            vary,
-            max_entry_bytes: global.max_entry_bytes,
-            replay: route.replay.unwrap_or(global.replay),
-            complete_on_disconnect: route
-                .complete_on_disconnect
-                .unwrap_or(global.complete_on_disconnect),
-            coalesce: route.coalesce.unwrap_or(global.coalesce),
-            coalesce_timeout: global.coalesce_timeout,
-        })
-    }
-}
 
 /// Headers (and the `key` query parameter) that carry a client credential.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
@@ -169,11 +87,11 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The cache key of a request on a route with `policy`.
+/// The cache key of a request on a route with cache settings `policy`.
 pub fn request_key(
     req: &RequestHeader,
     route: &str,
-    policy: &CachePolicy,
+    policy: &RouteCache,
     path: &str,
     body: &ParsedBody<'_>,
 ) -> CacheKey {

@@ -1,7 +1,7 @@
 //! The command line: `promptgate run | check | key | warm | health`, with `--config` resolution.
 
-pub mod health;
-pub mod warm;
+pub(crate) mod health;
+pub(crate) mod warm;
 
 use crate::config;
 
@@ -101,7 +101,7 @@ pub struct ConfigArg {
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<(PathBuf, crate::runtime::Runtime)> {
         let path = config::resolve_path(self.config.as_deref())?;
-        let runtime = config::load(&path)?;
+        let runtime = crate::runtime::load(&path)?;
         Ok((path, runtime))
     }
 }

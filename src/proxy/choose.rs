@@ -33,7 +33,13 @@ pub(super) fn route<'r>(
     let needs_model = candidates
         .iter()
         .any(|r| r.matcher.model.is_some() || !r.groups.is_empty());
-    let model = if needs_model { body.model() } else { None };
+    let model = if !needs_model {
+        None
+    } else if candidates.iter().any(|r| reads_tree(r)) {
+        body.model()
+    } else {
+        body.peek_model()
+    };
     let route = candidates
         .iter()
         .find(|r| r.matcher.matches_model(model.as_deref()))
@@ -49,6 +55,17 @@ pub(super) fn route<'r>(
     let group = balance::requested_group(route, header, model.as_deref())
         .map_err(|priority| ProxyError::Priority { priority })?;
     Ok((route, group))
+}
+
+/// Whether a request on `route` may read the body's tree after the model: for its cache key,
+/// or a target's model rewrite. If none of the candidates will, the model is read without it.
+fn reads_tree(route: &Route) -> bool {
+    route.cache.enabled
+        || route
+            .targets
+            .iter()
+            .chain(route.groups.iter().flat_map(|(_, targets)| targets))
+            .any(|t| t.model.is_some())
 }
 
 fn no_route(req: &RequestHeader, path: &str) -> ProxyError {

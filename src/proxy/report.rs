@@ -17,7 +17,10 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         Some(Lookup::Hit(entry)) => entry.usage(),
         _ => None,
     });
+    let req = session.req_header();
     metrics.request_done(&RequestRecord {
+        method: req.method.as_str(),
+        path: req.uri.path(),
         route,
         upstream: ctx.upstream.as_deref(),
         status: ctx.status,
@@ -33,7 +36,6 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
     if let (Some(route), Some(t)) = (route, ctx.tunnel) {
         metrics.tunnel_done(route, t.sent, t.received);
     }
-    let req = session.req_header();
     let error = match (ctx.error, e) {
         (Some(label), _) => Some(label),
         (None, Some(e)) => Some(e.etype().as_str()),

@@ -1,7 +1,7 @@
 //! The response cache (memory backend) seen from outside: hits proven by the upstream's
 //! hit counter, request controls, what is never stored.
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -53,7 +53,7 @@ async fn post_json(gw: &Gateway, headers: &[(&str, &str)], body: &Value) -> Repl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_request_is_served_from_cache() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let first = post_json(&gw, &[], &chat("hi")).await;
     assert_eq!((first.status, first.cache()), (200, "MISS"));
     let second = post_json(&gw, &[], &chat("hi")).await;
@@ -73,7 +73,7 @@ async fn identical_request_is_served_from_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_and_whitespace_do_not_matter_but_content_does() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let a =
         r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
     let b = "{ \"temperature\" : 0,\n  \"messages\": [ {\"content\": \"hi\", \"role\": \"user\"} ],\n  \"model\": \"gpt-4o-mini\", \"user\": \"end-user-7\" }";
@@ -87,7 +87,7 @@ async fn key_order_and_whitespace_do_not_matter_but_content_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_credential_never_reads_anothers_entries() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let alice = [("authorization", "Bearer sk-alice")];
     let bob = [("authorization", "Bearer sk-bob")];
     assert_eq!(post_json(&gw, &alice, &chat("hi")).await.cache(), "MISS");
@@ -107,7 +107,7 @@ async fn one_credential_never_reads_anothers_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_controls() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     // no-store: neither looked up nor stored
     assert_eq!(
         post_json(&gw, &[("cache-control", "no-store")], &chat("a"))
@@ -154,7 +154,7 @@ async fn request_controls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_rate_limits_are_never_cached() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     for status in ["500", "429", "503"] {
         let h = [("x-mock-status", status)];
         for _ in 0..2 {
@@ -168,7 +168,7 @@ async fn errors_and_rate_limits_are_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immediate_repeats_never_pay_twice() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     for i in 0..20 {
         let prompt = format!("question {i}");
         assert_eq!(post_json(&gw, &[], &chat(&prompt)).await.cache(), "MISS");
@@ -184,24 +184,17 @@ async fn immediate_repeats_never_pay_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_entries_and_disabled_routes_go_upstream() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-cache: {{ max_entry_bytes: 100 }}
-upstreams:
-  mock: {{ url: "{url}" }}
-routes:
-  - name: uncached
-    match: {{ path_prefix: /uncached }}
-    strip_prefix: true
-    targets: [mock]
-    cache: {{ enabled: false }}
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-"#,
-        url = mock.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .section("cache: { max_entry_bytes: 100 }")
+            .upstream("mock", &mock.url())
+            .route(
+                Route::prefixed("uncached")
+                    .targets("[mock]")
+                    .with("cache: { enabled: false }"),
+            )
+            .route(Route::prefixed("openai").targets("[mock]")),
+    );
     // a chat completion (~400 bytes) is over max_entry_bytes
     for _ in 0..2 {
         let r = post_json(&gw, &[], &chat("x")).await;

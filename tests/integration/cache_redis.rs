@@ -2,27 +2,19 @@
 //! Redis never fails a request (fail open), and caching resumes when Redis returns.
 
 use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{client, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// A config whose cache is Redis. Lookups wait up to 1 s: a freshly started proxy's first lookup
 /// also connects, and a loaded CI machine must not turn that into a miss.
-fn config(upstream: &str, redis: &str, l1: bool) -> String {
-    format!(
-        r#"
-cache:
-  backend: redis
-  redis: {{ {redis}, timeout: 1s, breaker: 300ms, l1: {l1} }}
-upstreams:
-  mock: {{ url: "{upstream}" }}
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-"#
-    )
+fn config(upstream: &str, redis: &str, l1: bool) -> Config {
+    Config::new()
+        .section(format!(
+            "cache:\n  backend: redis\n  redis: {{ {redis}, timeout: 1s, breaker: 300ms, l1: {l1} }}"
+        ))
+        .upstream("mock", upstream)
+        .route(Route::prefixed("openai").targets("[mock]"))
 }
 
 async fn ask(gw: &Gateway, prompt: &str) -> (u16, String, String) {
@@ -87,7 +79,7 @@ async fn entries_outlive_the_proxy_process() {
 async fn redis_down_fails_open_and_caching_resumes_when_it_returns() {
     let mock = MockUpstream::start().await;
     let mut redis = RedisServer::start();
-    let gw = Gateway::start(&config(
+    let gw = Gateway::start(config(
         &mock.url(),
         &format!("url: \"{}\"", redis.url()),
         false,
@@ -127,7 +119,7 @@ async fn redis_down_fails_open_and_caching_resumes_when_it_returns() {
 async fn redis_absent_from_the_start_never_fails_a_request() {
     let mock = MockUpstream::start().await;
     let port = crate::support::free_port();
-    let gw = Gateway::start(&config(
+    let gw = Gateway::start(config(
         &mock.url(),
         &format!("url: \"redis://127.0.0.1:{port}\""),
         true,

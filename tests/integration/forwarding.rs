@@ -1,7 +1,7 @@
 //! Requests reach the right upstream intact: routing, path and header rewriting, bodies of
 //! every allowed size, model rewrite, clear errors for bad input.
 
-use crate::support::{blake3_hex, client, provider_routes, Gateway, MockUpstream};
+use crate::support::{blake3_hex, client, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,7 +13,7 @@ fn chat(model: &str, prompt: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_request_is_forwarded_with_prefix_stripped() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions?trace=1"))
         .header("authorization", "Bearer sk-client")
@@ -39,7 +39,7 @@ async fn openai_request_is_forwarded_with_prefix_stripped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_provider_wire_format_passes_through() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let c = client();
     let cases = [
         (
@@ -89,7 +89,7 @@ async fn every_provider_wire_format_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_prompt_reaches_the_upstream_intact() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     // Far beyond Pingora's 64 KiB retry buffer, where the stock path would lose the body.
     let prompt: String = (0..(1 << 20))
         .map(|i| (b'a' + (i % 26) as u8) as char)
@@ -116,7 +116,7 @@ async fn one_mib_prompt_reaches_the_upstream_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_upload_of_several_mib_is_forwarded_with_a_length() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         payload.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
@@ -143,28 +143,24 @@ async fn chunked_upload_of_several_mib_is_forwarded_with_a_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_headers_replace_the_clients_and_model_is_rewritten() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start_with_env(
-        &format!(
-            r#"
-upstreams:
-  mock:
-    url: "{}/base"
-    headers:
-      authorization: "Bearer ${{TEST_INJECTED_KEY}}"
-routes:
-  - name: cheap
-    match: {{ path_prefix: /openai, model: "gpt-4*" }}
-    strip_prefix: true
-    targets: [{{ upstream: mock, model: llama3.2 }}]
-  - name: passthrough
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-"#,
-            mock.url()
-        ),
-        &[("TEST_INJECTED_KEY", "sk-injected-secret")],
-    );
+    let config = Config::new()
+        .upstream_with(
+            "mock",
+            &format!("{}/base", mock.url()),
+            r#"headers: { authorization: "Bearer ${TEST_INJECTED_KEY}" }"#,
+        )
+        .route(
+            Route::new("cheap")
+                .prefix("/openai")
+                .model("gpt-4*")
+                .targets("[{ upstream: mock, model: llama3.2 }]"),
+        )
+        .route(
+            Route::new("passthrough")
+                .prefix("/openai")
+                .targets("[mock]"),
+        );
+    let gw = Gateway::start_with_env(config, &[("TEST_INJECTED_KEY", "sk-injected-secret")]);
     let c = client();
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
     let resp = c
@@ -211,7 +207,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_path_gets_a_json_404() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let resp = client()
         .post(gw.url("/openaix/v1/chat?key=secret-in-query"))
         .body("{}")
@@ -233,10 +229,8 @@ async fn unmatched_path_gets_a_json_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_gets_413_and_the_connection_survives() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "limits: {{ max_body_bytes: 1000 }}\n{}",
-        provider_routes(&mock.url())
-    ));
+    let gw =
+        Gateway::start(Config::providers(&mock.url()).section("limits: { max_body_bytes: 1000 }"));
     let c = reqwest::Client::new(); // pooled: the second request reuses the connection
     let resp = c
         .post(gw.url("/openai/v1/chat/completions"))
@@ -272,16 +266,11 @@ async fn oversized_body_gets_413_and_the_connection_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_json_is_forwarded_untouched_even_where_the_model_is_rewritten() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  mock: {{ url: "{}" }}
-routes:
-  - name: rewrite
-    targets: [{{ upstream: mock, model: llama3.2 }}]
-"#,
-        mock.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .route(Route::new("rewrite").targets("[{ upstream: mock, model: llama3.2 }]")),
+    );
     // The upstream decides what to make of it; promptgate neither rewrites nor rejects it.
     let broken = "{\"model\": \"gpt-4o\", ";
     let resp = client()
@@ -322,7 +311,7 @@ fn raw_exchange(addr: std::net::SocketAddr, steps: &[&[u8]], until: &str) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_and_hop_by_hop_headers() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let addr = gw.addr;
     let body = br#"{"model":"gpt-4o","messages":[]}"#;
     let head = format!(
@@ -350,7 +339,7 @@ async fn expect_100_continue_and_hop_by_hop_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let c = client();
     for i in 0..5 {
         let resp = c
@@ -369,7 +358,7 @@ async fn upstream_connections_are_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_are_served() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -392,22 +381,17 @@ async fn h2c_clients_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_host_names_resolve_asynchronously() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  local: {{ url: "http://localhost:{}" }}
-  nowhere: {{ url: "http://promptgate-test.invalid:80" }}
-routes:
-  - name: local
-    match: {{ path_prefix: /local }}
-    strip_prefix: true
-    targets: [local]
-  - name: nowhere
-    match: {{ path_prefix: /nowhere }}
-    targets: [nowhere]
-"#,
-        mock.addr().port()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("local", &format!("http://localhost:{}", mock.addr().port()))
+            .upstream("nowhere", "http://promptgate-test.invalid:80")
+            .route(Route::prefixed("local").targets("[local]"))
+            .route(
+                Route::prefixed("nowhere")
+                    .keep_prefix()
+                    .targets("[nowhere]"),
+            ),
+    );
     let c = client();
     let ok = c
         .post(gw.url("/local/v1/chat/completions"))

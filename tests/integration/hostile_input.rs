@@ -3,30 +3,19 @@
 //! upstream, which records exactly what reached it.
 
 use crate::support::gateway::binary;
-use crate::support::{Gateway, MockUpstream};
+use crate::support::{Config, Gateway, MockUpstream, Route};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Two upstreams on one mock, told apart by their base paths.
-fn config(mock: &str) -> String {
-    format!(
-        r#"
-upstreams:
-  openai_up: {{ url: "{mock}/base" }}
-  anthropic_up: {{ url: "{mock}/anth" }}
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [openai_up]
-  - name: anthropic
-    match: {{ path_prefix: /anthropic }}
-    strip_prefix: true
-    targets: [anthropic_up]
-"#
-    )
+fn config(mock: &str) -> Config {
+    Config::new()
+        .upstream("openai_up", &format!("{mock}/base"))
+        .upstream("anthropic_up", &format!("{mock}/anth"))
+        .route(Route::prefixed("openai").targets("[openai_up]"))
+        .route(Route::prefixed("anthropic").targets("[anthropic_up]"))
 }
 
 /// What came back on one raw connection.
@@ -97,7 +86,7 @@ fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_refused_closed_and_never_forwarded() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&config(&mock.url()));
+    let gw = Gateway::start(config(&mock.url()));
     let head = "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: promptgate.test\r\nx-promptgate-cache: bypass\r\n";
     // Each body hides a second request that a hop reading the other framing would see.
     let smuggled = "GET /openai/v1/models HTTP/1.1\r\nHost: promptgate.test\r\n\r\n";
@@ -184,7 +173,7 @@ async fn ambiguous_framing_is_refused_closed_and_never_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_on_the_normalised_path_and_never_escapes_the_base_path() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&config(&mock.url()));
+    let gw = Gateway::start(config(&mock.url()));
     // (client path, path the upstream must get)
     let forwarded = [
         ("/openai/v1/chat/completions", "/base/v1/chat/completions"),
@@ -253,7 +242,7 @@ async fn client_host_forwarded_headers_and_absolute_urls_never_pick_the_upstream
     let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     evil.set_nonblocking(true).unwrap();
     let evil_addr = evil.local_addr().unwrap();
-    let gw = Gateway::start(&config(&mock.url()));
+    let gw = Gateway::start(config(&mock.url()));
     let mock_host = mock.addr().to_string();
 
     let requests = [
@@ -300,7 +289,7 @@ async fn client_host_forwarded_headers_and_absolute_urls_never_pick_the_upstream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_in_client_headers_never_split_a_header_upstream() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&config(&mock.url()));
+    let gw = Gateway::start(config(&mock.url()));
     let attempts: [&[u8]; 5] = [
         b"X-Evil: a\rX-Injected: 1\r\n",
         b"X-Evil: a\0X-Injected: 1\r\n",
@@ -369,7 +358,7 @@ fn control_characters_in_env_values_are_refused_without_echoing_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_port_serves_no_admin_route_and_admin_defaults_to_localhost() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&config(&mock.url()));
+    let gw = Gateway::start(config(&mock.url()));
     for (method, path) in [
         ("GET", "/healthz"),
         ("GET", "/metrics"),

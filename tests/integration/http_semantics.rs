@@ -1,7 +1,7 @@
 //! HTTP caching semantics the upstream asks for: `Vary` (each variant stored and served on its
 //! own, `Vary: *` never stored) and `Cache-Control: no-store` / `private` (never stored).
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +39,13 @@ async fn post(gw: &Gateway, prompt: &str, headers: &[(&str, &str)]) -> Reply {
 async fn each_origin_gets_its_own_answer_from_an_upstream_that_varies_on_it() {
     // `origin` is in the default `cache.vary`, so the key alone would keep origins apart:
     // with `vary: []` only the upstream's `Vary: Origin` does.
-    for config in ["", "cache: { vary: [] }\n"] {
+    for vary in [None, Some("cache: { vary: [] }")] {
         let mock = MockUpstream::start().await;
-        let gw = Gateway::start(&format!("{config}{}", provider_routes(&mock.url())));
+        let config = Config::providers(&mock.url());
+        let gw = Gateway::start(match vary {
+            Some(section) => config.section(section),
+            None => config,
+        });
         origins_get_their_own_answers(&gw, &mock).await;
     }
 }
@@ -79,10 +83,9 @@ async fn origins_get_their_own_answers(gw: &Gateway, mock: &MockUpstream) {
 async fn a_coalesced_request_from_another_origin_makes_its_own_call() {
     let mock = MockUpstream::start().await;
     // Without `origin` in the key (`vary: []`), both requests share one key and flight.
-    let gw = Arc::new(Gateway::start(&format!(
-        "cache: {{ vary: [] }}\n{}",
-        provider_routes(&mock.url())
-    )));
+    let gw = Arc::new(Gateway::start(
+        Config::providers(&mock.url()).section("cache: { vary: [] }"),
+    ));
     let slow = ("x-mock-delay-ms", "300");
     let leader = {
         let gw = gw.clone();
@@ -101,7 +104,7 @@ async fn a_coalesced_request_from_another_origin_makes_its_own_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vary_star_no_store_and_private_answers_are_never_stored() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let cases: [(&str, &[(&str, &str)]); 4] = [
         ("vary star", &[("x-mock-vary", "*")]),
         ("no-store", &[("x-mock-cache-control", "no-store")]),

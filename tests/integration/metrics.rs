@@ -1,7 +1,7 @@
 //! Metrics, admin endpoints, token and cost accounting, and the promise that no credential
 //! ever shows up in logs, metrics or `/config`.
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,6 +15,19 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().unwrap())
+}
+
+/// Checks each line of `expected`, written as `/metrics` writes it (`name{labels} value`):
+/// `text` has that exact series with exactly that value.
+fn assert_metrics(text: &str, expected: &str) {
+    let mut checked = 0;
+    for line in expected.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value.parse().expect("a number");
+        assert_eq!(metric(text, series), Some(value), "{series}:\n{text}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no series in {expected:?}");
 }
 
 async fn scrape(gw: &Gateway) -> String {
@@ -119,7 +132,7 @@ fn dashboard_metric_names() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_mix_is_counted_exactly() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     // 3 misses, then 3 hits of each: 9 hits.
     let bodies: Vec<Vec<u8>> = (0..3)
         .map(|i| {
@@ -142,53 +155,47 @@ async fn a_scripted_mix_is_counted_exactly() {
         9.0,
     )
     .await;
+    assert_metrics(
+        &text,
+        r#"
+        promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"} 3
+        promptgate_cache_lookups_total{result="hit",route="openai"} 9
+        promptgate_cache_lookups_total{result="miss",route="openai"} 3
+        promptgate_cache_lookups_total{result="error",route="openai"} 0
+        promptgate_request_duration_seconds_count{cache="hit",route="openai"} 9
+        promptgate_request_duration_seconds_count{cache="miss",route="openai"} 3
+        promptgate_upstream_ttfb_seconds_count{upstream="mock"} 3
+        promptgate_upstream_retries_total{route="openai"} 0
+        promptgate_cache_entries 3
+        promptgate_inflight_requests 0
+        promptgate_cache_store_errors_total{backend="redis"} 0
+        "#,
+    );
+    assert_metrics(
+        &text,
+        &format!(
+            r#"promptgate_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
     let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
-    assert_eq!(
-        m(r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="hit",route="openai"}"#),
-        9.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="miss",route="openai"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_cache_lookups_total{result="error",route="openai"}"#),
-        0.0
-    );
-    assert_eq!(
-        m(r#"promptgate_request_duration_seconds_count{cache="hit",route="openai"}"#),
-        9.0
-    );
-    assert_eq!(
-        m(r#"promptgate_request_duration_seconds_count{cache="miss",route="openai"}"#),
-        3.0
-    );
     assert!(m(r#"promptgate_request_duration_seconds_sum{cache="miss",route="openai"}"#) > 0.0);
-    assert_eq!(
-        m(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"promptgate_upstream_retries_total{route="openai"}"#),
-        0.0
-    );
+    assert!(m("promptgate_cache_bytes") > 0.0);
 
     // The mock reports prompt_tokens = body bytes / 4 and 4 completion tokens per answer.
     let input: u64 = bodies.iter().map(|b| (b.len() / 4).max(1) as u64).sum();
     let output = 3 * 4;
-    let tokens = |kind: &str, cache: &str| {
-        m(&format!(
+    for (cache, kind, want) in [
+        ("miss", "input", input),
+        ("miss", "output", output),
+        ("hit", "input", 3 * input),
+        ("hit", "output", 3 * output),
+    ] {
+        let series = format!(
             r#"promptgate_tokens_total{{cache="{cache}",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
-        ))
-    };
-    assert_eq!(tokens("input", "miss"), input as f64);
-    assert_eq!(tokens("output", "miss"), output as f64);
-    assert_eq!(tokens("input", "hit"), 3.0 * input as f64);
-    assert_eq!(tokens("output", "hit"), 3.0 * output as f64);
+        );
+        assert_eq!(m(&series), want as f64, "{series}");
+    }
     // gpt-4o-mini's shipped price: $0.15 / $0.60 per million tokens
     let cost = (input as f64 * 0.15 + output as f64 * 0.60) / 1e6;
     let spent = m(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#);
@@ -200,29 +207,7 @@ async fn a_scripted_mix_is_counted_exactly() {
         3.0 * cost
     );
 
-    assert_eq!(m("promptgate_cache_entries"), 3.0);
-    assert!(m("promptgate_cache_bytes") > 0.0);
-    assert_eq!(m("promptgate_inflight_requests"), 0.0);
-    assert_eq!(
-        m(r#"promptgate_cache_store_errors_total{backend="redis"}"#),
-        0.0
-    );
-    assert_eq!(
-        m(&format!(
-            r#"promptgate_build_info{{version="{}"}}"#,
-            env!("CARGO_PKG_VERSION")
-        )),
-        1.0
-    );
-
-    let stats: Value = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&gw.admin_url("/cache/stats")).await;
     assert_eq!(
         (stats["hits"].as_u64(), stats["misses"].as_u64()),
         (Some(9), Some(3))
@@ -244,7 +229,7 @@ async fn a_scripted_mix_is_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_answers_report_their_tokens() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let body = serde_json::to_vec(&json!({"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "stream please"}]})).unwrap();
     let headers = [("anthropic-version", "2023-06-01"), ("x-mock-events", "6")];
     assert_eq!(
@@ -271,18 +256,12 @@ async fn streamed_answers_report_their_tokens() {
     .await;
     let m = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
     let input = (body.len() / 4) as f64;
-    assert_eq!(
-        m(
-            r#"promptgate_tokens_total{cache="miss",kind="input",model="claude-sonnet-4",route="anthropic"}"#
-        ),
-        input
-    );
-    assert_eq!(
-        m(
-            r#"promptgate_tokens_total{cache="miss",kind="output",model="claude-sonnet-4",route="anthropic"}"#
-        ),
-        6.0
-    );
+    for (kind, want) in [("input", input), ("output", 6.0)] {
+        let series = format!(
+            r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="claude-sonnet-4",route="anthropic"}}"#
+        );
+        assert_eq!(m(&series), want, "{series}");
+    }
     let cost = (input * 3.0 + 6.0 * 15.0) / 1e6;
     assert!(
         (m(r#"promptgate_cost_saved_usd_total{model="claude-sonnet-4",route="anthropic"}"#) - cost)
@@ -293,22 +272,16 @@ async fn streamed_answers_report_their_tokens() {
     let series =
         r#"promptgate_tokens_total{cache="miss",kind="input",model="llama",route="ollama"}"#;
     let text = scrape_until(&gw, series, ollama_input).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"promptgate_cost_usd_total{model="llama",route="ollama"}"#
-        ),
-        Some(0.0)
+    assert_metrics(
+        &text,
+        r#"promptgate_cost_usd_total{model="llama",route="ollama"} 0"#,
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer_and_mutations_need_the_token() {
     let mock = MockUpstream::start().await;
-    let body = format!(
-        "admin_token: \"${{PG_TEST_ADMIN_TOKEN}}\"\n{}",
-        provider_routes(&mock.url())
-    );
+    let body = Config::providers(&mock.url()).section(r#"admin_token: "${PG_TEST_ADMIN_TOKEN}""#);
     let gw = Gateway::start_with_env(&body, &[("PG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let get = |path: &str| client().get(gw.admin_url(path)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
@@ -407,21 +380,14 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_requires_redis_when_configured() {
     let dead_port = crate::support::free_port();
-    let gw = Gateway::start(&format!(
-        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n"
-    ));
+    let gw = Gateway::start(Config::providers("http://127.0.0.1:9").section(format!(
+        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}"
+    )));
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], "down", "{body}");
-    let stats: Value = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&gw.admin_url("/cache/stats")).await;
     assert!(stats["redis"]["state"].is_string(), "{stats}");
 }
 
@@ -434,38 +400,22 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
     const QUERY_KEY: &str = "AIza-query-SECRET-9d0e";
     const REDIS_PASSWORD: &str = "redis-SECRET-pw";
     let mock = MockUpstream::start().await;
-    let body = format!(
-        r#"admin_token: "${{PG_TEST_ADMIN_TOKEN}}"
-log: {{format: json}}
-upstreams:
-  mock:
-    url: "{url}"
-  injected:
-    url: "{url}"
-    headers:
-      authorization: "Bearer ${{PG_TEST_UPSTREAM_KEY}}"
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-  - name: injected
-    match: {{ path_prefix: /injected }}
-    strip_prefix: true
-    targets: [injected]
-  - name: anthropic
-    match: {{ path_prefix: /anthropic }}
-    strip_prefix: true
-    targets: [mock]
-  - name: gemini
-    match: {{ path_prefix: /gemini }}
-    strip_prefix: true
-    targets: [mock]
-cache:
-  redis: {{url: "redis://:{REDIS_PASSWORD}@127.0.0.1:1"}}
-"#,
-        url = mock.url()
-    );
+    let body = Config::new()
+        .section(r#"admin_token: "${PG_TEST_ADMIN_TOKEN}""#)
+        .section("log: {format: json}")
+        .section(format!(
+            r#"cache: {{ redis: {{url: "redis://:{REDIS_PASSWORD}@127.0.0.1:1"}} }}"#
+        ))
+        .upstream("mock", &mock.url())
+        .upstream_with(
+            "injected",
+            &mock.url(),
+            r#"headers: { authorization: "Bearer ${PG_TEST_UPSTREAM_KEY}" }"#,
+        )
+        .route(Route::prefixed("openai").targets("[mock]"))
+        .route(Route::prefixed("injected").targets("[injected]"))
+        .route(Route::prefixed("anthropic").targets("[mock]"))
+        .route(Route::prefixed("gemini").targets("[mock]"));
     let gw = Gateway::start_with_env(
         &body,
         &[
@@ -553,22 +503,8 @@ cache:
         1.0,
     )
     .await;
-    let config = client()
-        .get(gw.admin_url("/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stats = client()
-        .get(gw.admin_url("/cache/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let config = get_text(&gw.admin_url("/config")).await;
+    let stats = get_text(&gw.admin_url("/cache/stats")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let logs = gw.logs();
     for secret in [

@@ -2,7 +2,7 @@
 //! upgrades (SIGQUIT to the old process after `run --upgrade`; SIGUSR2 self-upgrade) under load.
 
 use crate::support::gateway::binary;
-use crate::support::{client, free_port, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, free_port, Config, Gateway, MockUpstream};
 use serde_json::json;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -22,7 +22,7 @@ fn health(args: &[&str]) -> Output {
 
 #[test]
 fn health_exits_0_on_200_and_1_otherwise() {
-    let gw = Gateway::start("");
+    let gw = Gateway::start(Config::providers("http://127.0.0.1:9"));
     let config = gw.config_path();
     let out = health(&["--config", config.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -226,11 +226,9 @@ async fn sigquit_upgrade_under_load_fails_no_request() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
-    let gw = Gateway::start(&format!(
-        "upgrade_sock: \"{}\"\n{}",
-        sock.display(),
-        provider_routes(&mock.url())
-    ));
+    let gw = Gateway::start(
+        Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
+    );
     let url = gw.url("/openai/v1/chat/completions");
     let load = Load::start(url.clone(), 4);
     load.wait_for_ok(50).await;
@@ -282,11 +280,7 @@ async fn systemd_ready_and_sigusr2_self_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
     let gw = Gateway::start_with_env(
-        &format!(
-            "upgrade_sock: \"{}\"\n{}",
-            sock.display(),
-            provider_routes(&mock.url())
-        ),
+        Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
         &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
     );
     let first = notify.recv();

@@ -1,20 +1,25 @@
 //! Retries with backoff, failover, priority routing, passive health, concurrency caps and bad
 //! input — everything an upstream or a client can throw before the response starts.
 
-use crate::support::{client, free_port, get_text, Gateway, MockUpstream};
+use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 const FAST_RETRY: &str = "retry: { attempts: 3, base: 20ms, max: 2s }";
 
-fn one_route(targets: &str, extra: &str, upstreams: &[(&str, String)]) -> String {
-    let ups: String = upstreams
-        .iter()
-        .map(|(name, url)| format!("  {name}: {{ url: \"{url}\" }}\n"))
-        .collect();
-    format!(
-        "upstreams:\n{ups}routes:\n  - name: chat\n    targets: {targets}\n    {FAST_RETRY}\n    cache: {{ enabled: false }}\n{extra}"
+/// The `upstreams` (name, URL) and one route `chat` over `targets`, with fast retries and no
+/// cache.
+fn one_route(targets: &str, upstreams: &[(&str, String)]) -> Config {
+    let mut config = Config::new();
+    for (name, url) in upstreams {
+        config = config.upstream(name, url);
+    }
+    config.route(
+        Route::new("chat")
+            .targets(targets)
+            .with(FAST_RETRY)
+            .with("cache: { enabled: false }"),
     )
 }
 
@@ -42,7 +47,7 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_500s_then_a_200_is_a_200() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let gw = Gateway::start(one_route("[mock]", &[("mock", mock.url())]));
     let h = [
         ("x-mock-fail-first", "2"),
         ("x-mock-status", "500"),
@@ -79,7 +84,7 @@ async fn metrics_after(gw: &Gateway, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let gw = Gateway::start(one_route("[mock]", &[("mock", mock.url())]));
     let h = [
         ("x-mock-fail-first", "1"),
         ("x-mock-status", "429"),
@@ -100,7 +105,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_is_retried() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let gw = Gateway::start(one_route("[mock]", &[("mock", mock.url())]));
     let h = [
         ("x-mock-fault", "reset"),
         ("x-mock-fault-first", "1"),
@@ -115,9 +120,8 @@ async fn a_reset_is_retried() {
 async fn a_dead_first_target_fails_over_to_the_second_at_once() {
     let mock = MockUpstream::start().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&one_route(
+    let gw = Gateway::start(one_route(
         "[dead, live]",
-        "",
         &[("dead", dead), ("live", mock.url())],
     ));
     let started = Instant::now();
@@ -139,7 +143,7 @@ async fn a_dead_first_target_fails_over_to_the_second_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_everything_fails_the_client_gets_the_last_answer_or_a_clear_error() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(&one_route("[a, b]", "", &[("a", a.url()), ("b", b.url())]));
+    let gw = Gateway::start(one_route("[a, b]", &[("a", a.url()), ("b", b.url())]));
     // both answer 503 every time: the last upstream answer is passed on, as it is
     let (status, headers, body) = post(&gw, &[("x-mock-status", "503")], &chat()).await;
     assert_eq!(status, 503);
@@ -152,7 +156,7 @@ async fn when_everything_fails_the_client_gets_the_last_answer_or_a_clear_error(
         format!("http://127.0.0.1:{}", free_port()),
         format!("http://127.0.0.1:{}", free_port()),
     );
-    let gw = Gateway::start(&one_route("[x, y]", "", &[("x", dead.0), ("y", dead.1)]));
+    let gw = Gateway::start(one_route("[x, y]", &[("x", dead.0), ("y", dead.1)]));
     let (status, _, body) = post(&gw, &[], &chat()).await;
     assert_eq!(status, 502);
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -169,10 +173,15 @@ async fn when_everything_fails_the_client_gets_the_last_answer_or_a_clear_error(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_end_in_a_504() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  slow: {{ url: \"{}\", timeouts: {{ read: 200ms }} }}\nroutes:\n  - name: chat\n    targets: [slow]\n    retry: {{ attempts: 2, base: 10ms, max: 50ms }}\n",
-        mock.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with("slow", &mock.url(), "timeouts: { read: 200ms }")
+            .route(
+                Route::new("chat")
+                    .targets("[slow]")
+                    .with("retry: { attempts: 2, base: 10ms, max: 50ms }"),
+            ),
+    );
     let (status, _, body) = post(&gw, &[("x-mock-delay-ms", "1500")], &chat()).await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("upstream_timeout"));
@@ -186,24 +195,22 @@ async fn priority_picks_the_group_and_rewrites_the_model() {
         MockUpstream::start().await,
         MockUpstream::start().await,
     );
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  ollama: {{ url: "{}" }}
-  claude: {{ url: "{}" }}
-  openai: {{ url: "{}" }}
-routes:
-  - name: chat
-    groups:
-      speed: [{{ upstream: ollama, model: llama3.2 }}]
-      quality: [{{ upstream: claude, model: claude-sonnet-4-5 }}]
-      fallback: [{{ upstream: openai, model: gpt-4o-mini }}]
-    retry: {{ attempts: 1 }}
-"#,
-        speed.url(),
-        quality.url(),
-        fallback.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("ollama", &speed.url())
+            .upstream("claude", &quality.url())
+            .upstream("openai", &fallback.url())
+            .route(
+                Route::new("chat")
+                    .group("speed", "[{ upstream: ollama, model: llama3.2 }]")
+                    .group(
+                        "quality",
+                        "[{ upstream: claude, model: claude-sonnet-4-5 }]",
+                    )
+                    .group("fallback", "[{ upstream: openai, model: gpt-4o-mini }]")
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
     let (status, _, _) = post(&gw, &[("x-promptgate-priority", "speed")], &chat()).await;
     assert_eq!(status, 200);
     let seen: Value = serde_json::from_slice(&speed.last_request().unwrap().body).unwrap();
@@ -266,10 +273,21 @@ routes:
 async fn a_failing_target_is_ejected_then_put_back() {
     let b = MockUpstream::start().await;
     let a_port = free_port();
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  a: {{ url: \"http://127.0.0.1:{a_port}\", health: {{ failures: 2, cooldown: 2s }} }}\n  b: {{ url: \"{}\" }}\nroutes:\n  - name: chat\n    targets: [a, b]\n    retry: {{ attempts: 1 }}\n    cache: {{ enabled: false }}\n",
-        b.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                "a",
+                &format!("http://127.0.0.1:{a_port}"),
+                "health: { failures: 2, cooldown: 2s }",
+            )
+            .upstream("b", &b.url())
+            .route(
+                Route::new("chat")
+                    .targets("[a, b]")
+                    .with("retry: { attempts: 1 }")
+                    .with("cache: { enabled: false }"),
+            ),
+    );
     // a refuses twice (each time b answers): a is ejected
     for _ in 0..2 {
         assert_eq!(post(&gw, &[], &chat()).await.0, 200);
@@ -289,10 +307,20 @@ async fn a_failing_target_is_ejected_then_put_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_upstream_answers_503_after_its_queue_timeout() {
     let mock = MockUpstream::start().await;
-    let gw = std::sync::Arc::new(Gateway::start(&format!(
-        "upstreams:\n  mock: {{ url: \"{}\", max_concurrent: 1, queue_timeout: 200ms }}\nroutes:\n  - name: chat\n    targets: [mock]\n    retry: {{ attempts: 1 }}\n    cache: {{ enabled: false }}\n",
-        mock.url()
-    )));
+    let gw = std::sync::Arc::new(Gateway::start(
+        Config::new()
+            .upstream_with(
+                "mock",
+                &mock.url(),
+                "max_concurrent: 1, queue_timeout: 200ms",
+            )
+            .route(
+                Route::new("chat")
+                    .targets("[mock]")
+                    .with("retry: { attempts: 1 }")
+                    .with("cache: { enabled: false }"),
+            ),
+    ));
     let slow = {
         let gw = gw.clone();
         tokio::spawn(async move { post(&gw, &[("x-mock-delay-ms", "1000")], &chat()).await.0 })
@@ -312,7 +340,7 @@ async fn a_full_upstream_answers_503_after_its_queue_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_socket_does_not_disturb_anyone() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let gw = Gateway::start(one_route("[mock]", &[("mock", mock.url())]));
     let addr = gw.addr;
     let reply = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -336,10 +364,9 @@ async fn garbage_on_the_socket_does_not_disturb_anyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_mib_against_a_one_mib_limit_is_413_either_way() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "limits: {{ max_body_bytes: 1048576 }}\n{}",
-        one_route("[mock]", "", &[("mock", mock.url())])
-    ));
+    let gw = Gateway::start(
+        one_route("[mock]", &[("mock", mock.url())]).section("limits: { max_body_bytes: 1048576 }"),
+    );
     let big = vec![b'x'; 2 << 20];
     let c = client();
     let resp = c
@@ -366,7 +393,7 @@ async fn two_mib_against_a_one_mib_limit_is_413_either_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_are_refused_without_harm() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&one_route("[mock]", "", &[("mock", mock.url())]));
+    let gw = Gateway::start(one_route("[mock]", &[("mock", mock.url())]));
     let addr = gw.addr;
     let send = move |head: String| {
         let mut s = std::net::TcpStream::connect(addr).unwrap();

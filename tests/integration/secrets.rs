@@ -3,12 +3,12 @@
 //! driven through every path (miss, hit, stream, upstream error, reset, timeout, unreachable
 //! upstream, no route, 413, refused framing and paths, reload and `check` errors,
 //! `promptgate key`) and must appear nowhere: not in the process output at debug level, not in
-//! a response body or header, not in `/metrics`.
+//! a response body or header, not in `/metrics` or `/stats`.
 //!
 //! (`/config` does not exist yet; when it does, add its body to `seen` below.)
 
 use crate::support::gateway::binary;
-use crate::support::{client, free_port, Gateway, MockUpstream};
+use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,30 +23,29 @@ const GOOG_KEY: &str = "AIza-pgleak-goog-2b8e44";
 const QUERY_KEY: &str = "pgleak-query-5d2e9a";
 const ENV_KEY: &str = "sk-pgleak-env-9b3c7f";
 
-fn config(mock: &str, dead_port: u16) -> String {
-    format!(
-        r#"
-limits: {{ max_body_bytes: 65536 }}
-upstreams:
-  mock:
-    url: "{mock}"
-    headers: {{ x-injected-key: "${{PG_SECRET_KEY}}" }}
-  slow:
-    url: "{mock}"
-    headers: {{ authorization: "Bearer ${{PG_SECRET_KEY}}" }}
-    timeouts: {{ read: 300ms }}
-  dead:
-    url: "http://127.0.0.1:{dead_port}"
-    headers: {{ x-api-key: "${{PG_SECRET_KEY}}" }}
-    timeouts: {{ connect: 500ms }}
-routes:
-  - {{ name: openai, match: {{ path_prefix: /openai }}, strip_prefix: true, targets: [mock] }}
-  - {{ name: anthropic, match: {{ path_prefix: /anthropic }}, strip_prefix: true, targets: [mock] }}
-  - {{ name: gemini, match: {{ path_prefix: /gemini }}, strip_prefix: true, targets: [mock] }}
-  - {{ name: slow, match: {{ path_prefix: /slow }}, strip_prefix: true, targets: [slow] }}
-  - {{ name: dead, match: {{ path_prefix: /dead }}, strip_prefix: true, targets: [dead] }}
-"#
-    )
+fn config(mock: &str, dead_port: u16) -> Config {
+    Config::new()
+        .section("limits: { max_body_bytes: 65536 }")
+        .upstream_with(
+            "mock",
+            mock,
+            r#"headers: { x-injected-key: "${PG_SECRET_KEY}" }"#,
+        )
+        .upstream_with(
+            "slow",
+            mock,
+            r#"headers: { authorization: "Bearer ${PG_SECRET_KEY}" }, timeouts: { read: 300ms }"#,
+        )
+        .upstream_with(
+            "dead",
+            &format!("http://127.0.0.1:{dead_port}"),
+            r#"headers: { x-api-key: "${PG_SECRET_KEY}" }, timeouts: { connect: 500ms }"#,
+        )
+        .route(Route::prefixed("openai").targets("[mock]"))
+        .route(Route::prefixed("anthropic").targets("[mock]"))
+        .route(Route::prefixed("gemini").targets("[mock]"))
+        .route(Route::prefixed("slow").targets("[slow]"))
+        .route(Route::prefixed("dead").targets("[dead]"))
 }
 
 /// A config that fails validation in every way that could echo an `${ENV}` value: the key put
@@ -118,7 +117,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     let mock = MockUpstream::start().await;
     let dead_port = free_port();
     let gw = Gateway::start_with_env(
-        &config(&mock.url(), dead_port),
+        config(&mock.url(), dead_port),
         &[("PG_SECRET_KEY", ENV_KEY), ("RUST_LOG", "debug")],
     );
     let post = reqwest::Method::POST;
@@ -222,7 +221,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
 
     // `promptgate key` hashes the credential; it never prints it.
     let key_config = gw.config_path().with_file_name("key.yaml");
-    std::fs::write(&key_config, config(&mock.url(), dead_port)).unwrap();
+    std::fs::write(&key_config, config(&mock.url(), dead_port).to_string()).unwrap();
     let mut child = Command::new(binary())
         .args(["key", "--config"])
         .arg(&key_config)
@@ -251,14 +250,10 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     let key_out = String::from_utf8_lossy(&key_out.stdout).into_owned()
         + &String::from_utf8_lossy(&key_out.stderr);
 
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    // The dashboard's data: recent requests, the last (failed) reload's error.
+    let stats = get_text(&gw.admin_url("/stats")).await;
+    assert!(stats.contains("\"last_reload\":{"), "{stats}");
     // Let the last access-log lines reach the log file.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = gw.logs();
@@ -289,6 +284,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
         ("POST /reload and `promptgate check`", &check_out),
         ("`promptgate key`", &key_out),
         ("/metrics", &metrics),
+        ("/stats", &stats),
     ] {
         for line in text.lines().filter(|l| l.contains(MARK)) {
             let at = line.find(MARK).unwrap_or(0);

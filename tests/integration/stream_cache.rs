@@ -1,7 +1,7 @@
 //! Streams are cached live and replayed exactly; identical requests in flight at once share one
 //! upstream call (single-flight), and a failed leader never fails its followers.
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ fn chat(stream: bool, prompt: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_format_is_replayed_byte_for_byte() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let cases = [
         (
             "/openai/v1/chat/completions",
@@ -90,7 +90,7 @@ async fn every_stream_format_is_replayed_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_stream_is_never_stored() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .header("x-mock-fault", "truncate")
@@ -108,10 +108,7 @@ async fn a_truncated_stream_is_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_pacing_reproduces_the_gaps() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "cache: {{ replay: original }}\n{}",
-        provider_routes(&mock.url())
-    ));
+    let gw = Gateway::start(Config::providers(&mock.url()).section("cache: { replay: original }"));
     let paced = [("x-mock-chunk-delay-ms", "120"), ("x-mock-events", "5")];
     let first = stream(
         &gw,
@@ -143,7 +140,7 @@ async fn original_pacing_reproduces_the_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_requests_make_one_upstream_call() {
     let mock = MockUpstream::start().await;
-    let gw = std::sync::Arc::new(Gateway::start(&provider_routes(&mock.url())));
+    let gw = std::sync::Arc::new(Gateway::start(Config::providers(&mock.url())));
     let mut tasks = Vec::new();
     for i in 0..20 {
         let gw = gw.clone();
@@ -192,7 +189,7 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_of_a_failed_leader_still_succeed() {
     let mock = MockUpstream::start().await;
-    let gw = std::sync::Arc::new(Gateway::start(&provider_routes(&mock.url())));
+    let gw = std::sync::Arc::new(Gateway::start(Config::providers(&mock.url())));
     let leader = {
         let gw = gw.clone();
         tokio::spawn(async move {
@@ -233,23 +230,16 @@ async fn followers_of_a_failed_leader_still_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_early_drops_the_recording_unless_asked_to_complete() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  mock: {{ url: "{url}" }}
-routes:
-  - name: complete
-    match: {{ path_prefix: /complete }}
-    strip_prefix: true
-    targets: [mock]
-    cache: {{ complete_on_disconnect: true }}
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-"#,
-        url = mock.url()
-    ));
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .route(
+                Route::prefixed("complete")
+                    .targets("[mock]")
+                    .with("cache: { complete_on_disconnect: true }"),
+            )
+            .route(Route::prefixed("openai").targets("[mock]")),
+    );
     for (prefix, stored) in [("/openai", false), ("/complete", true)] {
         let path = format!("{prefix}/v1/chat/completions");
         let resp = client()
@@ -271,10 +261,8 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_entry_limit_are_relayed_but_not_stored() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "cache: {{ max_entry_bytes: 500 }}\n{}",
-        provider_routes(&mock.url())
-    ));
+    let gw =
+        Gateway::start(Config::providers(&mock.url()).section("cache: { max_entry_bytes: 500 }"));
     let long = [("x-mock-events", "40")];
     for _ in 0..2 {
         let r = stream(
@@ -293,10 +281,9 @@ async fn streams_over_the_entry_limit_are_relayed_but_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_gets_the_whole_answer_even_when_it_is_too_large_to_store() {
     let mock = MockUpstream::start().await;
-    let gw = std::sync::Arc::new(Gateway::start(&format!(
-        "cache: {{ max_entry_bytes: 100 }}\n{}",
-        provider_routes(&mock.url())
-    )));
+    let gw = std::sync::Arc::new(Gateway::start(
+        Config::providers(&mock.url()).section("cache: { max_entry_bytes: 100 }"),
+    ));
     for streaming in [false, true] {
         let before = mock.hits();
         let body = chat(streaming, "too large to store");

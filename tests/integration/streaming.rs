@@ -1,6 +1,6 @@
 //! Streaming responses (SSE, NDJSON) pass through chunk by chunk, unbuffered.
 
-use crate::support::{client, provider_routes, Gateway, MockUpstream};
+use crate::support::{client, Config, Gateway, MockUpstream};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_event_reaches_the_client_before_the_upstream_finishes() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .header("x-mock-hold", "1")
@@ -57,7 +57,7 @@ async fn collect(resp: reqwest::Response) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_providers_stream_arrives_complete() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let c = client();
     let anthropic = c
         .post(gw.url("/anthropic/v1/messages"))
@@ -92,7 +92,7 @@ async fn each_providers_stream_arrives_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_paced_stream_is_relayed_event_by_event() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .header("x-mock-events", "20")

@@ -1,26 +1,23 @@
 //! Upstream failures become clear JSON errors (before the response starts) or a cut connection
 //! (after it started), and never take the proxy down.
 
-use crate::support::{client, free_port, Gateway, MockUpstream};
+use crate::support::{client, free_port, Config, Gateway, MockUpstream, Route};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn routes(url: &str, read_timeout: &str) -> String {
-    format!(
-        r#"
-upstreams:
-  mock:
-    url: "{url}"
-    timeouts: {{ connect: 1s, read: {read_timeout}, write: 1s }}
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-    retry: {{ attempts: 1 }}
-"#
-    )
+fn routes(url: &str, read_timeout: &str) -> Config {
+    Config::new()
+        .upstream_with(
+            "mock",
+            url,
+            &format!("timeouts: {{ connect: 1s, read: {read_timeout}, write: 1s }}"),
+        )
+        .route(
+            Route::prefixed("openai")
+                .targets("[mock]")
+                .with("retry: { attempts: 1 }"),
+        )
 }
 
 fn chat(stream: bool) -> Value {
@@ -35,7 +32,7 @@ async fn error_type(resp: reqwest::Response) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_timeout_is_a_504() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&routes(&mock.url(), "300ms"));
+    let gw = Gateway::start(routes(&mock.url(), "300ms"));
     let started = Instant::now();
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
@@ -54,7 +51,7 @@ async fn read_timeout_is_a_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_a_502() {
-    let gw = Gateway::start(&routes(&format!("http://127.0.0.1:{}", free_port()), "1s"));
+    let gw = Gateway::start(routes(&format!("http://127.0.0.1:{}", free_port()), "1s"));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .json(&chat(false))
@@ -68,7 +65,7 @@ async fn refused_connection_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_a_502_and_upstream_errors_pass_through() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&routes(&mock.url(), "5s"));
+    let gw = Gateway::start(routes(&mock.url(), "5s"));
     let c = client();
     let resp = c
         .post(gw.url("/openai/v1/chat/completions"))
@@ -104,7 +101,7 @@ async fn reset_is_a_502_and_upstream_errors_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_stream_is_never_presented_as_complete() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&routes(&mock.url(), "5s"));
+    let gw = Gateway::start(routes(&mock.url(), "5s"));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .header("x-mock-fault", "truncate")

@@ -2,7 +2,7 @@
 //! cached, counted in metrics), or refused at once with a JSON error on a route that does not
 //! allow them. Driven by a raw client over TCP, against the mock's Realtime-like endpoint.
 
-use crate::support::{get_text, provider_routes, Gateway, MockUpstream};
+use crate::support::{get_text, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,7 +105,7 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_is_tunnelled_both_ways_and_never_cached() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     for round in 1..=2 {
         let (mut ws, head) =
             Client::connect(&gw, "/openai/v1/realtime?model=gpt-realtime", "").await;
@@ -174,7 +174,7 @@ async fn an_upgrade_is_tunnelled_both_ways_and_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_refusing_the_upgrade_is_relayed_as_an_answer() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&provider_routes(&mock.url()));
+    let gw = Gateway::start(Config::providers(&mock.url()));
     // The mock refuses an upgrade without a Sec-WebSocket-Key.
     let addr = gw
         .url("")
@@ -198,19 +198,14 @@ async fn an_upstream_refusing_the_upgrade_is_relayed_as_an_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_that_does_not_allow_websocket_refuses_at_once() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams:
-  mock: {{ url: "{url}" }}
-routes:
-  - name: plain
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-    websocket: false
-"#,
-        url = mock.url()
-    ));
+    let gw = Gateway::start(
+        Config::new().upstream("mock", &mock.url()).route(
+            Route::new("plain")
+                .prefix("/openai")
+                .targets("[mock]")
+                .with("websocket: false"),
+        ),
+    );
     let (mut ws, head) = Client::connect(&gw, "/openai/v1/realtime", "").await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");

@@ -1,6 +1,7 @@
 //! Runs the real `promptgate` binary on free loopback ports with a config written for the test,
 //! and stops it (SIGKILL) when dropped.
 
+use std::fmt;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,39 +32,6 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_promptgate")
 }
 
-/// The usual routes: one per provider wire format, all pointing at `upstream_url`, without
-/// retries (the retry and failover tests configure their own).
-pub fn provider_routes(upstream_url: &str) -> String {
-    format!(
-        r#"
-upstreams:
-  mock:
-    url: "{upstream_url}"
-routes:
-  - name: openai
-    match: {{ path_prefix: /openai }}
-    strip_prefix: true
-    targets: [mock]
-    retry: {{ attempts: 1 }}
-  - name: anthropic
-    match: {{ path_prefix: /anthropic }}
-    strip_prefix: true
-    targets: [mock]
-    retry: {{ attempts: 1 }}
-  - name: gemini
-    match: {{ path_prefix: /gemini }}
-    strip_prefix: true
-    targets: [mock]
-    retry: {{ attempts: 1 }}
-  - name: ollama
-    match: {{ path_prefix: /ollama }}
-    strip_prefix: true
-    targets: [mock]
-    retry: {{ attempts: 1 }}
-"#
-    )
-}
-
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
@@ -74,13 +42,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts promptgate with `body` (YAML without `listen`/`admin`, which are chosen here)
-    /// and waits until both listeners accept connections.
-    pub fn start(body: &str) -> Gateway {
+    /// Starts promptgate with `body` (YAML without `listen`/`admin`, which are chosen here:
+    /// a [`Config`](super::Config) or text) and waits until both listeners accept connections.
+    pub fn start(body: impl fmt::Display) -> Gateway {
         Self::start_with_env(body, &[])
     }
 
-    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+    pub fn start_with_env(body: impl fmt::Display, env: &[(&str, &str)]) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");

@@ -1,10 +1,14 @@
-//! Shared helpers for the integration tests: the mock upstream, the gateway process and Redis.
+//! Shared helpers for the integration tests: the mock upstream, the gateway process, its
+//! config, and Redis.
 
+pub mod browser;
+pub mod config;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod redis;
 
-pub use gateway::{free_port, provider_routes, Gateway};
+pub use config::{Config, Route};
+pub use gateway::{free_port, Gateway};
 pub use mock_upstream::MockUpstream;
 
 /// An HTTP client that does not pool, so each test sees its own connections.
@@ -28,6 +32,18 @@ pub async fn get_text(url: &str) -> String {
         .await
         .unwrap()
         .text()
+        .await
+        .unwrap()
+}
+
+/// The body of a GET, parsed as JSON (admin endpoints: `/cache/stats`, `/config`, …).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap()
 }
