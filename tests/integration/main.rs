@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cache_redis;
+mod cacheable_operations;
 mod cli;
 mod dashboard;
 mod forwarding;

@@ -192,3 +192,26 @@ def test_realtime_client_connects_through_promptgate(client, prompt):
 
             assert updated.type == "session.updated"
             assert updated.session.instructions == prompt
+
+
+def test_background_response_polled_through_promptgate_completes(client, prompt):
+    # A background job is created, then polled: neither may be answered from the cache, or
+    # the poll loop would never see the job finish.
+    created = client.responses.with_raw_response.create(
+        model=MODEL, input=prompt, background=True
+    )
+    assert created.headers.get("x-promptgate-cache") == "BYPASS"
+    job = created.parse()
+    assert job.status == "queued"
+
+    seen = []
+    for _ in range(5):
+        raw = client.responses.with_raw_response.retrieve(job.id)
+        assert raw.headers.get("x-promptgate-cache") == "BYPASS"
+        job = raw.parse()
+        seen.append(job.status)
+        if job.status == "completed":
+            break
+
+    assert seen == ["in_progress", "completed"]
+    mock_number(job.output_text)
