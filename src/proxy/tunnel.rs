@@ -68,8 +68,10 @@ pub async fn run(
 ) -> pingora::Result<()> {
     let head = switching_head(response.header())?;
     let mut upstream = response.into_session();
-    // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs).
+    // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs):
+    // neither side's read timeout (the client's is Pingora's 60 s default) may cut it.
     upstream.set_read_timeout(None);
+    session.set_read_timeout(None);
     if let UpstreamSession::H1(h1) = &mut upstream {
         h1.maybe_upgrade_body_writer();
     }

@@ -21,6 +21,11 @@ struct Client {
 impl Client {
     /// Sends the upgrade request; returns the client and the response head (lowercased).
     async fn connect(gw: &Gateway, path: &str, extra: &str) -> (Client, String) {
+        Client::connect_with(gw, path, &format!("Sec-WebSocket-Key: {KEY}\r\n{extra}")).await
+    }
+
+    /// Like [`Client::connect`], with `headers` (CRLF-terminated lines) instead of the key.
+    async fn connect_with(gw: &Gateway, path: &str, headers: &str) -> (Client, String) {
         let addr = gw
             .url("")
             .trim_start_matches("http://")
@@ -29,8 +34,7 @@ impl Client {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
-             Authorization: Bearer sk-client\r\n{extra}\r\n"
+             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer sk-client\r\n{headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut client = Client {
@@ -78,6 +82,21 @@ impl Client {
             }
             self.read_more().await;
         }
+    }
+
+    /// The JSON body of a plain (not upgraded) answer whose head was `head`.
+    async fn json_body(&mut self, head: &str) -> Value {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        while self.buf.len() < len {
+            self.read_more().await;
+        }
+        serde_json::from_slice(&self.buf[..len]).unwrap()
     }
 
     async fn event(&mut self) -> Value {
@@ -176,22 +195,10 @@ async fn an_upstream_refusing_the_upgrade_is_relayed_as_an_answer() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(Config::providers(&mock.url()));
     // The mock refuses an upgrade without a Sec-WebSocket-Key.
-    let addr = gw
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
-    let request = format!(
-        "GET /openai/v1/realtime HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 400"), "{text}");
-    assert!(text.contains("missing sec-websocket-key"), "{text}");
+    let (mut ws, head) = Client::connect_with(&gw, "/openai/v1/realtime", "").await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let body = ws.json_body(&head).await;
+    assert_eq!(body["error"]["message"], "missing Sec-WebSocket-Key");
     assert_eq!(mock.hits(), 1);
 }
 
@@ -209,17 +216,7 @@ async fn a_route_that_does_not_allow_websocket_refuses_at_once() {
     let (mut ws, head) = Client::connect(&gw, "/openai/v1/realtime", "").await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    while ws.buf.len() < len {
-        ws.read_more().await;
-    }
-    let body: Value = serde_json::from_slice(&ws.buf[..len]).unwrap();
+    let body = ws.json_body(&head).await;
     assert_eq!(body["error"]["type"], "websocket_refused");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
