@@ -37,6 +37,10 @@ pub enum ProxyError {
     },
     #[error("route {route} does not allow WebSocket upgrades (its websocket option is false)")]
     WebSocketRefused { route: String },
+    /// The client closed its connection before the response started: nothing is sent; logged
+    /// as 499 (nginx's convention).
+    #[error("the client closed its connection before the answer")]
+    ClientClosed,
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]
     Exhausted {
@@ -60,6 +64,7 @@ impl ProxyError {
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
             ProxyError::WebSocketRefused { .. } => 403,
+            ProxyError::ClientClosed => 499,
             ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
@@ -77,6 +82,7 @@ impl ProxyError {
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
             ProxyError::WebSocketRefused { .. } => "websocket_refused",
+            ProxyError::ClientClosed => "client_closed",
             ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }
@@ -86,7 +92,8 @@ impl ProxyError {
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
-    /// Classifies a Pingora error from talking to `upstream`.
+    /// Classifies a Pingora error from talking to `upstream` before its response head (a read
+    /// timeout then is the `first_byte` timeout).
     pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
         let upstream = upstream.to_string();
         let timeout = |phase| ProxyError::Timeout {
@@ -95,7 +102,7 @@ impl ProxyError {
         };
         match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timeout("connect"),
-            ErrorType::ReadTimedout => timeout("read"),
+            ErrorType::ReadTimedout => timeout("first_byte"),
             ErrorType::WriteTimedout => timeout("write"),
             ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute

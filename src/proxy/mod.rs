@@ -9,7 +9,8 @@
 //!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
 //!    of the answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the
 //!    route allows, no cache step and a tunnel after the upstream's `101` (`tunnel`). Returns
-//!    `Ok(true)`: the response has been sent.
+//!    `Ok(true)`: the response has been sent — or, when the client left while promptgate waited
+//!    for it (`client_gone`), nothing is, and the request is logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — metrics and the access log line, from the ctx (`report`).
 //!
@@ -17,6 +18,7 @@
 //! `request_body.rs` for why promptgate owns the upstream exchange.
 
 mod choose;
+mod client_gone;
 mod ctx;
 mod errors;
 mod exchange;
@@ -143,18 +145,35 @@ impl Proxy {
             &self.connector,
             route,
             &targets,
+            session,
             failover::Outgoing {
-                client: session.req_header(),
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
                 upgrade: upgrade.as_ref(),
+                record: record.as_ref(),
             },
             ctx,
         )
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
+        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
+        if ctx.client_left.is_some() {
+            // The call went on without its client, for the cache or for followers.
+            exchange::finish_detached(
+                &self.connector,
+                &answer.target.upstream,
+                answer.response,
+                session,
+                cache_status,
+                record,
+                &mut usage,
+            )
+            .await;
+            ctx.usage = usage.finish();
+            return Err(ProxyError::ClientClosed.into());
+        }
         if upgrade.is_some() && ctx.status == 101 {
             let mut counted = tunnel::Tunnelled::default();
             let tunnelled = tunnel::run(session, answer.response, &mut counted).await;
@@ -162,7 +181,6 @@ impl Proxy {
             ctx.tunnel = Some(counted);
             return tunnelled.map_err(Failure::AfterResponse);
         }
-        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
         let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
@@ -197,6 +215,18 @@ impl ProxyHttp for Proxy {
         ctx.runtime = Some(runtime.clone());
         match self.handle(session, ctx, &runtime).await {
             Ok(()) => Ok(true),
+            // Whatever happened after the client left, there is no one to answer.
+            Err(Failure::BeforeResponse(_)) if ctx.client_left.is_some() => {
+                ctx.status = ProxyError::ClientClosed.status();
+                ctx.error = Some(ProxyError::ClientClosed.kind());
+                log::debug!(
+                    "{} {}: the client closed its connection while waiting ({})",
+                    session.req_header().method,
+                    session.req_header().uri.path(),
+                    ctx.client_left.map_or("-", client_gone::Waiting::as_str)
+                );
+                Ok(true)
+            }
             Err(Failure::BeforeResponse(e)) => {
                 ctx.status = e.status();
                 ctx.error = Some(e.kind());
@@ -206,6 +236,11 @@ impl ProxyHttp for Proxy {
                     session.req_header().uri.path()
                 );
                 respond::error(session, &e).await?;
+                if matches!(e, ProxyError::BodyTooLarge { .. }) {
+                    // The answer is out: the request's time ends here, not after the linger.
+                    ctx.answered_in = Some(ctx.started.elapsed());
+                    request_body::linger(session).await;
+                }
                 Ok(true)
             }
             Err(Failure::AfterResponse(e)) => {

@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod cache_redis;
 mod cacheable_operations;
+mod cancellation;
 mod cli;
 mod dashboard;
 mod forwarding;
