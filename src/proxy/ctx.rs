@@ -34,7 +34,8 @@ pub struct Ctx {
     /// waiting for. From then on the upstream call goes on only for the cache or for followers.
     pub client_left: Option<Waiting>,
     /// Set when the answer went out before the request's work ended (a 413 whose body is then
-    /// drained): the request's duration for metrics and the access log.
+    /// drained, a WebSocket's 101 before its tunnel): the request's duration for metrics and
+    /// the access log.
     pub answered_in: Option<Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,

@@ -175,6 +175,8 @@ impl Proxy {
             return Err(ProxyError::ClientClosed.into());
         }
         if upgrade.is_some() && ctx.status == 101 {
+            // The request's time ends with the 101: a tunnel's lifetime is not a latency.
+            ctx.answered_in = Some(ctx.started.elapsed());
             let mut counted = tunnel::Tunnelled::default();
             let tunnelled = tunnel::run(session, answer.response, &mut counted).await;
             drop(answer.slot);

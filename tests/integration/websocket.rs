@@ -153,6 +153,10 @@ async fn an_upgrade_is_tunnelled_both_ways_and_never_cached() {
         assert_eq!(ws.event().await["event"], big);
         ws.send(9, b"ping").await;
         assert_eq!(ws.frame().await, (0xA, b"ping".to_vec()));
+        if round == 2 {
+            // Open longer than the 1 s bucket the request's duration must still fall in.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
         ws.send(8, &[0x03, 0xE8]).await;
         assert_eq!(ws.frame().await, (0x8, vec![0x03, 0xE8]));
         let mut rest = Vec::new();
@@ -179,6 +183,22 @@ async fn an_upgrade_is_tunnelled_both_ways_and_never_cached() {
         .find(|l| l.starts_with("promptgate_requests_total{") && l.contains(r#"status="101""#))
         .unwrap_or_else(|| panic!("no 101 series:\n{metrics}"));
     assert!(line.ends_with(" 2"), "{line}");
+    // Its duration is the time to the 101, not the tunnel's life: under 1 s here.
+    let fast = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("promptgate_request_duration_seconds_bucket{")
+                && l.contains(r#"le="1""#)
+                && l.contains(r#"route="openai""#)
+                && l.contains(r#"cache="none""#)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no duration series:
+{metrics}"
+            )
+        });
+    assert!(fast.ends_with(" 2"), "{fast}");
     let sent = metrics
         .lines()
         .find(|l| {
