@@ -6,8 +6,8 @@
 
 use super::operations::{self, Operation};
 use super::schema::{
-    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup, ReloadSpec,
-    Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
+    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
+    RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
@@ -92,6 +92,8 @@ pub struct Route {
     pub key_name: String,
     /// Tunnel WebSocket upgrades (`routes[N].websocket`, default true); refused when false.
     pub websocket: bool,
+    /// `rate_limit:`, checked (at least one limit, each within its bounds).
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// `routes[N].match`: every criterion given must hold.

@@ -6,6 +6,7 @@ use crate::cache::flight::{Follower, Tail};
 use crate::cache::key::CacheKey;
 use crate::cache::vary;
 use crate::config::schema::Replay;
+use crate::limits::headers::Headers;
 use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub async fn serve(
     mut follower: Follower,
     key: CacheKey,
     timeout: Duration,
+    extra: &Headers,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -50,7 +52,7 @@ pub async fn serve(
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
@@ -63,7 +65,7 @@ pub async fn serve(
         .and_then(|(_, v)| v.to_str().ok())
         .unwrap_or("");
     let mut usage = UsageObserver::for_content_type(content_type);
-    let reply = respond::replay_head(session, head.status, &head.headers, None)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;

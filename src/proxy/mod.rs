@@ -6,13 +6,16 @@
 //!    vet the head (`inbound`), find the candidate routes (`choose`), read the body (bounded,
 //!    `request_body`; its JSON tree is parsed at most once, on first use, `crate::body`), choose
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
-//!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
-//!    of the answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the
-//!    route allows, no cache step and a tunnel after the upstream's `101` (`tunnel`). Returns
-//!    `Ok(true)`: the response has been sent — or, when the client left while promptgate waited
-//!    for it (`client_gone`), nothing is, and the request is logged as 499.
+//!    (`lookup`) — with the rate-limit step (`limit`) after it, or before it with `count_hits`,
+//!    the upstream exchange with retries and failover (`failover`), and the relay of the
+//!    answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the route
+//!    allows, no cache step (the limit step still counts it) and a tunnel after the upstream's
+//!    `101` (`tunnel`). Returns `Ok(true)`: the response has been sent — or, when the client
+//!    left while promptgate waited for it (`client_gone`), nothing is, and the request is
+//!    logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — metrics and the access log line, from the ctx (`report`).
+//! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
+//!    the access log line, from the ctx (`report`).
 //!
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
@@ -25,6 +28,7 @@ mod exchange;
 mod failover;
 mod follow;
 mod inbound;
+mod limit;
 mod lookup;
 mod report;
 mod request_body;
@@ -40,6 +44,7 @@ pub use exchange::build_request;
 
 use crate::body::ParsedBody;
 use crate::cache::Cache;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::UsageObserver;
 use crate::routing::balance;
@@ -65,6 +70,8 @@ pub struct Proxy {
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Rate-limit counters, kept across reloads.
+    pub limiter: Arc<Limiter>,
 }
 
 /// Why a request did not complete normally.
@@ -87,6 +94,7 @@ impl Proxy {
         cache: Arc<Cache>,
         connector: Connector,
         metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
     ) -> Proxy {
         Proxy {
             runtime,
@@ -95,6 +103,7 @@ impl Proxy {
             inflight: Arc::default(),
             draining: Arc::default(),
             metrics,
+            limiter,
         }
     }
 
@@ -120,6 +129,11 @@ impl Proxy {
             .into());
         }
 
+        // With count_hits, every request counts: checked before the cache may answer it.
+        let limited = route.rate_limit.as_ref();
+        if let Some(l) = limited.filter(|l| l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
         let decision = match upgrade {
             // A tunnel is never cached.
             Some(_) => None,
@@ -135,6 +149,10 @@ impl Proxy {
             }
         };
         ctx.cache = cache_status;
+        // Otherwise only requests about to cost an upstream call are checked (hits are free).
+        if let Some(l) = limited.filter(|l| !l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
 
         let targets = balance::order(route, group);
         let forward = match session.req_header().uri.query() {
@@ -178,7 +196,8 @@ impl Proxy {
             // The request's time ends with the 101: a tunnel's lifetime is not a latency.
             ctx.answered_in = Some(ctx.started.elapsed());
             let mut counted = tunnel::Tunnelled::default();
-            let tunnelled = tunnel::run(session, answer.response, &mut counted).await;
+            let tunnelled =
+                tunnel::run(session, answer.response, &mut counted, ctx.extra_headers()).await;
             drop(answer.slot);
             ctx.tunnel = Some(counted);
             return tunnelled.map_err(Failure::AfterResponse);
@@ -188,7 +207,10 @@ impl Proxy {
             &answer.target.upstream,
             answer.response,
             session,
-            cache_status,
+            exchange::Additions {
+                cache_status,
+                extra: ctx.extra_headers(),
+            },
             record,
             &mut usage,
         )
@@ -237,7 +259,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e).await?;
+                respond::error(session, &e, ctx.extra_headers()).await?;
                 if matches!(e, ProxyError::BodyTooLarge { .. }) {
                     // The answer is out: the request's time ends here, not after the linger.
                     ctx.answered_in = Some(ctx.started.elapsed());
@@ -277,7 +299,7 @@ impl ProxyHttp for Proxy {
                 upstream: "-".into(),
                 detail: e.etype().as_str().to_string(),
             };
-            let _ = respond::error(session, &err).await;
+            let _ = respond::error(session, &err, &Vec::new()).await;
             502
         };
         FailToProxy {
@@ -287,6 +309,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        limit::settle(&self.limiter, &self.metrics, ctx);
         report::report(&self.metrics, session, e, ctx);
     }
 }

@@ -3,6 +3,7 @@
 //! Protocols` the bytes are copied both ways, untouched, until either side closes. Never cached.
 
 use super::exchange::UpstreamResponse;
+use crate::limits::headers::Headers;
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
@@ -57,6 +58,7 @@ fn switching_head(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> 
 
 /// Sends the client the upstream's `101`, then copies bytes both ways until one side closes
 /// or fails. `counted` is kept up to date as bytes pass, so it is right however this ends.
+/// `extra` headers (a rate-limited route's `x-ratelimit-*`) are added to the `101`.
 ///
 /// Both sessions stay in Pingora's hands: after a `101` each one reads and writes raw bytes
 /// (its body reader and writer switch to "until close"), and bytes either one had read past
@@ -65,8 +67,10 @@ pub async fn run(
     session: &mut Session,
     response: UpstreamResponse,
     counted: &mut Tunnelled,
+    extra: &Headers,
 ) -> pingora::Result<()> {
-    let head = switching_head(response.header())?;
+    let mut head = switching_head(response.header())?;
+    super::respond::add(&mut head, extra)?;
     let mut upstream = response.into_session();
     // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs):
     // neither side's read timeout (the client's is Pingora's 60 s default) may cut it.

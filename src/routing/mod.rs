@@ -5,6 +5,7 @@ pub mod upstream;
 
 use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
 use crate::config::RouteCache;
+use crate::limits::RouteLimit;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Route {
     pub key_name: String,
     /// Tunnel WebSocket upgrades (`routes[N].websocket`); refused when false.
     pub websocket: bool,
+    /// `rate_limit:`, when set.
+    pub rate_limit: Option<Arc<RouteLimit>>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +151,7 @@ mod tests {
             cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             key_name: "r".into(),
             websocket: true,
+            rate_limit: None,
         }
     }
 

@@ -245,3 +245,33 @@ async fn a_route_that_does_not_allow_websocket_refuses_at_once() {
     );
     assert_eq!(mock.hits(), 0, "refused before any upstream call");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_a_rate_limited_route_counts_as_a_request() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(
+        Config::new().upstream("mock", &mock.url()).route(
+            Route::prefixed("openai")
+                .targets("[mock]")
+                .with("rate_limit: { requests_per_minute: 1 }"),
+        ),
+    );
+    // A Realtime session costs as much as any call: the limit step is not skipped for it.
+    let (mut ws, head) = Client::connect(&gw, "/openai/v1/realtime", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("x-ratelimit-limit-requests: 1"),
+        "the 101 carries the limit's headers: {head}"
+    );
+    assert!(head.contains("x-ratelimit-remaining-requests: 0"), "{head}");
+    assert_eq!(ws.event().await["type"], "session.created");
+    ws.send(8, &[0x03, 0xE8]).await;
+    assert_eq!(ws.frame().await, (0x8, vec![0x03, 0xE8]));
+
+    let (mut refused, head) = Client::connect(&gw, "/openai/v1/realtime", "").await;
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    assert!(head.contains("retry-after: "), "{head}");
+    let body = refused.json_body(&head).await;
+    assert_eq!(body["error"]["limit"], "requests_per_minute");
+    assert_eq!(mock.hits(), 1, "the refused upgrade never reached the upstream");
+}
