@@ -31,6 +31,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub(crate) mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod pricing;

@@ -8,6 +8,7 @@ use super::schema::{
 use super::secret::Secret;
 use super::spec::{self, RouteCache, Spec, PRIORITY_HEADER};
 use super::Sections;
+use crate::headers;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -15,20 +16,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Headers that describe one hop or the message framing; injecting them would break the exchange.
-const UNINJECTABLE: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "expect",
-];
 
 #[derive(Deserialize)]
 struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
@@ -294,7 +281,7 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
             s.problem(&hpath, "is not a valid header name");
             continue;
         };
-        if UNINJECTABLE.contains(&hname.as_str()) {
+        if !headers::is_injectable(hname.as_str()) {
             s.problem(&hpath, "is set by promptgate itself and cannot be injected");
             continue;
         }

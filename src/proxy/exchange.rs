@@ -5,6 +5,7 @@ use super::errors::ProxyError;
 use super::respond::CACHE_STATUS_HEADER;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
+use crate::headers;
 use crate::providers::UsageObserver;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -18,25 +19,13 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-/// Headers that describe one hop (RFC 9110 §7.6.1) and so are never forwarded as is.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Attempts on pooled connections that turn out to be closed by the upstream while idle.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
-/// True for hop-by-hop headers, including any the message's `Connection` header nominates.
+/// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
+/// `Connection` header nominates.
 fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+    headers::is_hop_by_hop(name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
                 .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
