@@ -7,6 +7,7 @@ use crate::cache::redis::RedisState;
 use crate::cache::{Cache, Purge};
 use crate::config::schema::CacheBackend;
 use crate::config::ConfigError;
+use crate::json_error;
 use crate::metrics::{self, LookupCounts, Metrics};
 use crate::server::inflight::Inflight;
 use crate::server::reload::{Reloader, Trigger};
@@ -45,10 +46,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response<Vec<u8>> {
-    json(
-        status,
-        serde_json::json!({"error": {"type": kind, "message": message}}),
-    )
+    json(status, json_error::value(kind, &message))
 }
 
 fn method_not_allowed(path: &str, allow: &'static str) -> Response<Vec<u8>> {
@@ -266,14 +264,9 @@ fn reload_failed(e: &ConfigError) -> Response<Vec<u8>> {
                 .iter()
                 .map(|p| serde_json::json!({"line": p.line, "path": p.path, "message": p.message}))
                 .collect();
-            json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                serde_json::json!({"error": {
-                    "type": "invalid_config",
-                    "message": e.to_string(),
-                    "problems": problems,
-                }}),
-            )
+            let mut body = json_error::value("invalid_config", &e.to_string());
+            body["error"]["problems"] = problems.into();
+            json(StatusCode::UNPROCESSABLE_ENTITY, body)
         }
         ConfigError::Read { source, .. } => error(
             StatusCode::INTERNAL_SERVER_ERROR,

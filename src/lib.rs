@@ -30,8 +30,10 @@
 pub mod admin;
 pub mod cache;
 pub mod cli;
+pub(crate) mod clock;
 pub mod config;
 pub(crate) mod headers;
+pub(crate) mod json_error;
 pub mod logging;
 pub mod metrics;
 pub mod pricing;

@@ -1,10 +1,11 @@
 //! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
 
+use crate::clock::unix_now;
 use crate::providers::{Usage, UsageObserver};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// First bytes of every encoded entry: format name and version.
 const MAGIC: &[u8; 4] = b"PGE1";
@@ -37,12 +38,6 @@ pub struct Entry {
 #[derive(Debug, thiserror::Error)]
 #[error("stored cache entry is unreadable: {0}")]
 pub struct DecodeError(&'static str);
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Entry {
     /// Seconds since it was stored (the `Age` of a hit).

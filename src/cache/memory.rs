@@ -81,7 +81,7 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::unix_now;
+    use crate::clock::unix_now;
     use bytes::Bytes;
 
     fn entry(size: usize, ttl: u64) -> Arc<Entry> {

@@ -1,10 +1,11 @@
 //! Recording a response while it is relayed to the client, to store it once complete — and,
 //! as the leader of a flight, sharing it live with identical requests waiting on it.
 
-use super::entry::{unix_now, ChunkMark, Entry};
+use super::entry::{ChunkMark, Entry};
 use super::flight::{Leader, SharedHead};
 use super::key::CacheKey;
 use super::Cache;
+use crate::clock::unix_now;
 use crate::headers;
 use crate::providers::StreamEnd;
 use bytes::{Bytes, BytesMut};
