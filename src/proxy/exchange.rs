@@ -6,7 +6,7 @@ use super::respond::CACHE_STATUS_HEADER;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
 use crate::headers;
-use crate::providers::UsageObserver;
+use crate::providers::ResponseReader;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
 use bytes::Bytes;
@@ -210,7 +210,8 @@ pub fn client_header(
 /// upstream has delivered its last byte — before that byte is passed on, so a client that
 /// repeats the request as soon as it has the answer finds it cached.
 ///
-/// Every body chunk also goes to `usage`, which reads the provider's token counts.
+/// Every body chunk also goes to `reader`, which reads the provider's token counts and judges
+/// whether the answer is whole (only a [`crate::providers::Verdict::Complete`] one is stored).
 ///
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
@@ -221,7 +222,7 @@ pub async fn relay(
     session: &mut Session,
     cache_status: Option<CacheStatus>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
     let mut head = client_header(response.header(), session)?;
     if let Some(status) = cache_status {
@@ -230,17 +231,21 @@ pub async fn relay(
     let mut recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
         .and_then(|plan| Recorder::start(plan, &head));
+    if let Some(r) = &recorder {
+        reader.read_json_up_to(r.limit());
+    }
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
                 if response.session.response_done() {
+                    reader.finish();
                     if let Some(r) = recorder.take() {
-                        r.commit();
+                        r.commit(reader.verdict());
                     }
                     // Back to the pool before the client has its last byte, so a request it
                     // sends right after finds the connection idle instead of opening another.
@@ -251,9 +256,9 @@ pub async fn relay(
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
-                    match recorder.filter(Recorder::worth_finishing) {
+                    match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
                         Some(r) => {
-                            finish_without_client(connector, upstream, response, r, usage).await
+                            finish_without_client(connector, upstream, response, r, reader).await
                         }
                         None => response.session.shutdown().await,
                     }
@@ -269,8 +274,9 @@ pub async fn relay(
             }
         }
     }
+    reader.finish();
     if let Some(r) = recorder.take() {
-        r.commit();
+        r.commit(reader.verdict());
     }
     release(connector, upstream, response).await;
     session.write_response_body(None, true).await
@@ -296,12 +302,12 @@ async fn finish_without_client(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 recorder.push(&chunk);
             }
             Ok(None) => break,
@@ -311,7 +317,8 @@ async fn finish_without_client(
             }
         }
     }
-    recorder.commit();
+    reader.finish();
+    recorder.commit(reader.verdict());
     release(connector, upstream, response).await;
 }
 

@@ -34,7 +34,7 @@ use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::logging::{self, Access};
 use crate::metrics::{CacheLabel, LookupResult, Metrics, RequestRecord};
-use crate::providers::UsageObserver;
+use crate::providers::ResponseReader;
 use crate::routing::balance;
 use crate::routing::Route;
 use crate::runtime::Runtime;
@@ -163,15 +163,7 @@ impl Proxy {
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
-        let mut usage = UsageObserver::for_content_type(
-            answer
-                .response
-                .header()
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-        );
+        let mut reader = ResponseReader::for_headers(&answer.response.header().headers);
         let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
@@ -179,12 +171,13 @@ impl Proxy {
             session,
             cache_status,
             record,
-            &mut usage,
+            &mut reader,
         )
         .await;
         drop(answer.slot);
         // Counted even when the client left early: the upstream call was made (and billed).
-        ctx.usage = usage.finish();
+        reader.finish();
+        ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
     }
 
