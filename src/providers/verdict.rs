@@ -9,7 +9,7 @@
 //! | Anthropic Messages SSE | `message_stop` after a `message_delta` with a `stop_reason` | `event: error`; `stop_reason: refusal` |
 //! | Gemini SSE (`alt=sse`) | every candidate seen ends with `finishReason` `STOP` or `MAX_TOKENS` | `{"error": …}`; `promptFeedback.blockReason`; any other `finishReason` (`SAFETY`, `RECITATION`, `LANGUAGE`, `OTHER`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`, `MALFORMED_FUNCTION_CALL`, `IMAGE_*`, `NO_IMAGE`, `UNEXPECTED_TOOL_CALL`, `TOO_MANY_TOOL_CALLS`, …) |
 //! | Ollama NDJSON | an object with `"done": true` | `{"error": …}`; `done_reason` `load` / `unload` (a model loaded or unloaded, no answer) |
-//! | JSON (every provider) | a body that parses | a top-level `error`, or `"type": "error"`; the refusals and failures above in their non-streamed form (`finish_reason: content_filter`, `message.refusal`, `stop_reason: refusal`, Gemini `blockReason` / blocking `finishReason`, a Responses object whose `status` is not `completed`); Ollama `"done": false` |
+//! | JSON (every provider) | a body that parses, every Gemini candidate in it (or in the array of a non-SSE Gemini stream) with a `finishReason` | a top-level `error`, or `"type": "error"`; the refusals and failures above in their non-streamed form (`finish_reason: content_filter`, `message.refusal`, `stop_reason: refusal`, Gemini `blockReason` / blocking `finishReason`, a Responses object whose `status` is not `completed`); Ollama `"done": false` |
 //! | anything else | the body ended as framed | — |
 //!
 //! A stream of any format that breaks off before its successful end is [`Verdict::Incomplete`].
@@ -170,6 +170,8 @@ pub(super) fn judge_body(body: Option<&Body>) -> Verdict {
     let Some(body) = body else {
         return Verdict::Incomplete;
     };
+    // Gemini candidates seen across the documents (an array is a stream): `(index, finished)`.
+    let mut candidates = Vec::new();
     for doc in body.docs() {
         if let Some(f) = doc_failure(doc) {
             return Verdict::Failed(f);
@@ -178,6 +180,18 @@ pub(super) fn judge_body(body: Option<&Body>) -> Verdict {
         if doc.done.0 == Some(false) {
             return Verdict::Incomplete;
         }
+        for candidate in &doc.candidates.0 {
+            let index = candidate.index.0.unwrap_or(0);
+            mark(
+                &mut candidates,
+                index,
+                candidate.finish_reason.get().is_some(),
+            );
+        }
+    }
+    // A Gemini candidate without a finishReason "has not stopped generating".
+    if candidates.iter().any(|c| !c.1) {
+        return Verdict::Incomplete;
     }
     Verdict::Complete
 }
@@ -731,6 +745,7 @@ mod tests {
             r#"{"text":"transcribed words"}"#,
             // Gemini's non-SSE stream: an array of responses
             r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}]},{"candidates":[{"finishReason":"STOP"}]}]"#,
+            r#"{"candidates":[],"usageMetadata":{"promptTokenCount":1}}"#,
             r#"[1, 2, 3]"#,
             r#"42"#,
         ];
@@ -799,6 +814,21 @@ mod tests {
         );
         assert_eq!(judge(JSON, &[""]), Verdict::Incomplete);
         assert_eq!(judge(JSON, &[r#"{"done":false}"#]), Verdict::Incomplete);
+        // a Gemini candidate that has not stopped, whole or in a non-SSE stream's array
+        assert_eq!(
+            judge(
+                JSON,
+                &[r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}]}"#]
+            ),
+            Verdict::Incomplete
+        );
+        assert_eq!(
+            judge(
+                JSON,
+                &[r#"[{"candidates":[{"content":{}}]},{"candidates":[{"content":{}}]}]"#]
+            ),
+            Verdict::Incomplete
+        );
         // bodies promptgate does not read are judged by their framing alone
         assert_eq!(
             judge("text/plain", &["1\n00:00 --> 00:01\nhi"]),
