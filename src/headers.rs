@@ -7,7 +7,7 @@
 
 /// Connection-specific headers (RFC 9110 §7.6.1): they describe one hop's connection, not the
 /// message, so a proxy neither forwards them nor lets them be configured.
-pub const CONNECTION_SPECIFIC: &[&str] = &[
+pub(crate) const CONNECTION_SPECIFIC: &[&str] = &[
     // Names the other hop-by-hop headers of this message; those are stripped too.
     "connection",
     // HTTP/1.0 persistent-connection parameters of this hop.
@@ -28,11 +28,11 @@ pub const CONNECTION_SPECIFIC: &[&str] = &[
 /// hop-by-hop as well and never forwarded from a client. Unlike [`CONNECTION_SPECIFIC`] an
 /// operator may inject them: credentials for a proxy in front of an upstream are what
 /// injection is for.
-pub const PROXY_AUTH: &[&str] = &["proxy-authenticate", "proxy-authorization"];
+pub(crate) const PROXY_AUTH: &[&str] = &["proxy-authenticate", "proxy-authorization"];
 
 /// Request headers promptgate writes itself on every upstream request; an injected value would
 /// contradict the request it sends.
-pub const SET_PER_REQUEST: &[&str] = &[
+pub(crate) const SET_PER_REQUEST: &[&str] = &[
     // The upstream's own authority (RFC 9110 §7.2).
     "host",
     // The length of the body promptgate sends (buffered, so always known).
@@ -44,7 +44,7 @@ pub const SET_PER_REQUEST: &[&str] = &[
 /// Response headers that describe one particular exchange, not the answer: replaying them from
 /// the cache would lie (a stale date, someone else's request id or rate-limit budget, a cookie).
 /// Hop-by-hop headers are not replayed either ([`is_replayable`]).
-pub const PER_EXCHANGE: &[&str] = &[
+pub(crate) const PER_EXCHANGE: &[&str] = &[
     // When this response was made; a hit says how old it is with its own `Age`.
     "date",
     "age",
@@ -69,22 +69,22 @@ pub const PER_EXCHANGE: &[&str] = &[
 
 /// Prefixes of per-exchange response headers: rate-limit budgets at that moment, and
 /// promptgate's own annotations (a hit gets fresh ones).
-pub const PER_EXCHANGE_PREFIXES: &[&str] =
+pub(crate) const PER_EXCHANGE_PREFIXES: &[&str] =
     &["x-ratelimit-", "anthropic-ratelimit-", "x-promptgate-"];
 
 /// True for hop-by-hop headers ([`CONNECTION_SPECIFIC`] and [`PROXY_AUTH`]); the caller also
 /// drops any header the message's `Connection` names.
-pub fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     CONNECTION_SPECIFIC.contains(&name) || PROXY_AUTH.contains(&name)
 }
 
 /// True for headers an operator may configure to be injected into upstream requests.
-pub fn is_injectable(name: &str) -> bool {
+pub(crate) fn is_injectable(name: &str) -> bool {
     !CONNECTION_SPECIFIC.contains(&name) && !SET_PER_REQUEST.contains(&name)
 }
 
 /// True for response headers that are stored and replayed with the body.
-pub fn is_replayable(name: &str) -> bool {
+pub(crate) fn is_replayable(name: &str) -> bool {
     !is_hop_by_hop(name)
         && !PER_EXCHANGE.contains(&name)
         && !PER_EXCHANGE_PREFIXES.iter().any(|p| name.starts_with(p))

@@ -12,7 +12,9 @@
 use crate::cache::Cache;
 use crate::pricing::{Pricing, OTHER};
 use crate::providers::Usage;
+use crate::stats::Activity;
 use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -133,6 +135,9 @@ const KINDS: [&str; 2] = ["input", "output"];
 
 /// What one finished request reports (from its ctx, in the `logging` phase).
 pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    /// The request path, without the query string (some providers take the API key there).
+    pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,
@@ -223,6 +228,8 @@ pub struct Metrics {
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
     redis_errors_seen: Mutex<(usize, u64)>,
+    /// Recent requests and the last minutes' rates, for the dashboard (fed from here).
+    activity: Activity,
 }
 
 /// Registers `metric` and returns it; the definitions are static, so failure is a bug.
@@ -405,6 +412,7 @@ impl Metrics {
             routes: RwLock::default(),
             upstreams: RwLock::default(),
             redis_errors_seen: Mutex::new((0, 0)),
+            activity: Activity::default(),
         }
     }
 
@@ -466,6 +474,7 @@ impl Metrics {
         if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
             self.upstream_ttfb(upstream).observe(ttfb.as_secs_f64());
         }
+        self.activity.recent.push(r);
         if let Some(usage) = r.usage {
             let price = r
                 .pricing
@@ -566,11 +575,21 @@ impl Metrics {
         }
     }
 
+    /// Recent requests and the sampled time series, for the dashboard.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Every metric's current values (what [`Metrics::render`] prints).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.gather(), &mut out)
             .expect("encoding gathered metrics into memory does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
@@ -692,6 +711,8 @@ mod tests {
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
         let record = |cache, ttfb| RequestRecord {
+            method: "POST",
+            path: "/openai/v1/chat/completions",
             route: Some("openai"),
             upstream: (cache != CacheLabel::Hit).then_some("mock"),
             status: 200,
@@ -790,6 +811,8 @@ mod tests {
             model: Some("sk-looks-like-a-key-but-is-a-model".into()),
         };
         m.request_done(&RequestRecord {
+            method: "POST",
+            path: "/r",
             route: Some("r"),
             upstream: Some("u"),
             status: 200,

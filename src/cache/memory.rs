@@ -56,10 +56,6 @@ impl MemoryStore {
         );
     }
 
-    pub fn invalidate_all(&self) {
-        self.entries.invalidate_all();
-    }
-
     /// Removes every entry for which `select(route, key)` holds; returns how many.
     pub fn purge(&self, select: impl Fn(&str, &CacheKey) -> bool) -> u64 {
         let mut purged = 0;

@@ -4,12 +4,12 @@
 //!
 //! Lookups never fail a request: a store that errs is a miss.
 
-pub mod entry;
-pub mod flight;
+pub(crate) mod entry;
+pub(crate) mod flight;
 pub mod key;
-pub mod memory;
-pub mod policy;
-pub mod record;
+pub(crate) mod memory;
+pub(crate) mod policy;
+pub(crate) mod record;
 pub mod redis;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};

@@ -1,7 +1,7 @@
 //! The command line: `promptgate run | check | key | warm | health`, with `--config` resolution.
 
-pub mod health;
-pub mod warm;
+pub(crate) mod health;
+pub(crate) mod warm;
 
 use crate::config;
 

@@ -8,19 +8,19 @@ use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// The response to relay, from the target that gave it.
 pub struct Answer<'r> {
     pub target: &'r Target,
     pub response: UpstreamResponse,
     /// The target's concurrency slot, held until the response has been relayed.
-    pub slot: Option<OwnedSemaphorePermit>,
+    pub slot: Slot,
 }
 
 /// What kind of failure an error is, for the retry policy.

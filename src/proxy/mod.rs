@@ -404,7 +404,10 @@ impl ProxyHttp for Proxy {
                 self.metrics.upstream_failover(route);
             }
         }
+        let req = session.req_header();
         self.metrics.request_done(&RequestRecord {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             route,
             upstream: ctx.upstream.as_deref(),
             status: ctx.status,
@@ -414,7 +417,6 @@ impl ProxyHttp for Proxy {
             usage,
             pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
         });
-        let req = session.req_header();
         let error = match (ctx.error, e) {
             (Some(label), _) => Some(label),
             (None, Some(e)) => Some(e.etype().as_str()),
