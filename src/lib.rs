@@ -17,6 +17,8 @@
 //!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
 //!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
+//! - [`body`] — a request body parsed once: its JSON tree, read for the model, the cache key's
+//!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
 //! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]),
@@ -38,6 +40,7 @@
 //! reach; the rest is `pub(crate)`.
 
 pub(crate) mod admin;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub(crate) mod clock;

@@ -3,6 +3,7 @@
 
 use super::errors::ProxyError;
 use super::respond::CACHE_STATUS_HEADER;
+use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
 use crate::headers;
@@ -90,20 +91,12 @@ pub fn build_request(
 /// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
 /// and values; the body length changes, which `build_request` accounts for. A body that is not
 /// a JSON object with a `model` is sent untouched: the upstream decides what to make of it.
-pub fn rewrite_model(target: &Target, body: Bytes) -> Bytes {
-    let Some(model) = &target.model else {
-        return body;
-    };
-    let Ok(mut object) =
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-    else {
-        return body;
-    };
-    if !object.contains_key("model") {
-        return body;
+/// `parsed` is `body`'s tree, shared by every target of the request.
+pub fn rewrite_model(target: &Target, body: &Bytes, parsed: &ParsedBody<'_>) -> Bytes {
+    match target.model.as_deref().and_then(|m| parsed.with_model(m)) {
+        Some(rewritten) => Bytes::from(rewritten),
+        None => body.clone(),
     }
-    object.insert("model".into(), serde_json::Value::String(model.clone()));
-    Bytes::from(serde_json::to_vec(&object).expect("a JSON map always serializes"))
 }
 
 /// An upstream response whose head has been read and whose body is still to come.
@@ -117,6 +110,11 @@ impl UpstreamResponse {
         self.session
             .response_header()
             .expect("send() returns only after the response head was read")
+    }
+
+    /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
+    pub fn reader(&self) -> ResponseReader {
+        ResponseReader::for_headers(&self.header().headers)
     }
 }
 

@@ -6,7 +6,8 @@
 //! what the access log shows — method, path without the query string, route, upstream, cache
 //! result, status, duration — never a body, header or credential.
 
-use crate::metrics::{CacheLabel, RequestRecord};
+use crate::cache::CacheStatus;
+use crate::metrics::RequestRecord;
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -22,7 +23,8 @@ pub struct RecentRequest {
     /// When it finished.
     pub at: SystemTime,
     pub status: u16,
-    pub cache: CacheLabel,
+    /// Where the answer came from; `None` on routes without a cache.
+    pub cache: Option<CacheStatus>,
     /// Arrival to last byte.
     pub duration: Duration,
     /// Method, path, route and upstream, one after the other: one allocation per entry.
@@ -131,7 +133,10 @@ mod tests {
             route,
             upstream,
             status: 200,
-            cache: CacheLabel::Miss,
+            cache: Some(CacheStatus::Miss),
+            lookup: None,
+            retries: 0,
+            failovers: 0,
             duration: Duration::from_millis(5),
             ttfb: None,
             usage: None,

@@ -173,17 +173,22 @@ impl BackgroundService for Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{CacheLabel, LookupResult, RequestRecord};
+    use crate::cache::entry::Entry;
+    use crate::cache::{CacheStatus, Lookup};
+    use crate::metrics::RequestRecord;
+    use std::sync::Arc;
 
-    fn finish(m: &Metrics, cache: CacheLabel, lookup: LookupResult, ms: u64) {
-        m.cache_lookup("r", lookup);
+    fn finish(m: &Metrics, cache: CacheStatus, lookup: Lookup, ms: u64) {
         m.request_done(&RequestRecord {
             method: "POST",
             path: "/r",
             route: Some("r"),
             upstream: None,
             status: 200,
-            cache,
+            cache: Some(cache),
+            lookup: Some(&lookup),
+            retries: 0,
+            failovers: 0,
             duration: Duration::from_millis(ms),
             ttfb: None,
             usage: None,
@@ -198,11 +203,24 @@ mod tests {
         let wall = SystemTime::now();
         let read = |at: Instant| Totals::read(&Reading::new(m.gather()), at, wall);
         // Before the first reading: not part of the sample.
-        finish(&m, CacheLabel::Miss, LookupResult::Miss, 3000);
+        finish(&m, CacheStatus::Miss, Lookup::Miss, 3000);
         let first = read(t0);
-        finish(&m, CacheLabel::Miss, LookupResult::Miss, 200);
+        finish(&m, CacheStatus::Miss, Lookup::Miss, 200);
         for _ in 0..3 {
-            finish(&m, CacheLabel::Hit, LookupResult::Hit, 1);
+            finish(
+                &m,
+                CacheStatus::Hit,
+                Lookup::Hit(Arc::new(Entry {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: bytes::Bytes::new(),
+                    chunks: Vec::new(),
+                    stored_at: 0,
+                    ttl: Duration::from_secs(60),
+                    usage: Default::default(),
+                })),
+                1,
+            );
         }
         let second = read(t0 + Duration::from_secs(2));
         let s = second.since(&first);

@@ -7,8 +7,9 @@ use super::recent::RecentRequest;
 use super::series::{self, unix_seconds, Sample};
 use crate::cache::redis::RedisState;
 use crate::cache::Cache;
+use crate::cache::CacheStatus;
 use crate::config::schema::CacheBackend;
-use crate::metrics::{CacheLabel, LookupCounts, Metrics};
+use crate::metrics::{LookupCounts, Metrics, NO_CACHE};
 use crate::routing::upstream::Upstream;
 use crate::runtime::Runtime;
 use crate::server::reload::LastReload;
@@ -271,7 +272,7 @@ fn quantiles(reading: &Reading, keep: impl Fn(&Metric) -> bool) -> Quantiles {
 fn tokens(reading: &Reading, kind: &str) -> TokenCounts {
     let sum = |hit: bool| {
         reading.count("promptgate_tokens_total", |m| {
-            label(m, "kind") == kind && (label(m, "cache") == CacheLabel::Hit.as_str()) == hit
+            label(m, "kind") == kind && (label(m, "cache") == CacheStatus::Hit.label()) == hit
         })
     };
     TokenCounts {
@@ -347,12 +348,7 @@ fn recent(r: &RecentRequest) -> Recent {
         path: r.path().to_string(),
         route: r.route().map(str::to_string),
         upstream: r.upstream().map(str::to_string),
-        cache: match r.cache {
-            CacheLabel::Hit => Some("HIT"),
-            CacheLabel::Miss => Some("MISS"),
-            CacheLabel::Bypass => Some("BYPASS"),
-            CacheLabel::None => None,
-        },
+        cache: r.cache.map(CacheStatus::as_str),
         status: r.status,
         duration_ms: r.duration.as_secs_f64() * 1000.0,
     }
@@ -374,7 +370,7 @@ pub fn snapshot(s: &Sources) -> Snapshot {
     let reading = Reading::new(s.metrics.gather());
     let activity = s.metrics.activity();
     let samples = activity.series.samples();
-    let cache_label = |c: CacheLabel| move |m: &Metric| label(m, "cache") == c.as_str();
+    let cache_label = |c: &'static str| move |m: &Metric| label(m, "cache") == c;
     let saved = reading.sum("promptgate_cost_saved_usd_total", |_| true);
     let (entries, bytes) = s.cache.memory_usage();
     let reloads = |result: &str| {
@@ -409,10 +405,10 @@ pub fn snapshot(s: &Sources) -> Snapshot {
             }),
         },
         latency_seconds: Latency {
-            hit: quantiles(&reading, cache_label(CacheLabel::Hit)),
-            miss: quantiles(&reading, cache_label(CacheLabel::Miss)),
-            bypass: quantiles(&reading, cache_label(CacheLabel::Bypass)),
-            none: quantiles(&reading, cache_label(CacheLabel::None)),
+            hit: quantiles(&reading, cache_label(CacheStatus::Hit.label())),
+            miss: quantiles(&reading, cache_label(CacheStatus::Miss.label())),
+            bypass: quantiles(&reading, cache_label(CacheStatus::Bypass.label())),
+            none: quantiles(&reading, cache_label(NO_CACHE)),
         },
         tokens: Tokens {
             input: tokens(&reading, "input"),
@@ -459,7 +455,9 @@ pub fn snapshot(s: &Sources) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{LookupResult, RequestRecord};
+    use crate::cache::entry::Entry;
+    use crate::cache::Lookup;
+    use crate::metrics::RequestRecord;
     use crate::pricing::Pricing;
     use crate::providers::Usage;
     use std::time::Duration;
@@ -485,6 +483,18 @@ routes:
         )
     }
 
+    fn hit() -> Lookup {
+        Lookup::Hit(Arc::new(Entry {
+            status: 200,
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+            chunks: Vec::new(),
+            stored_at: 0,
+            ttl: Duration::from_secs(60),
+            usage: Default::default(),
+        }))
+    }
+
     #[test]
     fn one_miss_and_three_hits_read_back_exactly() {
         let m = Metrics::new();
@@ -494,24 +504,26 @@ routes:
             output: 500,
             model: Some("gpt-4o-mini".into()),
         };
-        let done = |cache, lookup, upstream, ms| {
-            m.cache_lookup("openai", lookup);
+        let done = |cache, lookup: Lookup, upstream, ms| {
             m.request_done(&RequestRecord {
                 method: "POST",
                 path: "/openai/v1/chat/completions",
                 route: Some("openai"),
                 upstream,
                 status: 200,
-                cache,
+                cache: Some(cache),
+                lookup: Some(&lookup),
+                retries: 0,
+                failovers: 0,
                 duration: Duration::from_millis(ms),
                 ttfb: None,
                 usage: Some(&usage),
                 pricing: Some(&pricing),
             });
         };
-        done(CacheLabel::Miss, LookupResult::Miss, Some("mock"), 300);
+        done(CacheStatus::Miss, Lookup::Miss, Some("mock"), 300);
         for _ in 0..3 {
-            done(CacheLabel::Hit, LookupResult::Hit, None, 1);
+            done(CacheStatus::Hit, hit(), None, 1);
         }
         let runtime = runtime();
         let cache = Cache::new(&runtime.cache).unwrap();
