@@ -289,3 +289,40 @@ def test_a_content_filtered_answer_is_not_stored(client, prompt):
     assert first.choices[0].finish_reason == "content_filter"
     assert (first_cache, second_cache) == ("MISS", "MISS")
     assert second.id != first.id
+
+
+# --- uploads -------------------------------------------------------------------------------
+
+
+def transcribe(client, path, **kwargs):
+    """One transcription of the file at `path`: (cache header, text). The SDK sends it as a
+    multipart upload with a fresh random boundary each time."""
+    with open(path, "rb") as audio:
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=audio, **kwargs
+        )
+    return raw.headers.get("x-promptgate-cache"), raw.parse().text
+
+
+def test_the_same_audio_file_twice_is_a_cache_hit(client, prompt, tmp_path):
+    audio = tmp_path / "hello.wav"
+    audio.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + prompt.encode() + bytes(range(256)))
+
+    first_cache, first = transcribe(client, audio)
+    second_cache, second = transcribe(client, audio)
+
+    assert (first_cache, second_cache) == ("MISS", "HIT")
+    assert second == first
+    mock_number(first)
+
+
+def test_a_different_audio_file_or_option_is_a_miss(client, prompt, tmp_path):
+    audio = tmp_path / "hello.wav"
+    audio.write_bytes(b"RIFF" + prompt.encode())
+    other = tmp_path / "other.wav"
+    other.write_bytes(b"RIFF" + prompt.encode() + b"!")
+
+    assert transcribe(client, audio)[0] == "MISS"
+    assert transcribe(client, other)[0] == "MISS"
+    assert transcribe(client, audio, language="de")[0] == "MISS"
+    assert transcribe(client, audio)[0] == "HIT"
