@@ -4,12 +4,12 @@
 //!
 //! | format | successful end | never stored |
 //! |---|---|---|
-//! | OpenAI chat / completions SSE (and compatible servers) | `data: [DONE]`, and every choice seen carries a `finish_reason` | `data: {"error": …}` anywhere; `finish_reason` `content_filter` (refusal), `error`, `abort`, `cancelled`; a `refusal` in a delta; `[DONE]` while a choice has no `finish_reason` (partial) |
+//! | OpenAI chat / completions SSE (and compatible servers) | `data: [DONE]`, and every choice seen carries a `finish_reason` | `data: {"error": …}` (or `"object": "error"`) anywhere; `finish_reason` `content_filter` (refusal), `error`, `abort`, `cancelled`; a `refusal` in a delta; `[DONE]` while a choice has no `finish_reason` (partial) |
 //! | OpenAI Responses SSE | `response.completed` whose response has `status: completed` (no `[DONE]`) | `response.failed`, `response.incomplete`, `error` events; `response.refusal.*` events or a `refusal` output part |
 //! | Anthropic Messages SSE | `message_stop` after a `message_delta` with a `stop_reason` | `event: error`; `stop_reason: refusal` |
 //! | Gemini SSE (`alt=sse`) | every candidate seen ends with `finishReason` `STOP` or `MAX_TOKENS` | `{"error": …}`; `promptFeedback.blockReason`; any other `finishReason` (`SAFETY`, `RECITATION`, `LANGUAGE`, `OTHER`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`, `MALFORMED_FUNCTION_CALL`, `IMAGE_*`, `NO_IMAGE`, `UNEXPECTED_TOOL_CALL`, `TOO_MANY_TOOL_CALLS`, …) |
 //! | Ollama NDJSON | an object with `"done": true` | `{"error": …}`; `done_reason` `load` / `unload` (a model loaded or unloaded, no answer) |
-//! | JSON (every provider) | a body that parses, every Gemini candidate in it (or in the array of a non-SSE Gemini stream) with a `finishReason` | a top-level `error`, or `"type": "error"`; the refusals and failures above in their non-streamed form (`finish_reason: content_filter`, `message.refusal`, `stop_reason: refusal`, Gemini `blockReason` / blocking `finishReason`, a Responses object whose `status` is not `completed`); Ollama `"done": false` |
+//! | JSON (every provider) | a body that parses, every Gemini candidate in it (or in the array of a non-SSE Gemini stream) with a `finishReason` | a top-level `error`, `"type": "error"` or `"object": "error"`; the refusals and failures above in their non-streamed form (`finish_reason: content_filter`, `message.refusal`, `stop_reason: refusal`, Gemini `blockReason` / blocking `finishReason`, a Responses object whose `status` is not `completed`); Ollama `"done": false` |
 //! | anything else | the body ended as framed | — |
 //!
 //! A stream of any format that breaks off before its successful end is [`Verdict::Incomplete`].
@@ -100,7 +100,8 @@ fn ollama_done_failure(reason: &str) -> Option<Failure> {
 
 /// Failures any single document shows, streamed or whole: error objects and refusals.
 fn doc_failure(doc: &Doc) -> Option<Failure> {
-    if doc.error.0 || doc.kind.is("error") {
+    // `"object": "error"`: older vLLM error responses.
+    if doc.error.0 || doc.kind.is("error") || doc.object.is("error") {
         return Some(Failure::Error);
     }
     if doc
@@ -759,6 +760,10 @@ mod tests {
                 Failure::Error,
             ),
             (r#"{"error":"model not loaded"}"#, Failure::Error),
+            (
+                r#"{"object":"error","message":"engine dead","type":"InternalServerError","code":500}"#,
+                Failure::Error,
+            ),
             (
                 r#"{"choices":[{"message":{"content":null},"finish_reason":"content_filter"}]}"#,
                 Failure::Refusal,
