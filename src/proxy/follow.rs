@@ -4,6 +4,7 @@ use super::client_gone::unless_gone;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
+use crate::limits::headers::Headers;
 use crate::providers::{ResponseReader, Usage};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
     timeout: Duration,
+    extra: &Headers,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -36,14 +38,14 @@ pub async fn serve(
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
         };
     }
     let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
-    let reply = respond::replay_head(session, head.status, &head.headers, None)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;
