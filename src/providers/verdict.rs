@@ -8,7 +8,7 @@
 //! | OpenAI Responses SSE | `response.completed` whose response has `status: completed` (no `[DONE]`) | `response.failed`, `response.incomplete`, `error` events; `response.refusal.*` events or a `refusal` output part |
 //! | Anthropic Messages SSE | `message_stop` after a `message_delta` with a `stop_reason` | `event: error`; `stop_reason: refusal` |
 //! | Gemini SSE (`alt=sse`) | every candidate seen ends with `finishReason` `STOP` or `MAX_TOKENS` | `{"error": …}`; `promptFeedback.blockReason`; any other `finishReason` (`SAFETY`, `RECITATION`, `LANGUAGE`, `OTHER`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`, `MALFORMED_FUNCTION_CALL`, `IMAGE_*`, `NO_IMAGE`, `UNEXPECTED_TOOL_CALL`, `TOO_MANY_TOOL_CALLS`, …) |
-//! | Ollama NDJSON | an object with `"done": true` | `{"error": …}`; `done_reason` `load` / `unload` (a model loaded or unloaded, no answer) |
+//! | Ollama NDJSON | an object with `"done": true` | `{"error": …}`; `done_reason` `load` / `unload` (a model loaded or unloaded, no answer); Ollama has no refusal signal |
 //! | JSON (every provider) | a body that parses, every Gemini candidate in it (or in the array of a non-SSE Gemini stream) with a `finishReason` | a top-level `error`, `"type": "error"` or `"object": "error"`; the refusals and failures above in their non-streamed form (`finish_reason: content_filter`, `message.refusal`, `stop_reason: refusal`, Gemini `blockReason` / blocking `finishReason`, a Responses object whose `status` is not `completed`); Ollama `"done": false` |
 //! | anything else | the body ended as framed | — |
 //!
@@ -457,6 +457,12 @@ mod tests {
             judge_any_cut(SSE, &format!("{completion}{done}")),
             Verdict::Complete
         );
+        let filtered_completion =
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"content_filter\"}]}\n\n";
+        assert_eq!(
+            judge_any_cut(SSE, &format!("{filtered_completion}{done}")),
+            Verdict::Failed(Failure::Refusal)
+        );
         // an abort from a compatible server
         let aborted = chat_chunk("{}", "\"abort\"");
         assert_eq!(
@@ -775,6 +781,16 @@ mod tests {
             (
                 r#"{"type":"message","content":[],"stop_reason":"refusal"}"#,
                 Failure::Refusal,
+            ),
+            // legacy completions filter the same way as chat
+            (
+                r#"{"object":"text_completion","choices":[{"text":"","index":0,"finish_reason":"content_filter"}]}"#,
+                Failure::Refusal,
+            ),
+            // a content-filtered Responses answer stops as `incomplete`
+            (
+                r#"{"object":"response","status":"incomplete","incomplete_details":{"reason":"content_filter"},"output":[]}"#,
+                Failure::Unfinished,
             ),
             (
                 r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#,
