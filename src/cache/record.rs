@@ -8,7 +8,7 @@ use super::vary::{self, Varies};
 use super::Cache;
 use crate::clock::unix_now;
 use crate::headers;
-use crate::providers::StreamEnd;
+use crate::providers::{BodyFormat, Verdict};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
@@ -45,8 +45,8 @@ pub struct Recorder {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     chunks: Vec<Bytes>,
     marks: Vec<ChunkMark>,
-    /// Present for streams: the body is stored only once the provider's end marker was seen.
-    stream_end: Option<StreamEnd>,
+    /// A stream: stored with its chunk timings, for a replay at its pace.
+    streaming: bool,
     started: Instant,
     size: usize,
     overflowed: bool,
@@ -86,8 +86,10 @@ impl Recorder {
             Varies::Anything => return None,
         };
         let declared = header(http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
-        let stream_end =
-            StreamEnd::for_content_type(header(http::header::CONTENT_TYPE).unwrap_or(""));
+        let streaming = matches!(
+            BodyFormat::of(header(http::header::CONTENT_TYPE).unwrap_or("")),
+            BodyFormat::Stream(_)
+        );
         let headers: Vec<_> = head
             .headers
             .iter()
@@ -100,7 +102,7 @@ impl Recorder {
             headers,
             chunks: Vec::new(),
             marks: Vec::new(),
-            stream_end,
+            streaming,
             started: Instant::now(),
             size: 0,
             overflowed: false,
@@ -110,7 +112,7 @@ impl Recorder {
             leader.head(SharedHead {
                 status: recorder.status,
                 headers: recorder.headers.clone(),
-                streaming: recorder.stream_end.is_some(),
+                streaming: recorder.streaming,
                 variant: recorder.variant.clone(),
             });
         }
@@ -131,10 +133,12 @@ impl Recorder {
         }
     }
 
+    /// The most body bytes this response may have to be stored (`cache.max_entry_bytes`).
+    pub fn limit(&self) -> usize {
+        self.plan.limit
+    }
+
     pub fn push(&mut self, chunk: &Bytes) {
-        if let Some(end) = &mut self.stream_end {
-            end.observe(chunk);
-        }
         if let Some(leader) = &self.plan.leader {
             leader.chunk(chunk);
         }
@@ -155,35 +159,34 @@ impl Recorder {
 
     /// True when the rest of the upstream response is worth reading after the client left:
     /// identical requests are waiting on this one (they are owed the whole answer), or it is
-    /// still storable and the client already had everything that matters (the end marker),
-    /// or the route asks to fill the cache anyway.
-    pub fn worth_finishing(&self) -> bool {
+    /// still storable and the client already had everything that matters (`so_far`, the
+    /// verdict on what was read, says the stream ended well), or the route asks to fill the
+    /// cache anyway.
+    pub fn worth_finishing(&self, so_far: Verdict) -> bool {
         self.plan.leader.as_ref().is_some_and(Leader::has_followers)
             || (!self.overflowed
-                && (self.stream_end.as_ref().is_some_and(StreamEnd::seen)
-                    || self.plan.complete_on_disconnect))
+                && (so_far == Verdict::Complete || self.plan.complete_on_disconnect))
     }
 
-    /// Stores the complete response when it may be (not too large; a stream only if its end
-    /// marker was seen), and hands the end to any followers either way. Call only after the
-    /// upstream ended cleanly, and before the client is given the end of the response.
-    pub fn commit(mut self) {
-        let stored = self.store();
+    /// Stores the response if it may be — not too large, and `verdict` (the provider's, on
+    /// the whole body) says it is a complete answer: errors, refusals and streams without
+    /// their successful end are never stored — and hands the end to any followers either way
+    /// (they are owed every byte the leader's client got). Call only after the upstream ended
+    /// cleanly, and before the client is given the end of the response.
+    pub fn commit(mut self, verdict: Verdict) {
+        let stored = self.store(verdict);
         if let Some(leader) = self.plan.leader.take() {
             leader.finish(stored);
         }
     }
 
     /// Stores the answer if it may be, returning the entry.
-    fn store(&mut self) -> Option<Arc<Entry>> {
+    fn store(&mut self, verdict: Verdict) -> Option<Arc<Entry>> {
         if self.overflowed {
             return None;
         }
-        if self.stream_end.as_ref().is_some_and(|e| !e.seen()) {
-            log::debug!(
-                "route {}: stream ended without its end marker; not stored",
-                self.plan.route
-            );
+        if verdict != Verdict::Complete {
+            log::debug!("route {}: answer not stored: {verdict}", self.plan.route);
             return None;
         }
         let chunks = std::mem::take(&mut self.chunks);
@@ -202,7 +205,7 @@ impl Recorder {
             status: self.status,
             headers: std::mem::take(&mut self.headers),
             body,
-            chunks: if self.stream_end.is_some() {
+            chunks: if self.streaming {
                 std::mem::take(&mut self.marks)
             } else {
                 Vec::new()

@@ -23,4 +23,5 @@ mod secrets;
 mod stream_cache;
 mod streaming;
 mod upstream_faults;
+mod verdicts;
 mod websocket;

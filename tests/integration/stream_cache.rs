@@ -318,8 +318,8 @@ async fn a_follower_gets_the_whole_answer_even_when_it_is_too_large_to_store() {
 }
 
 /// An upstream whose SSE answer ends cleanly (the last chunk of a chunked body) but without
-/// the provider's end marker (`data: [DONE]`): complete as HTTP, not as an answer. Counts the
-/// requests it answers. (A stand-in until the mock has such an answer.)
+/// the provider's end marker (`data: [DONE]`) at all: complete as HTTP, not as an answer.
+/// Counts the requests it answers. (The mock's `partial` outcome still sends `[DONE]`.)
 async fn unfinished_stream_upstream(
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> String {
@@ -403,4 +403,46 @@ async fn a_follower_gets_the_whole_answer_when_the_stream_is_not_storable() {
     let again = stream(&gw, path, &[], &body).await;
     assert_eq!(again.cache, "MISS");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_whole_answer_the_provider_did_not_finish_well() {
+    // An error inside the 200, a partial answer, a refusal: ended cleanly by the upstream but
+    // never stored. The follower still gets every byte its leader got, and a clean end.
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(Config::providers(&mock.url())));
+    let path = "/openai/v1/chat/completions";
+    for outcome in ["error", "partial", "refusal"] {
+        for streaming in [false, true] {
+            if outcome == "partial" && !streaming {
+                continue; // a partial answer is a stream's
+            }
+            let before = mock.hits();
+            let body = chat(streaming, &format!("{outcome} {streaming}"));
+            let headers = [("x-mock-outcome", outcome), ("x-mock-delay-ms", "300")];
+            let follower = {
+                let (gw, body) = (gw.clone(), body.clone());
+                tokio::spawn(async move {
+                    // joins while the leader waits for the upstream's head
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    stream(&gw, path, &headers, &body).await
+                })
+            };
+            // `stream` fails the test on a broken body: both end cleanly.
+            let leader = stream(&gw, path, &headers, &body).await;
+            let follower = follower.await.unwrap();
+            let case = format!("{outcome}, streaming: {streaming}");
+            assert_eq!((leader.status, follower.status), (200, 200), "{case}");
+            assert!(!leader.body.is_empty(), "{case}");
+            assert_eq!(
+                leader.body, follower.body,
+                "every byte the leader got: {case}"
+            );
+            assert_eq!(mock.hits() - before, 1, "one upstream call: {case}");
+
+            let again = stream(&gw, path, &headers, &body).await;
+            assert_eq!(again.cache, "MISS", "not stored: {case}");
+            assert_eq!(mock.hits() - before, 2, "{case}");
+        }
+    }
 }

@@ -273,5 +273,9 @@ async fn an_upgrade_on_a_rate_limited_route_counts_as_a_request() {
     assert!(head.contains("retry-after: "), "{head}");
     let body = refused.json_body(&head).await;
     assert_eq!(body["error"]["limit"], "requests_per_minute");
-    assert_eq!(mock.hits(), 1, "the refused upgrade never reached the upstream");
+    assert_eq!(
+        mock.hits(),
+        1,
+        "the refused upgrade never reached the upstream"
+    );
 }
