@@ -1,10 +1,11 @@
 //! HTTP caching semantics the upstream asks for: `Vary` (each variant stored and served on its
 //! own, `Vary: *` never stored) and `Cache-Control: no-store` / `private` (never stored).
 
-use crate::support::{client, Config, Gateway, MockUpstream};
+use crate::support::redis::RedisServer;
+use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CHAT: &str = "/openai/v1/chat/completions";
 
@@ -76,6 +77,52 @@ async fn origins_get_their_own_answers(gw: &Gateway, mock: &MockUpstream) {
     assert_eq!(again_a.allow_origin.as_deref(), Some("https://a.example"));
     assert_eq!(again_b.allow_origin.as_deref(), Some("https://b.example"));
     assert_eq!((again_a.body, again_b.body), (first_a.body, first_b.body));
+    assert_eq!(mock.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_stored_in_redis_are_served_per_origin_by_another_process() {
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    // No memory layer and no `origin` in the key: only the variants marker and the variant
+    // entries read back from Redis keep the origins apart.
+    let config = Config::new()
+        .section(format!(
+            "cache:\n  vary: []\n  backend: redis\n  redis: {{ url: \"{}\", timeout: 1s, l1: false }}",
+            redis.url()
+        ))
+        .upstream("mock", &mock.url())
+        .route(Route::prefixed("openai").targets("[mock]"));
+    let a = [("origin", "https://a.example")];
+    let b = [("origin", "https://b.example")];
+    let gw = Gateway::start(&config);
+    let first_a = post(&gw, "shared", &a).await;
+    let first_b = post(&gw, "shared", &b).await;
+    assert_eq!(
+        (first_a.cache.as_str(), first_b.cache.as_str()),
+        ("MISS", "MISS")
+    );
+    // The marker and the two variants; the Redis writes happen in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("promptgate:*").len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(redis.keys("promptgate:*").len(), 3, "log:\n{}", gw.logs());
+    drop(gw);
+
+    let gw = Gateway::start(&config);
+    let again_b = post(&gw, "shared", &b).await;
+    let again_a = post(&gw, "shared", &a).await;
+    assert_eq!(
+        (again_a.cache.as_str(), again_b.cache.as_str()),
+        ("HIT", "HIT")
+    );
+    assert_eq!(again_a.allow_origin.as_deref(), Some("https://a.example"));
+    assert_eq!(again_b.allow_origin.as_deref(), Some("https://b.example"));
+    assert_eq!((again_a.body, again_b.body), (first_a.body, first_b.body));
+    let other = post(&gw, "shared", &[("origin", "https://c.example")]).await;
+    assert_eq!(other.cache, "MISS");
+    assert_eq!(other.allow_origin.as_deref(), Some("https://c.example"));
     assert_eq!(mock.hits(), 3);
 }
 
