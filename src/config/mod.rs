@@ -5,6 +5,7 @@
 //! Every problem is collected (each with its field path and line) and reported at once;
 //! `promptgate check`, start-up and reload all go through [`load`].
 
+mod ca_file;
 mod explain;
 mod interpolate;
 mod locate;
@@ -177,6 +178,11 @@ pub fn parse(
     let mut sections = Sections {
         index: &index,
         problems,
+        // Files the config names (an upstream's `tls.ca_file`) are relative to its directory.
+        base: Path::new(origin)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf(),
     };
     let spec = validate::validate(&mut sections, root);
     let mut problems = sections.problems;
@@ -259,6 +265,8 @@ fn redact_env_values(problem: &mut Problem, values: &[String]) {
 pub(crate) struct Sections<'a> {
     index: &'a LineIndex,
     pub problems: Vec<Problem>,
+    /// The config file's directory, against which relative file paths in it are resolved.
+    pub base: PathBuf,
 }
 
 impl Sections<'_> {

@@ -78,9 +78,69 @@ pub struct UpstreamSpec {
     /// At most this many requests to this upstream at once (0 = no cap).
     #[serde(default)]
     pub max_concurrent: usize,
-    /// With `max_concurrent`, how long a request waits for a slot before a 503.
+    /// With `max_concurrent`, how long a request waits for a slot before a 503; also how long
+    /// it waits for a connection under `pool.max_connections`.
     #[serde(default = "default_queue_timeout", with = "units::duration")]
     pub queue_timeout: Duration,
+    /// Connections to this upstream: how many at once, how many kept idle.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// TLS to an `https` upstream: extra trusted CAs, the server name.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// HTTP version to speak: `auto` (h2 by ALPN over TLS, else HTTP/1.1), `h1` or `h2`.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+}
+
+/// `upstreams.NAME.pool:` — the connections promptgate keeps to one upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSpec {
+    /// At most this many connections open at once (> 0). An HTTP/1.1 connection carries one
+    /// request at a time, an h2 connection up to `max_streams`; a request finding them all busy
+    /// waits up to `queue_timeout`. Default 100.
+    pub max_connections: usize,
+    /// Idle connections kept for reuse (≤ `max_connections`); more are closed. Default 50.
+    pub max_idle: usize,
+    /// Concurrent h2 streams (requests) per connection (> 0); the server's own limit applies
+    /// too. Default 100.
+    pub max_streams: usize,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            max_connections: 100,
+            max_idle: 50,
+            max_streams: 100,
+        }
+    }
+}
+
+/// `upstreams.NAME.tls:` — for `https` upstreams only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSpec {
+    /// A PEM file of CA certificates trusted for this upstream, in addition to the system's
+    /// (a private CA, or a self-signed certificate). Relative to the config file's directory.
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and verified in the server's certificate; default the URL's host.
+    pub sni: Option<String>,
+}
+
+/// `upstreams.NAME.http_version:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// `https`: offer h2 and HTTP/1.1 by ALPN, the server picks; `http`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    H1,
+    /// h2 only: `https` fails unless the server picks h2; `http` speaks h2 with prior
+    /// knowledge (h2c).
+    H2,
 }
 
 pub fn default_queue_timeout() -> Duration {

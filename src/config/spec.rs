@@ -6,13 +6,15 @@
 
 use super::operations::{self, Operation};
 use super::schema::{
-    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
-    RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
+    CacheScope, CacheSpec, ConfigSpec, HealthSpec, HttpVersion, LogSpec, PoolSpec, PriceSpec,
+    PriorityGroup, RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy,
+    TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,8 +70,26 @@ pub struct Upstream {
     pub health: HealthSpec,
     /// At most this many requests at once (0 = no cap).
     pub max_concurrent: usize,
-    /// With `max_concurrent`, how long a request waits for a slot.
+    /// With `max_concurrent`, how long a request waits for a slot (and, under
+    /// `pool.max_connections`, for a connection).
     pub queue_timeout: Duration,
+    /// `max_connections` and `max_streams` > 0, `max_idle` ≤ `max_connections`.
+    pub pool: PoolSpec,
+    pub http_version: HttpVersion,
+    /// `tls.ca_file`, read and checked (https upstreams only).
+    pub ca: Option<Arc<CaBundle>>,
+    /// `tls.sni`, a valid DNS name or IP address (https upstreams only).
+    pub sni: Option<String>,
+}
+
+/// The certificates of an upstream's `tls.ca_file`, read when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaBundle {
+    /// The file as resolved (relative paths against the config file's directory).
+    pub path: PathBuf,
+    /// Each certificate of the file, DER-encoded; at least one, each a parseable X.509
+    /// certificate.
+    pub certs: Vec<Vec<u8>>,
 }
 
 /// `routes[N]`.

@@ -1,5 +1,6 @@
 //! Validation: typed sections → a [`Spec`], checking every value and cross-reference.
 
+use super::ca_file;
 use super::redis_url;
 use super::schema::{
     self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, ReloadSpec, RetryOn,
@@ -311,6 +312,52 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
             s.problem(format!("{path}.timeouts.{field}"), "must be greater than 0");
         }
     }
+    let pool = &spec.pool;
+    if pool.max_connections == 0 {
+        s.problem(format!("{path}.pool.max_connections"), "must be at least 1");
+    }
+    if pool.max_streams == 0 {
+        s.problem(format!("{path}.pool.max_streams"), "must be at least 1");
+    }
+    if pool.max_idle > pool.max_connections {
+        s.problem(
+            format!("{path}.pool.max_idle"),
+            format!(
+                "{} is more than max_connections ({}): idle connections are among the open ones",
+                pool.max_idle, pool.max_connections
+            ),
+        );
+    }
+    let plain = matches!(parts, Some((false, ..)));
+    for (field, set) in [
+        ("ca_file", spec.tls.ca_file.is_some()),
+        ("sni", spec.tls.sni.is_some()),
+    ] {
+        if set && plain {
+            s.problem(
+                format!("{path}.tls.{field}"),
+                "applies to https:// upstreams only (the url is http://)",
+            );
+        }
+    }
+    let ca = match &spec.tls.ca_file {
+        Some(file) if !plain => match ca_file::read(&ca_file::resolve(file, &s.base)) {
+            Ok(bundle) => Some(Arc::new(bundle)),
+            Err(e) => {
+                s.problem(format!("{path}.tls.ca_file"), e.to_string());
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(sni) = &spec.tls.sni {
+        if pingora::tls::ServerName::try_from(sni.as_str()).is_err() {
+            s.problem(
+                format!("{path}.tls.sni"),
+                format!("{sni:?} is not a DNS name or IP address"),
+            );
+        }
+    }
     let (tls, host, port, base) = parts?;
     if s.problems.len() > before {
         return None;
@@ -336,6 +383,10 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
         health: spec.health,
         max_concurrent: spec.max_concurrent,
         queue_timeout: spec.queue_timeout,
+        pool: spec.pool,
+        http_version: spec.http_version,
+        ca,
+        sni: spec.tls.sni,
     })
 }
 

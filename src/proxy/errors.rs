@@ -3,6 +3,7 @@
 //! Messages name routes, upstreams and limits, never credentials or query strings.
 
 use crate::json_error;
+use crate::routing::upstream::Upstream;
 use bytes::Bytes;
 use pingora::{Error as PingoraError, ErrorType};
 
@@ -29,8 +30,12 @@ pub enum ProxyError {
     Reset { upstream: String },
     #[error("upstream {upstream} failed: {detail}")]
     Upstream { upstream: String, detail: String },
-    #[error("upstream {upstream} is at its max_concurrent limit")]
-    Busy { upstream: String },
+    #[error("upstream {upstream} is at its {limit} limit")]
+    Busy {
+        upstream: String,
+        /// The full setting: `max_concurrent` or `pool.max_connections`.
+        limit: &'static str,
+    },
     #[error("{priority}")]
     Priority {
         priority: crate::routing::balance::PriorityError,
@@ -122,6 +127,24 @@ impl ProxyError {
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
+    /// Classifies a failure to get a connection to `upstream`, naming its `host:port` and, for
+    /// a TLS failure, what the handshake said (an untrusted certificate points at `tls.ca_file`).
+    pub fn connecting(upstream: &Upstream, e: &PingoraError) -> ProxyError {
+        let at = format!("{}:{}", upstream.host, upstream.port);
+        match ProxyError::from_upstream(&upstream.name, e) {
+            ProxyError::Connect { upstream, detail } => {
+                let detail = match e.etype() {
+                    ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => {
+                        tls_detail(&at, e, &upstream)
+                    }
+                    _ => format!("{at}: {detail}"),
+                };
+                ProxyError::Connect { upstream, detail }
+            }
+            other => other,
+        }
+    }
+
     /// Classifies a Pingora error from talking to `upstream` before its response head (a read
     /// timeout then is the `first_byte` timeout).
     pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
@@ -153,6 +176,30 @@ impl ProxyError {
             },
         }
     }
+}
+
+/// A TLS handshake failure in words: the handshake's own message (rustls's, e.g. `invalid peer
+/// certificate: UnknownIssuer`), and the fix when the certificate is not trusted.
+fn tls_detail(at: &str, e: &PingoraError, upstream: &str) -> String {
+    let said = e
+        .context
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_else(|| e.etype().as_str().to_string());
+    // Pingora words it "TLS connect() failed: <error>, SNI: <name>", where the error may be
+    // Pingora's own wrapping of rustls's ("… context: tls connect error cause: <rustls>").
+    let said = said.strip_prefix("TLS connect() failed: ").unwrap_or(&said);
+    let said = said.rsplit("cause: ").next().unwrap_or(said).trim();
+    let untrusted = said.contains("UnknownIssuer") || said.contains("invalid peer certificate");
+    let hint = if untrusted {
+        format!(
+            "; if it uses a private CA or a self-signed certificate, list it in \
+             upstreams.{upstream}.tls.ca_file"
+        )
+    } else {
+        String::new()
+    };
+    format!("TLS handshake with {at} failed: {said}{hint}")
 }
 
 #[cfg(test)]

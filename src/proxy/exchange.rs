@@ -14,12 +14,11 @@ use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, RetryType};
 
 /// Attempts on pooled connections that turn out to be closed by the upstream while idle.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -124,38 +123,53 @@ impl UpstreamResponse {
     }
 }
 
-/// Sends `req` and `body` to `upstream` and reads the response head.
-/// A pooled connection found dead is replaced by a fresh one; the body is buffered, so
-/// sending it again is safe.
+/// Sends `req` and `body` to `upstream` and reads the response head, over HTTP/1.1 or h2
+/// (whichever the connection speaks; `h1` offers only HTTP/1.1, as a WebSocket upgrade needs).
+/// A pooled connection found dead is replaced by a fresh one, and so is an h2 stream the
+/// server refused before processing it (GOAWAY, `REFUSED_STREAM`, `HTTP_1_1_REQUIRED`); the
+/// body is buffered, so sending it again is safe.
 pub async fn send(
-    connector: &Connector,
     upstream: &Upstream,
     req: &RequestHeader,
     body: &Bytes,
+    h1: bool,
 ) -> Result<UpstreamResponse, ProxyError> {
-    let peer = upstream.peer().await.map_err(|e| ProxyError::Resolve {
+    let peer = upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
         upstream: upstream.name.clone(),
         detail: e.reason,
     })?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (mut session, reused) = connector
-            .get_http_session(&peer)
+        let (mut session, reused) = upstream
+            .pool
+            .session(&peer)
             .await
-            .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
+            .map_err(|e| ProxyError::connecting(upstream, &e))?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
-        match exchange_head(&mut session, req, body).await {
+        let h2 = matches!(session, UpstreamSession::H2(_));
+        let head = if h2 {
+            h2_request(req, upstream.tls)
+                .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?
+        } else {
+            req.clone()
+        };
+        match exchange_head(&mut session, head, body).await {
             Ok(()) => {
                 // From here on the wait is for the next body chunk.
                 session.set_read_timeout(Some(upstream.timeouts.idle));
                 return Ok(UpstreamResponse { session, peer });
             }
-            Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
+            Err(e) if attempt < STALE_CONNECTION_ATTEMPTS && resendable(&e, reused, h2) => {
+                if e.etype() == &ErrorType::H2Downgrade {
+                    upstream.pool.prefer_h1(&peer);
+                }
                 log::debug!(
-                    "pooled connection to {} was closed; reconnecting",
-                    upstream.name
+                    "{} connection to {} could not take the request ({}); trying another",
+                    if reused { "pooled" } else { "new" },
+                    upstream.name,
+                    e.etype().as_str()
                 );
             }
             Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
@@ -163,20 +177,48 @@ pub async fn send(
     }
 }
 
-/// Errors that mean an idle pooled connection had been closed by the upstream.
-fn is_stale(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
-    )
+/// Whether a request that failed before its response head may be sent again on another
+/// connection: an idle pooled connection the upstream had closed, or (h2) a stream the
+/// server turned down before processing it, which Pingora marks as retryable.
+fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
+    let stale = reused
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+        );
+    if stale {
+        return true;
+    }
+    h2 && match e.retry {
+        RetryType::Decided(retry) => retry,
+        RetryType::ReusedOnly => reused,
+    }
+}
+
+/// The h2 form of an upstream request: the target in absolute form (`:scheme` and
+/// `:authority` from the `Host` header), no `Host` header (some h2 servers refuse one).
+fn h2_request(req: &RequestHeader, tls: bool) -> pingora::Result<RequestHeader> {
+    let mut h2 = req.clone();
+    let Some(host) = h2.remove_header(&header::HOST) else {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "no Host for :authority");
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = http::Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(host.as_bytes())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "h2 request target", e))?;
+    h2.set_uri(uri);
+    Ok(h2)
 }
 
 async fn exchange_head(
     session: &mut UpstreamSession,
-    req: &RequestHeader,
+    req: RequestHeader,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req.clone())).await?;
+    session.write_request_header(Box::new(req)).await?;
     if !body.is_empty() {
         session.write_request_body(body.clone(), true).await?;
     }
@@ -185,9 +227,20 @@ async fn exchange_head(
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());
         // Skip informational heads (100 Continue, 103 Early Hints); 101 is not expected here.
-        if !matches!(status, Some(100..=199)) || status == Some(101) {
+        // (h2 skips them itself: its head is read once.)
+        let informational = matches!(status, Some(100..=199)) && status != Some(101);
+        if !informational || matches!(session, UpstreamSession::H2(_)) {
             return Ok(());
         }
+    }
+}
+
+/// True when the upstream has sent its whole response. For h2, a stream that ended with an
+/// error (a reset) is an error here, not a complete answer.
+fn response_complete(session: &mut UpstreamSession) -> pingora::Result<bool> {
+    match session {
+        UpstreamSession::H2(h2) => h2.check_response_end_or_error(),
+        other => Ok(other.response_done()),
     }
 }
 
@@ -233,7 +286,6 @@ pub struct Additions<'a> {
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
 pub async fn relay(
-    connector: &Connector,
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
@@ -252,35 +304,39 @@ pub async fn relay(
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
-                if response.session.response_done() {
-                    reader.finish();
-                    if let Some(r) = recorder.take() {
-                        r.commit(reader.verdict());
+                match response_complete(&mut response.session) {
+                    Ok(true) => {
+                        reader.finish();
+                        if let Some(r) = recorder.take() {
+                            r.commit(reader.verdict());
+                        }
+                        // Back to the pool before the client has its last byte, so a request
+                        // it sends right after finds the connection free instead of opening
+                        // another.
+                        release(upstream, response).await;
+                        session.write_response_body(Some(chunk), false).await?;
+                        return session.write_response_body(None, true).await;
                     }
-                    // Back to the pool before the client has its last byte, so a request it
-                    // sends right after finds the connection idle instead of opening another.
-                    release(connector, upstream, response).await;
-                    session.write_response_body(Some(chunk), false).await?;
-                    return session.write_response_body(None, true).await;
+                    Ok(false) => {}
+                    Err(e) => {
+                        abandon(upstream, response).await;
+                        return Err(broke_off(upstream, e));
+                    }
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
                     match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
-                        Some(r) => {
-                            finish_without_client(connector, upstream, response, r, reader).await
-                        }
-                        None => response.session.shutdown().await,
+                        Some(r) => finish_without_client(upstream, response, r, reader).await,
+                        None => abandon(upstream, response).await,
                     }
                     return Err(e);
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                response.session.shutdown().await;
-                return Err(
-                    e.more_context(format!("upstream {} broke off the response", upstream.name))
-                );
+                abandon(upstream, response).await;
+                return Err(broke_off(upstream, e));
             }
         }
     }
@@ -288,8 +344,12 @@ pub async fn relay(
     if let Some(r) = recorder.take() {
         r.commit(reader.verdict());
     }
-    release(connector, upstream, response).await;
+    release(upstream, response).await;
     session.write_response_body(None, true).await
+}
+
+fn broke_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
+    e.more_context(format!("upstream {} broke off the response", upstream.name))
 }
 
 /// The client's head for an upstream response, with `x-promptgate-cache`.
@@ -325,9 +385,8 @@ fn recorder(
 /// followers) when it is storable; otherwise drops the upstream connection. Writes nothing
 /// to the client.
 pub async fn finish_detached(
-    connector: &Connector,
     upstream: &Upstream,
-    mut response: UpstreamResponse,
+    response: UpstreamResponse,
     session: &Session,
     cache_status: Option<CacheStatus>,
     record: Option<RecordPlan>,
@@ -337,28 +396,36 @@ pub async fn finish_detached(
         .ok()
         .and_then(|head| recorder(record, session, &head, reader));
     match recorder {
-        Some(r) => finish_without_client(connector, upstream, response, r, reader).await,
-        None => response.session.shutdown().await,
+        Some(r) => finish_without_client(upstream, response, r, reader).await,
+        None => abandon(upstream, response).await,
     }
 }
 
-/// Returns a finished upstream connection to the pool (an unfinished one is dropped).
-async fn release(connector: &Connector, upstream: &Upstream, mut response: UpstreamResponse) {
-    if response.session.response_done() {
-        connector
-            .release_http_session(
+/// Returns a finished upstream connection to the pool (an unfinished HTTP/1.1 one is dropped,
+/// closing it; an h2 stream always goes back, freeing its place on the shared connection).
+async fn release(upstream: &Upstream, mut response: UpstreamResponse) {
+    if response.session.response_done() || matches!(response.session, UpstreamSession::H2(_)) {
+        upstream
+            .pool
+            .release(
                 response.session,
                 &response.peer,
-                Some(upstream.timeouts.pool_idle),
+                upstream.timeouts.pool_idle,
             )
             .await;
     }
 }
 
+/// Gives up an unfinished response: closes an HTTP/1.1 connection, resets an h2 stream (its
+/// connection goes on carrying the others).
+async fn abandon(upstream: &Upstream, mut response: UpstreamResponse) {
+    response.session.shutdown().await;
+    release(upstream, response).await;
+}
+
 /// Reads the rest of the upstream response into `recorder` after the client left, and stores
 /// it if it completes.
 async fn finish_without_client(
-    connector: &Connector,
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
@@ -372,14 +439,14 @@ async fn finish_without_client(
             }
             Ok(None) => break,
             Err(_) => {
-                response.session.shutdown().await;
+                abandon(upstream, response).await;
                 return;
             }
         }
     }
     reader.finish();
     recorder.commit(reader.verdict());
-    release(connector, upstream, response).await;
+    release(upstream, response).await;
 }
 
 #[cfg(test)]
@@ -402,6 +469,10 @@ mod tests {
             health: Default::default(),
             max_concurrent: 0,
             queue_timeout: std::time::Duration::from_secs(5),
+            pool: Default::default(),
+            http_version: Default::default(),
+            ca: None,
+            sni: None,
         };
         Upstream::new("openai".into(), &spec)
     }

@@ -16,7 +16,6 @@ use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -108,7 +107,6 @@ pub struct Outgoing<'a, 'b> {
 /// attempt), unless the answer is still wanted without it: then `ctx.client_left` is set and
 /// the call goes on, no longer watched.
 pub async fn exchange<'r>(
-    connector: &Connector,
     route: &Route,
     targets: &[&'r Target],
     session: &mut Session,
@@ -138,19 +136,21 @@ pub async fn exchange<'r>(
             if attempt > 1 {
                 ctx.retries += 1;
             }
+            let h1 = outgoing.upgrade.is_some();
             let slot =
-                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot()).await? {
+                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot(h1)).await? {
                     Ok(slot) => slot,
-                    Err(_) => {
+                    Err(busy) => {
                         tried.push(format!("{} busy", up.name));
                         last_error = Some(ProxyError::Busy {
                             upstream: up.name.clone(),
+                            limit: busy.limit,
                         });
                         break; // a full upstream: try the next target now
                     }
                 };
             let started = Instant::now();
-            let sent = exchange::send(connector, up, &req, &body);
+            let sent = exchange::send(up, &req, &body, h1);
             let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
             {
                 Ok(response) => {

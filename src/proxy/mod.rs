@@ -52,19 +52,17 @@ use crate::server::inflight::{Inflight, InflightGuard};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use lookup::CacheStep;
-use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// State shared by every request: the swappable routing table, the response cache and the
-/// upstream connection pool.
+/// State shared by every request: the swappable routing table (whose upstreams hold their
+/// connection pools) and the response cache.
 pub struct Proxy {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub cache: Arc<Cache>,
-    pub connector: Connector,
     pub inflight: Arc<Inflight>,
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
@@ -91,14 +89,12 @@ impl Proxy {
     pub fn new(
         runtime: Arc<ArcSwap<Runtime>>,
         cache: Arc<Cache>,
-        connector: Connector,
         metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
     ) -> Proxy {
         Proxy {
             runtime,
             cache,
-            connector,
             inflight: Arc::default(),
             draining: Arc::default(),
             metrics,
@@ -159,7 +155,6 @@ impl Proxy {
             None => route.forward_path(&path).to_string(),
         };
         let answer = failover::exchange(
-            &self.connector,
             route,
             &targets,
             session,
@@ -179,7 +174,6 @@ impl Proxy {
         if ctx.client_left.is_some() {
             // The call went on without its client, for the cache or for followers.
             exchange::finish_detached(
-                &self.connector,
                 &answer.target.upstream,
                 answer.response,
                 session,
@@ -203,7 +197,6 @@ impl Proxy {
             return tunnelled.map_err(Failure::AfterResponse);
         }
         let relayed = exchange::relay(
-            &self.connector,
             &answer.target.upstream,
             answer.response,
             session,

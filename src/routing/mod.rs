@@ -1,6 +1,7 @@
 //! Routes and route matching: which route a request belongs to, and where it may go.
 
 pub mod balance;
+pub mod pool;
 pub mod upstream;
 
 use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};

@@ -21,8 +21,6 @@ use async_trait::async_trait;
 use inflight::Inflight;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::ProxyServiceBuilder;
@@ -104,9 +102,6 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     // 5 s, then exits the process with status 1).
     server.bootstrap();
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded();
     let cache = Arc::new(Cache::new(&runtime.cache).context("cannot set up the cache")?);
@@ -135,7 +130,6 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let proxy = Proxy::new(
         runtime.clone(),
         cache.clone(),
-        connector,
         metrics.clone(),
         limiter.clone(),
     );

@@ -12,9 +12,10 @@
 //! listener or thread count that is not in force. Everything else, `shutdown_grace` included
 //! (SIGTERM reads it from the current table), applies at once.
 //!
-//! Upstream connection pools survive a reload: they live in the proxy's one Pingora connector,
-//! keyed by peer (address, scheme, SNI, TLS options), not by table, so an upstream whose
-//! address is unchanged keeps its pooled connections.
+//! Upstream connection pools survive a reload: each upstream's pool (its own Pingora connector)
+//! is found again by the new table while the upstream's connection settings (`pool`, `tls`,
+//! `http_version`, scheme) are unchanged, and Pingora keys the pooled connections by peer
+//! (address, SNI, TLS options), so an upstream whose address is unchanged keeps them.
 
 use super::watch::FileWatch;
 use crate::cache::Cache;

@@ -23,5 +23,6 @@ mod secrets;
 mod stream_cache;
 mod streaming;
 mod upstream_faults;
+mod upstream_tls;
 mod verdicts;
 mod websocket;
