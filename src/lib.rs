@@ -16,7 +16,8 @@
 //! - [`runtime`] — the running state built from one validated config (routes, upstreams,
 //!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
-//!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
+//!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts);
+//!   [`routing::pool`] (its connections: HTTP/1.1 or h2, pool sizes, trust anchors).
 //! - [`body`] — a request body parsed once: its JSON tree, read for the model, the cache key's
 //!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no

@@ -93,6 +93,31 @@ mod tests {
         assert!(read(f.path()).is_err());
     }
 
+    /// A self-signed CA certificate (EC P-256, valid until 2126), made with `openssl req -x509`.
+    const CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBnDCCAUGgAwIBAgIUU4fC+3U94FNllkhaQzrxzr19uQ8wCgYIKoZIzj0EAwIw\n\
+IjEgMB4GA1UEAwwXcHJvbXB0Z2F0ZSB1bml0IHRlc3QgQ0EwIBcNMjYxMTI5MTUy\n\
+ODMwWhgPMjEyNjExMDUxNTI4MzBaMCIxIDAeBgNVBAMMF3Byb21wdGdhdGUgdW5p\n\
+dCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE4MoGHQgeKnbIobAD\n\
+cK12DT1nlTZc+C4uUEXQygEOkSSxEwrLYMiODEuPZcNvxdz863VY5Wkv3QRIuKJj\n\
+ptSqTaNTMFEwHQYDVR0OBBYEFHkFAdw2HtD+EcrjIidAZkdso493MB8GA1UdIwQY\n\
+MBaAFHkFAdw2HtD+EcrjIidAZkdso493MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\n\
+zj0EAwIDSQAwRgIhAMVAo0zWmPpsD22iRhF4pbXozjxNElEQoLHWXU/pzCnpAiEA\n\
+4dPSjxbJe3RFzFfbdgIcqylh3b686mSwhxdm5RwiN6M=\n\
+-----END CERTIFICATE-----\n\
+";
+
+    #[test]
+    fn every_certificate_of_a_bundle_is_read_and_other_blocks_ignored() {
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let f = file(format!("{CA}{key}{CA}").as_bytes());
+        let bundle = read(f.path()).unwrap();
+        assert_eq!(bundle.certs.len(), 2);
+        assert_eq!(bundle.path, f.path());
+        // A certificate's DER starts with a SEQUENCE.
+        assert_eq!(bundle.certs[0][0], 0x30);
+    }
+
     #[test]
     fn relative_paths_are_against_the_config_directory() {
         assert_eq!(

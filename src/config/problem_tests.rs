@@ -184,6 +184,34 @@ const INSIDE: &[Case] = &[
         2, "upstreams.u.url", &["missing required field `url`"],
     ),
     (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls:\n      ca_file: /nonexistent/ca.pem\nroutes: [{name: r, targets: [u]}]\n",
+        5, "upstreams.u.tls.ca_file", &["cannot read /nonexistent/ca.pem", "No such file"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: http://127.0.0.1:1\n    tls: {sni: example.com}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.sni", &["https:// upstreams only"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls: {sni: \"not a name\"}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.sni", &["\"not a name\" is not a DNS name or IP address"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls: {verify: false}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.verify", &["unknown field `verify`", "ca_file, sni"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    pool:\n      max_connections: 0\nroutes: [{name: r, targets: [u]}]\n",
+        5, "upstreams.u.pool.max_connections", &["must be at least 1"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    pool:\n      max_connections: 10\n      max_idle: 20\nroutes: [{name: r, targets: [u]}]\n",
+        6, "upstreams.u.pool.max_idle", &["20 is more than max_connections (10)"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    http_version: h3\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.http_version", &["unknown value `h3`", "auto, h1, h2"],
+    ),
+    (
         // The example: the typo is on its own line, not its route's.
         "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - name: r\n    match:\n      path_prefix: /r\n    strip_prefx: true\n    targets: [u]\n",
         7, "routes[0].strip_prefx", &["unknown field `strip_prefx`", "did you mean `strip_prefix`"],

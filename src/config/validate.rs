@@ -319,7 +319,7 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
     if pool.max_streams == 0 {
         s.problem(format!("{path}.pool.max_streams"), "must be at least 1");
     }
-    if pool.max_idle > pool.max_connections {
+    if pool.max_connections > 0 && pool.max_idle > pool.max_connections {
         s.problem(
             format!("{path}.pool.max_idle"),
             format!(

@@ -137,7 +137,7 @@ impl ProxyError {
                     ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => {
                         tls_detail(&at, e, &upstream)
                     }
-                    _ => format!("{at}: {detail}"),
+                    _ => format!("{detail} at {at}"),
                 };
                 ProxyError::Connect { upstream, detail }
             }
@@ -190,12 +190,13 @@ fn tls_detail(at: &str, e: &PingoraError, upstream: &str) -> String {
     // Pingora's own wrapping of rustls's ("… context: tls connect error cause: <rustls>").
     let said = said.strip_prefix("TLS connect() failed: ").unwrap_or(&said);
     let said = said.rsplit("cause: ").next().unwrap_or(said).trim();
-    let untrusted = said.contains("UnknownIssuer") || said.contains("invalid peer certificate");
-    let hint = if untrusted {
+    let hint = if said.contains("UnknownIssuer") {
         format!(
             "; if it uses a private CA or a self-signed certificate, list it in \
              upstreams.{upstream}.tls.ca_file"
         )
+    } else if said.contains("not valid for name") || said.contains("NotValidForName") {
+        format!("; upstreams.{upstream}.tls.sni can name the host the certificate is for")
     } else {
         String::new()
     };

@@ -242,3 +242,100 @@ fn trust_anchors(upstream: &str, bundle: &CaBundle) -> Arc<[WrappedX509]> {
         .map(|der| WrappedX509::new(der, parse_x509))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::{HealthSpec, TimeoutsSpec};
+    use http::HeaderValue;
+
+    fn spec(tls: bool, pool: PoolSpec, http_version: HttpVersion) -> spec::Upstream {
+        spec::Upstream {
+            tls,
+            host: "127.0.0.1".into(),
+            port: 9,
+            base_path: String::new(),
+            host_header: HeaderValue::from_static("127.0.0.1:9"),
+            headers: Vec::new(),
+            timeouts: TimeoutsSpec::default(),
+            health: HealthSpec::default(),
+            max_concurrent: 0,
+            queue_timeout: Duration::from_millis(10),
+            pool,
+            http_version,
+            ca: None,
+            sni: None,
+        }
+    }
+
+    fn small() -> PoolSpec {
+        PoolSpec {
+            max_connections: 2,
+            max_idle: 1,
+            max_streams: 10,
+        }
+    }
+
+    const WAIT: Duration = Duration::from_millis(10);
+
+    #[tokio::test]
+    async fn http1_exchanges_take_a_whole_connection_h2_ones_a_stream() {
+        let pool = Pool::new("u", &spec(true, small(), HttpVersion::Auto));
+        // Before the first connection the protocol is unknown: counted as HTTP/1.1.
+        let a = pool.reserve(false, WAIT).await.unwrap();
+        let b = pool.reserve(false, WAIT).await.unwrap();
+        assert!(
+            pool.reserve(false, WAIT).await.is_none(),
+            "2 connections taken"
+        );
+        drop((a, b));
+        pool.protocol.store(H2, Ordering::Relaxed);
+        let streams: Vec<_> =
+            futures_util::future::join_all((0..20).map(|_| pool.reserve(false, WAIT)))
+                .await
+                .into_iter()
+                .map(|r| r.expect("20 streams on 2 h2 connections"))
+                .collect();
+        assert!(
+            pool.reserve(false, WAIT).await.is_none(),
+            "2 × 10 streams taken"
+        );
+        drop(streams);
+        // A WebSocket upgrade needs HTTP/1.1, so a whole connection, even on an h2 upstream.
+        let upgrade = pool.reserve(true, WAIT).await.unwrap();
+        let _one_more = pool.reserve(true, WAIT).await.unwrap();
+        assert!(pool.reserve(false, WAIT).await.is_none());
+        drop(upgrade);
+        assert!(pool.reserve(false, WAIT).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_http1_only_upstream_counts_connections_one_by_one() {
+        for (tls, version) in [(false, HttpVersion::Auto), (true, HttpVersion::H1)] {
+            let pool = Pool::new("u", &spec(tls, small(), version));
+            let held = [
+                pool.reserve(false, WAIT).await.unwrap(),
+                pool.reserve(false, WAIT).await.unwrap(),
+            ];
+            assert!(pool.reserve(false, WAIT).await.is_none());
+            drop(held);
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pool_unless_its_connection_settings_change() {
+        let one = Pool::shared("keep", &spec(true, small(), HttpVersion::Auto));
+        let again = Pool::shared("keep", &spec(true, small(), HttpVersion::Auto));
+        assert!(Arc::ptr_eq(&one, &again));
+        let mut bigger = small();
+        bigger.max_idle = 2;
+        let changed = Pool::shared("keep", &spec(true, bigger, HttpVersion::Auto));
+        assert!(!Arc::ptr_eq(&one, &changed));
+        let other = Pool::shared("other", &spec(true, small(), HttpVersion::Auto));
+        assert!(!Arc::ptr_eq(&one, &other));
+        // Once no upstream holds it, a pool is gone: the next build starts afresh.
+        let weak = Arc::downgrade(&one);
+        drop((one, again));
+        assert!(weak.upgrade().is_none());
+    }
+}

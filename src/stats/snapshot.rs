@@ -195,6 +195,11 @@ pub struct UpstreamStats {
     pub free_slots: Option<usize>,
     /// Smoothed time to first byte, `null` before the first answer.
     pub ttfb_ms: Option<f64>,
+    /// What the newest connection speaks: `h1` or `h2`; `null` before the first.
+    pub protocol: Option<&'static str>,
+    /// Connections opened since the upstream's pool was created (it is kept across reloads
+    /// while the upstream's connection settings are unchanged).
+    pub connections_opened: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -338,6 +343,11 @@ fn upstream_stats(up: &Upstream) -> UpstreamStats {
         max_concurrent: s.slots.map(|(_, all)| all),
         free_slots: s.slots.map(|(free, _)| free),
         ttfb_ms: (s.latency_micros > 0.0).then_some(s.latency_micros / 1000.0),
+        protocol: Some(up.pool.protocol()).filter(|p| !p.is_empty()),
+        connections_opened: {
+            let (h1, h2) = up.pool.opened();
+            h1 + h2
+        },
     }
 }
 

@@ -1,7 +1,7 @@
 //! HTTPS upstreams: h2 negotiated by ALPN and multiplexed, HTTP/1.1 fallback, `pool` limits,
 //! `tls.ca_file` for a private CA, against a real nginx terminating TLS in front of the mock.
 
-use crate::support::{client, Config, Gateway, MockUpstream, Route, TlsUpstream};
+use crate::support::{client, get_json, Config, Gateway, MockUpstream, Route, TlsUpstream};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
@@ -75,6 +75,17 @@ async fn h2_is_negotiated_and_concurrent_requests_share_one_connection() {
         1,
         "60 concurrent requests ride one h2 connection: {log:?}"
     );
+    assert_eq!(opened(&gw).await, (Some("h2".to_string()), 1));
+}
+
+/// `GET /stats`'s `protocol` and `connections_opened` of the (first) upstream.
+async fn opened(gw: &Gateway) -> (Option<String>, u64) {
+    let stats = get_json(&gw.admin_url("/stats")).await;
+    let up = &stats["upstreams"][0];
+    (
+        up["protocol"].as_str().map(str::to_string),
+        up["connections_opened"].as_u64().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +128,7 @@ async fn an_upstream_without_h2_is_spoken_to_over_http1() {
     );
     // HTTP/1.1 carries one request at a time: 8 at once need 8 connections.
     assert_eq!(connections(&log).len(), 8, "{log:?}");
+    assert_eq!(opened(&gw).await, (Some("h1".to_string()), 8));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +144,80 @@ async fn http_version_h1_keeps_an_h2_capable_upstream_on_http1() {
             .all(|l| l.protocol == "HTTP/1.1" && l.port == tls.h2_port),
         "{log:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_version_h2_speaks_h2_with_prior_knowledge_to_a_plain_http_upstream() {
+    let mock = MockUpstream::start().await;
+    let tls = TlsUpstream::start(mock.addr());
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with("h2c", &tls.h2c_url(), "http_version: h2")
+            .route(
+                Route::prefixed("openai")
+                    .targets("[h2c]")
+                    .with("cache: { enabled: false }"),
+            ),
+    );
+    let answers = concurrently(&gw, 10, &[("x-mock-delay-ms", "200")]).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let log = tls.wait_for_log(10).await;
+    assert!(
+        log.iter()
+            .all(|l| l.protocol == "HTTP/2.0" && l.port == tls.h2c_port),
+        "{log:?}"
+    );
+    assert_eq!(connections(&log).len(), 1, "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sni_names_the_certificate_to_verify() {
+    let mock = MockUpstream::start().await;
+    let tls = TlsUpstream::start(mock.addr());
+    // The certificate is for 127.0.0.1 and localhost.
+    let gw = Gateway::start(
+        config(&tls, &tls.h2_url(), "", false)
+            .upstream_with(
+                "wrong",
+                &tls.h2_url(),
+                &format!(
+                    "tls: {{ ca_file: \"{}\", sni: elsewhere.example }}",
+                    tls.ca_file().display()
+                ),
+            )
+            .route(
+                Route::prefixed("wrong")
+                    .targets("[wrong]")
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
+    let c = client();
+    let body = json!({"model": "gpt-4o", "messages": []});
+    let wrong = c
+        .post(gw.url("/wrong/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 502);
+    let message = wrong.text().await.unwrap();
+    assert!(
+        message.contains("not valid for name \\\"elsewhere.example\\\"")
+            && message.contains("upstreams.wrong.tls.sni")
+            && !message.contains("ca_file"),
+        "{message}"
+    );
+    let right = config(&tls, &tls.h2_url(), "", false)
+        .to_string()
+        .replace("tls: { ca_file", "tls: { sni: localhost, ca_file");
+    let gw = Gateway::start(right);
+    let ok = c
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! A local TLS upstream: a real nginx terminating TLS in front of the mock upstream, with a
 //! private CA and a server certificate (for `127.0.0.1` and `localhost`) made for the test by
-//! `openssl`. It listens twice: one port offers h2 and HTTP/1.1 by ALPN, the other HTTP/1.1
-//! only. Its access log says, per request, which port, protocol and connection carried it.
+//! `openssl`. It listens three times: one port offers h2 and HTTP/1.1 by ALPN, one HTTP/1.1
+//! only, and one plain-text h2 with prior knowledge (h2c, no TLS). Its access log says, per
+//! request, which port, protocol and connection carried it.
 
 use super::gateway::{free_port, wait_for_port};
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct TlsUpstream {
     pub h2_port: u16,
     /// Offers HTTP/1.1 only.
     pub h1_port: u16,
+    /// Plain text, h2 with prior knowledge only.
+    pub h2c_port: u16,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -115,7 +118,7 @@ impl TlsUpstream {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         make_certificates(d);
-        let (h2_port, h1_port) = (free_port(), free_port());
+        let (h2_port, h1_port, h2c_port) = (free_port(), free_port(), free_port());
         let p = d.display();
         let server = |listen: String| {
             format!(
@@ -123,6 +126,7 @@ impl TlsUpstream {
     listen {listen};
     ssl_certificate {p}/server.pem;
     ssl_certificate_key {p}/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     access_log {p}/access.log upstream;
     location / {{
       proxy_pass http://backend;
@@ -152,10 +156,11 @@ http {{
   http2_max_concurrent_streams 256;
   keepalive_requests 100000;
   upstream backend {{ server {backend}; keepalive 64; }}
-  {}  {}}}
+  {}  {}  {}}}
 ",
             server(format!("127.0.0.1:{h2_port} ssl http2")),
             server(format!("127.0.0.1:{h1_port} ssl")),
+            server(format!("127.0.0.1:{h2c_port} http2")),
         );
         std::fs::write(d.join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")
@@ -174,8 +179,9 @@ http {{
             dir,
             h2_port,
             h1_port,
+            h2c_port,
         };
-        for port in [h2_port, h1_port] {
+        for port in [h2_port, h1_port, h2c_port] {
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             if !wait_for_port(addr, Duration::from_secs(10)) {
                 panic!(
@@ -201,6 +207,11 @@ http {{
     /// `https://127.0.0.1:PORT` of the port that offers HTTP/1.1 only.
     pub fn h1_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.h1_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of the plain-text h2 port.
+    pub fn h2c_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.h2c_port)
     }
 
     /// Every request logged so far.
