@@ -9,7 +9,8 @@ use crate::cache::CacheStatus;
 use crate::headers;
 use crate::limits::headers::Headers;
 use crate::providers::ResponseReader;
-use crate::routing::upstream::Upstream;
+use crate::routing::pool::Opening;
+use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -133,6 +134,7 @@ pub async fn send(
     req: &RequestHeader,
     body: &Bytes,
     h1: bool,
+    slot: &mut Slot,
 ) -> Result<UpstreamResponse, ProxyError> {
     let peer = upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
         upstream: upstream.name.clone(),
@@ -143,9 +145,15 @@ pub async fn send(
         attempt += 1;
         let (mut session, reused) = upstream
             .pool
-            .session(&peer)
+            .session(&peer, slot.connection(), upstream.queue_timeout)
             .await
-            .map_err(|e| ProxyError::connecting(upstream, &e))?;
+            .map_err(|e| match e {
+                Opening::Busy => ProxyError::Busy {
+                    upstream: upstream.name.clone(),
+                    limit: "pool.max_connections",
+                },
+                Opening::Failed(e) => ProxyError::connecting(upstream, &e),
+            })?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         let h2 = matches!(session, UpstreamSession::H2(_));

@@ -137,7 +137,7 @@ pub async fn exchange<'r>(
                 ctx.retries += 1;
             }
             let h1 = outgoing.upgrade.is_some();
-            let slot =
+            let mut slot =
                 match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot(h1)).await? {
                     Ok(slot) => slot,
                     Err(busy) => {
@@ -150,7 +150,7 @@ pub async fn exchange<'r>(
                     }
                 };
             let started = Instant::now();
-            let sent = exchange::send(up, &req, &body, h1);
+            let sent = exchange::send(up, &req, &body, h1, &mut slot);
             let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
             {
                 Ok(response) => {
@@ -174,6 +174,13 @@ pub async fn exchange<'r>(
                         slot,
                     });
                     after
+                }
+                Err(e @ ProxyError::Busy { .. }) => {
+                    // No connection freed up (it turned out HTTP/1.1): like a full slot.
+                    drop(slot);
+                    tried.push(format!("{} busy", up.name));
+                    last_error = Some(e);
+                    break;
                 }
                 Err(e) => {
                     drop(slot);

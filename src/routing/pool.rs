@@ -12,8 +12,11 @@
 //!   exchange takes `max_streams` of them (it occupies a whole connection), an h2 exchange one
 //!   (a stream). Since Pingora opens a connection only when none is idle (h1) or none has a
 //!   free stream (h2), connections in use never exceed `max_connections`, and idle ones are
-//!   only ever connections that were in use. The protocol is learnt from the last connection;
-//!   before the first one an exchange counts as HTTP/1.1.
+//!   only ever connections that were in use. The protocol is learnt from the newest
+//!   connection. Until then an upstream that may speak h2 is taken to (an exchange reserves a
+//!   stream), so that a burst at start-up is not held to `max_connections` requests; an
+//!   exchange that gets an HTTP/1.1 connection after all tops its reservation up to a whole
+//!   connection before opening one (waiting like any other).
 //! - **h2 multiplexing**: Pingora's `max_h2_streams` defaults to 1 (no multiplexing); the peer
 //!   gets `pool.max_streams`. Pingora looks for an h2 connection with a free stream before
 //!   opening one, but requests arriving together all find none while the first handshake is
@@ -69,9 +72,25 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Capacity taken from an upstream's pool for one exchange; given back when dropped.
+/// Capacity taken from an upstream's pool for one exchange (permits: a stream, or a whole
+/// connection); given back when dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved(OwnedSemaphorePermit);
+
+/// Why [`Pool::session`] gave no session.
+#[derive(Debug)]
+pub enum Opening {
+    /// The connection turned out HTTP/1.1 and no whole connection freed up in time.
+    Busy,
+    /// Pingora could not connect (or open an h2 stream).
+    Failed(Box<pingora::Error>),
+}
+
+impl From<Box<pingora::Error>> for Opening {
+    fn from(e: Box<pingora::Error>) -> Self {
+        Opening::Failed(e)
+    }
+}
 
 /// What identifies a pool across reloads: everything that shapes its connector or its
 /// connections. (The address and SNI are part of Pingora's own pool key.)
@@ -154,13 +173,13 @@ impl Pool {
     }
 
     /// Takes the capacity of one exchange, waiting up to `wait` for it: a whole connection
-    /// for HTTP/1.1 (`h1`, or not known to speak h2), one stream for h2. `None` when none
-    /// freed up in time.
+    /// for HTTP/1.1 (`h1`, or an upstream known to speak it), one stream otherwise (see the
+    /// module doc). `None` when none freed up in time.
     pub async fn reserve(&self, h1: bool, wait: Duration) -> Option<Reserved> {
-        let weight = if !h1 && self.protocol.load(Ordering::Relaxed) == H2 {
-            1
-        } else {
+        let weight = if h1 || self.protocol.load(Ordering::Relaxed) == H1 {
             self.per_connection
+        } else {
+            1
         };
         let permits = self.capacity.clone().acquire_many_owned(weight);
         match tokio::time::timeout(wait, permits).await {
@@ -169,23 +188,76 @@ impl Pool {
         }
     }
 
-    /// A session to `peer`: an idle HTTP/1.1 connection, a stream on an h2 connection with
-    /// room, or a new connection (whose ALPN decides between them). True when reused.
-    pub async fn session(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+    /// Makes `reserved` a whole connection's capacity (an HTTP/1.1 exchange), waiting up to
+    /// `wait` for the rest; false when it did not free up in time.
+    async fn whole_connection(&self, reserved: &mut Reserved, wait: Duration) -> bool {
+        let missing = (self.per_connection as usize).saturating_sub(reserved.0.num_permits());
+        if missing == 0 {
+            return true;
+        }
+        let more = self.capacity.clone().acquire_many_owned(missing as u32);
+        match tokio::time::timeout(wait, more).await {
+            Ok(Ok(more)) => {
+                reserved.0.merge(more);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A session to `peer` within `reserved`: an idle HTTP/1.1 connection, a stream on an h2
+    /// connection with room, or a new connection (whose ALPN decides between them). True when
+    /// reused. An HTTP/1.1 session first makes `reserved` a whole connection, waiting up to
+    /// `wait`.
+    pub async fn session(
+        &self,
+        peer: &HttpPeer,
+        reserved: &mut Reserved,
+        wait: Duration,
+    ) -> Result<(HttpSession, bool), Opening> {
         let may_h2 = peer
             .get_peer_options()
             .is_some_and(|o| o.alpn.get_max_http_version() == 2);
         let (session, reused) = if may_h2 && self.protocol.load(Ordering::Relaxed) != H1 {
-            let _opening = self.opening.lock().await;
-            self.connector.get_http_session(peer).await?
+            let opening = self.opening.lock().await;
+            if self.protocol.load(Ordering::Relaxed) == H1 {
+                // The connection waited for spoke HTTP/1.1: those are opened side by side,
+                // each within a whole connection's capacity.
+                drop(opening);
+                if !self.whole_connection(reserved, wait).await {
+                    return Err(Opening::Busy);
+                }
+                self.connect(peer, true).await?
+            } else {
+                // Still holding `opening`: whoever waits for it sees what this one learnt.
+                self.connect(peer, true).await?
+            }
         } else {
-            self.connector.get_http_session(peer).await?
+            if !self.whole_connection(reserved, wait).await {
+                return Err(Opening::Busy);
+            }
+            self.connect(peer, may_h2).await?
         };
+        if matches!(session, HttpSession::H1(_)) {
+            // Reserved as a stream, but it got a connection of its own (the first connection
+            // of an upstream that turned out to speak HTTP/1.1): count it whole if possible.
+            self.whole_connection(reserved, Duration::ZERO).await;
+        }
+        Ok((session, reused))
+    }
+
+    /// Pingora's session to `peer`; when `may_h2`, records the protocol it speaks (a
+    /// WebSocket upgrade's HTTP/1.1 says nothing about what the upstream speaks) and counts a
+    /// new connection.
+    async fn connect(&self, peer: &HttpPeer, may_h2: bool) -> pingora::Result<(HttpSession, bool)> {
+        let (session, reused) = self.connector.get_http_session(peer).await?;
         let protocol = match session {
             HttpSession::H2(_) => H2,
             _ => H1,
         };
-        self.protocol.store(protocol, Ordering::Relaxed);
+        if may_h2 {
+            self.protocol.store(protocol, Ordering::Relaxed);
+        }
         if !reused {
             self.opened[usize::from(protocol == H2)].fetch_add(1, Ordering::Relaxed);
         }
@@ -278,35 +350,55 @@ mod tests {
 
     const WAIT: Duration = Duration::from_millis(10);
 
+    async fn streams(pool: &Pool, n: usize) -> Vec<Reserved> {
+        futures_util::future::join_all((0..n).map(|_| pool.reserve(false, WAIT)))
+            .await
+            .into_iter()
+            .map(|r| r.expect("a stream's capacity"))
+            .collect()
+    }
+
     #[tokio::test]
     async fn http1_exchanges_take_a_whole_connection_h2_ones_a_stream() {
         let pool = Pool::new("u", &spec(true, small(), HttpVersion::Auto));
-        // Before the first connection the protocol is unknown: counted as HTTP/1.1.
-        let a = pool.reserve(false, WAIT).await.unwrap();
-        let b = pool.reserve(false, WAIT).await.unwrap();
-        assert!(
-            pool.reserve(false, WAIT).await.is_none(),
-            "2 connections taken"
-        );
-        drop((a, b));
-        pool.protocol.store(H2, Ordering::Relaxed);
-        let streams: Vec<_> =
-            futures_util::future::join_all((0..20).map(|_| pool.reserve(false, WAIT)))
-                .await
-                .into_iter()
-                .map(|r| r.expect("20 streams on 2 h2 connections"))
-                .collect();
+        // Before the first connection an upstream that may speak h2 is taken to: a burst at
+        // start-up gets 2 × 10 streams, not 2 requests.
+        let held = streams(&pool, 20).await;
         assert!(
             pool.reserve(false, WAIT).await.is_none(),
             "2 × 10 streams taken"
         );
-        drop(streams);
-        // A WebSocket upgrade needs HTTP/1.1, so a whole connection, even on an h2 upstream.
-        let upgrade = pool.reserve(true, WAIT).await.unwrap();
-        let _one_more = pool.reserve(true, WAIT).await.unwrap();
+        drop(held);
+        pool.protocol.store(H1, Ordering::Relaxed);
+        let a = pool.reserve(false, WAIT).await.unwrap();
+        let _b = pool.reserve(false, WAIT).await.unwrap();
+        assert!(
+            pool.reserve(false, WAIT).await.is_none(),
+            "2 HTTP/1.1 connections taken"
+        );
+        drop(a);
+        pool.protocol.store(H2, Ordering::Relaxed);
+        let held = streams(&pool, 10).await;
         assert!(pool.reserve(false, WAIT).await.is_none());
-        drop(upgrade);
-        assert!(pool.reserve(false, WAIT).await.is_some());
+        drop(held);
+        // A WebSocket upgrade needs HTTP/1.1, so a whole connection, even on an h2 upstream.
+        let _upgrade = pool.reserve(true, WAIT).await.unwrap();
+        assert!(pool.reserve(false, WAIT).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_gets_an_http1_connection_is_topped_up_to_a_whole_one() {
+        let pool = Pool::new("u", &spec(true, small(), HttpVersion::Auto));
+        let mut one = pool.reserve(false, WAIT).await.unwrap();
+        let mut two = pool.reserve(false, WAIT).await.unwrap();
+        assert!(pool.whole_connection(&mut one, WAIT).await);
+        assert_eq!(one.0.num_permits(), 10);
+        let held = streams(&pool, 8).await;
+        // 10 + 1 + 8 of 20 taken: the second cannot become a whole connection in time.
+        assert!(!pool.whole_connection(&mut two, WAIT).await);
+        drop(held);
+        assert!(pool.whole_connection(&mut two, WAIT).await);
+        assert!(pool.reserve(false, WAIT).await.is_none());
     }
 
     #[tokio::test]

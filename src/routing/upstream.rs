@@ -45,7 +45,7 @@ pub struct Upstream {
     /// `tls.sni`: the name sent and verified instead of the URL's host.
     sni: Option<String>,
     /// How long a request waits for a free connection.
-    queue_timeout: Duration,
+    pub queue_timeout: Duration,
 }
 
 /// Passive health: consecutive failures, and until when the upstream is skipped.
@@ -82,8 +82,15 @@ pub struct Busy {
 #[derive(Debug)]
 pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
-    _connection: Reserved,
+    connection: Reserved,
     inflight: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    /// The connection capacity this exchange holds (an HTTP/1.1 session tops it up).
+    pub fn connection(&mut self) -> &mut Reserved {
+        &mut self.connection
+    }
 }
 
 impl Drop for Slot {
@@ -225,7 +232,7 @@ impl Upstream {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         Ok(Slot {
             _permit: permit,
-            _connection: connection,
+            connection,
             inflight: self.inflight.clone(),
         })
     }

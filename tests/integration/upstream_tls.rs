@@ -238,6 +238,20 @@ async fn max_connections_caps_the_connections_open_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_before_the_first_h2_connection_shares_it_within_max_connections() {
+    let mock = MockUpstream::start().await;
+    let tls = TlsUpstream::start(mock.addr());
+    // One connection of 100 streams: 20 requests at once from a cold start all fit on it
+    // (were they counted as HTTP/1.1 until the protocol is known, 19 would wait and fail).
+    let fields = "pool: { max_connections: 1, max_idle: 1 }, queue_timeout: 100ms";
+    let gw = Gateway::start(config(&tls, &tls.h2_url(), fields, false));
+    let answers = concurrently(&gw, 20, &[("x-mock-delay-ms", "500")]).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let log = tls.wait_for_log(20).await;
+    assert_eq!(connections(&log).len(), 1, "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_answers_503_after_queue_timeout() {
     let mock = MockUpstream::start().await;
     let tls = TlsUpstream::start(mock.addr());
