@@ -5,13 +5,15 @@ first byte (p50/p99) and connections opened (issue 22, item 6). Loopback only, ~
 - Upstream: nginx (one worker; TLS with a CA made by openssl for the run; h2 and HTTP/1.1 by
   ALPN on one port) in front of the mock upstream (examples/mock_upstream), which streams 20 SSE
   events 25 ms apart (about 0.5 s a stream), so the streams of a wave are all open together.
-- promptgate (release build, threads: 0, RUST_LOG=warn, cache off): two upstreams on that same
-  nginx port with the same CA, one `http_version: auto` (negotiates h2), one `http_version: h1`,
-  both with the default pool (max_connections 100, max_idle 50, max_streams 100).
+- promptgate (release build, threads: 0, RUST_LOG=warn, cache off): three upstreams on that
+  same nginx port with the same CA: `h2` (`http_version: auto`, negotiates h2) and `h1`
+  (`http_version: h1`), both with the default pool (max_connections 100, max_idle 50,
+  max_streams 100), and `h1-wide` (`h1` with max_connections and max_idle 1000: HTTP/1.1 with
+  a pool as wide as the load).
 - Client: C (200) HTTP/1.1 connections to promptgate, opened first; then one streaming chat
   request on each, all written at once (a wave). TTFB = request written -> first byte of the
   body (the first SSE event). Every stream is read to its end and must end in `data: [DONE]`.
-- Waves alternate h2 / h1. The first wave of each is cold (no connection to the upstream yet);
+- Waves alternate h2 / h1 / h1-wide. The first wave of each is cold (no connection to the upstream yet);
   the next N are warm (what the pool kept from the wave before).
 - Connections opened: promptgate's `GET /stats` `connections_opened` per upstream, checked
   against nginx's access log (distinct `$connection` per `$server_protocol`). CPU: promptgate's
@@ -37,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS, CHUNK_DELAY_MS = 20, 25
+MODES = ("h2", "h1", "h1-wide")
 
 
 def free_port():
@@ -112,9 +115,11 @@ threads: 0
 upstreams:
   h2: {{ {up} }}
   h1: {{ {up}, http_version: h1 }}
+  h1-wide: {{ {up}, http_version: h1, pool: {{ max_connections: 1000, max_idle: 1000 }} }}
 routes:
   - {{ name: h2, match: {{ path_prefix: /h2 }}, strip_prefix: true, targets: [h2], cache: {{ enabled: false }}, retry: {{ attempts: 1 }} }}
   - {{ name: h1, match: {{ path_prefix: /h1 }}, strip_prefix: true, targets: [h1], cache: {{ enabled: false }}, retry: {{ attempts: 1 }} }}
+  - {{ name: h1-wide, match: {{ path_prefix: /h1-wide }}, strip_prefix: true, targets: [h1-wide], cache: {{ enabled: false }}, retry: {{ attempts: 1 }} }}
 """
 
 
@@ -203,9 +208,9 @@ def main():
 
         results = {m: {"cold": [], "warm": [], "cpu_cold": 0.0, "cpu_warm": 0.0,
                        "opened_cold": 0, "opened_warm": 0, "failed": 0, "wall": []}
-                   for m in ("h2", "h1")}
+                   for m in MODES}
         for i in range(args.waves + 1):
-            for mode in ("h2", "h1"):
+            for mode in MODES:
                 phase = "cold" if i == 0 else "warm"
                 before, cpu0, t0 = opened(admin)[mode][0], cpu_seconds(pg.pid), time.perf_counter()
                 out = asyncio.run(wave(listen, f"/{mode}/v1/chat/completions",
@@ -230,7 +235,7 @@ def main():
 
         load = os.getloadavg()[0]
         rows = []
-        for mode in ("h2", "h1"):
+        for mode in MODES:
             r = results[mode]
             rows.append(
                 f"| {mode} ({protocols[mode]} negotiated) | {pct(r['cold'], 50)*1e3:.1f} / "

@@ -49,6 +49,8 @@ pub struct Pool {
     capacity: Arc<Semaphore>,
     /// Permits one connection is worth: `max_streams` when h2 may be spoken, else 1.
     per_connection: u32,
+    /// Whether `http_version` and the scheme allow h2 at all.
+    may_h2: bool,
     max_connections: usize,
     /// `pool.max_streams`: h2 streams per connection.
     max_streams: usize,
@@ -140,7 +142,8 @@ impl Pool {
     }
 
     fn new(name: &str, spec: &spec::Upstream) -> Pool {
-        let per_connection = if may_speak_h2(spec.tls, spec.http_version) {
+        let may_h2 = may_speak_h2(spec.tls, spec.http_version);
+        let per_connection = if may_h2 {
             spec.pool.max_streams.max(1)
         } else {
             1
@@ -153,6 +156,7 @@ impl Pool {
             connector: Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
             capacity: Arc::new(Semaphore::new(permits)),
             per_connection: per_connection.min(u32::MAX as usize) as u32,
+            may_h2,
             max_connections,
             max_streams: spec.pool.max_streams.max(1),
             protocol: AtomicU8::new(UNKNOWN),
@@ -246,16 +250,16 @@ impl Pool {
         Ok((session, reused))
     }
 
-    /// Pingora's session to `peer`; when `may_h2`, records the protocol it speaks (a
-    /// WebSocket upgrade's HTTP/1.1 says nothing about what the upstream speaks) and counts a
-    /// new connection.
+    /// Pingora's session to `peer`, recording the protocol it speaks unless `peer` was offered
+    /// only HTTP/1.1 on an upstream that may speak h2 (a WebSocket upgrade's HTTP/1.1 says
+    /// nothing about what the upstream speaks); counts a new connection.
     async fn connect(&self, peer: &HttpPeer, may_h2: bool) -> pingora::Result<(HttpSession, bool)> {
         let (session, reused) = self.connector.get_http_session(peer).await?;
         let protocol = match session {
             HttpSession::H2(_) => H2,
             _ => H1,
         };
-        if may_h2 {
+        if may_h2 || !self.may_h2 {
             self.protocol.store(protocol, Ordering::Relaxed);
         }
         if !reused {
