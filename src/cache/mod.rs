@@ -11,6 +11,7 @@ pub mod memory;
 pub mod policy;
 pub mod record;
 pub mod redis;
+pub mod semantic;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
