@@ -74,6 +74,10 @@ pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
 /// hits (read-your-writes).
 const WRITE_WINDOW: Duration = Duration::from_secs(10);
 
+/// The in-process semantic index may hold up to this fraction of `cache.memory.max_bytes`
+/// (1/4) on top of it: its vectors and texts are small beside the responses they point at.
+const SEMANTIC_SHARE: u64 = 4;
+
 /// The configured shared store, swapped whole when a reload changes `cache.redis`.
 struct Backend {
     spec: Option<RedisSpec>,
@@ -83,6 +87,8 @@ struct Backend {
 /// The stores behind one cache, shared by every request and kept across config reloads.
 pub struct Cache {
     memory: MemoryStore,
+    /// Vectors of semantically cached requests, in process (see [`semantic`]).
+    semantic: semantic::index::MemoryIndex,
     backend: ArcSwap<Backend>,
     flights: Arc<Flights>,
 }
@@ -93,6 +99,7 @@ impl Cache {
     pub fn new(spec: &CacheSpec) -> Result<Cache, RedisError> {
         Ok(Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
+            semantic: semantic::index::MemoryIndex::new(spec.memory.max_bytes / SEMANTIC_SHARE),
             backend: ArcSwap::from_pointee(Backend::new(spec)?),
             flights: Arc::default(),
         })
@@ -157,7 +164,10 @@ impl Cache {
             .as_ref()
             .map_or_else(|| RedisSpec::default().prefix, |s| s.prefix.clone());
         let memory = match selector {
-            Purge::Route(r) => self.memory.purge(|route, _| route == r),
+            Purge::Route(r) => {
+                self.semantic.purge_route(r);
+                self.memory.purge(|route, _| route == r)
+            }
             Purge::Prefix(p) => self
                 .memory
                 .purge(|route, key| redis_key(&key_prefix, route, key).starts_with(p.as_str())),
