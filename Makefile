@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-profile bench-semantic
+.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -78,11 +78,19 @@ uninstall:
 	@$(SYSTEMCTL) daemon-reload
 	@echo "removed; $(CONFDIR) kept (rm -r $(CONFDIR) to delete config and keys)"
 
-## bench: promptgate side by side with nginx and LiteLLM on loopback, a few minutes; results
-## in bench/results/latest.md (recorded in BENCHMARKS.md). Not part of `make test`.
+## bench: promptgate as shipped side by side with nginx, the Pingora floors (bench/floors) and
+## LiteLLM on loopback, ~8 minutes; results in bench/results/latest.md (recorded in
+## BENCHMARKS.md). Not part of `make test`. BENCH_ARGS passes options to bench/run.py;
+## PROMPTGATE_BIN_B=path measures a second promptgate binary next to the first (A/B, one run).
 bench:
 	@bash bench/setup.sh
-	python3 bench/run.py
+	python3 bench/run.py $(BENCH_ARGS)
+
+## bench-quick: only the hit and pass-through rows (as shipped, then one pinned core, with the
+## floors), short runs, no LiteLLM: ~2-3 minutes, for before/after comparisons
+bench-quick:
+	@BENCH_LITELLM=0 bash bench/setup.sh
+	python3 bench/run.py --quick --only hit,pass $(BENCH_ARGS)
 
 ## bench-profile: perf profile of the cache-hit path (bench/results/profile-*.txt)
 bench-profile:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs, idempotently (Debian, as root): wrk and h2load (load
-# generators), nginx (upstream and peer proxy), redis-server, perf, a Python venv with
-# litellm[proxy] (bench/.venv, gitignored), and the release build of promptgate.
+# generators), nginx (upstream and peer proxy), redis-server, a Python venv with
+# litellm[proxy] (bench/.venv, gitignored; skipped with BENCH_LITELLM=0), the release build of
+# promptgate and of the Pingora floors (bench/floors, its own cargo workspace: the root's
+# `cargo build`/`make test` never build it; it shares target/ so common crates compile once).
 # Only missing pieces are installed; a second run costs a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ fi
 LITELLM_SPEC="${LITELLM_SPEC:-litellm[proxy]==1.108.7}"
 venv=bench/.venv
 stamp="$venv/.installed-$(echo "$LITELLM_SPEC" | tr -c 'A-Za-z0-9.=' '_')"
-if [ ! -f "$stamp" ]; then
+if [ "${BENCH_LITELLM:-1}" != 0 ] && [ ! -f "$stamp" ]; then
     echo "bench/setup: creating $venv with $LITELLM_SPEC (a few minutes the first time)"
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$LITELLM_SPEC"
@@ -39,3 +41,4 @@ fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked --quiet
+cargo build --release --locked --quiet --manifest-path bench/floors/Cargo.toml --target-dir target

@@ -1,0 +1,318 @@
+//! Pingora floors: the least a Pingora 0.9 server can spend per request on the two things
+//! promptgate does, so `make bench` can show how far promptgate is from what its framework
+//! allows (reference rows, not products).
+//!
+//! One binary, three modes, each a `ProxyHttp` served exactly as promptgate serves its proxy
+//! (same `ServerConf` threads, h2c on, 16 KiB client socket buffers):
+//!
+//! - `static`: a cache hit with no cache: read the request body, answer a fixed body (the
+//!   bench's 2 KB chat completion) from `request_filter` with `Content-Length`.
+//! - `proxy`: stock `ProxyHttp` pass-through: `upstream_peer` names the upstream, Pingora
+//!   forwards the request and the response (its own pooled keep-alive connections).
+//! - `exchange`: promptgate's design, minus promptgate: read the body in `request_filter`, send
+//!   it upstream on Pingora's pooled `Connector`, relay the answer chunk by chunk, return the
+//!   connection to the pool.
+//!
+//! Usage: `floor <static|proxy|exchange> --listen ADDR [--upstream ADDR] [--body FILE]
+//! [--threads N] [--no-work-stealing]`. Stops on SIGTERM.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::apps::HttpServerOptions;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): any proxy must drop these, so the floor does too.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// How long an idle upstream connection stays in the pool (seconds; the bench's runs are short).
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Static,
+    Proxy,
+    Exchange,
+}
+
+struct Args {
+    mode: Mode,
+    listen: SocketAddr,
+    upstream: Option<SocketAddr>,
+    body: Option<String>,
+    threads: usize,
+    work_stealing: bool,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mode = match it.next().as_deref() {
+        Some("static") => Mode::Static,
+        Some("proxy") => Mode::Proxy,
+        Some("exchange") => Mode::Exchange,
+        other => {
+            return Err(format!(
+                "unknown mode {other:?} (static, proxy or exchange)"
+            ))
+        }
+    };
+    let (mut listen, mut upstream, mut body, mut threads, mut work_stealing) =
+        (None, None, None, 1, true);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => listen = Some(value()?),
+            "--upstream" => upstream = Some(value()?),
+            "--body" => body = Some(value()?),
+            "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--no-work-stealing" => work_stealing = false,
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    let addr = |name: &str, v: String| {
+        v.parse::<SocketAddr>()
+            .map_err(|e| format!("{name} {v}: {e} (an IP:port)"))
+    };
+    let listen = addr("--listen", listen.ok_or("--listen is required")?)?;
+    let upstream = upstream.map(|u| addr("--upstream", u)).transpose()?;
+    if mode != Mode::Static && upstream.is_none() {
+        return Err("--upstream is required for proxy and exchange".into());
+    }
+    if mode == Mode::Static && body.is_none() {
+        return Err("--body is required for static".into());
+    }
+    // 0 = one thread per core, as promptgate's `threads: 0`.
+    if threads == 0 {
+        threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    Ok(Args {
+        mode,
+        listen,
+        upstream,
+        body,
+        threads,
+        work_stealing,
+    })
+}
+
+fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+}
+
+/// Reads the whole request body into one buffer (one chunk, the usual case, without a copy).
+async fn read_body(session: &mut Session) -> Result<Bytes> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        match first.take() {
+            None if rest.is_empty() => first = Some(chunk),
+            None => rest.extend_from_slice(&chunk),
+            Some(f) => {
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
+struct Floor {
+    mode: Mode,
+    /// The upstream (proxy, exchange); its `Host` header value.
+    peer: Option<HttpPeer>,
+    host: String,
+    /// The fixed answer (static).
+    body: Bytes,
+    connector: Connector,
+}
+
+impl Floor {
+    /// `static`: the fixed answer, after reading the request body as a cache lookup must.
+    async fn answer(&self, session: &mut Session) -> Result<()> {
+        read_body(session).await?;
+        let mut head = ResponseHeader::build(200, Some(2))?;
+        head.insert_header(header::CONTENT_TYPE, "application/json")?;
+        head.insert_header(header::CONTENT_LENGTH, self.body.len())?;
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(self.body.clone()), true)
+            .await
+    }
+
+    /// `exchange`: promptgate's miss path without promptgate (no routing, cache, metrics, log).
+    async fn exchange(&self, session: &mut Session) -> Result<()> {
+        let body = read_body(session).await?;
+        let peer = self.peer.as_ref().expect("exchange has an upstream");
+        let client = session.req_header();
+        let target = client
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut req = RequestHeader::build(
+            client.method.clone(),
+            target.as_bytes(),
+            Some(client.headers.len() + 2),
+        )?;
+        let connection = client.headers.get(header::CONNECTION);
+        for (name, value) in client.headers.iter() {
+            if name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || is_hop_by_hop(name, connection)
+            {
+                continue;
+            }
+            req.append_header(name.clone(), value.clone())?;
+        }
+        req.insert_header(header::HOST, &self.host)?;
+        req.insert_header(header::CONTENT_LENGTH, body.len())?;
+
+        let (mut up, _reused) = self.connector.get_http_session(peer).await?;
+        up.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            up.write_request_body(body, true).await?;
+        }
+        up.finish_request_body().await?;
+        up.read_response_header().await?;
+        let upstream_head = up.response_header().expect("read above");
+        let mut head =
+            ResponseHeader::build(upstream_head.status, Some(upstream_head.headers.len() + 1))?;
+        let connection = upstream_head.headers.get(header::CONNECTION);
+        for (name, value) in upstream_head.headers.iter() {
+            if !is_hop_by_hop(name, connection) {
+                head.append_header(name.clone(), value.clone())?;
+            }
+        }
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        while let Some(chunk) = up.read_response_body().await? {
+            if up.response_done() {
+                // Back to the pool before the client's last byte, as promptgate does.
+                self.connector
+                    .release_http_session(up, peer, Some(POOL_IDLE))
+                    .await;
+                session.write_response_body(Some(chunk), false).await?;
+                return session.write_response_body(None, true).await;
+            }
+            session.write_response_body(Some(chunk), false).await?;
+        }
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, peer, Some(POOL_IDLE))
+                .await;
+        }
+        session.write_response_body(None, true).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Floor {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        match self.mode {
+            Mode::Static => self.answer(session).await.map(|()| true),
+            Mode::Exchange => self.exchange(session).await.map(|()| true),
+            Mode::Proxy => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        match &self.peer {
+            Some(peer) if self.mode == Mode::Proxy => Ok(Box::new(peer.clone())),
+            _ => Error::e_explain(ErrorType::InternalError, "this floor has no upstream path"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        req.insert_header(header::HOST, &self.host)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("floor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = match &args.body {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                eprintln!("floor: cannot read --body {path}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Bytes::new(),
+    };
+    let conf = ServerConf {
+        threads: args.threads,
+        work_stealing: args.work_stealing,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let floor = Floor {
+        mode: args.mode,
+        peer: args
+            .upstream
+            .map(|a| HttpPeer::new(a, false, String::new())),
+        host: args.upstream.map(|a| a.to_string()).unwrap_or_default(),
+        body,
+        connector,
+    };
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut service = ProxyServiceBuilder::new(&server.configuration, floor)
+        .name("floor")
+        .server_options(options)
+        .build();
+    service.add_listener(
+        ListenerConfig::tcp(args.listen.to_string())
+            .l4_buffer(L4BufferSettings::new(16 * 1024, 16 * 1024)),
+    );
+    server.add_service(service);
+    server.run_forever()
+}
