@@ -77,6 +77,7 @@ fn lookup_json(c: &LookupCounts) -> serde_json::Value {
         "bypasses": c.bypasses,
         "coalesced": c.coalesced,
         "errors": c.errors,
+        "semantic_hits": c.semantic_hits,
         "hit_ratio": c.hit_ratio(),
     })
 }

@@ -97,15 +97,18 @@ pub enum LookupResult {
     Coalesced,
     /// A store could not answer (Redis error, timeout, open circuit, unreadable entry).
     Error,
+    /// Answered with the entry of a similar request (the semantic cache).
+    SemanticHit,
 }
 
 impl LookupResult {
-    pub const ALL: [LookupResult; 5] = [
+    pub const ALL: [LookupResult; 6] = [
         LookupResult::Hit,
         LookupResult::Miss,
         LookupResult::Bypass,
         LookupResult::Coalesced,
         LookupResult::Error,
+        LookupResult::SemanticHit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +118,89 @@ impl LookupResult {
             LookupResult::Bypass => "bypass",
             LookupResult::Coalesced => "coalesced",
             LookupResult::Error => "error",
+            LookupResult::SemanticHit => "semantic_hit",
+        }
+    }
+}
+
+/// Buckets of the semantic similarity histograms: fine near the usual thresholds (0.85–0.99).
+const SIMILARITY_BUCKETS: &[f64] = &[
+    0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.87, 0.89, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97,
+    0.98, 0.99, 0.995, 1.0,
+];
+
+/// What the semantic cache did for one request (fed from the ctx in the logging phase).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SemanticRecord {
+    /// Why the request was not looked up semantically (`exact_only`, `operation`, `non_text`,
+    /// `too_long`, …); `None` when it was.
+    pub skipped: Option<&'static str>,
+    /// The embedder upstream, how long its call took, and its error label if it failed.
+    pub embed: Option<(String, Duration, Option<&'static str>)>,
+    /// Time spent searching and fetching, without the embedder call.
+    pub search: Option<Duration>,
+    /// Similarity of the entry served.
+    pub served: Option<f32>,
+    /// Similarity of the entry that shadow mode would have served.
+    pub shadow: Option<f32>,
+    /// Near-candidates turned down: refused by the literal guard (at or above the threshold),
+    /// and the best one below the threshold.
+    pub refused_by_guard: Vec<f32>,
+    pub below_threshold: Option<f32>,
+}
+
+/// The semantic cache's series.
+struct SemanticMetrics {
+    similarity: HistogramVec,
+    embed_duration: HistogramVec,
+    embed_errors: IntCounterVec,
+    search_duration: HistogramVec,
+    shadow_hits: IntCounterVec,
+    skipped: IntCounterVec,
+}
+
+impl SemanticMetrics {
+    fn new(r: &Registry) -> SemanticMetrics {
+        let opts = HistogramOpts::new(
+            "promptgate_semantic_similarity",
+            "Cosine similarity of semantic candidates, by route and outcome: served, shadow (would have been served), guard_refused (at or above the threshold, refused by the literal guard), below_threshold (the nearest candidate under the threshold).",
+        )
+        .buckets(SIMILARITY_BUCKETS.to_vec());
+        SemanticMetrics {
+            similarity: register(
+                r,
+                HistogramVec::new(opts, &["route", "outcome"]).expect("valid metric"),
+            ),
+            embed_duration: histogram_vec(
+                r,
+                "promptgate_semantic_embed_duration_seconds",
+                "Time of embedding calls for semantic lookups, failed ones included, by embedder upstream.",
+                &["upstream"],
+            ),
+            embed_errors: counter_vec(
+                r,
+                "promptgate_semantic_embed_errors_total",
+                "Embedding calls that gave no vector (the request went on as a miss), by embedder upstream and reason (timeout, connect, status, invalid).",
+                &["upstream", "reason"],
+            ),
+            search_duration: histogram_vec(
+                r,
+                "promptgate_semantic_search_duration_seconds",
+                "Time of a semantic search after the embedding (read the context's vectors, compare, literal guard, fetch the entry), by route.",
+                &["route"],
+            ),
+            shadow_hits: counter_vec(
+                r,
+                "promptgate_semantic_shadow_hits_total",
+                "Semantic hits that shadow mode found but did not serve, by route.",
+                &["route"],
+            ),
+            skipped: counter_vec(
+                r,
+                "promptgate_semantic_skipped_total",
+                "Requests on semantic routes not looked up semantically, by route and reason (exact_only, operation, not_json, not_user, non_text, empty, too_long).",
+                &["route", "reason"],
+            ),
         }
     }
 }
@@ -140,7 +226,7 @@ type RequestSeries = (Box<str>, u16, CacheLabel, IntCounter);
 
 /// One route's series, resolved once.
 pub struct RouteMetrics {
-    lookups: [IntCounter; 5],
+    lookups: [IntCounter; 6],
     duration: [Histogram; 4],
     retries: IntCounter,
     failovers: IntCounter,
@@ -166,12 +252,13 @@ pub struct LookupCounts {
     pub bypasses: u64,
     pub coalesced: u64,
     pub errors: u64,
+    pub semantic_hits: u64,
 }
 
 impl LookupCounts {
     /// Answers that made no upstream call over all lookups that could have (bypasses excluded).
     pub fn hit_ratio(&self) -> f64 {
-        let served = self.hits + self.coalesced;
+        let served = self.hits + self.coalesced + self.semantic_hits;
         let asked = served + self.misses + self.errors;
         if asked == 0 {
             0.0
@@ -186,6 +273,7 @@ impl LookupCounts {
         self.bypasses += other.bypasses;
         self.coalesced += other.coalesced;
         self.errors += other.errors;
+        self.semantic_hits += other.semantic_hits;
     }
 }
 
@@ -210,6 +298,7 @@ pub struct Metrics {
     inflight: IntGauge,
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
     upstreams: RwLock<HashMap<String, Histogram>>,
+    semantic: SemanticMetrics,
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
     redis_errors_seen: Mutex<(usize, u64)>,
@@ -284,7 +373,7 @@ impl Metrics {
         let cache_lookups = counter_vec(
             r,
             "promptgate_cache_lookups_total",
-            "Cache lookups by route and result (hit, miss, bypass, coalesced, error).",
+            "Cache lookups by route and result (hit, miss, bypass, coalesced, error, semantic_hit).",
             &["route", "result"],
         );
         let request_duration = histogram_vec(
@@ -365,7 +454,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let semantic = SemanticMetrics::new(r);
         Metrics {
+            semantic,
             registry,
             config_reloads,
             config_last_reload_success,
@@ -422,6 +513,47 @@ impl Metrics {
     /// A request on `route` moves on to the route's next target.
     pub fn upstream_failover(&self, route: &str) {
         self.route(route).failovers.inc();
+    }
+
+    /// Records what the semantic cache did for one request on `route`.
+    pub fn semantic(&self, route: &str, r: &SemanticRecord) {
+        let m = &self.semantic;
+        if let Some(reason) = r.skipped {
+            m.skipped.with_label_values(&[route, reason]).inc();
+        }
+        if let Some((upstream, took, error)) = &r.embed {
+            m.embed_duration
+                .with_label_values(&[upstream.as_str()])
+                .observe(took.as_secs_f64());
+            if let Some(reason) = error {
+                m.embed_errors
+                    .with_label_values(&[upstream.as_str(), reason])
+                    .inc();
+            }
+        }
+        if let Some(took) = r.search {
+            m.search_duration
+                .with_label_values(&[route])
+                .observe(took.as_secs_f64());
+        }
+        let similarity = |outcome: &str, value: f32| {
+            m.similarity
+                .with_label_values(&[route, outcome])
+                .observe(f64::from(value));
+        };
+        if let Some(s) = r.served {
+            similarity("served", s);
+        }
+        if let Some(s) = r.shadow {
+            similarity("shadow", s);
+            m.shadow_hits.with_label_values(&[route]).inc();
+        }
+        for s in &r.refused_by_guard {
+            similarity("guard_refused", *s);
+        }
+        if let Some(s) = r.below_threshold {
+            similarity("below_threshold", s);
+        }
     }
 
     /// Counts one cache lookup outcome.
@@ -489,6 +621,7 @@ impl Metrics {
                     bypasses: c(LookupResult::Bypass),
                     coalesced: c(LookupResult::Coalesced),
                     errors: c(LookupResult::Error),
+                    semantic_hits: c(LookupResult::SemanticHit),
                 };
                 total.add(&counts);
                 (name.clone(), counts)

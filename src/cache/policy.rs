@@ -2,7 +2,7 @@
 //! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
 
 use super::key::{self, CacheKey, CanonicalBody, KeyInput};
-use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec};
+use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec, SemanticSpec};
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub struct CachePolicy {
     pub complete_on_disconnect: bool,
     pub coalesce: bool,
     pub coalesce_timeout: Duration,
+    /// The semantic cache, when the route opts in.
+    pub semantic: Option<SemanticSpec>,
 }
 
 impl CachePolicy {
@@ -53,10 +55,18 @@ impl CachePolicy {
                 )),
             }
         }
+        if let Some(sem) = &route.semantic {
+            problems.extend(
+                semantic_problems(sem)
+                    .into_iter()
+                    .map(|(field, message)| (format!("semantic.{field}"), message)),
+            );
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(CachePolicy {
+            semantic: route.semantic.clone(),
             enabled: global.enabled && route.enabled.unwrap_or(true),
             ttl,
             scope: route.scope.unwrap_or(global.scope),
@@ -74,6 +84,34 @@ impl CachePolicy {
             coalesce_timeout: global.coalesce_timeout,
         })
     }
+}
+
+/// Each field of a `semantic:` section that is out of range, with its problem (the upstream
+/// name is checked against the upstreams by the config compiler).
+fn semantic_problems(s: &SemanticSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !s.path.starts_with('/') {
+        problems.push(("path", "must start with /".to_string()));
+    }
+    if s.model.trim().is_empty() {
+        problems.push(("model", "must name the embedding model".to_string()));
+    }
+    if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+        problems.push((
+            "threshold",
+            format!("must be a cosine similarity in (0, 1], got {}", s.threshold),
+        ));
+    }
+    if s.timeout.is_zero() || s.timeout > Duration::from_secs(60) {
+        problems.push(("timeout", "must be between 1ms and 60s".to_string()));
+    }
+    if !(1..=1024).contains(&s.max_per_context) {
+        problems.push(("max_per_context", "must be between 1 and 1024".to_string()));
+    }
+    if s.max_chars == 0 {
+        problems.push(("max_chars", "must be at least 1".to_string()));
+    }
+    problems
 }
 
 /// Headers (and the `key` query parameter) that carry a client credential.

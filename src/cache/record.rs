@@ -4,6 +4,7 @@
 use super::entry::{is_replayable, unix_now, ChunkMark, Entry};
 use super::flight::{Leader, SharedHead};
 use super::key::CacheKey;
+use super::semantic::Indexing;
 use super::Cache;
 use crate::providers::StreamEnd;
 use bytes::{Bytes, BytesMut};
@@ -24,6 +25,9 @@ pub struct RecordPlan {
     pub complete_on_disconnect: bool,
     /// Set when identical requests may follow this one (single-flight).
     pub leader: Option<Leader>,
+    /// Set on semantic routes after a semantic miss: the stored answer is indexed under this
+    /// request's compared text too.
+    pub semantic: Option<Box<Indexing>>,
 }
 
 /// Collects the body chunks (reference-counted, not copied) of a storable response.
@@ -161,6 +165,16 @@ impl Recorder {
         self.plan
             .cache
             .store(&self.plan.route, self.plan.key, entry.clone());
+        if let Some(ix) = self.plan.semantic {
+            self.plan.cache.semantic_store(
+                &self.plan.route,
+                &ix.probe,
+                ix.vector,
+                self.plan.key,
+                self.plan.ttl,
+                ix.max_per_context,
+            );
+        }
         if let Some(leader) = self.plan.leader {
             leader.complete(entry);
         }

@@ -483,6 +483,21 @@ fn route(
             }
             policy
         });
+    let embedder = spec.cache.semantic.as_ref().and_then(|sem| {
+        let found = upstreams.get(&sem.upstream).cloned();
+        if found.is_none() && !broken.contains(&sem.upstream) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            s.problem(
+                format!("{path}.cache.semantic.upstream"),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    sem.upstream,
+                    known.join(", ")
+                ),
+            );
+        }
+        found
+    });
     if s.problems.len() > before {
         return None;
     }
@@ -511,6 +526,7 @@ fn route(
         strategy: spec.strategy,
         retry: spec.retry,
         cache: policy?,
+        embedder,
     })
 }
 

@@ -466,7 +466,63 @@ pub struct RouteCacheSpec {
     pub replay: Option<Replay>,
     pub complete_on_disconnect: Option<bool>,
     pub coalesce: Option<bool>,
+    /// Opt-in semantic cache for this route (off when absent).
+    pub semantic: Option<SemanticSpec>,
 }
+
+/// `routes[N].cache.semantic:` — answer reworded requests from the cache: a request whose last
+/// user message is similar enough to a cached one's (cosine of their embeddings at least
+/// `threshold`), identical in everything else, and carrying the same literals.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticSpec {
+    /// The upstream that serves embeddings (its URL, injected key and timeouts are used).
+    pub upstream: String,
+    /// Path of the embeddings endpoint on that upstream (OpenAI format). Default `/v1/embeddings`.
+    #[serde(default = "default_semantic_path")]
+    pub path: String,
+    /// Embedding model name sent with each call.
+    pub model: String,
+    /// Least cosine similarity (0 < threshold ≤ 1) for a hit. Default 0.90: on the project's
+    /// evaluation set (bench/semantic/results.md, all-MiniLM-L6-v2) 86% of paraphrases hit and
+    /// no hard negative did, with the literal guard on.
+    #[serde(default = "default_semantic_threshold")]
+    pub threshold: f32,
+    /// Longest wait for the embedder before the request goes on as a miss. Default 1s.
+    #[serde(default = "default_semantic_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Look up and count what would have hit, but never serve it. Default false.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Most requests indexed per context (the oldest go first). Default 64.
+    #[serde(default = "default_semantic_max_per_context")]
+    pub max_per_context: usize,
+    /// Longest compared text, in characters; longer ones are only exactly cached (an embedder
+    /// that truncates its input would not see the rest). Default 1000.
+    #[serde(default = "default_semantic_max_chars")]
+    pub max_chars: usize,
+}
+
+pub fn default_semantic_path() -> String {
+    "/v1/embeddings".into()
+}
+
+pub fn default_semantic_threshold() -> f32 {
+    0.90
+}
+
+pub fn default_semantic_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+pub fn default_semantic_max_per_context() -> usize {
+    64
+}
+
+pub fn default_semantic_max_chars() -> usize {
+    1000
+}
+
 /// `reload:` — how a changed config file is picked up while running.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -2,7 +2,7 @@
 
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
-use crate::metrics::LookupResult;
+use crate::metrics::{LookupResult, SemanticRecord};
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
@@ -41,6 +41,8 @@ pub struct Ctx {
     /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
     /// read in `logging`, after the response went out).
     pub hit_entry: Option<Arc<Entry>>,
+    /// Set by `request_filter` on semantic routes: what the semantic cache did (for metrics).
+    pub semantic: Option<SemanticRecord>,
 }
 
 impl Default for Ctx {
@@ -61,6 +63,7 @@ impl Default for Ctx {
             lookup: None,
             usage: None,
             hit_entry: None,
+            semantic: None,
         }
     }
 }

@@ -129,6 +129,29 @@ impl UpstreamResponse {
             .response_header()
             .expect("send() returns only after the response head was read")
     }
+
+    /// Reads the whole body (for promptgate's own calls, such as embeddings), up to `limit`
+    /// bytes, and returns the connection to the pool.
+    pub async fn read_body(
+        mut self,
+        connector: &Connector,
+        upstream: &Upstream,
+        limit: usize,
+    ) -> pingora::Result<Bytes> {
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = self.session.read_response_body().await? {
+            if body.len() + chunk.len() > limit {
+                self.session.shutdown().await;
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("response body over {limit} bytes"),
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        release(connector, upstream, self).await;
+        Ok(body.freeze())
+    }
 }
 
 /// Sends `req` and `body` to `upstream` and reads the response head.

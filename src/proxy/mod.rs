@@ -12,6 +12,7 @@
 //! `request_body.rs` for why promptgate owns the upstream exchange.
 
 mod ctx;
+mod embed;
 mod errors;
 mod exchange;
 mod failover;
@@ -21,6 +22,7 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+pub mod semantic;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
@@ -137,7 +139,7 @@ impl Proxy {
         let (cache_status, record) = match self.decide_cache(session, route, &path, &body)? {
             None => (None, None),
             Some(decision) => match self
-                .answer_without_upstream(session, ctx, route, decision)
+                .answer_without_upstream(session, ctx, route, decision, &path, &body)
                 .await?
             {
                 CacheStep::Answered => return Ok(()),
@@ -196,6 +198,8 @@ impl Proxy {
         ctx: &mut Ctx,
         route: &Route,
         decision: CacheDecision,
+        path: &str,
+        body: &Bytes,
     ) -> Result<CacheStep, Failure> {
         let CacheDecision {
             status,
@@ -219,6 +223,20 @@ impl Proxy {
             }
             Lookup::Miss => ctx.lookup = Some(LookupResult::Miss),
             Lookup::Error => ctx.lookup = Some(LookupResult::Error),
+        }
+        let request = semantic::Request {
+            route,
+            path,
+            body,
+            key,
+        };
+        match semantic::lookup(&self.cache, &self.connector, session, ctx, request).await? {
+            semantic::Step::Answered => return Ok(CacheStep::Answered),
+            semantic::Step::Miss(indexing) => {
+                if let Some(plan) = record.as_mut() {
+                    plan.semantic = indexing;
+                }
+            }
         }
         if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
             match self.cache.flights().join(key) {
@@ -277,6 +295,7 @@ impl Proxy {
                 limit: route.cache.max_entry_bytes,
                 complete_on_disconnect: route.cache.complete_on_disconnect,
                 leader: None,
+                semantic: None,
             }),
         }))
     }
@@ -402,6 +421,9 @@ impl ProxyHttp for Proxy {
             .or_else(|| ctx.hit_entry.as_ref().and_then(|entry| entry.usage()));
         if let (Some(route), Some(lookup)) = (route, ctx.lookup) {
             self.metrics.cache_lookup(route, lookup);
+        }
+        if let (Some(route), Some(report)) = (route, &ctx.semantic) {
+            self.metrics.semantic(route, report);
         }
         if let Some(route) = route {
             for _ in 0..ctx.retries {

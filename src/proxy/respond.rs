@@ -48,9 +48,22 @@ pub fn replay_head(
 /// Writes a stored response with its `Age`: a plain body in one write (shared, not copied);
 /// a stream at once, or at its recorded pace with `Replay::Original`.
 pub async fn cached(session: &mut Session, entry: &Entry, replay: Replay) -> pingora::Result<()> {
+    cached_with(session, entry, replay, &[]).await
+}
+
+/// [`cached`], with `extra` headers in the head (a semantic hit's match and similarity).
+pub async fn cached_with(
+    session: &mut Session,
+    entry: &Entry,
+    replay: Replay,
+    extra: &[(&'static str, String)],
+) -> pingora::Result<()> {
     let body_len = (!entry.is_stream()).then_some(entry.body.len());
     let mut head = replay_head(session, entry.status, &entry.headers, body_len)?;
     head.insert_header(http::header::AGE, entry.age())?;
+    for (name, value) in extra {
+        head.insert_header(*name, value.as_str())?;
+    }
     session.write_response_header(Box::new(head), false).await?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_body(None, true).await;

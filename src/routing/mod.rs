@@ -23,6 +23,8 @@ pub struct Route {
     pub strategy: Strategy,
     pub retry: RetrySpec,
     pub cache: CachePolicy,
+    /// The upstream named by `cache.semantic.upstream`, when the route has a semantic cache.
+    pub embedder: Option<Arc<Upstream>>,
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
@@ -144,6 +146,7 @@ mod tests {
             strategy: Strategy::Failover,
             retry: RetrySpec::default(),
             cache: CachePolicy::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
+            embedder: None,
             key_name: "r".into(),
         }
     }

@@ -15,6 +15,7 @@ mod redis_store;
 mod reload;
 mod resilience;
 mod secrets;
+mod semantic;
 mod stream_cache;
 mod streaming;
 mod upstream_faults;

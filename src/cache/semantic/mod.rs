@@ -212,6 +212,15 @@ impl Probe {
     }
 }
 
+/// How to index a request once its answer is stored: its probe, its vector, and the bound of
+/// its context's list.
+#[derive(Debug)]
+pub struct Indexing {
+    pub probe: Probe,
+    pub vector: Vector,
+    pub max_per_context: usize,
+}
+
 /// What a semantic lookup found.
 #[derive(Debug)]
 pub enum SemanticLookup {

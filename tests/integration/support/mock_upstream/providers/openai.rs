@@ -1,5 +1,6 @@
 //! OpenAI wire format: chat completions (JSON, SSE with optional usage chunk, tool calls, JSON
-//! mode), embeddings and the model list.
+//! mode), embeddings (including the deterministic bag-of-words model `mock-bow` that the
+//! semantic cache tests use as their embedder) and the model list.
 
 use serde_json::{json, Value};
 
@@ -129,8 +130,33 @@ fn chat(c: &Ctx) -> Reply {
     stream_reply("text/event-stream", events)
 }
 
+/// Dimensions of a `mock-bow` embedding.
+const BOW_DIMS: usize = 256;
+
+/// Model `mock-bow`: a hashed bag of words — each lowercased run of letters and digits adds 1
+/// to the dimension its BLAKE3 hash picks — scaled to unit length. Deterministic, and close for
+/// rewordings: "What's the tempo of this loop?" and "what is the TEMPO of this loop" share 6 of
+/// 7 words (cosine ≈ 0.857).
+fn bag_of_words(text: &str) -> Vec<f64> {
+    let mut v = vec![0.0; BOW_DIMS];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = blake3::hash(word.to_lowercase().as_bytes());
+        let bucket = u16::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1]]) as usize;
+        v[bucket % BOW_DIMS] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 /// Each embedding is `[hit, h0, h1, h2]` where `h*` come from the input's BLAKE3 hash, so the
-/// vector identifies its input and also which upstream hit produced it.
+/// vector identifies its input and also which upstream hit produced it — except for model
+/// `mock-bow`, whose vectors are [`bag_of_words`].
 fn embeddings(c: &Ctx) -> Reply {
     let inputs: Vec<String> = match &c.json["input"] {
         Value::Null => Vec::new(),
@@ -145,6 +171,9 @@ fn embeddings(c: &Ctx) -> Reply {
         .iter()
         .enumerate()
         .map(|(index, input)| {
+            if c.json["model"] == "mock-bow" {
+                return json!({"object": "embedding", "index": index, "embedding": bag_of_words(input)});
+            }
             let hash = blake3::hash(input.as_bytes());
             let mut embedding = vec![c.hit as f64];
             embedding.extend(hash.as_bytes()[..3].iter().map(|b| f64::from(*b) / 255.0));

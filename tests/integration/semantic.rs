@@ -1,0 +1,381 @@
+//! The semantic cache seen from outside: reworded questions hit, different contexts and
+//! literals never do, the embedder is skipped on exact hits and fails open, streams replay
+//! byte for byte, and two processes sharing a Redis share semantic entries.
+//!
+//! The embedder is a second mock upstream answering model `mock-bow`: a hashed bag of words,
+//! so "What's the tempo of this loop?" and "what is the TEMPO of this loop" score 6/7 ≈ 0.857.
+
+use crate::support::redis::RedisServer;
+use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const ASKED: &str = "What's the tempo of this loop?";
+const REWORDED: &str = "what is the TEMPO of this loop";
+
+fn chat(prompt: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+        {"role": "system", "content": "You are a music production assistant."},
+        {"role": "user", "content": prompt}]})
+}
+
+/// The usual setup: route `openai` → `mock`, semantic cache through upstream `embed`
+/// (`embed_fields` in YAML flow style, e.g. injected headers), `semantic` extra fields, and
+/// `sections` (e.g. a Redis cache).
+fn config(mock: &str, embed: &str, embed_fields: &str, semantic: &str, sections: &str) -> Config {
+    let more = if semantic.is_empty() {
+        String::new()
+    } else {
+        format!(", {semantic}")
+    };
+    let mut config = Config::new()
+        .upstream("mock", mock)
+        .upstream_with("embed", embed, embed_fields)
+        .route(Route::prefixed("openai").targets("[mock]").with(&format!(
+            "cache: {{ semantic: {{ upstream: embed, model: mock-bow, threshold: 0.8, timeout: 500ms{more} }} }}"
+        )));
+    if !sections.is_empty() {
+        config = config.section(sections);
+    }
+    config
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("-", |v| v.to_str().unwrap())
+    }
+
+    fn cache(&self) -> &str {
+        self.header("x-promptgate-cache")
+    }
+
+    fn matched(&self) -> &str {
+        self.header("x-promptgate-cache-match")
+    }
+}
+
+async fn post(gw: &Gateway, headers: &[(&str, &str)], body: &Value) -> Reply {
+    let mut req = client().post(gw.url(CHAT)).json(body);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.send().await.unwrap();
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.text().await.unwrap(),
+    }
+}
+
+/// Embedding calls the embedder mock received.
+fn embeds(embedder: &MockUpstream) -> usize {
+    embedder
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/embeddings")
+        .count()
+}
+
+/// The value of one exact series (`name{labels}`) in a metrics text, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Scrapes until `series` reaches at least `want` (the logging phase runs just after each
+/// response).
+async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
+    for _ in 0..100 {
+        let text = get_text(&gw.admin_url("/metrics")).await;
+        if metric(&text, series).is_some_and(|v| v >= want) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = get_text(&gw.admin_url("/metrics")).await;
+    panic!("{series} never reached {want}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reworded_question_is_answered_from_the_cache() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    let first = post(&gw, &[], &chat(ASKED)).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"));
+    let second = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!(
+        (second.status, second.cache()),
+        (200, "HIT"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(second.matched(), "semantic");
+    assert_eq!(second.header("x-promptgate-similarity"), "0.8571");
+    assert_eq!(second.body, first.body, "the stored answer, byte for byte");
+    assert_eq!(mock.hits(), 1, "one upstream call for both");
+    assert_eq!(embeds(&embedder), 2);
+    // The semantic hit became the reworded request's own exact entry: no embedding needed.
+    let third = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!((third.cache(), third.matched()), ("HIT", "-"));
+    assert_eq!(third.body, first.body);
+    assert_eq!(embeds(&embedder), 2);
+    let text = scrape_until(
+        &gw,
+        r#"promptgate_cache_lookups_total{result="semantic_hit",route="openai"}"#,
+        1.0,
+    )
+    .await;
+    for series in [
+        r#"promptgate_semantic_similarity_count{outcome="served",route="openai"}"#,
+        r#"promptgate_semantic_embed_duration_seconds_count{upstream="embed"}"#,
+    ] {
+        assert!(
+            metric(&text, series).is_some_and(|v| v >= 1.0),
+            "{series}:\n{text}"
+        );
+    }
+    let stats: Value = client()
+        .get(gw.admin_url("/cache/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["semantic_hits"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_hit_never_calls_the_embedder() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    assert_eq!(post(&gw, &[], &chat(ASKED)).await.cache(), "MISS");
+    assert_eq!(
+        embeds(&embedder),
+        1,
+        "the miss was embedded (to look up and to index)"
+    );
+    for _ in 0..3 {
+        let hit = post(&gw, &[], &chat(ASKED)).await;
+        assert_eq!((hit.cache(), hit.matched()), ("HIT", "-"));
+    }
+    assert_eq!(embeds(&embedder), 1, "exact hits skip the embedder");
+    assert_eq!(mock.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_but_the_compared_text_may_differ() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    let base = |prompt: &str| chat(prompt);
+    let first = post(
+        &gw,
+        &[("authorization", "Bearer sk-a")],
+        &base("Can you speed this loop up to 90 bpm?"),
+    )
+    .await;
+    assert_eq!(first.cache(), "MISS");
+    let reworded = "could you speed this loop up to 90 BPM";
+    let mut other_system = base(reworded);
+    other_system["messages"][0]["content"] = json!("You are a cooking assistant.");
+    let mut other_model = base(reworded);
+    other_model["model"] = json!("gpt-4o");
+    let mut other_temperature = base(reworded);
+    other_temperature["temperature"] = json!(0.7);
+    let mut earlier_turn = base(reworded);
+    earlier_turn["messages"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"role": "user", "content": "hello"}));
+    let cases: [(&str, &str, Value); 6] = [
+        ("credential", "Bearer sk-b", base(reworded)),
+        ("system prompt", "Bearer sk-a", other_system),
+        ("model", "Bearer sk-a", other_model),
+        ("parameter", "Bearer sk-a", other_temperature),
+        ("earlier turn", "Bearer sk-a", earlier_turn),
+        (
+            "a differing number",
+            "Bearer sk-a",
+            // 8 of 9 words shared (cosine 0.889, over the threshold): the literal guard's case.
+            base("Can you speed this loop up to 120 bpm?"),
+        ),
+    ];
+    for (what, auth, body) in &cases {
+        let reply = post(&gw, &[("authorization", auth)], body).await;
+        assert_eq!((reply.status, reply.cache()), (200, "MISS"), "{what}");
+    }
+    // The control: the same rewording with everything else equal does hit.
+    let same = post(&gw, &[("authorization", "Bearer sk-a")], &base(reworded)).await;
+    assert_eq!(
+        (same.cache(), same.matched()),
+        ("HIT", "semantic"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(same.body, first.body);
+    assert_eq!(mock.hits(), 1 + cases.len());
+    // The 120 bpm request was similar enough; the literal guard refused it.
+    scrape_until(
+        &gw,
+        r#"promptgate_semantic_similarity_count{outcome="guard_refused",route="openai"}"#,
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_replayed_byte_for_byte() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    let streaming = |prompt: &str| {
+        let mut body = chat(prompt);
+        body["stream"] = json!(true);
+        body
+    };
+    let first = post(&gw, &[], &streaming(ASKED)).await;
+    assert_eq!(first.cache(), "MISS");
+    assert!(first.body.contains("data: [DONE]"), "{}", first.body);
+    // A non-streaming rewording is another context: not served the stream.
+    assert_eq!(post(&gw, &[], &chat(REWORDED)).await.cache(), "MISS");
+    let second = post(&gw, &[], &streaming(REWORDED)).await;
+    assert_eq!((second.cache(), second.matched()), ("HIT", "semantic"));
+    assert_eq!(second.header("content-type"), "text/event-stream");
+    assert_eq!(second.body, first.body, "replayed byte for byte");
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exact_match_header_turns_the_semantic_lookup_off() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    post(&gw, &[], &chat(ASKED)).await;
+    let reply = post(
+        &gw,
+        &[("x-promptgate-cache-match", "exact")],
+        &chat(REWORDED),
+    )
+    .await;
+    assert_eq!(reply.cache(), "MISS");
+    assert_eq!(
+        embeds(&embedder),
+        1,
+        "no embedding for an exact-only request"
+    );
+    scrape_until(
+        &gw,
+        r#"promptgate_semantic_skipped_total{reason="exact_only",route="openai"}"#,
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_counts_would_be_hits_without_serving_them() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "shadow: true", ""));
+    post(&gw, &[], &chat(ASKED)).await;
+    let reply = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!(reply.cache(), "MISS");
+    assert_eq!(mock.hits(), 2, "shadow mode never serves");
+    let text = scrape_until(
+        &gw,
+        r#"promptgate_semantic_shadow_hits_total{route="openai"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"promptgate_cache_lookups_total{result="semantic_hit",route="openai"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_slow_or_garbled_embedder_fails_open_within_its_timeout() {
+    let mock = MockUpstream::start().await;
+    let embedder = MockUpstream::start().await;
+    let (nothing, live) = (format!("http://127.0.0.1:{}", free_port()), embedder.url());
+    let cases = [
+        ("connect", nothing.as_str(), "", ""),
+        (
+            "timeout",
+            live.as_str(),
+            "headers: { x-mock-delay-ms: \"3000\" }",
+            "",
+        ),
+        // Not an embeddings endpoint: the mock echoes the request as JSON.
+        ("invalid", live.as_str(), "", "path: /v1/models"),
+    ];
+    for (reason, url, fields, semantic) in cases {
+        let gw = Gateway::start(config(&mock.url(), url, fields, semantic, ""));
+        for prompt in [ASKED, REWORDED] {
+            let started = Instant::now();
+            let reply = post(&gw, &[], &chat(prompt)).await;
+            assert_eq!((reply.status, reply.cache()), (200, "MISS"), "{reason}");
+            // The semantic timeout is 500 ms; the delayed embedder would take 3 s.
+            assert!(
+                started.elapsed() < Duration::from_millis(2000),
+                "{reason}: {:?}",
+                started.elapsed()
+            );
+        }
+        scrape_until(
+            &gw,
+            &format!(
+                r#"promptgate_semantic_embed_errors_total{{reason="{reason}",upstream="embed"}}"#
+            ),
+            2.0,
+        )
+        .await;
+        // Exact caching goes on.
+        assert_eq!(
+            post(&gw, &[], &chat(ASKED)).await.cache(),
+            "HIT",
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_a_redis_share_semantic_entries() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let redis = RedisServer::start();
+    let section = format!(
+        "cache:\n  backend: redis\n  redis: {{ url: \"{}\", timeout: 1s }}",
+        redis.url()
+    );
+    let a = Gateway::start(config(&mock.url(), &embedder.url(), "", "", &section));
+    let b = Gateway::start(config(&mock.url(), &embedder.url(), "", "", &section));
+    assert_eq!(post(&a, &[], &chat(ASKED)).await.cache(), "MISS");
+    // The entry and its vector reach Redis in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("promptgate:v1:openai:*").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keys = redis.keys("promptgate:v1:openai:*");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let list = keys
+        .iter()
+        .find(|k| k.contains(":sem:"))
+        .expect("a vector list");
+    assert!(redis.ttl(list) > 0, "the vector list expires");
+    let reply = post(&b, &[], &chat(REWORDED)).await;
+    assert_eq!(
+        (reply.cache(), reply.matched()),
+        ("HIT", "semantic"),
+        "{}",
+        b.logs()
+    );
+    assert_eq!(mock.hits(), 1, "the other process's answer");
+}
