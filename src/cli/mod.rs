@@ -167,6 +167,38 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The semantic side of `promptgate key`: the context key, the compared text and what the
+/// literal guard reads in it — or why the request is only exactly cached.
+fn print_semantic(
+    req: &pingora::http::RequestHeader,
+    route: &crate::routing::Route,
+    spec: &crate::config::schema::SemanticSpec,
+    embedder: &crate::routing::upstream::Upstream,
+    body: &[u8],
+) {
+    use crate::cache::semantic::guard::Literals;
+    match crate::proxy::semantic::probe(req, route, spec, embedder, req.uri.path(), body) {
+        Ok(probe) => {
+            println!("context:   {}", probe.context.hex());
+            println!("compared:  {:?}", probe.text);
+            match Literals::of(&probe.text) {
+                Ok(lits) => {
+                    let literals: Vec<String> = lits
+                        .sorted()
+                        .iter()
+                        .map(|(class, value)| format!("{class}:{value:?}"))
+                        .collect();
+                    let names: Vec<&str> = lits.names().collect();
+                    println!("literals:  [{}]", literals.join(", "));
+                    println!("names:     [{}]", names.join(", "));
+                }
+                Err(e) => println!("literals:  none ({e}; never a semantic hit)"),
+            }
+        }
+        Err(e) => println!("semantic:  not compared ({e}); exact caching only"),
+    }
+}
+
 /// `promptgate key`: derives the key exactly as the proxy does for this request.
 fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     use std::io::Read;
@@ -214,6 +246,9 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
     println!("scope:     {:?}", route.cache.scope);
+    if let (Some(spec), Some(embedder)) = (&route.cache.semantic, &route.embedder) {
+        print_semantic(&req, route, spec, embedder, &body);
+    }
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());
     println!("{}", String::from_utf8_lossy(canonical.as_bytes()));
     Ok(())

@@ -757,6 +757,43 @@ bogus: 1
     }
 
     #[test]
+    fn semantic_settings_have_defaults_and_are_validated() {
+        let route = |semantic: &str| {
+            format!(
+                "upstreams: {{ u: {{ url: \"http://127.0.0.1:1\" }}, e: {{ url: \"http://127.0.0.1:2\" }} }}\nroutes:\n  - name: r\n    targets: [u]\n    cache: {{ semantic: {semantic} }}\n"
+            )
+        };
+        let t = ok(&route("{ upstream: e, model: all-minilm }"));
+        let r = &t.routes[0];
+        let s = r.cache.semantic.as_ref().unwrap();
+        assert_eq!(r.embedder.as_ref().unwrap().name, "e");
+        assert_eq!(
+            (s.path.as_str(), s.threshold, s.timeout.as_secs(), s.shadow),
+            ("/v1/embeddings", 0.90, 1, false)
+        );
+        assert_eq!((s.max_per_context, s.max_chars), (64, 1000));
+        let p = problems(&route(
+            "{ upstream: nope, model: \" \", path: v1, threshold: 1.5, timeout: 0s, max_per_context: 0, max_chars: 0 }",
+        ));
+        let text = format!("{p:?}");
+        for field in [
+            "routes[0].cache.semantic.upstream",
+            "routes[0].cache.semantic.model",
+            "routes[0].cache.semantic.path",
+            "routes[0].cache.semantic.threshold",
+            "routes[0].cache.semantic.timeout",
+            "routes[0].cache.semantic.max_per_context",
+            "routes[0].cache.semantic.max_chars",
+        ] {
+            assert!(text.contains(field), "{field}: {text}");
+        }
+        let p = problems(&route("{ upstream: e }"));
+        assert!(format!("{p:?}").contains("model"), "{p:?}");
+        let p = problems(&route("{ upstream: e, model: m, treshold: 0.9 }"));
+        assert!(format!("{p:?}").contains("treshold"), "{p:?}");
+    }
+
+    #[test]
     fn pricing_log_and_admin_token() {
         let t = ok(r#"
 admin_token: "${OPENAI_API_KEY}"

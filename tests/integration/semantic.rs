@@ -379,3 +379,67 @@ async fn two_processes_sharing_a_redis_share_semantic_entries() {
     );
     assert_eq!(mock.hits(), 1, "the other process's answer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promptgate_key_shows_the_context_and_the_compared_text() {
+    use crate::support::gateway::binary;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let redis = RedisServer::start();
+    let section = format!(
+        "cache:\n  backend: redis\n  redis: {{ url: \"{}\", timeout: 1s }}",
+        redis.url()
+    );
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", &section));
+    post(&gw, &[], &chat(ASKED)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let list = loop {
+        let keys = redis.keys("promptgate:v1:openai:sem:*");
+        if let Some(k) = keys.first() {
+            break k.clone();
+        }
+        assert!(Instant::now() < deadline, "no vector list in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let run = |body: &Value| {
+        let mut child = Command::new(binary())
+            .args(["key", "--config"])
+            .arg(gw.config_path())
+            .args(["--route", "openai", "--path", CHAT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(body.to_string().as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = |text: &str, label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} in {text}"))
+            .trim()
+            .to_string()
+    };
+    // The reworded request has the stored one's context: the list key ends with it.
+    let out = run(&chat(REWORDED));
+    assert!(list.ends_with(&line(&out, "context:")), "{list}\n{out}");
+    assert_eq!(line(&out, "compared:"), format!("{REWORDED:?}"));
+    let out = run(&chat("Can you speed this loop up to 90 bpm in F# minor?"));
+    assert_eq!(
+        line(&out, "literals:"),
+        r#"[note:"F# minor", number:"90 bpm"]"#
+    );
+    let mut image = chat(ASKED);
+    image["messages"][1]["content"] = json!([{"type": "image_url", "image_url": {"url": "x"}}]);
+    assert!(line(&run(&image), "semantic:").starts_with("not compared"));
+}
