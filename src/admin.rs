@@ -230,7 +230,7 @@ impl Admin {
 
     fn config(&self) -> Response<Vec<u8>> {
         let runtime = self.reloader.runtime().load_full();
-        match serde_json::to_value(&*runtime.spec) {
+        match serde_json::to_value(&*runtime.sections) {
             Ok(v) => json(StatusCode::OK, v),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,

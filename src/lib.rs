@@ -13,7 +13,8 @@
 //!   reload. Fed shared state; never reaches into the proxy.
 //! - [`proxy`] — the Pingora `ProxyHttp` phases for one request, hostile-input checks, the
 //!   upstream exchange, retries and failover, relaying.
-//! - [`runtime`] — the running state built from one config (routes, cache policy, prices, …).
+//! - [`runtime`] — the running state built from one validated config (routes, upstreams,
+//!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
 //!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
@@ -22,8 +23,9 @@
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics.
 //! - [`logging`] — logger set-up (text or JSON), the access log line.
-//! - [`config`] — plain data: YAML → `${ENV}` → typed sections → validated spec, every problem
-//!   with path and line. Imports no runtime module.
+//! - [`config`] — plain data: YAML → `${ENV}` → typed sections → validated [`config::Spec`]
+//!   (per-route cache settings resolved, Redis URLs parsed), every problem with path and line.
+//!   Imports no runtime module.
 
 pub mod admin;
 pub mod cache;

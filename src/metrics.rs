@@ -52,6 +52,15 @@ impl ReloadResult {
     }
 }
 
+/// The counters of `promptgate_config_watch_events_total`, handed to the config file watcher.
+#[derive(Debug, Clone)]
+pub struct WatchCounters {
+    /// Events about the config file (or that may hide one: its directory, a queue overflow).
+    pub config: IntCounter,
+    /// Events about another file in the config's directory: each woke the watcher for nothing.
+    pub other: IntCounter,
+}
+
 /// The `cache` label of a request: where its answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLabel {
@@ -283,6 +292,7 @@ pub struct Metrics {
     registry: Registry,
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+    config_watch_events: IntCounterVec,
     requests: IntCounterVec,
     cache_lookups: IntCounterVec,
     request_duration: HistogramVec,
@@ -363,6 +373,15 @@ impl Metrics {
         // Both series exist from the start, so `rate()` and alerts see a 0 before the first error.
         for result in [ReloadResult::Success, ReloadResult::Error] {
             config_reloads.with_label_values(&[result.label()]);
+        }
+        let config_watch_events = counter_vec(
+            r,
+            "promptgate_config_watch_events_total",
+            "Events the config file watcher received, by file: config (the config file, its ConfigMap link) or other (another file in its directory).",
+            &["file"],
+        );
+        for file in ["config", "other"] {
+            config_watch_events.with_label_values(&[file]);
         }
         let requests = counter_vec(
             r,
@@ -460,6 +479,7 @@ impl Metrics {
             registry,
             config_reloads,
             config_last_reload_success,
+            config_watch_events,
             requests,
             cache_lookups,
             request_duration,
@@ -668,6 +688,14 @@ impl Metrics {
             .inc();
         if result == ReloadResult::Success {
             self.config_loaded();
+        }
+    }
+
+    /// The watcher's event counters (cheap handles on the same series).
+    pub fn config_watch_counters(&self) -> WatchCounters {
+        WatchCounters {
+            config: self.config_watch_events.with_label_values(&["config"]),
+            other: self.config_watch_events.with_label_values(&["other"]),
         }
     }
 

@@ -23,7 +23,10 @@ routes:
 
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| promptgate::config::parse(CONFIG, "fuzz", &|_| None).expect("valid"))
+    RUNTIME.get_or_init(|| {
+        let spec = promptgate::config::parse(CONFIG, "fuzz", &|_| None).expect("valid");
+        promptgate::runtime::build(&spec)
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -1,118 +1,12 @@
-//! What may be cached for a request: the route's cache policy, the request's own controls
-//! (`Cache-Control`, `x-promptgate-cache`, `x-promptgate-ttl`), and the credential scope.
+//! What may be cached for a request: the route's cache settings ([`RouteCache`], resolved with
+//! the config), the request's own controls (`Cache-Control`, `x-promptgate-cache`,
+//! `x-promptgate-ttl`), and the credential scope.
 
 use super::key::{self, CacheKey, CanonicalBody, KeyInput};
-use crate::config::schema::{CacheScope, CacheSpec, Replay, RouteCacheSpec, SemanticSpec};
-use http::HeaderName;
+use crate::config::schema::CacheScope;
+use crate::config::RouteCache;
 use pingora::http::RequestHeader;
 use std::time::Duration;
-
-/// A route's effective cache settings (route overrides applied over the `cache:` defaults).
-#[derive(Debug, Clone)]
-pub struct CachePolicy {
-    pub enabled: bool,
-    pub ttl: Duration,
-    pub scope: CacheScope,
-    pub ignore_fields: Vec<String>,
-    pub vary: Vec<HeaderName>,
-    pub max_entry_bytes: usize,
-    pub replay: Replay,
-    pub complete_on_disconnect: bool,
-    pub coalesce: bool,
-    pub coalesce_timeout: Duration,
-    /// The semantic cache, when the route opts in.
-    pub semantic: Option<SemanticSpec>,
-}
-
-impl CachePolicy {
-    /// The route's overrides applied over the `cache:` defaults; or each field that is wrong
-    /// (relative to `routes[N].cache`) with its problem.
-    pub fn resolve(
-        global: &CacheSpec,
-        route: &RouteCacheSpec,
-    ) -> Result<CachePolicy, Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        let ttl = route.ttl.unwrap_or(global.ttl);
-        if ttl.is_zero() {
-            problems.push((
-                "ttl".to_string(),
-                "must be greater than 0 (use enabled: false to turn caching off)".to_string(),
-            ));
-        }
-        let mut vary = Vec::new();
-        for (i, name) in route
-            .vary
-            .as_ref()
-            .unwrap_or(&global.vary)
-            .iter()
-            .enumerate()
-        {
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => vary.push(h),
-                Err(_) => problems.push((
-                    format!("vary[{i}]"),
-                    format!("{name:?} is not a valid header name"),
-                )),
-            }
-        }
-        if let Some(sem) = &route.semantic {
-            problems.extend(
-                semantic_problems(sem)
-                    .into_iter()
-                    .map(|(field, message)| (format!("semantic.{field}"), message)),
-            );
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(CachePolicy {
-            semantic: route.semantic.clone(),
-            enabled: global.enabled && route.enabled.unwrap_or(true),
-            ttl,
-            scope: route.scope.unwrap_or(global.scope),
-            ignore_fields: route
-                .ignore_fields
-                .clone()
-                .unwrap_or_else(|| global.ignore_fields.clone()),
-            vary,
-            max_entry_bytes: global.max_entry_bytes,
-            replay: route.replay.unwrap_or(global.replay),
-            complete_on_disconnect: route
-                .complete_on_disconnect
-                .unwrap_or(global.complete_on_disconnect),
-            coalesce: route.coalesce.unwrap_or(global.coalesce),
-            coalesce_timeout: global.coalesce_timeout,
-        })
-    }
-}
-
-/// Each field of a `semantic:` section that is out of range, with its problem (the upstream
-/// name is checked against the upstreams by the config compiler).
-fn semantic_problems(s: &SemanticSpec) -> Vec<(&'static str, String)> {
-    let mut problems = Vec::new();
-    if !s.path.starts_with('/') {
-        problems.push(("path", "must start with /".to_string()));
-    }
-    if s.model.trim().is_empty() {
-        problems.push(("model", "must name the embedding model".to_string()));
-    }
-    if !(s.threshold > 0.0 && s.threshold <= 1.0) {
-        problems.push((
-            "threshold",
-            format!("must be a cosine similarity in (0, 1], got {}", s.threshold),
-        ));
-    }
-    if s.timeout.is_zero() || s.timeout > Duration::from_secs(60) {
-        problems.push(("timeout", "must be between 1ms and 60s".to_string()));
-    }
-    if !(1..=1024).contains(&s.max_per_context) {
-        problems.push(("max_per_context", "must be between 1 and 1024".to_string()));
-    }
-    if s.max_chars == 0 {
-        problems.push(("max_chars", "must be at least 1".to_string()));
-    }
-    problems
-}
 
 /// Headers (and the `key` query parameter) that carry a client credential.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
@@ -192,11 +86,12 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The cache key of a request on a route with `policy`, and the canonical body that was hashed.
+/// The cache key of a request on a route with cache settings `policy`, and the canonical body
+/// that was hashed.
 pub fn request_key<'a>(
     req: &RequestHeader,
     route: &str,
-    policy: &CachePolicy,
+    policy: &RouteCache,
     path: &str,
     body: &'a [u8],
 ) -> (CacheKey, CanonicalBody<'a>) {

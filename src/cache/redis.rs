@@ -12,8 +12,9 @@
 //! reconnect, which it then retries.
 //!
 //! The URLs may hold a password: they never appear in logs, `Debug` output or errors except
-//! in redacted form ([`redact_url`]).
+//! in redacted form ([`redact_url`](crate::config::redis_url::redact_url)).
 
+use crate::config::redis_url::{self, scrub};
 use crate::config::schema::RedisSpec;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Value};
+use redis::{Cmd, FromRedisValue, Value};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -64,36 +65,6 @@ pub enum RedisError {
     /// Too many background writes in flight, or no tokio runtime to run one on.
     #[error("background Redis write dropped: {0}")]
     WriteDropped(&'static str),
-}
-
-/// `url` with any `user:password@` replaced by `*****@`, and any query string dropped (it may
-/// carry credentials too). Works on strings that do not parse as URLs.
-pub fn redact_url(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or("");
-    let (scheme, rest) = match without_query.find("://") {
-        Some(i) => without_query.split_at(i + 3),
-        None => ("", without_query),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = match authority.rfind('@') {
-        Some(at) => format!("*****@{}", &authority[at + 1..]),
-        None => authority.to_string(),
-    };
-    let tail = if url.len() > without_query.len() {
-        "?…"
-    } else {
-        ""
-    };
-    format!("{scheme}{host}{path}{tail}")
-}
-
-/// The raw (still percent-encoded) password part of `scheme://user:password@host`, if any.
-fn raw_password(url: &str) -> Option<&str> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p)
 }
 
 /// Circuit breaker state in one atomic: the instant (ms since the store's start) until which the
@@ -299,46 +270,18 @@ impl RedisStore {
     /// Connects lazily on first use (which happens inside a tokio runtime).
     pub fn new(spec: &RedisSpec) -> Result<RedisStore, RedisError> {
         let write_timeout = spec.timeout.max(MIN_WRITE_TIMEOUT);
-        let urls: Vec<&str> = if spec.cluster.is_empty() {
-            vec![spec.url.expose().as_str()]
-        } else {
-            spec.cluster.iter().map(|u| u.expose().as_str()).collect()
-        };
-        let mut secrets = Vec::new();
-        let mut infos = Vec::new();
-        for url in &urls {
-            if url.trim().is_empty() {
-                return Err(RedisError::InvalidUrl("(empty)".into()));
-            }
-            if let Some(raw) = raw_password(url).filter(|p| !p.is_empty()) {
-                secrets.push(raw.to_string());
-            }
-            let info = url.into_connection_info().map_err(|e| {
-                RedisError::InvalidUrl(format!(
-                    "{}: {}",
-                    redact_url(url),
-                    scrub(&e.to_string(), &secrets)
-                ))
-            })?;
-            if let Some(p) = info.redis.password.as_ref().filter(|p| !p.is_empty()) {
-                secrets.push(p.clone());
-            }
-            infos.push(info);
-        }
-        // Longest secrets first, so a password containing another is scrubbed whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        let redacted = urls
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(",");
+        let redis_url::RedisUrls {
+            mut nodes,
+            cluster,
+            secrets,
+            redacted,
+        } = redis_url::parse(spec).map_err(|e| RedisError::InvalidUrl(e.0))?;
         let invalid = |e: redis::RedisError| {
             RedisError::InvalidUrl(format!("{redacted}: {}", scrub(&e.to_string(), &secrets)))
         };
 
-        let backend = if spec.cluster.is_empty() {
-            let info = infos.pop().expect("one URL");
+        let backend = if !cluster {
+            let info = nodes.pop().expect("parse returns at least one node");
             let client = redis::Client::open(info).map_err(invalid)?;
             // No retries inside the manager: the circuit breaker paces reconnects, and a
             // retrying reconnect would make every operation wait on it until its timeout.
@@ -354,7 +297,7 @@ impl RedisStore {
         } else {
             // A couple of retries let MOVED/ASK redirections during resharding succeed; the
             // operation's own timeout still bounds the whole thing.
-            let client = ClusterClient::builder(infos)
+            let client = ClusterClient::builder(nodes)
                 .connection_timeout(write_timeout)
                 .response_timeout(write_timeout)
                 .retries(2)
@@ -686,12 +629,6 @@ impl Drop for WriteSlot {
 }
 
 /// `text` with every secret replaced by `*****`.
-fn scrub(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "*****"))
-}
-
 /// Escapes the glob metacharacters of SCAN MATCH, so a prefix matches only itself.
 fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len());
@@ -729,20 +666,6 @@ mod tests {
     use crate::config::secret::Secret;
 
     #[test]
-    fn redacts_credentials_and_query() {
-        assert_eq!(
-            redact_url("redis://:hunter2@cache:6379/0"),
-            "redis://*****@cache:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:p%40ss@h:1?password=x"),
-            "rediss://*****@h:1?…"
-        );
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("not a url:pw@x"), "*****@x");
-    }
-
-    #[test]
     fn invalid_url_error_never_shows_the_password() {
         for url in [
             "redis://:s3cr3t-pw@",
@@ -778,12 +701,6 @@ mod tests {
             ..RedisSpec::default()
         };
         RedisStore::new(&cluster).unwrap();
-    }
-
-    #[test]
-    fn scrubs_secrets_from_error_text() {
-        let secrets = vec!["pw-long".to_string(), "pw".to_string()];
-        assert_eq!(scrub("auth pw-long / pw", &secrets), "auth ***** / *****");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub struct ConfigArg {
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<(PathBuf, crate::runtime::Runtime)> {
         let path = config::resolve_path(self.config.as_deref())?;
-        let runtime = config::load(&path)?;
+        let runtime = crate::runtime::load(&path)?;
         Ok((path, runtime))
     }
 }

@@ -1,20 +1,25 @@
-//! Config loading: file → YAML → `${ENV}` expansion → typed sections → validated `Table`.
+//! Config loading, plain data only: file → YAML → `${ENV}` expansion → typed sections →
+//! validated [`Spec`]. Building the running state from a spec is `runtime::build`'s job; this
+//! module imports no runtime module.
 //!
 //! Every problem is collected (each with its field path and line) and reported at once;
 //! `promptgate check`, start-up and reload all go through [`load`].
 
-mod compile;
 mod interpolate;
 mod locate;
+pub mod redis_url;
 pub mod schema;
 pub mod secret;
+pub mod spec;
+mod validate;
 
-use crate::runtime::Runtime;
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+pub use spec::{RouteCache, Spec};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +110,7 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 /// Reads and validates the config file at `path`, expanding `${VAR}` from the process environment.
-pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
+pub fn load(path: &Path) -> Result<Spec, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -120,7 +125,7 @@ pub fn parse(
     text: &str,
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Runtime, ConfigError> {
+) -> Result<Spec, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         origin: origin.to_string(),
         problems,
@@ -152,7 +157,7 @@ pub fn parse(
         index: &index,
         problems,
     };
-    let runtime = compile::compile(&mut sections, root);
+    let spec = validate::validate(&mut sections, root);
     let mut problems = sections.problems;
     for p in &mut problems {
         if p.line.is_none() {
@@ -160,8 +165,8 @@ pub fn parse(
         }
         redact_env_values(p, &expanded.borrow());
     }
-    match runtime {
-        Some(runtime) if problems.is_empty() => Ok(runtime),
+    match spec {
+        Some(spec) if problems.is_empty() => Ok(spec),
         _ => Err(invalid(problems)),
     }
 }

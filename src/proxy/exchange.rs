@@ -358,16 +358,19 @@ mod tests {
     fn upstream() -> Upstream {
         let mut key = HeaderValue::from_static("Bearer injected");
         key.set_sensitive(true);
-        Upstream::new(
-            "openai".into(),
-            true,
-            "api.openai.com".into(),
-            443,
-            "/base".into(),
-            vec![(header::AUTHORIZATION, Secret::new(key))],
-            TimeoutsSpec::default(),
-        )
-        .unwrap()
+        let spec = crate::config::spec::Upstream {
+            tls: true,
+            host: "api.openai.com".into(),
+            port: 443,
+            base_path: "/base".into(),
+            host_header: HeaderValue::from_static("api.openai.com"),
+            headers: vec![(header::AUTHORIZATION, Secret::new(key))],
+            timeouts: TimeoutsSpec::default(),
+            health: Default::default(),
+            max_concurrent: 0,
+            queue_timeout: std::time::Duration::from_secs(5),
+        };
+        Upstream::new("openai".into(), &spec)
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use crate::config::schema::{PriorityGroup, Strategy};
 use crate::routing::{Route, Target};
 
-/// The request header that picks a priority group.
-pub const PRIORITY_HEADER: &str = "x-promptgate-priority";
+/// The request header that picks a priority group (part of the config's contract, because a
+/// route with groups varies its cache key on it).
+pub use crate::config::spec::PRIORITY_HEADER;
 /// A model alias that picks a priority group: `"model": "auto:speed"`.
 const MODEL_ALIAS_PREFIX: &str = "auto:";
 
@@ -115,9 +116,8 @@ mod tests {
         let yaml = format!(
             "upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\n  b: {{ url: \"http://127.0.0.1:2\" }}\n  c: {{ url: \"http://127.0.0.1:3\" }}\nroutes:\n  - name: r\n{yaml_route}"
         );
-        let mut runtime =
-            config::parse(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        runtime.routes.remove(0)
+        let spec = config::parse(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        crate::runtime::build(&spec).routes.remove(0)
     }
 
     fn names(list: &[&Target]) -> Vec<String> {

@@ -3,8 +3,8 @@
 pub mod balance;
 pub mod upstream;
 
-use crate::cache::policy::CachePolicy;
 use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
+use crate::config::RouteCache;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub struct Route {
     pub groups: Vec<(PriorityGroup, Vec<Target>)>,
     pub strategy: Strategy,
     pub retry: RetrySpec,
-    pub cache: CachePolicy,
+    pub cache: RouteCache,
     /// The upstream named by `cache.semantic.upstream`, when the route has a semantic cache.
     pub embedder: Option<Arc<Upstream>>,
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
@@ -145,7 +145,7 @@ mod tests {
             groups: vec![],
             strategy: Strategy::Failover,
             retry: RetrySpec::default(),
-            cache: CachePolicy::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
+            cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             embedder: None,
             key_name: "r".into(),
         }

@@ -3,6 +3,7 @@
 
 use crate::config::schema::{HealthSpec, TimeoutsSpec};
 use crate::config::secret::Secret;
+use crate::config::spec;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
@@ -69,52 +70,32 @@ pub struct ResolveError {
 }
 
 impl Upstream {
-    pub fn new(
-        name: String,
-        tls: bool,
-        host: String,
-        port: u16,
-        base_path: String,
-        headers: Vec<(HeaderName, Secret<HeaderValue>)>,
-        timeouts: TimeoutsSpec,
-    ) -> Result<Upstream, http::header::InvalidHeaderValue> {
-        let default_port = if tls { 443 } else { 80 };
-        let host_header = if port == default_port {
-            HeaderValue::from_str(&host)?
-        } else {
-            HeaderValue::from_str(&format!("{host}:{port}"))?
-        };
-        Ok(Upstream {
+    /// The running upstream `name` for its validated config: health counters at zero, no
+    /// DNS answer yet, and `max_concurrent` slots when capped.
+    pub fn new(name: String, spec: &spec::Upstream) -> Upstream {
+        Upstream {
             name,
-            tls,
-            host,
-            port,
-            base_path,
-            host_header,
-            headers,
-            timeouts,
+            tls: spec.tls,
+            host: spec.host.clone(),
+            port: spec.port,
+            base_path: spec.base_path.clone(),
+            host_header: spec.host_header.clone(),
+            headers: spec.headers.clone(),
+            timeouts: spec.timeouts.clone(),
             resolved: Mutex::new(None),
             health: Health {
-                spec: HealthSpec::default(),
+                spec: spec.health.clone(),
                 failures: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
             },
             latency_ewma: AtomicU64::new(0),
-            slots: None,
-        })
-    }
-
-    /// Sets passive health and the concurrency cap (`max_concurrent` 0 = none).
-    pub fn with_limits(
-        mut self,
-        health: HealthSpec,
-        max_concurrent: usize,
-        queue_timeout: Duration,
-    ) -> Upstream {
-        self.health.spec = health;
-        self.slots =
-            (max_concurrent > 0).then(|| (Arc::new(Semaphore::new(max_concurrent)), queue_timeout));
-        self
+            slots: (spec.max_concurrent > 0).then(|| {
+                (
+                    Arc::new(Semaphore::new(spec.max_concurrent)),
+                    spec.queue_timeout,
+                )
+            }),
+        }
     }
 
     /// True while the upstream is ejected after repeated failures.

@@ -1,7 +1,12 @@
 //! The running state built from one config: listeners, routes, cache policy, prices, logging.
 //!
-//! A `Runtime` is swapped whole on reload; each request loads one snapshot at its start and
-//! keeps it to its end.
+//! A `Runtime` is built from a validated [`crate::config::Spec`] ([`build`], or [`load`] for a
+//! file) and swapped whole on reload; each request loads one snapshot at its start and keeps
+//! it to its end.
+
+mod build;
+
+pub use build::{build, load};
 
 use crate::config::schema::{CacheSpec, ConfigSpec, LogSpec, ReloadSpec};
 use crate::config::secret::Secret;
@@ -32,7 +37,7 @@ pub struct Runtime {
     /// `admin_token`: required (as `Authorization: Bearer …`) by mutating admin endpoints.
     pub admin_token: Option<Secret<String>>,
     /// The validated sections, secrets redacted when serialized, for `GET /config`.
-    pub spec: Arc<ConfigSpec>,
+    pub sections: Arc<ConfigSpec>,
 }
 
 impl Runtime {

@@ -6,6 +6,7 @@ pub mod inflight;
 pub mod reload;
 pub mod systemd;
 pub mod upgrade;
+pub mod watch;
 
 use crate::admin::Admin;
 use crate::cache::Cache;

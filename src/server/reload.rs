@@ -1,7 +1,8 @@
-//! Config reload: re-read the config file and swap the routing table whole, or keep the running
-//! one — triggered by a file change, SIGHUP or `POST /reload`, all through [`Reloader::reload`].
+//! Config reload: validate the config file, build its runtime and swap it in whole, or keep the
+//! running one — triggered by a file change (signalled by [`super::watch`]), SIGHUP or
+//! `POST /reload`, all through [`Reloader::reload`].
 //!
-//! A reload validates exactly like start-up and `promptgate check` ([`config::load`]). An
+//! A reload validates exactly like start-up and `promptgate check` ([`runtime::load`]). An
 //! invalid file changes nothing: the error (every problem, with file and line) is logged and
 //! counted, and the running table keeps serving. Requests already under way keep the snapshot
 //! they loaded at their start, so a reload never changes a request mid-flight.
@@ -15,25 +16,21 @@
 //! keyed by peer (address, scheme, SNI, TLS options), not by table, so an upstream whose
 //! address is unchanged keeps its pooled connections.
 
+use super::watch::FileWatch;
 use crate::cache::Cache;
-use crate::config::{self, ConfigError};
+use crate::config::ConfigError;
 use crate::metrics::{Metrics, ReloadResult};
-use crate::runtime::Runtime;
+use crate::runtime::{self, Runtime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
-use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
 
 /// Config fields that are bound when the process starts (sockets, runtimes).
 /// `upgrade_sock` is among them because a new process started with `--upgrade` reads it from the
@@ -46,15 +43,6 @@ pub const RESTART_FIELDS: &[&str] = &[
     "upgrade_sock",
     "cache.memory.max_bytes",
 ];
-
-/// Quiet time after the last file event before reloading: editors and `kubectl` touch the file
-/// (or its directory) several times per save, and we want to read the finished result once.
-const DEBOUNCE: Duration = Duration::from_millis(250);
-/// Longest a steady stream of events can postpone a reload.
-const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
-/// The symlink a Kubernetes ConfigMap volume flips to publish a new version; the config file
-/// itself is a symlink through it, so its own name never shows up in those events.
-const CONFIGMAP_DATA_LINK: &str = "..data";
 
 /// What asked for a reload, for the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +86,9 @@ pub struct Reloader {
     /// Serializes reloads so that two racing triggers cannot store an older read over a newer
     /// one. Only held in synchronous code.
     serial: Mutex<()>,
+    /// `reload.watch` of the config in force, for the service that starts and stops the file
+    /// watcher.
+    watch_file: watch::Sender<bool>,
 }
 
 impl Reloader {
@@ -107,12 +98,14 @@ impl Reloader {
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
+        let watch_file = watch::Sender::new(runtime.load().reload.watch);
         Reloader {
             path,
             runtime,
             cache,
             metrics,
             serial: Mutex::new(()),
+            watch_file,
         }
     }
 
@@ -124,13 +117,18 @@ impl Reloader {
         &self.runtime
     }
 
+    /// Follows `reload.watch` of the config in force: whether the file should be watched.
+    pub fn watch_file(&self) -> watch::Receiver<bool> {
+        self.watch_file.subscribe()
+    }
+
     /// Reads, validates and swaps in the config file, or keeps the running table on error.
     ///
     /// Blocking (a small file read and parse, a few milliseconds); callers on a runtime accept
     /// that rather than hop to a blocking pool for it.
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = match config::load(&self.path) {
+        let mut next = match runtime::load(&self.path) {
             Ok(runtime) => runtime,
             Err(e) => {
                 self.metrics.config_reloaded(ReloadResult::Error);
@@ -162,7 +160,10 @@ impl Reloader {
             log::error!("config reload ({trigger}): cache backend unchanged: {e}");
         }
         crate::logging::set_format(next.log.format);
+        let watch_file = next.reload.watch;
         self.runtime.store(Arc::new(next));
+        self.watch_file
+            .send_if_modified(|w| std::mem::replace(w, watch_file) != watch_file);
         self.metrics.config_reloaded(ReloadResult::Success);
         log::info!(
             "config {} reloaded ({trigger}): {routes} route(s)",
@@ -218,7 +219,7 @@ fn keep_startup_fields(running: &Runtime, next: &mut Runtime) -> Vec<NeedsRestar
 
 /// The Pingora background service that turns file changes and SIGHUP into reloads, until
 /// the server shuts down. `POST /reload` lives on the admin listener and calls the same
-/// [`Reloader`].
+/// [`Reloader`]. It runs the file watcher while `reload.watch` is true, and only then.
 pub struct ReloadService {
     reloader: Arc<Reloader>,
 }
@@ -226,6 +227,41 @@ pub struct ReloadService {
 impl ReloadService {
     pub fn new(reloader: Arc<Reloader>) -> ReloadService {
         ReloadService { reloader }
+    }
+
+    /// Starts or stops the file watcher to match `wanted`; changes go to `signals`.
+    fn follow(
+        &self,
+        watcher: &mut Option<FileWatch>,
+        wanted: bool,
+        signals: &mpsc::Sender<Trigger>,
+    ) {
+        let path = self.reloader.path();
+        match (wanted, watcher.is_some()) {
+            (true, false) => match FileWatch::start(
+                path,
+                signals.clone(),
+                self.reloader.metrics.config_watch_counters(),
+            ) {
+                Ok(w) => *watcher = Some(w),
+                Err(e) => log::warn!(
+                    "cannot watch {} for changes ({e}); reload with SIGHUP or POST /reload",
+                    path.display()
+                ),
+            },
+            (false, true) => {
+                *watcher = None;
+                log::info!(
+                    "stopped watching {} (reload.watch is false); reload with SIGHUP or POST /reload",
+                    path.display()
+                );
+            }
+            (false, false) => log::info!(
+                "reload.watch is false: {} is not watched; reload with SIGHUP or POST /reload",
+                path.display()
+            ),
+            (true, true) => {}
+        }
     }
 }
 
@@ -246,16 +282,11 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
-        let mut watch = match FileWatch::start(self.reloader.path()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                log::warn!(
-                    "cannot watch {} for changes ({e}); reload with SIGHUP or POST /reload",
-                    self.reloader.path().display()
-                );
-                None
-            }
-        };
+        // Capacity 1: a pending change is enough, the reload reads the file as it is then.
+        let (signal_tx, mut signals) = mpsc::channel(1);
+        let mut watch_file = self.reloader.watch_file();
+        let mut watcher = None;
+        self.follow(&mut watcher, *watch_file.borrow_and_update(), &signal_tx);
         ready.notify_ready();
 
         loop {
@@ -268,16 +299,17 @@ impl BackgroundService for ReloadService {
                 Some(()) = next_hup(&mut hup) => {
                     let _ = self.reloader.reload(Trigger::Sighup);
                 }
-                Some(()) = next_change(&mut watch) => {
+                Some(trigger) = signals.recv() => {
+                    // A change seen just before a reload turned watching off is not acted on.
                     if !self.reloader.runtime().load().reload.watch {
                         log::debug!("config file changed; not reloading (reload.watch is false)");
                         continue;
                     }
-                    if watch.as_mut().is_some_and(|w| w.content_unchanged()) {
-                        log::debug!("config file touched but its content is unchanged; not reloading");
-                        continue;
-                    }
-                    let _ = self.reloader.reload(Trigger::FileChange);
+                    let _ = self.reloader.reload(trigger);
+                }
+                Ok(()) = watch_file.changed() => {
+                    let wanted = *watch_file.borrow_and_update();
+                    self.follow(&mut watcher, wanted, &signal_tx);
                 }
             }
         }
@@ -291,116 +323,13 @@ async fn next_hup(hup: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-async fn next_change(watch: &mut Option<FileWatch>) -> Option<()> {
-    match watch {
-        Some(w) => w.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Watches the config file's parent directory (not the file: editors that save by writing a
-/// temp file and renaming it, and ConfigMap symlink flips, replace the file's inode, which a
-/// watch on the file itself would lose) and reports debounced changes to the file.
-struct FileWatch {
-    path: PathBuf,
-    /// Dropping the watcher stops it, so it lives as long as this.
-    _watcher: RecommendedWatcher,
-    events: mpsc::Receiver<()>,
-    /// Hash of the content seen at the last change, to skip reloads when only metadata moved.
-    last_content: Option<blake3::Hash>,
-}
-
-impl FileWatch {
-    fn start(path: &Path) -> notify::Result<FileWatch> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let names: Vec<OsString> = path
-            .file_name()
-            .into_iter()
-            .map(OsString::from)
-            .chain([OsString::from(CONFIGMAP_DATA_LINK)])
-            .collect();
-        // Capacity 1: an event only marks "something changed"; one pending mark is enough.
-        let (tx, events) = mpsc::channel(1);
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let relevant = match res {
-                    Ok(event) => is_relevant(&event, &names),
-                    // An error (e.g. the kernel queue overflowed) may hide a change: check.
-                    Err(_) => true,
-                };
-                if relevant {
-                    let _ = tx.try_send(());
-                }
-            })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        log::info!(
-            "watching {} for config changes (in {})",
-            path.display(),
-            dir.display()
-        );
-        Ok(FileWatch {
-            path: path.to_path_buf(),
-            _watcher: watcher,
-            events,
-            last_content: None,
-        })
-    }
-
-    /// Waits for a change, then for [`DEBOUNCE`] of quiet (at most [`DEBOUNCE_MAX`]).
-    /// `None` when the watcher has stopped.
-    async fn changed(&mut self) -> Option<()> {
-        self.events.recv().await?;
-        let deadline = Instant::now() + DEBOUNCE_MAX;
-        loop {
-            let quiet_until = (Instant::now() + DEBOUNCE).min(deadline);
-            match tokio::time::timeout_at(quiet_until, self.events.recv()).await {
-                Ok(Some(())) if Instant::now() < deadline => continue,
-                Ok(None) => return None,
-                _ => return Some(()),
-            }
-        }
-    }
-
-    /// True when the file holds the same bytes as at the previous change. An unreadable file
-    /// counts as changed, so that the reload reports why.
-    fn content_unchanged(&mut self) -> bool {
-        let Ok(bytes) = std::fs::read(&self.path) else {
-            self.last_content = None;
-            return false;
-        };
-        let hash = blake3::hash(&bytes);
-        let unchanged = self.last_content == Some(hash);
-        self.last_content = Some(hash);
-        unchanged
-    }
-}
-
-/// An event that may have changed the file: it names the file (or the ConfigMap data link),
-/// or names nothing (a rescan), and is not a mere open or read.
-fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
-    match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-        EventKind::Access(_) => return false,
-        _ => {}
-    }
-    event.paths.is_empty()
-        || event
-            .paths
-            .iter()
-            .filter_map(|p| p.file_name())
-            .any(|name| names.iter().any(|n| n == name))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, ModifyKind, RenameMode};
+    use std::time::Duration;
 
     fn runtime(yaml: &str) -> Runtime {
-        config::parse(yaml, "test.yaml", &|_| None).unwrap()
+        runtime::build(&crate::config::parse(yaml, "test.yaml", &|_| None).unwrap())
     }
 
     #[test]
@@ -427,56 +356,12 @@ mod tests {
         assert!(keep_startup_fields(&runtime(yaml), &mut next).is_empty());
     }
 
-    fn event(kind: EventKind, path: &str) -> notify::Event {
-        notify::Event::new(kind).add_path(PathBuf::from(path))
-    }
-
-    #[test]
-    fn reacts_to_the_file_and_configmap_flips_only() {
-        let names = [OsString::from("promptgate.yaml"), OsString::from("..data")];
-        let modify = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
-        assert!(is_relevant(
-            &event(modify, "/etc/pg/promptgate.yaml"),
-            &names
-        ));
-        // editor: write a temp file, rename it over the config
-        let renamed = event(
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            "/etc/pg/.promptgate.yaml.swp",
-        )
-        .add_path(PathBuf::from("/etc/pg/promptgate.yaml"));
-        assert!(is_relevant(&renamed, &names));
-        assert!(is_relevant(
-            &event(EventKind::Create(CreateKind::Any), "/etc/pg/..data"),
-            &names
-        ));
-        assert!(!is_relevant(
-            &event(modify, "/etc/pg/promptgate.log"),
-            &names
-        ));
-        // our own reads of the file are not changes
-        assert!(!is_relevant(
-            &event(
-                EventKind::Access(AccessKind::Open(AccessMode::Any)),
-                "/etc/pg/promptgate.yaml"
-            ),
-            &names
-        ));
-        assert!(is_relevant(
-            &event(
-                EventKind::Access(AccessKind::Close(AccessMode::Write)),
-                "/etc/pg/promptgate.yaml"
-            ),
-            &names
-        ));
-    }
-
     #[test]
     fn a_failed_reload_keeps_the_table_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "routes: []\n").unwrap();
-        let live = Arc::new(ArcSwap::from_pointee(config::load(&path).unwrap()));
+        let live = Arc::new(ArcSwap::from_pointee(runtime::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
         let r = Reloader::new(path.clone(), live.clone(), cache, metrics.clone());

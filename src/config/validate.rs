@@ -1,17 +1,13 @@
-//! Validation: typed sections → the runtime `Table`, checking every cross-reference.
+//! Validation: typed sections → a [`Spec`], checking every value and cross-reference.
 
+use super::redis_url;
 use super::schema::{
     self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, ReloadSpec, RetryOn,
     RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
+use super::spec::{self, RouteCache, Spec, PRIORITY_HEADER};
 use super::Sections;
-use crate::cache::policy::CachePolicy;
-use crate::cache::redis::RedisStore;
-use crate::pricing::Pricing;
-use crate::routing::upstream::Upstream;
-use crate::routing::{Matcher, Route, Target};
-use crate::runtime::Runtime;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -19,7 +15,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use wildmatch::WildMatch;
 
 /// Headers that describe one hop or the message framing; injecting them would break the exchange.
 const UNINJECTABLE: &[&str] = &[
@@ -38,7 +33,7 @@ const UNINJECTABLE: &[&str] = &[
 #[derive(Deserialize)]
 struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
 
-pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Runtime> {
+pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
     let Value::Mapping(mut map) = root else {
         s.problem("", "the config must be a YAML mapping (key: value pairs)");
         return None;
@@ -91,13 +86,13 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Runtime> {
     let cache = take("cache")
         .and_then(|v| s.typed::<CacheSpec>("cache", v))
         .unwrap_or_default();
-    if let Err(problems) = CachePolicy::resolve(&cache, &Default::default()) {
+    if let Err(problems) = RouteCache::resolve(&cache, &Default::default()) {
         for (field, message) in problems {
             s.problem(format!("cache.{field}"), message);
         }
     }
     if cache.backend == CacheBackend::Redis {
-        if let Err(e) = RedisStore::new(&cache.redis) {
+        if let Err(e) = redis_url::parse(&cache.redis) {
             let field = if cache.redis.cluster.is_empty() {
                 "cache.redis.url"
             } else {
@@ -144,7 +139,7 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Runtime> {
             .and_then(|v| serde_yaml::from_value(v).ok())
             .unwrap_or_default()
     }
-    let spec = ConfigSpec {
+    let sections = ConfigSpec {
         listen: listen.map(|a| a.to_string()).unwrap_or_default(),
         admin: admin.map(|a| a.to_string()).unwrap_or_default(),
         admin_token: admin_token.clone(),
@@ -162,24 +157,21 @@ pub(super) fn compile(s: &mut Sections, root: Value) -> Option<Runtime> {
     let (upstreams, broken) = upstreams(s, upstreams_value);
     let routes = routes(s, routes_value, &upstreams, &broken, &cache);
 
-    Some(Runtime {
+    Some(Spec {
         listen: listen?,
         admin: admin?,
-        threads: if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        },
+        threads,
         shutdown_grace,
         upgrade_sock,
         max_body_bytes: limits.max_body_bytes,
+        upstreams,
         routes,
         cache,
         reload,
-        pricing: Arc::new(Pricing::new(&pricing)),
+        pricing,
         log,
         admin_token,
-        spec: Arc::new(spec),
+        sections: Arc::new(sections),
     })
 }
 
@@ -225,12 +217,12 @@ fn address(
     }
 }
 
-/// Builds every upstream; returns them and the names of those that failed to build
-/// (so routes naming them are not also reported as naming an unknown upstream).
+/// Checks every upstream; returns the valid ones and the names of the others (so routes
+/// naming them are not also reported as naming an unknown upstream).
 fn upstreams(
     s: &mut Sections,
     value: Option<Value>,
-) -> (BTreeMap<String, Arc<Upstream>>, HashSet<String>) {
+) -> (BTreeMap<String, spec::Upstream>, HashSet<String>) {
     let mut built = BTreeMap::new();
     let mut broken = HashSet::new();
     let entries = match value {
@@ -249,10 +241,10 @@ fn upstreams(
         let path = format!("upstreams.{name}");
         match s
             .typed::<UpstreamSpec>(&path, value)
-            .and_then(|spec| upstream(s, &path, &name, spec))
+            .and_then(|spec| upstream(s, &path, spec))
         {
             Some(u) => {
-                built.insert(name, Arc::new(u));
+                built.insert(name, u);
             }
             None => {
                 broken.insert(name);
@@ -262,7 +254,7 @@ fn upstreams(
     (built, broken)
 }
 
-fn upstream(s: &mut Sections, path: &str, name: &str, spec: UpstreamSpec) -> Option<Upstream> {
+fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Upstream> {
     let before = s.problems.len();
     let url_path = format!("{path}.url");
     let uri: Option<Uri> = match spec.url.parse::<Uri>() {
@@ -331,30 +323,37 @@ fn upstream(s: &mut Sections, path: &str, name: &str, spec: UpstreamSpec) -> Opt
     if s.problems.len() > before {
         return None;
     }
-    match Upstream::new(
-        name.to_string(),
+    let default_port = if tls { 443 } else { 80 };
+    let host_header = if port == default_port {
+        HeaderValue::from_str(&host)
+    } else {
+        HeaderValue::from_str(&format!("{host}:{port}"))
+    };
+    let Ok(host_header) = host_header else {
+        s.problem(&url_path, "host is not valid in a Host header");
+        return None;
+    };
+    Some(spec::Upstream {
         tls,
         host,
         port,
-        base,
+        base_path: base,
+        host_header,
         headers,
-        spec.timeouts,
-    ) {
-        Ok(u) => Some(u.with_limits(spec.health, spec.max_concurrent, spec.queue_timeout)),
-        Err(_) => {
-            s.problem(&url_path, "host is not valid in a Host header");
-            None
-        }
-    }
+        timeouts: spec.timeouts,
+        health: spec.health,
+        max_concurrent: spec.max_concurrent,
+        queue_timeout: spec.queue_timeout,
+    })
 }
 
 fn routes(
     s: &mut Sections,
     value: Option<Value>,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstreams: &BTreeMap<String, spec::Upstream>,
     broken: &HashSet<String>,
     cache: &CacheSpec,
-) -> Vec<Route> {
+) -> Vec<spec::Route> {
     let items = match value {
         None | Some(Value::Null) => return Vec::new(),
         Some(Value::Sequence(items)) => items,
@@ -389,10 +388,10 @@ fn route(
     s: &mut Sections,
     path: &str,
     spec: RouteSpec,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstreams: &BTreeMap<String, spec::Upstream>,
     broken: &HashSet<String>,
     cache: &CacheSpec,
-) -> Option<Route> {
+) -> Option<spec::Route> {
     let before = s.problems.len();
     let m = &spec.matcher;
     if let Some(prefix) = &m.path_prefix {
@@ -467,7 +466,7 @@ fn route(
             format!("{bad} is not an HTTP status code"),
         );
     }
-    let policy = CachePolicy::resolve(cache, &spec.cache)
+    let policy = RouteCache::resolve(cache, &spec.cache)
         .map_err(|problems| {
             for (field, message) in problems {
                 s.problem(format!("{path}.cache.{field}"), message);
@@ -477,15 +476,12 @@ fn route(
         .map(|mut policy| {
             // The priority header picks the group, and so the answer: it is part of the key.
             if !groups.is_empty() {
-                policy.vary.push(http::HeaderName::from_static(
-                    crate::routing::balance::PRIORITY_HEADER,
-                ));
+                policy.vary.push(HeaderName::from_static(PRIORITY_HEADER));
             }
             policy
         });
-    let embedder = spec.cache.semantic.as_ref().and_then(|sem| {
-        let found = upstreams.get(&sem.upstream).cloned();
-        if found.is_none() && !broken.contains(&sem.upstream) {
+    if let Some(sem) = &spec.cache.semantic {
+        if !upstreams.contains_key(&sem.upstream) && !broken.contains(&sem.upstream) {
             let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
             s.problem(
                 format!("{path}.cache.semantic.upstream"),
@@ -496,8 +492,7 @@ fn route(
                 ),
             );
         }
-        found
-    });
+    }
     if s.problems.len() > before {
         return None;
     }
@@ -511,14 +506,14 @@ fn route(
     } else {
         format!("{}\0{}", spec.name, rewrites.join("\0"))
     };
-    Some(Route {
+    Some(spec::Route {
         key_name,
         name: spec.name,
-        matcher: Matcher {
+        matcher: spec::Match {
             path_prefix: m.path_prefix.clone(),
             host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
             headers,
-            model: m.model.as_deref().map(WildMatch::new),
+            model: m.model.clone(),
         },
         strip: spec.strip_prefix.then(|| m.path_prefix.clone()).flatten(),
         targets,
@@ -526,23 +521,22 @@ fn route(
         strategy: spec.strategy,
         retry: spec.retry,
         cache: policy?,
-        embedder,
     })
 }
 
-/// Resolves a list of target specs against the upstreams, reporting unknown names.
+/// Checks a list of target specs against the upstreams, reporting unknown names.
 fn targets(
     s: &mut Sections,
     path: &str,
     specs: &[TargetSpec],
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstreams: &BTreeMap<String, spec::Upstream>,
     broken: &HashSet<String>,
-) -> Vec<Target> {
+) -> Vec<spec::Target> {
     let mut targets = Vec::new();
     for (j, t) in specs.iter().enumerate() {
         match upstreams.get(t.upstream()) {
-            Some(u) => targets.push(Target {
-                upstream: u.clone(),
+            Some(_) => targets.push(spec::Target {
+                upstream: t.upstream().to_string(),
                 model: t.model().map(String::from),
                 weight: t.weight(),
             }),
@@ -569,14 +563,13 @@ fn targets(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{parse, ConfigError, Problem};
-    use crate::runtime::Runtime;
+    use crate::config::{parse, ConfigError, Problem, Spec};
 
     fn env(name: &str) -> Option<String> {
         (name == "OPENAI_API_KEY").then(|| "sk-test".to_string())
     }
 
-    fn ok(yaml: &str) -> Runtime {
+    fn ok(yaml: &str) -> Spec {
         parse(yaml, "test.yaml", &env).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -615,7 +608,8 @@ cache:
         assert_eq!(t.max_body_bytes, 32 * 1024 * 1024);
         let r = &t.routes[0];
         assert_eq!(r.strip.as_deref(), Some("/openai"));
-        let u = &r.targets[0].upstream;
+        assert_eq!(r.targets[0].upstream, "openai");
+        let u = &t.upstreams["openai"];
         assert!(u.tls);
         assert_eq!(
             (u.host.as_str(), u.port, u.base_path.as_str()),
@@ -632,7 +626,7 @@ cache:
         assert_eq!(t.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(t.admin.to_string(), "127.0.0.1:9090");
         assert_eq!(t.shutdown_grace.as_secs(), 10);
-        assert!(t.threads >= 1);
+        assert_eq!(t.threads, 0, "as written: one per core");
         assert!(t.routes.is_empty());
         assert!(t.reload.watch, "the file is watched by default");
         assert_eq!(t.upgrade_sock, "/tmp/promptgate_upgrade.sock");
@@ -676,7 +670,7 @@ routes:
 "#);
         let target = &t.routes[0].targets[0];
         assert_eq!(target.model.as_deref(), Some("llama3"));
-        let u = &target.upstream;
+        let u = &t.upstreams[&target.upstream];
         assert_eq!(
             (u.tls, u.port, u.base_path.as_str()),
             (false, 11434, "/base")
@@ -685,6 +679,7 @@ routes:
         assert_eq!(u.timeouts.connect.as_millis(), 250);
         assert_eq!(u.timeouts.read.as_secs(), 120);
         assert_eq!(t.routes[0].matcher.host.as_deref(), Some("api.local"));
+        assert_eq!(t.routes[0].matcher.model.as_deref(), Some("gpt-*"));
     }
 
     #[test]
@@ -766,7 +761,7 @@ bogus: 1
         let t = ok(&route("{ upstream: e, model: all-minilm }"));
         let r = &t.routes[0];
         let s = r.cache.semantic.as_ref().unwrap();
-        assert_eq!(r.embedder.as_ref().unwrap().name, "e");
+        assert_eq!(s.upstream, "e");
         assert_eq!(
             (s.path.as_str(), s.threshold, s.timeout.as_secs(), s.shadow),
             ("/v1/embeddings", 0.90, 1, false)
@@ -805,18 +800,11 @@ cache: {backend: redis, require_redis: true}
 "#);
         assert_eq!(t.admin_token.as_ref().unwrap().expose(), "sk-test");
         assert_eq!(t.log.format, crate::config::schema::LogFormat::Json);
-        assert_eq!(t.pricing.lookup("gpt-4o-mini").unwrap().input_per_mtok, 1.5);
-        assert_eq!(
-            t.pricing.lookup("house-model").unwrap().label,
-            "house-model"
-        );
-        assert!(
-            t.pricing.lookup("claude-sonnet-4-0").is_some(),
-            "defaults kept"
-        );
+        assert_eq!(t.pricing["gpt-4o-mini*"].input_per_mtok, 1.5);
+        assert_eq!(t.pricing["house-model"].output_per_mtok, 0.5);
         assert!(t.cache.require_redis);
         // the running config for GET /config: secrets redacted, defaults filled in
-        let shown = serde_json::to_string(&*t.spec).unwrap();
+        let shown = serde_json::to_string(&*t.sections).unwrap();
         assert!(!shown.contains("sk-test"), "{shown}");
         assert!(shown.contains(r#""admin_token":"*****""#), "{shown}");
         assert!(shown.contains(r#""shutdown_grace":"10s""#), "{shown}");
@@ -839,7 +827,7 @@ upstreams:
 routes: [{name: r, targets: [openai]}]
 cache: {redis: {url: "redis://:hunter2@127.0.0.1:6379"}}
 "#);
-        let shown = serde_json::to_string(&*t.spec).unwrap();
+        let shown = serde_json::to_string(&*t.sections).unwrap();
         assert!(
             !shown.contains("sk-test") && !shown.contains("hunter2"),
             "{shown}"
