@@ -331,6 +331,8 @@ struct Patterns {
     /// Anchored at the start of the text it is given (the reference's `.match(text, pos)`).
     spaced_unit: Regex,
     word_number: Regex,
+    /// `word_number` without its look-arounds: a cheap test that it may match.
+    number_word_hint: Regex,
     note: Regex,
     /// `Am I …`: anchored, run on the text after a note.
     am_i: Regex,
@@ -435,6 +437,7 @@ static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| {
         word_number: re(&format!(
             r"(?i)(?<![\w-])(?:(?P<tens>{tens})-(?P<ones>{ones})|(?P<word>{words}))(?![\w-])"
         )),
+        number_word_hint: re(&format!(r"(?i){words}")),
         note: re(&format!(
             concat!(
                 r"(?<![\w#♯♭°])(?P<letter>[A-G])(?P<acc>#|♯|b|♭)?(?:[\s-](?P<accword>(?i:sharp|flat))(?![\w]))?",
@@ -526,7 +529,13 @@ fn spaced_unit(text: &str, at: usize) -> Result<Option<(&'static str, usize)>, G
 fn numbers(text: &str, found: &mut Vec<Literal>) -> Result<String, GuardError> {
     let p = &*PATTERNS;
     let mut spans = Vec::new();
-    for caps in p.number.captures_iter(text) {
+    // `\d` is a subset of `char::is_numeric`: a text without either has no number.
+    let digits = if text.contains(|c: char| c.is_numeric()) {
+        p.number.captures_iter(text)
+    } else {
+        p.number.captures_iter("")
+    };
+    for caps in digits {
         let caps = caps?;
         let m = caps.get(0).expect("group 0 is the match");
         let sign = if group(&caps, "sign") == Some("-") {
@@ -564,7 +573,14 @@ fn numbers(text: &str, found: &mut Vec<Literal>) -> Result<String, GuardError> {
     }
     let text = mask(text, &spans);
     let mut spans = Vec::new();
-    for caps in p.word_number.captures_iter(text.as_str()) {
+    // The number words anywhere (no look-arounds, so no backtracking engine) before looking
+    // for them as whole words.
+    let words = if p.number_word_hint.is_match(&text)? {
+        p.word_number.captures_iter(text.as_str())
+    } else {
+        p.word_number.captures_iter("")
+    };
+    for caps in words {
         let caps = caps?;
         let m = caps.get(0).expect("group 0 is the match");
         let n = match group(&caps, "word") {
@@ -588,6 +604,13 @@ fn numbers(text: &str, found: &mut Vec<Literal>) -> Result<String, GuardError> {
         }
     }
     Ok(mask(&text, &spans))
+}
+
+/// True when `needle` (ASCII) occurs in `text`, ignoring ASCII case.
+fn contains_ignore_ascii_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The last run of ASCII letters in `text`, if any.
@@ -718,15 +741,33 @@ pub fn extract(text: &str) -> Result<(Vec<Literal>, String), GuardError> {
         let m = caps.get(0)?.as_str();
         Some(m.trim_end_matches(URL_TRAIL).to_string())
     };
-    let t = take(&p.url, &t, URL, url, false, &mut found)?;
+    // Cheap tests of what a pattern cannot match without (a superset of its matches) skip the
+    // backtracking engine on most texts: it runs at every position of a text it is given.
+    let t = if t.contains("://") || contains_ignore_ascii_case(&t, "www.") {
+        take(&p.url, &t, URL, url, false, &mut found)?
+    } else {
+        t
+    };
     let quoted = |caps: &Captures<str>| caps.get(1).map(|m| m.as_str().to_string());
     let t = take(&p.dquote, &t, QUOTE, quoted, true, &mut found)?;
-    let t = take(&p.squote, &t, QUOTE, quoted, true, &mut found)?;
+    let t = if t.contains('\'') {
+        take(&p.squote, &t, QUOTE, quoted, true, &mut found)?
+    } else {
+        t
+    };
     let t = pathlike(&t, &mut found)?;
     let t = numbers(&t, &mut found)?;
-    let t = notes(&t, &mut found)?;
+    let t = if t.contains(|c: char| ('A'..='G').contains(&c)) {
+        notes(&t, &mut found)?
+    } else {
+        t
+    };
     let id = |caps: &Captures<str>| Some(caps.get(0)?.as_str().trim_matches('-').to_lowercase());
-    let t = take(&p.alnum_id, &t, ID, id, true, &mut found)?;
+    let t = if t.contains(|c: char| c.is_numeric()) {
+        take(&p.alnum_id, &t, ID, id, true, &mut found)?
+    } else {
+        t
+    };
     negations(&t, &mut found)?;
     Ok((found, t))
 }
