@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# promptgate container image: build with BuildKit (docker build / podman build), see README.md.
+# promptgate container image: build with BuildKit (docker build / podman build), see docs/operations.md ("Docker").
 #   docker build -t promptgate .
 #   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 --env-file promptgate.env promptgate
 

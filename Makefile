@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build test lint unit fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
+.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -23,17 +23,24 @@ run: deps
 build: deps
 	cargo build --release --locked
 
-## test: install what is missing, then lint and run every test suite; the Python suite runs
-## last, so its closing "N passed" line ends the output
-test: test-deps lint unit fuzz-short packaging
-	@$(MAKE) --no-print-directory python-test
+## demo: offline in about a minute: the mock upstream and promptgate (conf/demo.yaml), a question
+## asked twice (MISS, then HIT), a stream twice, hit rate and cost saved from /metrics; stops both
+demo: deps
+	@bash scripts/demo.sh
+
+## test: install what is missing (scripts/install-deps.sh test: apt packages, nightly Rust,
+## cargo-fuzz), then every suite (scripts/test.sh): lint, unit, integration, fuzz (20 s per
+## target), packaging, Python. Ends with a summary of each suite's counts whose last line is
+## `total: N passed, N failed`; fails if anything failed, or a suite was skipped under CI=true.
+test: test-deps
+	@bash scripts/test.sh
 
 ## fuzz: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each; needs nightly and cargo-fuzz
 FUZZ_SECONDS ?= 300
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
-## fuzz-short: 20 s per target, part of make test; skipped with a message without nightly/cargo-fuzz
+## fuzz-short: 20 s per target (make test runs the same); skipped with a message without nightly/cargo-fuzz
 fuzz-short:
 	@bash scripts/fuzz.sh 20 --optional
 
@@ -44,6 +51,11 @@ lint:
 
 unit:
 	cargo test --locked
+
+## browser-test: only the dashboard tests, the page in headless Chromium among them (they are
+## part of `unit`, so `make test` runs them)
+browser-test: test-deps
+	cargo test --locked --test integration dashboard::
 
 ## python-test: the official Python SDKs (tests/python) against the debug promptgate binary and
 ## the mock upstream example; any pytest failure, or no test collected (exit 5), fails make

@@ -47,7 +47,7 @@ echo "systemd-analyze security: exposure $exposure (at most $max_exposure)"
 "$venv/bin/hadolint" --failure-threshold warning Dockerfile
 echo "hadolint Dockerfile: clean"
 
-for conf in conf/promptgate.yaml conf/docker.yaml; do
+for conf in conf/promptgate.yaml conf/docker.yaml conf/demo.yaml; do
     "$bin" check --config "$conf" >/dev/null
 done
 echo "promptgate check: shipped configs valid"

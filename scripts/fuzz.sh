@@ -4,7 +4,7 @@
 #   --optional: when nightly Rust or cargo-fuzz is missing, say so and exit 0 (make test);
 #               without it that is an error (make fuzz).
 # A crash stops the run with libFuzzer's report; the input is saved under
-# fuzz/artifacts/TARGET/ — turn it into a regression test (see README, Security).
+# fuzz/artifacts/TARGET/ — turn it into a regression test (see docs/security.md, "Fuzzing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60

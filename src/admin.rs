@@ -1,15 +1,20 @@
 //! The admin listener: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /cache/stats`,
-//! `POST /cache/purge`, `GET /config`, `POST /reload`.
+//! `POST /cache/purge`, `GET /config`, `POST /reload`, the dashboard (`GET /`) and its data
+//! (`GET /stats`).
 //! It binds to localhost by default and is never reachable through the proxy port. With
-//! `admin_token` set, the mutating endpoints (`POST`) require `Authorization: Bearer <token>`.
+//! `admin_token` set, the mutating endpoints (`POST`) and `GET /stats` require
+//! `Authorization: Bearer <token>`.
 
 use crate::cache::redis::RedisState;
 use crate::cache::{Cache, Purge};
 use crate::config::schema::CacheBackend;
 use crate::config::ConfigError;
+use crate::dashboard;
+use crate::json_error;
 use crate::metrics::{self, LookupCounts, Metrics};
 use crate::server::inflight::Inflight;
 use crate::server::reload::{Reloader, Trigger};
+use crate::stats;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -45,10 +50,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response<Vec<u8>> {
-    json(
-        status,
-        serde_json::json!({"error": {"type": kind, "message": message}}),
-    )
+    json(status, json_error::value(kind, &message))
 }
 
 fn method_not_allowed(path: &str, allow: &'static str) -> Response<Vec<u8>> {
@@ -167,6 +169,33 @@ impl Admin {
         )
     }
 
+    /// `GET /stats`: the dashboard's data (see [`stats::Snapshot`]).
+    fn stats(&self) -> Response<Vec<u8>> {
+        let runtime = self.reloader.runtime().load_full();
+        let snapshot = stats::snapshot(&stats::Sources {
+            metrics: &self.metrics,
+            runtime: &runtime,
+            cache: &self.cache,
+            inflight: self.inflight.count(),
+            last_reload: self.reloader.last(),
+        });
+        match serde_json::to_vec(&snapshot) {
+            Ok(body) => {
+                let mut resp = respond(StatusCode::OK, "application/json", body);
+                resp.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                resp
+            }
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot encode the stats: {e}"),
+            ),
+        }
+    }
+
     fn cache_stats(&self) -> Response<Vec<u8>> {
         let (total, per_route) = self.metrics.lookup_counts();
         let (entries, bytes) = self.cache.memory_usage();
@@ -267,14 +296,9 @@ fn reload_failed(e: &ConfigError) -> Response<Vec<u8>> {
                 .iter()
                 .map(|p| serde_json::json!({"line": p.line, "path": p.path, "message": p.message}))
                 .collect();
-            json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                serde_json::json!({"error": {
-                    "type": "invalid_config",
-                    "message": e.to_string(),
-                    "problems": problems,
-                }}),
-            )
+            let mut body = json_error::value("invalid_config", &e.to_string());
+            body["error"]["problems"] = problems.into();
+            json(StatusCode::UNPROCESSABLE_ENTITY, body)
         }
         ConfigError::Read { source, .. } => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -334,13 +358,42 @@ impl ServeHttp for Admin {
                 }
             }
             ("/reload", _) => method_not_allowed(&path, "POST"),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no admin endpoint {path}"),
-            ),
+            ("/stats", "GET") => match self.unauthorized(session) {
+                Some(denied) => denied,
+                None => self.stats(),
+            },
+            ("/stats", _) => method_not_allowed(&path, "GET"),
+            _ => match (dashboard::asset(&path), method.as_str()) {
+                (Some(asset), "GET") => dashboard_file(asset),
+                (Some(_), _) => method_not_allowed(&path, "GET"),
+                (None, _) => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no admin endpoint {path}"),
+                ),
+            },
         }
     }
+}
+
+/// A dashboard file, with headers that keep the page to its own files and out of frames.
+fn dashboard_file(asset: dashboard::Asset) -> Response<Vec<u8>> {
+    let mut resp = respond(StatusCode::OK, asset.content_type, asset.body.to_vec());
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        (
+            http::header::CONTENT_SECURITY_POLICY,
+            dashboard::CONTENT_SECURITY_POLICY,
+        ),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        // Embedded in the binary: an upgrade may change them, so always revalidate.
+        (http::header::CACHE_CONTROL, "no-cache"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -17,25 +17,44 @@
 //!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
 //!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
+//! - [`body`] — a request body parsed once: its JSON tree, read for the model, the cache key's
+//!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
-//! - [`providers`] — what differs per provider: how its streams end, its token usage.
+//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]), how
+//!   its streams end, its token usage.
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics.
+//! - [`stats`] — what the dashboard shows: recent requests, a 15-minute series, `GET /stats`;
+//!   fed by [`metrics`].
+//! - [`dashboard`] — the dashboard page and its assets, embedded in the binary.
 //! - [`logging`] — logger set-up (text or JSON), the access log line.
 //! - [`config`] — plain data: YAML → `${ENV}` → typed sections → validated [`config::Spec`]
 //!   (per-route cache settings resolved, Redis URLs parsed), every problem with path and line.
 //!   Imports no runtime module.
+//! - Leaves, importing nothing of the crate: [`headers`] (hop-by-hop, not injectable, not
+//!   replayed), [`json_error`] (the `{"error":{"type","message"}}` body), [`clock`] (Unix time).
+//!
+//! Public (`pub`) are only the modules the binary (`main.rs`), `fuzz/` and `tests/integration`
+//! reach; the rest is `pub(crate)`.
 
-pub mod admin;
+pub(crate) mod admin;
+pub mod body;
 pub mod cache;
 pub mod cli;
+pub(crate) mod clock;
 pub mod config;
+pub(crate) mod dashboard;
+pub(crate) mod headers;
+pub(crate) mod json_error;
 pub mod logging;
-pub mod metrics;
-pub mod pricing;
+pub(crate) mod metrics;
+pub(crate) mod pricing;
 pub mod providers;
 pub mod proxy;
-pub mod routing;
+pub(crate) mod routing;
 pub mod runtime;
+// Public only until server::reload::RESTART_FIELDS, a list nothing reads, is used or dropped
+// (as pub(crate) it is dead code).
 pub mod server;
+pub(crate) mod stats;

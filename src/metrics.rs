@@ -7,18 +7,21 @@
 //! Label values are bounded: routes and upstreams come from the config, models from the price
 //! table (`other` otherwise), the rest are fixed words and HTTP status codes. Per-request
 //! recording touches only pre-resolved handles: each route's series are resolved once, on the
-//! route's first request, and looked up by name (no allocation) after that.
+//! route's first request; a finished request ([`Metrics::request_done`]) looks its route up by
+//! name once (no allocation) and records everything through that handle.
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::pricing::{Pricing, OTHER};
 use crate::providers::Usage;
+use crate::stats::Activity;
 use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The content type of [`Metrics::render`]'s output (Prometheus text exposition format).
@@ -61,75 +64,25 @@ pub struct WatchCounters {
     pub other: IntCounter,
 }
 
-/// The `cache` label of a request: where its answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheLabel {
-    Hit,
-    Miss,
-    Bypass,
-    /// Not a cached route (or the request failed before the cache was asked).
+/// The `cache` label of requests the cache had no part in (not a cached route, or the request
+/// failed before the cache was asked).
+pub const NO_CACHE: &str = "none";
+
+/// `cache` label series, in the order of [`cache_index`].
+const CACHE_SERIES: [Option<CacheStatus>; 4] = [
+    Some(CacheStatus::Hit),
+    Some(CacheStatus::Miss),
+    Some(CacheStatus::Bypass),
     None,
+];
+
+/// The position of a request's `cache` label in [`CACHE_SERIES`].
+fn cache_index(cache: Option<CacheStatus>) -> usize {
+    cache.map_or(CacheStatus::ALL.len(), |c| c as usize)
 }
 
-impl CacheLabel {
-    const ALL: [CacheLabel; 4] = [
-        CacheLabel::Hit,
-        CacheLabel::Miss,
-        CacheLabel::Bypass,
-        CacheLabel::None,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheLabel::Hit => "hit",
-            CacheLabel::Miss => "miss",
-            CacheLabel::Bypass => "bypass",
-            CacheLabel::None => "none",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The `result` label of `promptgate_cache_lookups_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupResult {
-    /// Answered from a store.
-    Hit,
-    /// Not stored: the request went upstream.
-    Miss,
-    /// The request skipped the lookup (`no-cache`, `no-store`, `x-promptgate-cache: bypass`).
-    Bypass,
-    /// Answered from an identical request in flight.
-    Coalesced,
-    /// A store could not answer (Redis error, timeout, open circuit, unreadable entry).
-    Error,
-    /// Answered with the entry of a similar request (the semantic cache).
-    SemanticHit,
-}
-
-impl LookupResult {
-    pub const ALL: [LookupResult; 6] = [
-        LookupResult::Hit,
-        LookupResult::Miss,
-        LookupResult::Bypass,
-        LookupResult::Coalesced,
-        LookupResult::Error,
-        LookupResult::SemanticHit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LookupResult::Hit => "hit",
-            LookupResult::Miss => "miss",
-            LookupResult::Bypass => "bypass",
-            LookupResult::Coalesced => "coalesced",
-            LookupResult::Error => "error",
-            LookupResult::SemanticHit => "semantic_hit",
-        }
-    }
+fn cache_label(cache: Option<CacheStatus>) -> &'static str {
+    cache.map_or(NO_CACHE, CacheStatus::label)
 }
 
 /// Buckets of the semantic similarity histograms: fine near the usual thresholds (0.85–0.99).
@@ -219,10 +172,19 @@ const KINDS: [&str; 2] = ["input", "output"];
 
 /// What one finished request reports (from its ctx, in the `logging` phase).
 pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    /// The request path, without the query string (some providers take the API key there).
+    pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,
-    pub cache: CacheLabel,
+    /// Where the answer came from; `None` when the cache had no part in it.
+    pub cache: Option<CacheStatus>,
+    /// What the cache step did, on cached routes.
+    pub lookup: Option<&'a Lookup>,
+    /// Upstream attempts repeated on the same target, and moves to a route's next target.
+    pub retries: u32,
+    pub failovers: u32,
     pub duration: Duration,
     /// Time to the upstream's response head, when the answer came from upstream.
     pub ttfb: Option<Duration>,
@@ -230,8 +192,16 @@ pub struct RequestRecord<'a> {
     pub pricing: Option<&'a Pricing>,
 }
 
-/// A `requests_total` series of one route: (upstream, status, cache) and its counter.
-type RequestSeries = (Box<str>, u16, CacheLabel, IntCounter);
+/// A `requests_total` series of one route, by (upstream, status, cache), with the TTFB
+/// histogram of its upstream.
+struct RequestSeries {
+    upstream: Box<str>,
+    status: u16,
+    cache: Option<CacheStatus>,
+    requests: IntCounter,
+    /// Resolved on the series' first TTFB (requests that reached no upstream have none).
+    ttfb: OnceLock<Histogram>,
+}
 
 /// One route's series, resolved once.
 pub struct RouteMetrics {
@@ -307,11 +277,13 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     inflight: IntGauge,
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
-    upstreams: RwLock<HashMap<String, Histogram>>,
     semantic: SemanticMetrics,
+    upstreams: RwLock<HashMap<String, Histogram>>,
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
     redis_errors_seen: Mutex<(usize, u64)>,
+    /// Recent requests and the last minutes' rates, for the dashboard (fed from here).
+    activity: Activity,
 }
 
 /// Registers `metric` and returns it; the definitions are static, so failure is a bug.
@@ -496,6 +468,7 @@ impl Metrics {
             routes: RwLock::default(),
             upstreams: RwLock::default(),
             redis_errors_seen: Mutex::new((0, 0)),
+            activity: Activity::default(),
         }
     }
 
@@ -512,11 +485,10 @@ impl Metrics {
 
     fn resolve_route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
-            lookups: LookupResult::ALL
-                .map(|r| self.cache_lookups.with_label_values(&[route, r.as_str()])),
-            duration: CacheLabel::ALL.map(|c| {
+            lookups: Lookup::LABELS.map(|r| self.cache_lookups.with_label_values(&[route, r])),
+            duration: CACHE_SERIES.map(|c| {
                 self.request_duration
-                    .with_label_values(&[route, c.as_str()])
+                    .with_label_values(&[route, cache_label(c)])
             }),
             retries: self.upstream_retries.with_label_values(&[route]),
             failovers: self.upstream_failovers.with_label_values(&[route]),
@@ -525,14 +497,51 @@ impl Metrics {
         }
     }
 
-    /// One upstream attempt of a request on `route` is being repeated (same target).
-    pub fn upstream_retry(&self, route: &str) {
-        self.route(route).retries.inc();
+    /// Records a finished request: its count, cache lookup, retries and failovers, latency,
+    /// upstream TTFB, tokens and cost. The route's series are looked up once, here.
+    pub fn request_done(&self, r: &RequestRecord) {
+        let route_name = r.route.unwrap_or(NO_ROUTE);
+        let route = self.route(route_name);
+        if let Some(lookup) = r.lookup {
+            route.lookups[lookup.index()].inc();
+        }
+        self.activity.recent.push(r);
+        if r.retries > 0 {
+            route.retries.inc_by(r.retries.into());
+        }
+        if r.failovers > 0 {
+            route.failovers.inc_by(r.failovers.into());
+        }
+        route.count_request(self, route_name, r);
+        route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
+        if let Some(usage) = r.usage {
+            let price = r
+                .pricing
+                .zip(usage.model.as_deref())
+                .and_then(|(p, m)| p.lookup(m));
+            let label = price.map_or(OTHER, |p| p.label.as_str());
+            let m = route.model(self, route_name, label);
+            m.tokens[0][cache_index(r.cache)].inc_by(usage.input);
+            m.tokens[1][cache_index(r.cache)].inc_by(usage.output);
+            if let Some(price) = price {
+                let cost = price.cost(usage.input, usage.output);
+                if r.cache == Some(CacheStatus::Hit) {
+                    m.saved.inc_by(cost);
+                } else {
+                    m.cost.inc_by(cost);
+                }
+            }
+        }
     }
 
-    /// A request on `route` moves on to the route's next target.
-    pub fn upstream_failover(&self, route: &str) {
-        self.route(route).failovers.inc();
+    fn upstream_ttfb(&self, upstream: &str) -> Histogram {
+        if let Some(h) = read(&self.upstreams).get(upstream) {
+            return h.clone();
+        }
+        write(&self.upstreams)
+            .entry(upstream.to_string())
+            .or_insert_with(|| self.upstream_ttfb.with_label_values(&[upstream]))
+            .clone()
     }
 
     /// Records what the semantic cache did for one request on `route`.
@@ -576,72 +585,22 @@ impl Metrics {
         }
     }
 
-    /// Counts one cache lookup outcome.
-    pub fn cache_lookup(&self, route: &str, result: LookupResult) {
-        self.route(route).lookups[result as usize].inc();
-    }
-
-    /// Records a finished request: its count, latency, upstream TTFB, tokens and cost.
-    pub fn request_done(&self, r: &RequestRecord) {
-        let route_name = r.route.unwrap_or(NO_ROUTE);
-        let route = self.route(route_name);
-        route
-            .request_counter(
-                &self.requests,
-                route_name,
-                r.upstream.unwrap_or(NO_UPSTREAM),
-                r.status,
-                r.cache,
-            )
-            .inc();
-        route.duration[r.cache.index()].observe(r.duration.as_secs_f64());
-        if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
-            self.upstream_ttfb(upstream).observe(ttfb.as_secs_f64());
-        }
-        if let Some(usage) = r.usage {
-            let price = r
-                .pricing
-                .zip(usage.model.as_deref())
-                .and_then(|(p, m)| p.lookup(m));
-            let label = price.map_or(OTHER, |p| p.label.as_str());
-            let m = route.model(self, route_name, label);
-            m.tokens[0][r.cache.index()].inc_by(usage.input);
-            m.tokens[1][r.cache.index()].inc_by(usage.output);
-            if let Some(price) = price {
-                let cost = price.cost(usage.input, usage.output);
-                if r.cache == CacheLabel::Hit {
-                    m.saved.inc_by(cost);
-                } else {
-                    m.cost.inc_by(cost);
-                }
-            }
-        }
-    }
-
-    fn upstream_ttfb(&self, upstream: &str) -> Histogram {
-        if let Some(h) = read(&self.upstreams).get(upstream) {
-            return h.clone();
-        }
-        write(&self.upstreams)
-            .entry(upstream.to_string())
-            .or_insert_with(|| self.upstream_ttfb.with_label_values(&[upstream]))
-            .clone()
-    }
-
     /// Lookup counts per route seen so far, and their sum.
     pub fn lookup_counts(&self) -> (LookupCounts, Vec<(String, LookupCounts)>) {
         let mut total = LookupCounts::default();
         let mut per_route: Vec<(String, LookupCounts)> = read(&self.routes)
             .iter()
             .map(|(name, m)| {
-                let c = |r: LookupResult| m.lookups[r as usize].get();
+                // In `Lookup::LABELS` order.
+                let [hits, misses, bypasses, coalesced, errors, semantic_hits] =
+                    m.lookups.each_ref().map(IntCounter::get);
                 let counts = LookupCounts {
-                    hits: c(LookupResult::Hit),
-                    misses: c(LookupResult::Miss),
-                    bypasses: c(LookupResult::Bypass),
-                    coalesced: c(LookupResult::Coalesced),
-                    errors: c(LookupResult::Error),
-                    semantic_hits: c(LookupResult::SemanticHit),
+                    hits,
+                    misses,
+                    bypasses,
+                    coalesced,
+                    errors,
+                    semantic_hits,
                 };
                 total.add(&counts);
                 (name.clone(), counts)
@@ -699,37 +658,63 @@ impl Metrics {
         }
     }
 
+    /// Recent requests and the sampled time series, for the dashboard.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Every metric's current values (what [`Metrics::render`] prints).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.gather(), &mut out)
             .expect("encoding gathered metrics into memory does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 }
 
 impl RouteMetrics {
-    fn request_counter(
-        &self,
-        vec: &IntCounterVec,
-        route: &str,
-        upstream: &str,
-        status: u16,
-        cache: CacheLabel,
-    ) -> IntCounter {
-        let matches = |e: &&RequestSeries| &*e.0 == upstream && e.1 == status && e.2 == cache;
-        if let Some(e) = read(&self.requests).iter().find(matches) {
-            return e.3.clone();
+    /// Counts the request in its `requests_total` series and observes its upstream TTFB.
+    fn count_request(&self, metrics: &Metrics, route: &str, r: &RequestRecord) {
+        let upstream = r.upstream.unwrap_or(NO_UPSTREAM);
+        let record = |series: &RequestSeries| {
+            series.requests.inc();
+            if let (Some(upstream), Some(ttfb)) = (r.upstream, r.ttfb) {
+                series
+                    .ttfb
+                    .get_or_init(|| metrics.upstream_ttfb(upstream))
+                    .observe(ttfb.as_secs_f64());
+            }
+        };
+        let matches = |e: &&RequestSeries| {
+            &*e.upstream == upstream && e.status == r.status && e.cache == r.cache
+        };
+        if let Some(series) = read(&self.requests).iter().find(matches) {
+            return record(series);
         }
         let mut all = write(&self.requests);
-        if let Some(e) = all.iter().find(matches) {
-            return e.3.clone();
+        if let Some(series) = all.iter().find(matches) {
+            return record(series);
         }
-        let counter =
-            vec.with_label_values(&[route, upstream, &status.to_string(), cache.as_str()]);
-        all.push((upstream.into(), status, cache, counter.clone()));
-        counter
+        let series = RequestSeries {
+            upstream: upstream.into(),
+            status: r.status,
+            cache: r.cache,
+            requests: metrics.requests.with_label_values(&[
+                route,
+                upstream,
+                &r.status.to_string(),
+                cache_label(r.cache),
+            ]),
+            ttfb: OnceLock::new(),
+        };
+        record(&series);
+        all.push(series);
     }
 
     fn model(&self, metrics: &Metrics, route: &str, label: &str) -> Arc<ModelMetrics> {
@@ -743,10 +728,10 @@ impl RouteMetrics {
         let m = Arc::new(ModelMetrics {
             label: label.into(),
             tokens: KINDS.map(|kind| {
-                CacheLabel::ALL.map(|c| {
+                CACHE_SERIES.map(|c| {
                     metrics
                         .tokens
-                        .with_label_values(&[route, label, kind, c.as_str()])
+                        .with_label_values(&[route, label, kind, cache_label(c)])
                 })
             }),
             cost: metrics.cost.with_label_values(&[route, label]),
@@ -772,6 +757,7 @@ fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::Entry;
 
     #[test]
     fn renders_reload_counters_and_timestamp() {
@@ -824,32 +810,49 @@ mod tests {
             output: 500,
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
-        let record = |cache, ttfb| RequestRecord {
+        let record = |cache, lookup, ttfb, retries| RequestRecord {
+            method: "POST",
+            path: "/openai/v1/chat/completions",
             route: Some("openai"),
-            upstream: (cache != CacheLabel::Hit).then_some("mock"),
+            upstream: (cache != Some(CacheStatus::Hit)).then_some("mock"),
             status: 200,
             cache,
+            lookup,
+            retries,
+            failovers: retries * 2,
             duration: Duration::from_millis(3),
             ttfb,
             usage: Some(&usage),
             pricing: Some(&pricing),
         };
-        m.request_done(&record(CacheLabel::Miss, Some(Duration::from_millis(2))));
-        m.cache_lookup("openai", LookupResult::Miss);
-        for _ in 0..3 {
-            m.request_done(&record(CacheLabel::Hit, None));
-            m.cache_lookup("openai", LookupResult::Hit);
+        let hit = Lookup::Hit(Arc::new(Entry {
+            status: 200,
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+            chunks: Vec::new(),
+            stored_at: 0,
+            ttl: Duration::from_secs(60),
+            usage: Default::default(),
+        }));
+        // Twice: the second finds the series (and its TTFB histogram) resolved by the first.
+        for _ in 0..2 {
+            m.request_done(&record(
+                Some(CacheStatus::Miss),
+                Some(&Lookup::Miss),
+                Some(Duration::from_millis(2)),
+                1,
+            ));
         }
-        m.upstream_retry("openai");
-        m.upstream_failover("openai");
-        m.upstream_failover("openai");
+        for _ in 0..3 {
+            m.request_done(&record(Some(CacheStatus::Hit), Some(&hit), None, 0));
+        }
         let t = m.render();
         let v = |s: &str| value(&t, s);
         assert_eq!(
             v(
                 r#"promptgate_requests_total{cache="miss",route="openai",status="200",upstream="mock"}"#
             ),
-            1.0
+            2.0
         );
         assert_eq!(
             v(
@@ -871,15 +874,15 @@ mod tests {
         );
         assert_eq!(
             v(r#"promptgate_upstream_ttfb_seconds_count{upstream="mock"}"#),
-            1.0
+            2.0
         );
         assert_eq!(
             v(r#"promptgate_upstream_retries_total{route="openai"}"#),
-            1.0
+            2.0
         );
         assert_eq!(
             v(r#"promptgate_upstream_failovers_total{route="openai"}"#),
-            2.0
+            4.0
         );
         assert_eq!(
             v(
@@ -891,11 +894,12 @@ mod tests {
             v(
                 r#"promptgate_tokens_total{cache="miss",kind="output",model="gpt-4o-mini",route="openai"}"#
             ),
-            500.0
+            1000.0
         );
         let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
         assert!(
-            (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - one).abs()
+            (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - 2.0 * one)
+                .abs()
                 < 1e-12
         );
         assert!(
@@ -909,8 +913,8 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         let (total, per_route) = m.lookup_counts();
-        assert_eq!((total.hits, total.misses), (3, 1));
-        assert!((total.hit_ratio() - 0.75).abs() < 1e-9);
+        assert_eq!((total.hits, total.misses), (3, 2));
+        assert!((total.hit_ratio() - 0.6).abs() < 1e-9);
         assert_eq!(per_route[0].0, "openai");
     }
 
@@ -923,10 +927,15 @@ mod tests {
             model: Some("sk-looks-like-a-key-but-is-a-model".into()),
         };
         m.request_done(&RequestRecord {
+            method: "POST",
+            path: "/r",
             route: Some("r"),
             upstream: Some("u"),
             status: 200,
-            cache: CacheLabel::None,
+            cache: None,
+            lookup: None,
+            retries: 0,
+            failovers: 0,
             duration: Duration::from_millis(1),
             ttfb: None,
             usage: Some(&usage),

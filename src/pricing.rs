@@ -9,7 +9,8 @@
 //! label values stay bounded by the table; an unpriced model is `other` and costs nothing.
 
 use crate::config::schema::PriceSpec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{PoisonError, RwLock};
 use wildmatch::WildMatch;
 
 /// The label of models no price entry matches.
@@ -83,6 +84,24 @@ impl Price {
 #[derive(Debug, Clone)]
 pub struct Pricing {
     entries: Vec<Price>,
+    memo: Memo,
+}
+
+/// Most model names remembered by [`Memo`]: they come from upstream answers, so they are not
+/// bounded by the config; past this, further names are matched against the table each time.
+const MEMO_CAP: usize = 1024;
+
+/// The entry (by index) each model name seen so far resolved to: matching the table is ~40
+/// glob matches, and a deployment sees a handful of model names, so each is matched once.
+/// Lives with the table it indexes (a reload builds a new table and an empty memo).
+#[derive(Debug, Default)]
+struct Memo(RwLock<HashMap<Box<str>, Option<usize>>>);
+
+impl Clone for Memo {
+    /// A copy starts empty: it is only a cache.
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
 }
 
 impl Pricing {
@@ -106,15 +125,40 @@ impl Pricing {
                 pattern: WildMatch::new(&pattern),
             })
             .collect();
-        Pricing { entries }
+        Pricing {
+            entries,
+            memo: Memo::default(),
+        }
     }
 
     /// The entry pricing `model`, or `None` (label [`OTHER`], no cost).
     pub fn lookup(&self, model: &str) -> Option<&Price> {
+        let known = self
+            .memo
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model)
+            .copied();
+        let index = known.unwrap_or_else(|| {
+            let found = self.find(model);
+            let mut memo = self.memo.0.write().unwrap_or_else(PoisonError::into_inner);
+            if memo.len() < MEMO_CAP {
+                memo.insert(model.into(), found);
+            }
+            found
+        });
+        index.map(|i| &self.entries[i])
+    }
+
+    /// The index of the entry pricing `model`: an exact pattern, else the most specific glob.
+    fn find(&self, model: &str) -> Option<usize> {
         self.entries
             .iter()
-            .filter(|p| p.pattern.matches(model))
-            .max_by_key(|p| (p.exact, p.specificity))
+            .enumerate()
+            .filter(|(_, p)| p.pattern.matches(model))
+            .max_by_key(|(_, p)| (p.exact, p.specificity))
+            .map(|(i, _)| i)
     }
 }
 
@@ -156,5 +200,23 @@ mod tests {
         assert_eq!((mini.input_per_mtok, mini.output_per_mtok), (1.0, 2.0));
         assert_eq!(label(&p, "my-model"), "my-model");
         assert_eq!(p.lookup("my-model").unwrap().cost(1_000_000, 0), 3.0);
+    }
+
+    #[test]
+    fn remembered_answers_match_the_table_and_the_memo_is_bounded() {
+        let p = Pricing::default();
+        for model in ["gpt-4o-mini-2024-07-18", "my-finetune", "claude-sonnet-4-0"] {
+            let first = label(&p, model);
+            assert_eq!(label(&p, model), first, "{model}");
+            assert_eq!(
+                p.find(model).map(|i| &p.entries[i].label),
+                p.lookup(model).map(|e| &e.label)
+            );
+        }
+        for i in 0..MEMO_CAP + 10 {
+            assert_eq!(label(&p, &format!("gpt-4o-{i}")), "gpt-4o");
+        }
+        assert_eq!(p.memo.0.read().unwrap().len(), MEMO_CAP);
+        assert_eq!(label(&p, "gpt-4o-mini-unseen"), "gpt-4o-mini");
     }
 }

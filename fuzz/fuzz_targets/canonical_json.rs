@@ -1,8 +1,10 @@
-//! Cache-key canonicalisation on arbitrary bodies: never panics; the canonical form parses back
-//! to the same value (minus ignored fields) and canonicalising it again changes nothing.
+//! Cache-key canonicalisation and the model rewrite on arbitrary bodies: never panic; the
+//! canonical form parses back to the same value (minus ignored fields) and canonicalising it
+//! again changes nothing; a rewritten body is the same JSON with only its model replaced.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use promptgate::body::ParsedBody;
 use promptgate::cache::key::{canonical_body, derive, CanonicalBody, KeyInput};
 use serde_json::Value;
 
@@ -23,6 +25,13 @@ fuzz_target!(|data: &[u8]| {
             CanonicalBody::Raw(_) => panic!("canonical form not recognised as JSON"),
         }
     }
+    let parsed = ParsedBody::new(data);
+    if let Some(rewritten) = parsed.with_model("fuzz-model") {
+        let mut expected: Value = serde_json::from_slice(data).expect("only JSON is rewritten");
+        expected["model"] = Value::String("fuzz-model".into());
+        let got: Value = serde_json::from_slice(&rewritten).expect("the rewrite is JSON");
+        assert_eq!(got, expected, "the rewrite changed more than the model");
+    }
     // Every part of the key from the same bytes: never panics, and is deterministic.
     let text = String::from_utf8_lossy(data);
     let mid = (0..=text.len() / 2)
@@ -38,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
         path: b,
         query: Some(a),
         vary: &vary,
-        body: data,
+        body: &parsed,
         ignore_fields: &ignore,
     };
-    assert_eq!(derive(&input).0, derive(&input).0);
+    assert_eq!(derive(&input), derive(&input));
 });

@@ -1,43 +1,14 @@
 //! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
 
+use crate::clock::unix_now;
 use crate::providers::{Usage, UsageObserver};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// First bytes of every encoded entry: format name and version.
 const MAGIC: &[u8; 4] = b"PGE1";
-
-/// Response headers that describe one particular exchange, not the answer: replaying them
-/// would lie (a stale date, someone else's request id or rate-limit budget, a cookie).
-const PER_EXCHANGE: &[&str] = &[
-    "date",
-    "set-cookie",
-    "age",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "x-request-id",
-    "request-id",
-    "req-id",
-    "cf-ray",
-    "cf-cache-status",
-    "openai-processing-ms",
-    "x-envoy-upstream-service-time",
-    "server-timing",
-    "alt-svc",
-    "retry-after",
-    "via",
-];
-const PER_EXCHANGE_PREFIXES: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-", "x-promptgate-"];
-
-/// True for headers that are stored and replayed with the body.
-pub fn is_replayable(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    !PER_EXCHANGE.contains(&n) && !PER_EXCHANGE_PREFIXES.iter().any(|p| n.starts_with(p))
-}
 
 /// Where one recorded stream chunk ends in the body, and when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +38,6 @@ pub struct Entry {
 #[derive(Debug, thiserror::Error)]
 #[error("stored cache entry is unreadable: {0}")]
 pub struct DecodeError(&'static str);
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Entry {
     /// Seconds since it was stored (the `Age` of a hit).
@@ -252,21 +217,6 @@ mod tests {
         for cut in [3, 10, 25, enc.len() - 1] {
             assert!(Entry::decode(enc.slice(..cut)).is_err(), "cut at {cut}");
         }
-    }
-
-    #[test]
-    fn per_exchange_headers_are_not_replayed() {
-        for h in [
-            "date",
-            "set-cookie",
-            "x-request-id",
-            "x-ratelimit-remaining-requests",
-            "anthropic-ratelimit-tokens-limit",
-        ] {
-            assert!(!is_replayable(&HeaderName::from_static(h)), "{h}");
-        }
-        assert!(is_replayable(&http::header::CONTENT_TYPE));
-        assert!(is_replayable(&HeaderName::from_static("openai-model")));
     }
 
     #[test]

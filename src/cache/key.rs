@@ -7,9 +7,9 @@
 //! key order or whitespace share a key. Other bodies are hashed as raw bytes.
 //! Changing anything here changes every key: bump the version with it.
 
-use serde::de::{self, Deserialize, Deserializer, Visitor};
-use std::borrow::Cow;
+use crate::body::{self, Field, Node, ParsedBody, Sink};
 use std::fmt;
+use std::io;
 
 pub const KEY_VERSION: &str = "promptgate-cache-v1";
 
@@ -40,7 +40,8 @@ pub struct KeyInput<'a, 'b> {
     pub query: Option<&'a str>,
     /// `(lowercase name, value)` of each configured vary header present, in config order.
     pub vary: &'a [(&'a str, &'a [u8])],
-    pub body: &'b [u8],
+    /// The body, parsed (or not) once for the whole request.
+    pub body: &'a ParsedBody<'b>,
     pub ignore_fields: &'a [String],
 }
 
@@ -77,9 +78,22 @@ pub fn canonical_query(query: Option<&str>) -> String {
     pairs.join("&")
 }
 
-/// Derives the key, returning the canonical body too (for `promptgate key`).
-pub fn derive<'b>(input: &KeyInput<'_, 'b>) -> (CacheKey, CanonicalBody<'b>) {
-    let body = canonical_body(input.body, input.ignore_fields);
+/// Bodies up to this many bytes are hashed from one canonical buffer: for them a small
+/// allocation costs less than a second walk over the tree. Larger ones stream (see [`derive`]).
+const STREAM_ABOVE: usize = 16 * 1024;
+
+/// Derives the key.
+///
+/// A large body's canonical form goes straight into the hash, never into a buffer of its own:
+/// its length, which the layout puts first, is counted by a first walk over the tree (cheap:
+/// borrowed strings and containers are counted without being read), then the second walk
+/// writes it.
+pub fn derive(input: &KeyInput<'_, '_>) -> CacheKey {
+    derive_with(input, STREAM_ABOVE)
+}
+
+/// [`derive`], streaming bodies over `stream_above` bytes (tests force either way).
+fn derive_with(input: &KeyInput<'_, '_>, stream_above: usize) -> CacheKey {
     let mut h = blake3::Hasher::new();
     part(&mut h, KEY_VERSION.as_bytes());
     part(&mut h, input.scope.as_bytes());
@@ -93,190 +107,174 @@ pub fn derive<'b>(input: &KeyInput<'_, 'b>) -> (CacheKey, CanonicalBody<'b>) {
         part(&mut h, value);
     }
     // The body kind is hashed too, so raw bytes can never collide with a canonical JSON form.
-    part(
-        &mut h,
-        match body {
-            CanonicalBody::Json(_) => b"json",
-            CanonicalBody::Raw(_) => b"raw",
-        },
-    );
-    part(&mut h, body.as_bytes());
-    (CacheKey(*h.finalize().as_bytes()), body)
+    match input.body.tree() {
+        Some(tree) if input.body.raw().len() <= stream_above => {
+            part(&mut h, b"json");
+            let mut out = Vec::with_capacity(input.body.raw().len());
+            write_canonical(tree, input.ignore_fields, &mut out);
+            part(&mut h, &out);
+        }
+        Some(tree) => {
+            part(&mut h, b"json");
+            let mut count = Count(0);
+            write_canonical(tree, input.ignore_fields, &mut count);
+            h.update(&count.0.to_le_bytes());
+            let mut out = HashWriter::new(&mut h);
+            write_canonical(tree, input.ignore_fields, &mut out);
+            out.flush();
+        }
+        None => {
+            part(&mut h, b"raw");
+            part(&mut h, input.body.raw());
+        }
+    }
+    CacheKey(*h.finalize().as_bytes())
 }
 
-/// Canonical JSON of `body` when it is JSON, else the raw bytes.
+/// Canonical JSON of `body` when it is JSON, else the raw bytes (for `promptgate key`, which
+/// prints what is hashed).
 pub fn canonical_body<'a>(body: &'a [u8], ignore_fields: &[String]) -> CanonicalBody<'a> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    // Only objects and arrays are worth parsing; anything else is hashed as it is.
-    if !matches!(first, Some(b'{') | Some(b'[')) {
-        return CanonicalBody::Raw(body);
-    }
-    match serde_json::from_slice::<Node>(body) {
-        Ok(mut node) => {
-            if let Node::Object(fields) = &mut node {
-                fields.retain(|(k, _)| !ignore_fields.iter().any(|f| f == k.as_ref()));
-            }
+    match ParsedBody::new(body).tree() {
+        Some(tree) => {
             let mut out = Vec::with_capacity(body.len());
-            node.write(&mut out);
+            write_canonical(tree, ignore_fields, &mut out);
             CanonicalBody::Json(out)
         }
-        Err(_) => CanonicalBody::Raw(body),
+        None => CanonicalBody::Raw(body),
     }
 }
 
-/// A parsed JSON value that borrows its strings from the body where it can.
-///
-/// Why not `serde_json::Value`: a prompt is mostly long strings, and a `Value` copies each one
-/// and re-escapes it on output. A string without escapes in the body is written back as the
-/// exact bytes it came from — the same bytes serde_json's escaping would produce, since only
-/// `"`, `\` and control characters are escaped and none of them can stand raw in a JSON
-/// string — so the canonical form (and the v1 key) is unchanged, for a fraction of the work.
-enum Node<'a> {
-    Null,
-    Bool(bool),
-    Number(serde_json::Number),
-    String(Cow<'a, str>),
-    Array(Vec<Node<'a>>),
-    /// Fields as written; sorted (last duplicate wins, as in any JSON map) on output.
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
-}
+/// Counts the bytes of the canonical form.
+struct Count(u64);
 
-impl Node<'_> {
-    /// Writes the node with object keys sorted and no whitespace.
-    fn write(&mut self, out: &mut Vec<u8>) {
-        match self {
-            Node::Null => out.extend_from_slice(b"null"),
-            Node::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Node::Number(n) => {
-                serde_json::to_writer(&mut *out, n).expect("writing to a Vec cannot fail")
-            }
-            Node::String(s) => write_str(s, out),
-            Node::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter_mut().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    v.write(out);
-                }
-                out.push(b']');
-            }
-            Node::Object(fields) => {
-                // Stable, so among duplicate keys the last written stays last…
-                fields.sort_by(|a, b| a.0.cmp(&b.0));
-                out.push(b'{');
-                let mut first = true;
-                for i in 0..fields.len() {
-                    // …and only that last one is written.
-                    if fields.get(i + 1).is_some_and(|next| next.0 == fields[i].0) {
-                        continue;
-                    }
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    let (k, v) = &mut fields[i];
-                    write_str(k, out);
-                    out.push(b':');
-                    v.write(out);
-                }
-                out.push(b'}');
-            }
+impl Sink for Count {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0 += b.len() as u64;
+    }
+    fn escaped(&mut self, s: &str) {
+        self.0 += escaped_len(s);
+    }
+    fn number(&mut self, n: &serde_json::Number) {
+        let mut digits = [0u8; 32];
+        let mut cursor = io::Cursor::new(&mut digits[..]);
+        match serde_json::to_writer(&mut cursor, n) {
+            Ok(()) => self.0 += cursor.position(),
+            // Longer than any f64 or 64-bit integer prints; count it the slow way.
+            Err(_) => self.0 += serde_json::to_vec(n).map_or(0, |v| v.len() as u64),
         }
     }
 }
 
-/// A borrowed string had no escapes in the body, so it needs none now; an owned one (decoded
-/// from escapes) is escaped by serde_json.
-#[allow(clippy::ptr_arg)] // Borrowed or Owned is the point: it says whether there were escapes.
-fn write_str(s: &Cow<'_, str>, out: &mut Vec<u8>) {
-    match s {
-        Cow::Borrowed(raw) => {
-            out.push(b'"');
-            out.extend_from_slice(raw.as_bytes());
-            out.push(b'"');
+/// The length of `s` as serde_json writes it, quotes included. serde_json escapes only `"`,
+/// `\` and control characters: `\"`, `\\` and the short escapes of backspace, form feed,
+/// newline, carriage return and tab take 2 bytes, other control characters 6 (`\u00XX`).
+fn escaped_len(s: &str) -> u64 {
+    let (mut quoted, mut controls, mut short) = (0u64, 0u64, 0u64);
+    // Byte-wide counters over chunks that cannot overflow them: the loop vectorizes.
+    for chunk in s.as_bytes().chunks(255) {
+        let (mut q, mut c, mut sh) = (0u8, 0u8, 0u8);
+        for &b in chunk {
+            q += u8::from(b == b'"') + u8::from(b == b'\\');
+            c += u8::from(b < 0x20);
+            sh += u8::from(matches!(b, 0x08 | 0x0c | b'\n' | b'\r' | b'\t'));
         }
-        Cow::Owned(decoded) => {
-            serde_json::to_writer(&mut *out, decoded).expect("writing to a Vec cannot fail")
+        quoted += u64::from(q);
+        controls += u64::from(c);
+        short += u64::from(sh);
+    }
+    s.len() as u64 + 2 + quoted + short + 5 * (controls - short)
+}
+
+/// Feeds the hash in blocks of [`HashWriter::BLOCK`] bytes aligned on the hash's input, so
+/// blake3 compresses many chunks at once (SIMD) instead of the canonical form's small pieces.
+struct HashWriter<'h> {
+    hasher: &'h mut blake3::Hasher,
+    buf: [u8; HashWriter::BLOCK],
+    len: usize,
+    /// Room left before the hash's input reaches the next block boundary.
+    room: usize,
+}
+
+impl<'h> HashWriter<'h> {
+    const BLOCK: usize = 16 * 1024;
+
+    fn new(hasher: &'h mut blake3::Hasher) -> HashWriter<'h> {
+        let room = Self::BLOCK - (hasher.count() as usize % Self::BLOCK);
+        HashWriter {
+            hasher,
+            buf: [0; Self::BLOCK],
+            len: 0,
+            room,
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+        self.room = Self::BLOCK - (self.hasher.count() as usize % Self::BLOCK);
+    }
+}
+
+impl HashWriter<'_> {
+    /// `bytes` when they reach the block boundary.
+    #[inline(never)]
+    fn spill(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.len == 0 && b.len() >= Self::BLOCK {
+                // A long string: straight in, no copy.
+                self.hasher.update(b);
+                self.room = Self::BLOCK - (self.hasher.count() as usize % Self::BLOCK);
+                return;
+            }
+            let n = b.len().min(self.room - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+            self.len += n;
+            b = &b[n..];
+            if self.len == self.room {
+                self.flush();
+            }
         }
     }
 }
 
-/// A string that borrows from the input when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
+impl Sink for HashWriter<'_> {
+    #[inline]
+    fn bytes(&mut self, b: &[u8]) {
+        let end = self.len + b.len();
+        if end < self.room {
+            self.buf[self.len..end].copy_from_slice(b);
+            self.len = end;
+        } else {
+            self.spill(b);
         }
-        d.deserialize_str(V)
+    }
+    fn number(&mut self, n: &serde_json::Number) {
+        serde_json::to_writer(IoOut(self), n).expect("hashing cannot fail");
     }
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Node<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Node<'de>, E> {
-                Ok(Node::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
-                Ok(Node::Bool(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
-                serde_json::Number::from_f64(v)
-                    .map(Node::Number)
-                    .ok_or_else(|| E::custom("not a JSON number"))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Owned(v)))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Node::Array(items))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((Text(k), v)) = map.next_entry::<Text, Node>()? {
-                    fields.push((k, v));
-                }
-                Ok(Node::Object(fields))
-            }
+/// serde_json writes through `io::Write`.
+struct IoOut<'o, O: Sink>(&'o mut O);
+
+impl<O: Sink> io::Write for IoOut<'_, O> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.bytes(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the canonical form of `node`: object keys sorted (the tree keeps them so), one value
+/// per key, no whitespace, and at the top level no `ignore_fields`.
+fn write_canonical(node: &Node<'_>, ignore_fields: &[String], out: &mut impl Sink) {
+    match node {
+        Node::Object(fields) => {
+            let kept = |f: &&Field| !ignore_fields.iter().any(|i| i == f.key.as_ref());
+            body::write_fields(fields.iter().filter(kept), out);
         }
-        d.deserialize_any(V)
+        other => body::write_sorted(other, out),
     }
 }
 
@@ -384,17 +382,51 @@ mod tests {
 
     fn key_of(body: &[u8]) -> CacheKey {
         let ignore = ignore();
-        derive(&KeyInput {
+        let input = KeyInput {
             scope: "shared",
             route: "openai",
             method: "POST",
             path: "/openai/v1/chat/completions",
             query: None,
             vary: &[],
-            body,
+            body: &ParsedBody::new(body),
             ignore_fields: &ignore,
-        })
-        .0
+        };
+        let key = derive(&input);
+        assert_eq!(
+            key,
+            derive_buffered(&input),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        key
+    }
+
+    /// The derivation as first implemented: the canonical body written out whole, then hashed.
+    /// `derive` (streaming: length counted first, body written into the hash) must match it.
+    fn derive_buffered(input: &KeyInput) -> CacheKey {
+        let body = canonical_body(input.body.raw(), input.ignore_fields);
+        let mut h = blake3::Hasher::new();
+        part(&mut h, KEY_VERSION.as_bytes());
+        part(&mut h, input.scope.as_bytes());
+        part(&mut h, input.route.as_bytes());
+        part(&mut h, input.method.as_bytes());
+        part(&mut h, input.path.as_bytes());
+        part(&mut h, canonical_query(input.query).as_bytes());
+        h.update(&(input.vary.len() as u64).to_le_bytes());
+        for (name, value) in input.vary {
+            part(&mut h, name.as_bytes());
+            part(&mut h, value);
+        }
+        part(
+            &mut h,
+            match body {
+                CanonicalBody::Json(_) => b"json",
+                CanonicalBody::Raw(_) => b"raw",
+            },
+        );
+        part(&mut h, body.as_bytes());
+        CacheKey(*h.finalize().as_bytes())
     }
 
     /// Pins the key format: if this changes, every stored entry is orphaned. Bump KEY_VERSION.
@@ -468,10 +500,10 @@ mod tests {
             path: "/p",
             query: Some("b=2&a=1"),
             vary: vary_a,
-            body: b"{}",
+            body: &ParsedBody::new(b"{}"),
             ignore_fields: &ignore,
         };
-        let k = derive(&base).0;
+        let k = derive(&base);
         let variants = [
             KeyInput {
                 scope: "s2",
@@ -495,12 +527,12 @@ mod tests {
                 ..base
             },
             KeyInput {
-                body: b"[]",
+                body: &ParsedBody::new(b"[]"),
                 ..base
             },
         ];
         for v in &variants {
-            assert_ne!(k, derive(v).0);
+            assert_ne!(k, derive(v));
         }
         // query order does not matter, and `key=` (a credential) is not part of it
         assert_eq!(
@@ -509,7 +541,6 @@ mod tests {
                 query: Some("a=1&key=sk-1&b=2"),
                 ..base
             })
-            .0
         );
     }
 
@@ -556,7 +587,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn streaming_matches_buffered_after_long_strings_at_every_alignment() {
+        let long = "a".repeat(20_000);
+        let mut mid = String::new();
+        while mid.len() < 17_000 {
+            let body = format!(r#"["{long}","{mid}","{mid}\n","{long}\n",{{"{mid}":1}}]"#);
+            key_of(body.as_bytes());
+            mid.push_str(&"b".repeat(997));
+        }
+    }
+
+    #[test]
+    fn streaming_matches_buffered_across_block_boundaries() {
+        let ignore = ignore();
+        for len in [0, 1, 16_383, 16_384, 16_385, 40_000, 100_000] {
+            for filler in ["a", "é", "line\n"] {
+                let text = filler.repeat(len / filler.len() + 1);
+                let body = format!(r#"{{"model":"m","user":"u","p":["{text}",1.5,"{text}"]}}"#);
+                for scope in ["", "s", &"x".repeat(1500)] {
+                    let input = KeyInput {
+                        scope,
+                        route: "r",
+                        method: "POST",
+                        path: "/p",
+                        query: None,
+                        vary: &[],
+                        body: &ParsedBody::new(body.as_bytes()),
+                        ignore_fields: &ignore,
+                    };
+                    let key = derive_buffered(&input);
+                    assert_eq!(derive(&input), key, "{len} {filler:?}");
+                    assert_eq!(derive_with(&input, 0), key, "{len} {filler:?}");
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn escaped_length_is_what_serde_json_writes(s in "\\PC*|[\u{0}-\u{7f}]*") {
+            prop_assert_eq!(escaped_len(&s), serde_json::to_vec(&s).unwrap().len() as u64);
+        }
+
+        #[test]
+        fn streaming_derivation_matches_buffered(text in crate::body::tests::arb_json_text()) {
+            key_of(text.as_bytes());
+            key_of(format!(r#"{{"model":"m","user":1,"p":{text}}}"#).as_bytes());
+        }
+
         #[test]
         fn key_is_stable_under_reordering_and_whitespace(v in arb_json()) {
             let wrapped = serde_json::json!({"model": "m", "payload": v});

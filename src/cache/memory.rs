@@ -56,10 +56,6 @@ impl MemoryStore {
         );
     }
 
-    pub fn invalidate_all(&self) {
-        self.entries.invalidate_all();
-    }
-
     /// Removes every entry for which `select(route, key)` holds; returns how many.
     pub fn purge(&self, select: impl Fn(&str, &CacheKey) -> bool) -> u64 {
         let mut purged = 0;
@@ -81,7 +77,7 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::unix_now;
+    use crate::clock::unix_now;
     use bytes::Bytes;
 
     fn entry(size: usize, ttl: u64) -> Arc<Entry> {

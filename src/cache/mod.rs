@@ -4,12 +4,12 @@
 //!
 //! Lookups never fail a request: a store that errs is a miss.
 
-pub mod entry;
-pub mod flight;
+pub(crate) mod entry;
+pub(crate) mod flight;
 pub mod key;
-pub mod memory;
-pub mod policy;
-pub mod record;
+pub(crate) mod memory;
+pub(crate) mod policy;
+pub(crate) mod record;
 pub mod redis;
 pub mod semantic;
 
@@ -23,7 +23,8 @@ use redis::{RedisError, RedisStore};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The value of the `x-promptgate-cache` response header.
+/// Where a request's answer came from: the `x-promptgate-cache` response header
+/// ([`CacheStatus::as_str`]) and the `cache` label of the request metrics ([`CacheStatus::label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
@@ -32,6 +33,10 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Every status, in declaration order (`status as usize` indexes it).
+    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+
+    /// The `x-promptgate-cache` header value.
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
@@ -39,15 +44,65 @@ impl CacheStatus {
             CacheStatus::Bypass => "BYPASS",
         }
     }
+
+    /// The metric label value: the header value in lower case.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
 }
 
-/// What a lookup found.
+/// What the cache did for one request: what a store lookup found ([`Cache::lookup_traced`]
+/// returns `Hit`, `Miss` or `Error`), or why no store was asked (`Bypass`, `Coalesced`, decided
+/// by the request path). [`Lookup::label`] is the `result` label of
+/// `promptgate_cache_lookups_total`.
+#[derive(Debug, Clone)]
 pub enum Lookup {
+    /// Answered from a store, with this entry.
     Hit(Arc<Entry>),
+    /// Not stored: the request went upstream.
     Miss,
+    /// The request skipped the lookup (`no-cache`, `no-store`, `x-promptgate-cache: bypass`).
+    Bypass,
+    /// Answered from an identical request in flight (single-flight).
+    Coalesced,
     /// The shared store failed, timed out or is skipped (open circuit), or the entry was
     /// unreadable: served as a miss.
     Error,
+    /// Answered with this entry, stored for a similar request (the semantic cache).
+    SemanticHit(Arc<Entry>),
+}
+
+impl Lookup {
+    /// Every label value, in [`Lookup::index`] order.
+    pub const LABELS: [&'static str; 6] = [
+        "hit",
+        "miss",
+        "bypass",
+        "coalesced",
+        "error",
+        "semantic_hit",
+    ];
+
+    /// This outcome's position in [`Lookup::LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Lookup::Hit(_) => 0,
+            Lookup::Miss => 1,
+            Lookup::Bypass => 2,
+            Lookup::Coalesced => 3,
+            Lookup::Error => 4,
+            Lookup::SemanticHit(_) => 5,
+        }
+    }
+
+    /// The `result` label value.
+    pub fn label(&self) -> &'static str {
+        Lookup::LABELS[self.index()]
+    }
 }
 
 /// Which entries `POST /cache/purge` removes.
@@ -121,11 +176,12 @@ impl Cache {
     pub async fn lookup(&self, route: &str, key: &CacheKey) -> Option<Arc<Entry>> {
         match self.lookup_traced(route, key).await {
             Lookup::Hit(entry) => Some(entry),
-            Lookup::Miss | Lookup::Error => None,
+            _ => None,
         }
     }
 
-    /// [`Cache::lookup`], telling a miss from a store that could not answer (for metrics).
+    /// [`Cache::lookup`], telling a miss from a store that could not answer (for metrics):
+    /// `Hit`, `Miss` or `Error`.
     pub async fn lookup_traced(&self, route: &str, key: &CacheKey) -> Lookup {
         if let Some(entry) = self.memory.get(key) {
             return Lookup::Hit(entry);

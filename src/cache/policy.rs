@@ -2,7 +2,8 @@
 //! the config), the request's own controls (`Cache-Control`, `x-promptgate-cache`,
 //! `x-promptgate-ttl`), and the credential scope.
 
-use super::key::{self, CacheKey, CanonicalBody, KeyInput};
+use super::key::{self, CacheKey, KeyInput};
+use crate::body::ParsedBody;
 use crate::config::schema::CacheScope;
 use crate::config::RouteCache;
 use pingora::http::RequestHeader;
@@ -86,15 +87,14 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The cache key of a request on a route with cache settings `policy`, and the canonical body
-/// that was hashed.
-pub fn request_key<'a>(
+/// The cache key of a request on a route with cache settings `policy`.
+pub fn request_key(
     req: &RequestHeader,
     route: &str,
     policy: &RouteCache,
     path: &str,
-    body: &'a [u8],
-) -> (CacheKey, CanonicalBody<'a>) {
+    body: &ParsedBody<'_>,
+) -> CacheKey {
     let vary: Vec<(&str, &[u8])> = policy
         .vary
         .iter()

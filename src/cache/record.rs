@@ -1,11 +1,13 @@
 //! Recording a response while it is relayed to the client, to store it once complete — and,
 //! as the leader of a flight, sharing it live with identical requests waiting on it.
 
-use super::entry::{is_replayable, unix_now, ChunkMark, Entry};
+use super::entry::{ChunkMark, Entry};
 use super::flight::{Leader, SharedHead};
 use super::key::CacheKey;
 use super::semantic::Indexing;
 use super::Cache;
+use crate::clock::unix_now;
+use crate::headers;
 use crate::providers::StreamEnd;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -65,7 +67,7 @@ impl Recorder {
         let headers: Vec<_> = head
             .headers
             .iter()
-            .filter(|(n, _)| is_replayable(n))
+            .filter(|(n, _)| headers::is_replayable(n.as_str()))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         if let Some(leader) = &plan.leader {

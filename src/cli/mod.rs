@@ -1,7 +1,7 @@
 //! The command line: `promptgate run | check | key | warm | health`, with `--config` resolution.
 
-pub mod health;
-pub mod warm;
+pub(crate) mod health;
+pub(crate) mod warm;
 
 use crate::config;
 
@@ -229,13 +229,14 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     std::io::stdin()
         .read_to_end(&mut body)
         .context("cannot read the request body from stdin")?;
-    let (key, canonical) = crate::cache::policy::request_key(
+    let key = crate::cache::policy::request_key(
         &req,
         &route.key_name,
         &route.cache,
         req.uri.path(),
-        &body,
+        &crate::body::ParsedBody::new(&body),
     );
+    let canonical = crate::cache::key::canonical_body(&body, &route.cache.ignore_fields);
     let kind = match canonical {
         crate::cache::key::CanonicalBody::Json(_) => "canonical JSON",
         crate::cache::key::CanonicalBody::Raw(_) => "raw bytes (not JSON)",

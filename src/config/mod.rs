@@ -5,17 +5,24 @@
 //! Every problem is collected (each with its field path and line) and reported at once;
 //! `promptgate check`, start-up and reload all go through [`load`].
 
+mod explain;
 mod interpolate;
 mod locate;
+#[cfg(test)]
+mod problem_tests;
 pub mod redis_url;
+#[cfg(test)]
+mod reference_tests;
 pub mod schema;
 pub mod secret;
 pub mod spec;
+mod typed;
+pub mod units;
 mod validate;
 
 use locate::LineIndex;
 use serde::de::DeserializeOwned;
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -131,14 +138,24 @@ pub fn parse(
         problems,
     };
     let mut root: Value = match serde_yaml::from_str(text) {
-        Ok(Value::Null) => Value::Mapping(Mapping::new()),
+        Ok(Value::Null) => {
+            return Err(invalid(vec![Problem::at(
+                "",
+                "the config file is empty; it needs at least one upstream and one route \
+                 (conf/promptgate.yaml is a complete example)",
+            )]))
+        }
         Ok(v) => v,
         Err(e) => {
-            let line = e.location().map(|l| l.line());
+            let (line, column) = match e.location() {
+                Some(l) => (Some(l.line()), Some(l.column())),
+                // serde_yaml gives no mark for a second document: point at its `---`.
+                None => (second_document(text), None),
+            };
             return Err(invalid(vec![Problem {
                 path: String::new(),
                 line,
-                message: e.to_string(),
+                message: explain::yaml_syntax(&e.to_string(), line, column),
             }]));
         }
     };
@@ -153,6 +170,9 @@ pub fn parse(
         value
     };
     interpolate::expand_tree(&mut root, "", &recording_env, &mut problems);
+    if let Some(p) = missing_routes(&root) {
+        problems.push(p);
+    }
     let mut sections = Sections {
         index: &index,
         problems,
@@ -163,12 +183,52 @@ pub fn parse(
         if p.line.is_none() {
             p.line = index.line_of(&p.path);
         }
+        // The top-level key check words its message like serde; say it the same plain way.
+        if p.message.starts_with("unknown field `") && p.message.contains(", expected ") {
+            p.message = explain::serde_message(&p.message);
+        }
         redact_env_values(p, &expanded.borrow());
     }
+    // Top to bottom, as the file reads; problems about the whole file first.
+    problems.sort_by_key(|p| p.line.unwrap_or(0));
     match spec {
         Some(spec) if problems.is_empty() => Ok(spec),
         _ => Err(invalid(problems)),
     }
+}
+
+/// The line of the `---` that starts a second YAML document (one after content), if any.
+fn second_document(text: &str) -> Option<usize> {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") && content {
+            return Some(i + 1);
+        }
+        let t = line.trim();
+        content |= !(t.is_empty() || t.starts_with('#') || t.starts_with("---"));
+    }
+    None
+}
+
+/// A config without routes would answer every request with 404: refuse it, saying so.
+/// (A `routes` that is not a list is reported by the routes check itself.)
+fn missing_routes(root: &Value) -> Option<Problem> {
+    let Value::Mapping(map) = root else {
+        return None;
+    };
+    let empty = match map.get("routes") {
+        None | Some(Value::Null) => true,
+        Some(Value::Sequence(items)) => items.is_empty(),
+        Some(_) => false,
+    };
+    empty.then(|| {
+        Problem::at(
+            "routes",
+            "no routes are configured, so every request would get 404; add at least one, \
+             e.g. `routes: [{name: openai, match: {path_prefix: /openai}, strip_prefix: true, \
+             targets: [openai]}]` (see conf/promptgate.yaml)",
+        )
+    })
 }
 
 /// `${VAR}` values shorter than this are left in messages: keys are long, and masking short
@@ -205,42 +265,25 @@ impl Sections<'_> {
         self.problems.push(Problem::at(path, message));
     }
 
-    /// Deserializes `value` as a `T`, or records why not at `path`.
+    /// Deserializes `value` as a `T`, or records why not: at the exact field inside `value`
+    /// that is wrong (`routes[0].match.path_prefx`, not `routes[0]`), on that field's line,
+    /// in plain words.
     pub fn typed<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
-        match serde_yaml::from_value(value) {
+        match typed::deserialize_all(value) {
             Ok(v) => Some(v),
-            Err(e) => {
-                // serde_yaml prefixes nested errors with their own path ("match: unknown field ...").
-                let msg = e.to_string();
-                let (full, message) = match msg.split_once(": ") {
-                    Some((inner, rest)) if is_field_path(inner) => {
-                        (join_path(path, inner), rest.to_string())
-                    }
-                    _ => (path.to_string(), msg),
-                };
-                let line = self.index.line_of(&full);
-                self.problems.push(Problem {
-                    path: full,
-                    line,
-                    message,
-                });
+            Err(mistakes) => {
+                for m in mistakes {
+                    let full = typed::join(path, &m.path);
+                    let line = self.index.line_of(&full);
+                    self.problems.push(Problem {
+                        path: full,
+                        line,
+                        message: explain::serde_message(&m.message),
+                    });
+                }
                 None
             }
         }
-    }
-}
-
-fn is_field_path(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
-}
-
-fn join_path(parent: &str, child: &str) -> String {
-    match (parent.is_empty(), child.starts_with('[')) {
-        (true, _) => child.to_string(),
-        (false, true) => format!("{parent}{child}"),
-        (false, false) => format!("{parent}.{child}"),
     }
 }
 
@@ -261,7 +304,10 @@ mod tests {
         assert!(!err.contains("0123456789"), "{err}");
         // The messages still say what is wrong, with the value masked where it was echoed.
         assert!(err.contains("*****"), "{err}");
-        assert!(err.contains("routes[0]: unknown variant"), "{err}");
+        assert!(
+            err.contains("routes[0].strategy: unknown value `*****`"),
+            "{err}"
+        );
     }
 
     #[test]

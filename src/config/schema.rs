@@ -1,9 +1,12 @@
 //! The config file's shape: serde types mirroring `promptgate.yaml`, with defaults.
-//! Unknown fields are errors. README's config reference documents each field.
+//! Unknown fields are errors. docs/configuration.md documents each field.
 
 use super::secret::Secret;
+use super::units;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 /// Top-level keys, each deserialized on its own so that one bad section does not hide another.
@@ -44,7 +47,9 @@ pub fn default_upgrade_sock() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSpec {
-    /// Largest request body accepted; larger ones get 413. Default 32 MiB.
+    /// Largest request body accepted, in bytes; larger ones get 413. Default 32 MiB.
+    /// Written as a number or a size such as `32MiB`.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_body_bytes: usize,
 }
 
@@ -74,7 +79,7 @@ pub struct UpstreamSpec {
     #[serde(default)]
     pub max_concurrent: usize,
     /// With `max_concurrent`, how long a request waits for a slot before a 503.
-    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    #[serde(default = "default_queue_timeout", with = "units::duration")]
     pub queue_timeout: Duration,
 }
 
@@ -89,7 +94,7 @@ pub struct HealthSpec {
     /// Consecutive failed attempts after which the upstream is ejected (0 = never).
     pub failures: u32,
     /// How long an ejected upstream is skipped (unless every target is ejected).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub cooldown: Duration,
 }
 
@@ -107,16 +112,16 @@ impl Default for HealthSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsSpec {
     /// TCP (and TLS) connection establishment. Default 5s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub connect: Duration,
     /// Longest wait for the response head or between two body chunks. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub read: Duration,
     /// Longest wait for one write of the request. Default 10s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub write: Duration,
     /// How long an idle pooled connection is kept. Default 60s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub idle: Duration,
 }
 
@@ -168,14 +173,34 @@ pub enum Strategy {
     Latency,
 }
 
-/// Named target groups for priority routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+/// Named target groups for priority routing. Deserialized by hand (from a string), so that a
+/// wrong group name, a map key, is reported at its own path (`groups.fast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PriorityGroup {
     Speed,
     Cost,
     Quality,
     Fallback,
+}
+
+impl<'de> Deserialize<'de> for PriorityGroup {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PriorityGroup;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a priority group: speed, cost, quality or fallback")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PriorityGroup, E> {
+                PriorityGroup::ALL
+                    .into_iter()
+                    .find(|g| g.as_str() == v)
+                    .ok_or_else(|| E::unknown_variant(v, &["speed", "cost", "quality", "fallback"]))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
 }
 
 impl PriorityGroup {
@@ -209,10 +234,10 @@ pub struct RetrySpec {
     /// Attempts per target (1 = no retry). Default 3.
     pub attempts: u32,
     /// Backoff before the first retry; doubles each retry, with full jitter. Default 1s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub base: Duration,
     /// Longest backoff, and cap on an honoured `Retry-After`. Default 10s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub max: Duration,
     /// What is retried: `connect`, `timeout`, `reset`, and HTTP status codes.
     pub on: Vec<RetryOn>,
@@ -238,11 +263,10 @@ impl Default for RetrySpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(
-    untagged,
-    expecting = "connect, timeout, reset, or an HTTP status code"
-)]
+/// One entry of `retry.on`: a named failure or an HTTP status code. Deserialized by hand
+/// (not `untagged`) so a wrong entry is named in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum RetryOn {
     Status(u16),
     Named(RetryCondition),
@@ -275,11 +299,10 @@ pub struct MatchSpec {
 }
 
 /// `routes[N].targets[M]:` — an upstream name, or an upstream with a model rewrite.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(
-    untagged,
-    expecting = "an upstream name, or a map {upstream: NAME, model: MODEL}"
-)]
+/// Deserialized by hand (not `untagged`), so a mistake inside a `{upstream, model, weight}`
+/// map is reported at its own field.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
 pub enum TargetSpec {
     Name(String),
     Detailed(DetailedTarget),
@@ -293,6 +316,62 @@ pub struct DetailedTarget {
     pub model: Option<String>,
     /// Share of first picks under `strategy: weighted`. Default 1.
     pub weight: Option<u32>,
+}
+
+const RETRY_ON_EXPECTED: &str = "connect, timeout, reset, or an HTTP status code like 429";
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(RETRY_ON_EXPECTED)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                u16::try_from(v)
+                    .map(RetryOn::Status)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                Err(E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                match v {
+                    "connect" => Ok(RetryOn::Named(RetryCondition::Connect)),
+                    "timeout" => Ok(RetryOn::Named(RetryCondition::Timeout)),
+                    "reset" => Ok(RetryOn::Named(RetryCondition::Reset)),
+                    _ => match v.parse::<u16>() {
+                        Ok(code) => Ok(RetryOn::Status(code)),
+                        Err(_) => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                    },
+                }
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TargetSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an upstream name, or a mapping like {upstream: NAME, model: MODEL, weight: N}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetSpec, E> {
+                Ok(TargetSpec::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetSpec, A::Error> {
+                DetailedTarget::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(TargetSpec::Detailed)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 impl TargetSpec {
@@ -326,9 +405,10 @@ pub struct CacheSpec {
     pub enabled: bool,
     pub backend: CacheBackend,
     /// How long a stored response is served. Default 7 days.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub ttl: Duration,
-    /// Responses larger than this are forwarded but not stored. Default 8 MiB.
+    /// Responses larger than this many bytes are forwarded but not stored. Default 8 MiB.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_entry_bytes: usize,
     pub scope: CacheScope,
     /// Top-level JSON body fields that do not change the answer, left out of the key.
@@ -342,7 +422,7 @@ pub struct CacheSpec {
     /// Identical requests in flight at once share one upstream call.
     pub coalesce: bool,
     /// Longest a coalesced request waits on the one in flight before going upstream itself.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub coalesce_timeout: Duration,
     pub memory: MemorySpec,
     pub redis: RedisSpec,
@@ -409,6 +489,7 @@ pub enum CacheScope {
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySpec {
     /// Upper bound on the bytes of stored responses. Default 256 MiB.
+    #[serde(deserialize_with = "units::bytes")]
     pub max_bytes: u64,
 }
 
@@ -431,10 +512,10 @@ pub struct RedisSpec {
     /// Key prefix: keys are `{prefix}:{route}:{hex}`.
     pub prefix: String,
     /// Longest wait for a lookup before the request goes upstream. Default 50ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub timeout: Duration,
     /// After a Redis error, how long to stop asking Redis (circuit breaker). Default 5s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub breaker: Duration,
     /// Keep an in-memory copy of entries (bounded by `cache.memory.max_bytes`) in front of Redis.
     pub l1: bool,
@@ -458,7 +539,7 @@ impl Default for RedisSpec {
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheSpec {
     pub enabled: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "units::option_duration")]
     pub ttl: Option<Duration>,
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
@@ -574,7 +655,7 @@ pub struct ConfigSpec {
     pub admin: String,
     pub admin_token: Option<Secret<String>>,
     pub threads: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
     pub limits: LimitsSpec,
     pub upstreams: BTreeMap<String, UpstreamSpec>,

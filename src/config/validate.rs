@@ -8,6 +8,7 @@ use super::schema::{
 use super::secret::Secret;
 use super::spec::{self, RouteCache, Spec, PRIORITY_HEADER};
 use super::Sections;
+use crate::headers;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -15,20 +16,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Headers that describe one hop or the message framing; injecting them would break the exchange.
-const UNINJECTABLE: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "expect",
-];
 
 #[derive(Deserialize)]
 struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
@@ -294,7 +281,7 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
             s.problem(&hpath, "is not a valid header name");
             continue;
         };
-        if UNINJECTABLE.contains(&hname.as_str()) {
+        if !headers::is_injectable(hname.as_str()) {
             s.problem(&hpath, "is set by promptgate itself and cannot be injected");
             continue;
         }
@@ -580,6 +567,14 @@ mod tests {
         }
     }
 
+    /// The smallest valid config: one upstream, one route (a file without routes is refused).
+    const ROUTE: &str =
+        "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
+
+    fn with_route(yaml: &str) -> String {
+        format!("{ROUTE}{yaml}")
+    }
+
     const ISSUE_EXAMPLE: &str = r#"
 listen: "127.0.0.1:8080"
 admin: "127.0.0.1:9090"
@@ -621,13 +616,13 @@ cache:
     }
 
     #[test]
-    fn empty_file_gives_defaults() {
-        let t = ok("");
+    fn a_minimal_file_gets_defaults() {
+        let t = ok(ROUTE);
         assert_eq!(t.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(t.admin.to_string(), "127.0.0.1:9090");
         assert_eq!(t.shutdown_grace.as_secs(), 10);
         assert_eq!(t.threads, 0, "as written: one per core");
-        assert!(t.routes.is_empty());
+        assert_eq!(t.routes.len(), 1);
         assert!(t.reload.watch, "the file is watched by default");
         assert_eq!(t.upgrade_sock, "/tmp/promptgate_upgrade.sock");
     }
@@ -635,26 +630,28 @@ cache:
     #[test]
     fn upgrade_sock_is_configurable_and_checked() {
         assert_eq!(
-            ok("upgrade_sock: /run/promptgate/upgrade.sock\n").upgrade_sock,
+            ok(&with_route("upgrade_sock: /run/promptgate/upgrade.sock\n")).upgrade_sock,
             "/run/promptgate/upgrade.sock"
         );
-        let p = problems("upgrade_sock: upgrade.sock\n");
+        let p = problems(&with_route("upgrade_sock: upgrade.sock\n"));
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].path, "upgrade_sock");
         assert!(p[0].message.contains("absolute"), "{p:?}");
         let long = format!("upgrade_sock: /{}\n", "x".repeat(120));
-        assert!(problems(&long)[0].message.contains("at most 107"));
+        assert!(problems(&with_route(&long))[0]
+            .message
+            .contains("at most 107"));
     }
 
     #[test]
     fn reload_watch_can_be_turned_off_and_is_checked() {
-        assert!(!ok("reload:\n  watch: false\n").reload.watch);
-        let p = problems("reload:\n  watch: sometimes\n");
+        assert!(!ok(&with_route("reload:\n  watch: false\n")).reload.watch);
+        let p = problems(&with_route("reload:\n  watch: sometimes\n"));
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].path.starts_with("reload"), "{p:?}");
-        assert!(p[0].message.contains("boolean"), "{p:?}");
+        assert!(p[0].message.contains("true or false"), "{p:?}");
         assert!(p[0].line.is_some(), "{p:?}");
-        let p = problems("reload:\n  every: 5s\n");
+        let p = problems(&with_route("reload:\n  every: 5s\n"));
         assert!(p[0].message.contains("unknown field `every`"), "{p:?}");
     }
 
@@ -721,7 +718,7 @@ bogus: 1
         has("12:routes[1].name: duplicate route name");
         has("13:routes[1].match.path_prefix: must start with /");
         has("14:routes[1].targets[1]: unknown upstream \"opnai\"");
-        has("routes[2]: unknown field `matchh`");
+        has("16:routes[2].matchh: unknown field `matchh`");
         has("18:bogus: unknown field `bogus`");
         // the broken upstream is reported once, not again for every route naming it
         assert!(
@@ -790,14 +787,16 @@ bogus: 1
 
     #[test]
     fn pricing_log_and_admin_token() {
-        let t = ok(r#"
+        let t = ok(&with_route(
+            r#"
 admin_token: "${OPENAI_API_KEY}"
 log: {format: json}
 pricing:
   gpt-4o-mini*: {input_per_mtok: 1.5, output_per_mtok: 6}
   house-model: {input_per_mtok: 0.5, output_per_mtok: 0.5}
 cache: {backend: redis, require_redis: true}
-"#);
+"#,
+        ));
         assert_eq!(t.admin_token.as_ref().unwrap().expose(), "sk-test");
         assert_eq!(t.log.format, crate::config::schema::LogFormat::Json);
         assert_eq!(t.pricing["gpt-4o-mini*"].input_per_mtok, 1.5);
@@ -808,7 +807,7 @@ cache: {backend: redis, require_redis: true}
         assert!(!shown.contains("sk-test"), "{shown}");
         assert!(shown.contains(r#""admin_token":"*****""#), "{shown}");
         assert!(shown.contains(r#""shutdown_grace":"10s""#), "{shown}");
-        assert!(ok("admin_token: \"\"\n").admin_token.is_none());
+        assert!(ok(&with_route("admin_token: \"\"\n")).admin_token.is_none());
         let p = problems(
             "pricing:\n  x: {input_per_mtok: -1, output_per_mtok: 1}\nlog: {format: xml}\n",
         );
@@ -855,6 +854,7 @@ upstreams:
     headers:
       x-key: "a\r\nx-evil: 1"
       content-length: "5"
+routes: [{name: r, targets: [u]}]
 "#,
         );
         assert_eq!(p.len(), 2, "{p:?}");
@@ -862,7 +862,7 @@ upstreams:
 
     #[test]
     fn error_message_lists_file_and_lines() {
-        let err = parse("threads: many\n", "conf/x.yaml", &env).unwrap_err();
+        let err = parse(&format!("threads: many\n{ROUTE}"), "conf/x.yaml", &env).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.starts_with("invalid config conf/x.yaml: 1 problem"),

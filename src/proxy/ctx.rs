@@ -1,8 +1,7 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
-use crate::cache::entry::Entry;
-use crate::cache::CacheStatus;
-use crate::metrics::{LookupResult, SemanticRecord};
+use crate::cache::{CacheStatus, Lookup};
+use crate::metrics::SemanticRecord;
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
@@ -34,13 +33,11 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
     pub inflight: Option<InflightGuard>,
-    /// Set by `request_filter` on cached routes: what the cache lookup found (for metrics).
-    pub lookup: Option<LookupResult>,
+    /// Set by `request_filter` on cached routes: what the cache did. A hit keeps the entry it
+    /// served: its usage is what the hit saved (read in `logging`, after the answer went out).
+    pub lookup: Option<Lookup>,
     /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
-    /// Set by `request_filter` on a hit: the entry served (its usage is what the hit saved;
-    /// read in `logging`, after the response went out).
-    pub hit_entry: Option<Arc<Entry>>,
     /// Set by `request_filter` on semantic routes: what the semantic cache did (for metrics).
     pub semantic: Option<SemanticRecord>,
 }
@@ -62,7 +59,6 @@ impl Default for Ctx {
             inflight: None,
             lookup: None,
             usage: None,
-            hit_entry: None,
             semantic: None,
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! Messages name routes, upstreams and limits, never credentials or query strings.
 
+use crate::json_error;
 use bytes::Bytes;
 use pingora::{Error as PingoraError, ErrorType};
 
@@ -78,10 +79,7 @@ impl ProxyError {
 
     /// `{"error":{"type":…,"message":…}}`, the shape the provider SDKs already parse.
     pub fn body(&self) -> Bytes {
-        let body = serde_json::json!({
-            "error": { "type": self.kind(), "message": self.to_string() }
-        });
-        Bytes::from(body.to_string())
+        Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
     /// Classifies a Pingora error from talking to `upstream`.

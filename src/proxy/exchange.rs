@@ -3,8 +3,10 @@
 
 use super::errors::ProxyError;
 use super::respond::CACHE_STATUS_HEADER;
+use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
+use crate::headers;
 use crate::providers::UsageObserver;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -18,25 +20,13 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-/// Headers that describe one hop (RFC 9110 §7.6.1) and so are never forwarded as is.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Attempts on pooled connections that turn out to be closed by the upstream while idle.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
-/// True for hop-by-hop headers, including any the message's `Connection` header nominates.
+/// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
+/// `Connection` header nominates.
 fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+    headers::is_hop_by_hop(name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
                 .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
@@ -101,20 +91,12 @@ pub fn build_request(
 /// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
 /// and values; the body length changes, which `build_request` accounts for. A body that is not
 /// a JSON object with a `model` is sent untouched: the upstream decides what to make of it.
-pub fn rewrite_model(target: &Target, body: Bytes) -> Bytes {
-    let Some(model) = &target.model else {
-        return body;
-    };
-    let Ok(mut object) =
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-    else {
-        return body;
-    };
-    if !object.contains_key("model") {
-        return body;
+/// `parsed` is `body`'s tree, shared by every target of the request.
+pub fn rewrite_model(target: &Target, body: &Bytes, parsed: &ParsedBody<'_>) -> Bytes {
+    match target.model.as_deref().and_then(|m| parsed.with_model(m)) {
+        Some(rewritten) => Bytes::from(rewritten),
+        None => body.clone(),
     }
-    object.insert("model".into(), serde_json::Value::String(model.clone()));
-    Bytes::from(serde_json::to_vec(&object).expect("a JSON map always serializes"))
 }
 
 /// An upstream response whose head has been read and whose body is still to come.
@@ -128,6 +110,15 @@ impl UpstreamResponse {
         self.session
             .response_header()
             .expect("send() returns only after the response head was read")
+    }
+
+    /// The `Content-Type`, or `""`.
+    pub fn content_type(&self) -> &str {
+        self.header()
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// Reads the whole body (for promptgate's own calls, such as embeddings), up to `limit`

@@ -7,20 +7,21 @@
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
+use crate::body::ParsedBody;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// The response to relay, from the target that gave it.
 pub struct Answer<'r> {
     pub target: &'r Target,
     pub response: UpstreamResponse,
     /// The target's concurrency slot, held until the response has been relayed.
-    pub slot: Option<OwnedSemaphorePermit>,
+    pub slot: Slot,
 }
 
 /// What kind of failure an error is, for the retry policy.
@@ -78,6 +79,17 @@ fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
     )
 }
 
+/// What every attempt sends, before each target's own headers and model rewrite.
+pub struct Outgoing<'a, 'b> {
+    /// The client's request head.
+    pub client: &'a RequestHeader,
+    /// The upstream path and query (the route's prefix rewriting applied).
+    pub forward: &'a str,
+    pub body: &'a Bytes,
+    /// `body`'s tree, for the model rewrites.
+    pub parsed: &'a ParsedBody<'b>,
+}
+
 /// Sends the request to `targets` in order, retrying and failing over per the route's policy,
 /// until a response that is not retried. When all fail, the last upstream response (if any
 /// attempt got one) is the answer; otherwise the last error, listing what was tried.
@@ -85,9 +97,7 @@ pub async fn exchange<'r>(
     connector: &Connector,
     route: &Route,
     targets: &[&'r Target],
-    client: &RequestHeader,
-    forward: &str,
-    body: &Bytes,
+    outgoing: Outgoing<'_, '_>,
     ctx: &mut Ctx,
 ) -> Result<Answer<'r>, ProxyError> {
     let policy = &route.retry;
@@ -99,8 +109,8 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = exchange::rewrite_model(target, body.clone());
-        let req = exchange::build_request(client, up, forward, body.len())?;
+        let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
+        let req = exchange::build_request(outgoing.client, up, outgoing.forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;

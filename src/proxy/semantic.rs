@@ -10,9 +10,9 @@ use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::semantic::extract::{self, Ineligible};
 use crate::cache::semantic::{ContextKey, Indexing, Probe, SemanticLookup};
-use crate::cache::{Cache, CacheStatus};
+use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::config::schema::SemanticSpec;
-use crate::metrics::{LookupResult, SemanticRecord};
+use crate::metrics::SemanticRecord;
 use crate::routing::upstream::Upstream;
 use crate::routing::Route;
 use pingora::connectors::http::Connector;
@@ -48,7 +48,8 @@ pub fn probe(
     body: &[u8],
 ) -> Result<Probe, Ineligible> {
     let split = extract::split(path, body, spec.max_chars)?;
-    let (rest_key, _) = policy::request_key(req, &route.key_name, &route.cache, path, &split.rest);
+    let rest = crate::body::ParsedBody::new(&split.rest);
+    let rest_key = policy::request_key(req, &route.key_name, &route.cache, path, &rest);
     let context = ContextKey::new(&embedder_identity(&embedder.name, spec), &rest_key);
     Ok(Probe::new(context, split.text))
 }
@@ -150,10 +151,9 @@ pub(super) async fn lookup(
             entry, similarity, ..
         } if !spec.shadow => {
             report.served = Some(similarity);
-            ctx.lookup = Some(LookupResult::SemanticHit);
+            ctx.lookup = Some(Lookup::SemanticHit(entry.clone()));
             ctx.cache = Some(CacheStatus::Hit);
             ctx.status = entry.status;
-            ctx.hit_entry = Some(entry.clone());
             // The answer is now this request's exact entry too: repeating it costs no embedding.
             cache.store(&r.route.name, r.key, entry.clone());
             let extra = [

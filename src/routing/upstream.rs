@@ -7,7 +7,7 @@ use crate::config::spec;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,8 +34,10 @@ pub struct Upstream {
     health: Health,
     /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
     latency_ewma: AtomicU64,
-    /// With `max_concurrent`: the slots, and how long to wait for one.
-    slots: Option<(Arc<Semaphore>, Duration)>,
+    /// With `max_concurrent`: the slots, how many there are, and how long to wait for one.
+    slots: Option<(Arc<Semaphore>, usize, Duration)>,
+    /// Exchanges with this upstream under way (each holds a [`Slot`]), for the dashboard.
+    inflight: Arc<AtomicUsize>,
 }
 
 /// Passive health: consecutive failures, and until when the upstream is skipped.
@@ -43,6 +45,8 @@ pub struct Upstream {
 struct Health {
     spec: HealthSpec,
     failures: AtomicU32,
+    /// Failed attempts since start (never reset), for the dashboard.
+    failures_total: AtomicU64,
     /// Milliseconds since [`epoch`]; 0 = not ejected.
     ejected_until: AtomicU64,
 }
@@ -60,6 +64,37 @@ fn epoch_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 #[error("upstream is at its max_concurrent limit")]
 pub struct Busy;
+
+/// One exchange with an upstream under way: its `max_concurrent` slot (when capped) and its
+/// place in the upstream's in-flight count, both given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the dashboard shows of one upstream's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamState {
+    /// How long the upstream stays ejected (zero when it is not).
+    pub ejected_for: Duration,
+    /// Failed attempts in a row (reset by a success, and when the upstream is ejected).
+    pub consecutive_failures: u32,
+    /// Failed attempts since start.
+    pub failures: u64,
+    /// Exchanges under way.
+    pub inflight: usize,
+    /// With `max_concurrent`: (free slots, all slots).
+    pub slots: Option<(usize, usize)>,
+    /// Smoothed time to first byte in microseconds (0 before the first measurement).
+    pub latency_micros: f64,
+}
 
 /// DNS resolution of an upstream host failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,15 +121,18 @@ impl Upstream {
             health: Health {
                 spec: spec.health.clone(),
                 failures: AtomicU32::new(0),
+                failures_total: AtomicU64::new(0),
                 ejected_until: AtomicU64::new(0),
             },
             latency_ewma: AtomicU64::new(0),
             slots: (spec.max_concurrent > 0).then(|| {
                 (
                     Arc::new(Semaphore::new(spec.max_concurrent)),
+                    spec.max_concurrent,
                     spec.queue_timeout,
                 )
             }),
+            inflight: Arc::default(),
         }
     }
 
@@ -123,6 +161,7 @@ impl Upstream {
     /// A failed attempt; enough of them in a row eject the upstream for its cool-down.
     pub fn record_failure(&self) {
         let spec = &self.health.spec;
+        self.health.failures_total.fetch_add(1, Ordering::Relaxed);
         let n = self.health.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if spec.failures > 0 && n >= spec.failures {
             self.health.failures.store(0, Ordering::Release);
@@ -141,14 +180,38 @@ impl Upstream {
         f64::from_bits(self.latency_ewma.load(Ordering::Acquire))
     }
 
-    /// A slot under `max_concurrent` (none needed without a cap), waiting up to `queue_timeout`.
-    pub async fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Busy> {
-        let Some((slots, wait)) = &self.slots else {
-            return Ok(None);
+    /// A slot under `max_concurrent` (always granted without a cap), waiting up to
+    /// `queue_timeout`. Held for as long as the exchange lasts.
+    pub async fn slot(&self) -> Result<Slot, Busy> {
+        let permit = match &self.slots {
+            None => None,
+            Some((slots, _, wait)) => {
+                match tokio::time::timeout(*wait, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => return Err(Busy),
+                }
+            }
         };
-        match tokio::time::timeout(*wait, slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(Busy),
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        Ok(Slot {
+            _permit: permit,
+            inflight: self.inflight.clone(),
+        })
+    }
+
+    /// Health, load and latency right now (a few atomic reads).
+    pub fn state(&self) -> UpstreamState {
+        let until = self.health.ejected_until.load(Ordering::Acquire);
+        UpstreamState {
+            ejected_for: Duration::from_millis(until.saturating_sub(epoch_ms())),
+            consecutive_failures: self.health.failures.load(Ordering::Acquire),
+            failures: self.health.failures_total.load(Ordering::Relaxed),
+            inflight: self.inflight.load(Ordering::Acquire),
+            slots: self
+                .slots
+                .as_ref()
+                .map(|(s, all, _)| (s.available_permits(), *all)),
+            latency_micros: self.latency_micros(),
         }
     }
 
@@ -201,5 +264,63 @@ impl Upstream {
         let addr = addrs.next().ok_or_else(|| fail("no addresses".into()))?;
         *self.resolved.lock().expect("dns cache lock") = Some((addr, Instant::now()));
         Ok(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(max_concurrent: usize) -> Upstream {
+        let spec = spec::Upstream {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 9,
+            base_path: String::new(),
+            host_header: HeaderValue::from_static("127.0.0.1:9"),
+            headers: Vec::new(),
+            timeouts: TimeoutsSpec::default(),
+            health: HealthSpec {
+                failures: 2,
+                cooldown: Duration::from_secs(30),
+            },
+            max_concurrent,
+            queue_timeout: Duration::from_millis(10),
+        };
+        Upstream::new("u".into(), &spec)
+    }
+
+    #[tokio::test]
+    async fn state_counts_exchanges_slots_and_failures() {
+        let up = upstream(2);
+        let first = up.slot().await.unwrap();
+        let second = up.slot().await.unwrap();
+        assert!(up.slot().await.is_err(), "both slots taken");
+        let s = up.state();
+        assert_eq!((s.inflight, s.slots), (2, Some((0, 2))));
+        drop(first);
+        assert_eq!(up.state().slots, Some((1, 2)));
+        drop(second);
+        assert_eq!(up.state().inflight, 0);
+
+        up.record_failure();
+        assert_eq!(up.state().consecutive_failures, 1);
+        assert!(up.state().ejected_for.is_zero());
+        up.record_failure();
+        let s = up.state();
+        assert!(s.ejected_for > Duration::from_secs(29), "{s:?}");
+        assert_eq!((s.consecutive_failures, s.failures), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn uncapped_upstreams_still_count_their_exchanges() {
+        let up = upstream(0);
+        let mut slots = Vec::new();
+        for _ in 0..3 {
+            slots.push(up.slot().await.unwrap());
+        }
+        assert_eq!((up.state().inflight, up.state().slots), (3, None));
+        drop(slots);
+        assert_eq!(up.state().inflight, 0);
     }
 }

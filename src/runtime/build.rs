@@ -99,11 +99,15 @@ mod tests {
         build(&config::parse(yaml, "test.yaml", &env).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// One upstream and route, which every valid config needs.
+    const ROUTE: &str =
+        "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
+
     #[test]
     fn threads_zero_means_one_per_core() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(runtime("").threads, cores);
-        assert_eq!(runtime("threads: 3\n").threads, 3);
+        assert_eq!(runtime(ROUTE).threads, cores);
+        assert_eq!(runtime(&format!("threads: 3\n{ROUTE}")).threads, 3);
     }
 
     #[test]
@@ -143,7 +147,9 @@ routes:
 
     #[test]
     fn pricing_overrides_merge_over_the_defaults() {
-        let t = runtime("pricing:\n  house-model: {input_per_mtok: 0.5, output_per_mtok: 2}\n");
+        let t = runtime(&format!(
+            "pricing:\n  house-model: {{input_per_mtok: 0.5, output_per_mtok: 2}}\n{ROUTE}"
+        ));
         assert_eq!(t.pricing.lookup("house-model").unwrap().input_per_mtok, 0.5);
         assert!(
             t.pricing.lookup("claude-sonnet-4-0").is_some(),

@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
+use crate::stats::Sampler;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -121,6 +122,12 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let reload = server.add_service(background_service(
         "promptgate reload",
         ReloadService::new(reloader.clone()),
+    ));
+
+    // The dashboard's 15-minute series, sampled from the metrics.
+    server.add_service(background_service(
+        "promptgate stats",
+        Sampler::new(metrics.clone()),
     ));
 
     let proxy = Proxy::new(runtime.clone(), cache.clone(), connector, metrics.clone());

@@ -29,6 +29,7 @@ use pingora::services::ServiceReadyNotifier;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -77,6 +78,16 @@ pub struct Reloaded {
     pub needs_restart: Vec<NeedsRestart>,
 }
 
+/// The last reload attempt, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    /// When it finished.
+    pub at: SystemTime,
+    pub trigger: Trigger,
+    /// `None` on success, else what was wrong (as `POST /reload` reports it).
+    pub error: Option<String>,
+}
+
 /// Owns the config path and the live table; the one place a table is swapped after start-up.
 pub struct Reloader {
     path: PathBuf,
@@ -89,6 +100,7 @@ pub struct Reloader {
     /// `reload.watch` of the config in force, for the service that starts and stops the file
     /// watcher.
     watch_file: watch::Sender<bool>,
+    last: Mutex<Option<LastReload>>,
 }
 
 impl Reloader {
@@ -106,6 +118,7 @@ impl Reloader {
             metrics,
             serial: Mutex::new(()),
             watch_file,
+            last: Mutex::new(None),
         }
     }
 
@@ -120,6 +133,22 @@ impl Reloader {
     /// Follows `reload.watch` of the config in force: whether the file should be watched.
     pub fn watch_file(&self) -> watch::Receiver<bool> {
         self.watch_file.subscribe()
+    }
+
+    /// The last reload attempt since start, if any.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, trigger: Trigger, error: Option<String>) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+            at: SystemTime::now(),
+            trigger,
+            error,
+        });
     }
 
     /// Reads, validates and swaps in the config file, or keeps the running table on error.
@@ -141,6 +170,7 @@ impl Reloader {
                 log::error!(
                     "config reload ({trigger}) failed, the running config stays in force: {e}{cause}"
                 );
+                self.remember(trigger, Some(format!("{e}{cause}")));
                 return Err(e);
             }
         };
@@ -165,6 +195,7 @@ impl Reloader {
         self.watch_file
             .send_if_modified(|w| std::mem::replace(w, watch_file) != watch_file);
         self.metrics.config_reloaded(ReloadResult::Success);
+        self.remember(trigger, None);
         log::info!(
             "config {} reloaded ({trigger}): {routes} route(s)",
             self.path.display()
@@ -328,8 +359,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// One upstream and route, which every valid config needs.
+    const ROUTE: &str =
+        "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n";
+
     fn runtime(yaml: &str) -> Runtime {
-        runtime::build(&crate::config::parse(yaml, "test.yaml", &|_| None).unwrap())
+        runtime::build(
+            &crate::config::parse(&format!("{yaml}{ROUTE}"), "test.yaml", &|_| None).unwrap(),
+        )
     }
 
     #[test]
@@ -360,12 +397,13 @@ mod tests {
     fn a_failed_reload_keeps_the_table_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "routes: []\n").unwrap();
+        std::fs::write(&path, ROUTE).unwrap();
         let live = Arc::new(ArcSwap::from_pointee(runtime::load(&path).unwrap()));
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&live.load().cache).unwrap());
         let r = Reloader::new(path.clone(), live.clone(), cache, metrics.clone());
         let before = live.load_full();
+        assert!(r.last().is_none());
 
         std::fs::write(&path, "routes: [unclosed\n").unwrap();
         assert!(matches!(
@@ -373,14 +411,19 @@ mod tests {
             Err(ConfigError::Invalid { .. })
         ));
         assert!(Arc::ptr_eq(&before, &live.load_full()), "table kept");
+        let failed = r.last().unwrap();
+        assert_eq!(failed.trigger, Trigger::AdminApi);
+        assert!(failed.error.unwrap().contains("c.yaml"));
 
         std::fs::write(
             &path,
-            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}]\n",
+            "upstreams: {u: {url: \"http://127.0.0.1:1\"}}\nroutes: [{name: r, targets: [u]}, {name: s, targets: [u]}]\n",
         )
         .unwrap();
-        assert_eq!(r.reload(Trigger::AdminApi).unwrap().routes, 1);
-        assert_eq!(live.load().routes.len(), 1);
+        assert_eq!(r.reload(Trigger::Sighup).unwrap().routes, 2);
+        assert_eq!(live.load().routes.len(), 2);
+        let ok = r.last().unwrap();
+        assert_eq!((ok.trigger, ok.error), (Trigger::Sighup, None));
         let text = metrics.render();
         assert!(text.contains(r#"promptgate_config_reloads_total{result="error"} 1"#));
         assert!(text.contains(r#"promptgate_config_reloads_total{result="success"} 1"#));

@@ -1,4 +1,4 @@
-//! `promptgate key` and `promptgate warm` against real processes.
+//! `promptgate check`, `promptgate key` and `promptgate warm` against real processes.
 
 use crate::support::gateway::binary;
 use crate::support::redis::RedisServer;
@@ -160,5 +160,81 @@ async fn warm_fills_the_cache_and_reports_each_line() {
     assert!(
         stderr.contains("line 1") && stderr.contains("404"),
         "{stderr}"
+    );
+}
+
+/// Runs `promptgate check` on `text`; returns (success, stderr).
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "c.yaml"),
+    )
+}
+
+#[test]
+fn check_points_at_the_line_and_full_path_of_each_mistake() {
+    // The issue's report: a typo inside a route was reported at the route's line.
+    let config = "\
+upstreams:
+  openai:
+    url: https://api.openai.com
+    timeouts:
+      read: 30 seconds please
+routes:
+  - name: openai
+    match:
+      path_prefix: /openai
+    strip_prefx: true
+    targets:
+      - upstream: openai
+        modle: gpt-4o
+limits:
+  max_body_bytes: 32 MiB
+cache:
+  replay: orignal
+  memory: { max_bytes: lots }
+";
+    let (ok, err) = check(config);
+    assert!(!ok, "{err}");
+    for line in [
+        "invalid config c.yaml: 5 problems",
+        "c.yaml:5: upstreams.openai.timeouts.read: \"30 seconds please\" is not a duration",
+        "c.yaml:10: routes[0].strip_prefx: unknown field `strip_prefx`; did you mean `strip_prefix`?",
+        "c.yaml:13: routes[0].targets[0].modle: unknown field `modle`; did you mean `model`?",
+        "c.yaml:17: cache.replay: unknown value `orignal`; did you mean `original`?",
+        "c.yaml:18: cache.memory.max_bytes: \"lots\" is not a size: expected a size in bytes, like 33554432 or 32MiB",
+    ] {
+        assert!(err.contains(line), "{line:?} not in:\n{err}");
+    }
+    // `32 MiB` is a size: no problem reported for limits.
+    assert!(!err.contains("max_body_bytes"), "{err}");
+
+    let (ok, err) = check("upstreams:\n  a: {url: \"http://x\"\nroutes: []\n");
+    assert!(!ok);
+    assert!(
+        err.contains("c.yaml:3: not valid YAML at line 3, column 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mapping `{` opened on line 2 is not closed"),
+        "{err}"
+    );
+
+    let (ok, err) = check("# nothing yet\n");
+    assert!(!ok);
+    assert!(err.contains("the config file is empty"), "{err}");
+    let (ok, err) = check("listen: \"127.0.0.1:8080\"\n");
+    assert!(!ok);
+    assert!(
+        err.contains("c.yaml: routes: no routes are configured"),
+        "{err}"
     );
 }

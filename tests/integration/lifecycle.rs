@@ -86,9 +86,10 @@ fn port_in_use_fails_fast_with_a_clear_message() {
     std::fs::write(
         &path,
         format!(
-            "listen: \"{}\"\nadmin: \"127.0.0.1:{}\"\n",
+            "listen: \"{}\"\nadmin: \"127.0.0.1:{}\"\n{}",
             taken.local_addr().unwrap(),
-            free_port()
+            free_port(),
+            Config::providers("http://127.0.0.1:9")
         ),
     )
     .unwrap();
@@ -109,7 +110,7 @@ fn port_in_use_fails_fast_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_answers_health() {
-    let gw = Gateway::start("");
+    let gw = Gateway::start(Config::providers("http://127.0.0.1:9"));
     let resp = client().get(gw.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     // and the proxy port does not serve admin routes
@@ -158,7 +159,7 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sigterm_exits_promptly() {
-    let mut gw = Gateway::start("");
+    let mut gw = Gateway::start(Config::providers("http://127.0.0.1:9"));
     let started = Instant::now();
     gw.signal("TERM");
     let status = gw.wait_exit(Duration::from_secs(5)).expect("exits");

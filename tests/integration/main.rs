@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod cache_redis;
 mod cli;
+mod dashboard;
 mod forwarding;
 mod hostile_input;
 mod lifecycle;

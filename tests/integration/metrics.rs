@@ -380,9 +380,9 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_requires_redis_when_configured() {
     let dead_port = crate::support::free_port();
-    let gw = Gateway::start(format!(
-        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}\n"
-    ));
+    let gw = Gateway::start(Config::providers("http://127.0.0.1:9").section(format!(
+        "cache:\n  backend: redis\n  require_redis: true\n  redis: {{url: \"redis://127.0.0.1:{dead_port}\", timeout: 100ms}}"
+    )));
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();

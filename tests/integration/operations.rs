@@ -22,7 +22,7 @@ fn health(args: &[&str]) -> Output {
 
 #[test]
 fn health_exits_0_on_200_and_1_otherwise() {
-    let gw = Gateway::start("");
+    let gw = Gateway::start(Config::providers("http://127.0.0.1:9"));
     let config = gw.config_path();
     let out = health(&["--config", config.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);

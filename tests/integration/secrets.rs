@@ -3,7 +3,7 @@
 //! driven through every path (miss, hit, stream, upstream error, reset, timeout, unreachable
 //! upstream, no route, 413, refused framing and paths, reload and `check` errors,
 //! `promptgate key`) and must appear nowhere: not in the process output at debug level, not in
-//! a response body or header, not in `/metrics`.
+//! a response body or header, not in `/metrics` or `/stats`.
 //!
 //! (`/config` does not exist yet; when it does, add its body to `seen` below.)
 
@@ -251,6 +251,9 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
         + &String::from_utf8_lossy(&key_out.stderr);
 
     let metrics = get_text(&gw.admin_url("/metrics")).await;
+    // The dashboard's data: recent requests, the last (failed) reload's error.
+    let stats = get_text(&gw.admin_url("/stats")).await;
+    assert!(stats.contains("\"last_reload\":{"), "{stats}");
     // Let the last access-log lines reach the log file.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = gw.logs();
@@ -281,6 +284,7 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
         ("POST /reload and `promptgate check`", &check_out),
         ("`promptgate key`", &key_out),
         ("/metrics", &metrics),
+        ("/stats", &stats),
     ] {
         for line in text.lines().filter(|l| l.contains(MARK)) {
             let at = line.find(MARK).unwrap_or(0);

@@ -143,8 +143,9 @@ def promptgate_config(listen, admin, upstream_url):
 
 
 @pytest.fixture(scope="session")
-def proxy(tmp_path_factory, mock_upstream_url):
-    """`http://127.0.0.1:PORT` of a running promptgate whose four routes lead to the mock."""
+def gateway(tmp_path_factory, mock_upstream_url):
+    """(proxy, admin): `http://127.0.0.1:PORT` of a running promptgate whose four routes lead
+    to the mock, and of its admin listener."""
     directory = tmp_path_factory.mktemp("promptgate")
     port, admin = free_port(), free_port()
     config = directory / "promptgate.yaml"
@@ -162,8 +163,15 @@ def proxy(tmp_path_factory, mock_upstream_url):
             env=env,
         )
     wait_for_port(port, process, log)
-    yield f"http://127.0.0.1:{port}"
+    wait_for_port(admin, process, log)
+    yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
     stop(process)
+
+
+@pytest.fixture(scope="session")
+def proxy(gateway):
+    """`http://127.0.0.1:PORT` of the running promptgate (see `gateway`)."""
+    return gateway[0]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ impl Context {
 
     /// Seconds until the last item expires.
     fn remaining(&self) -> Duration {
-        let now = crate::cache::entry::unix_now();
+        let now = crate::clock::unix_now();
         let last = self.items.iter().map(|i| i.expires_at).max().unwrap_or(now);
         Duration::from_secs(last.saturating_sub(now))
     }
@@ -80,7 +80,7 @@ impl MemoryIndex {
         item: Arc<Item>,
         max_per_context: usize,
     ) {
-        let now = crate::cache::entry::unix_now();
+        let now = crate::clock::unix_now();
         self.contexts.entry(context).and_compute_with(|existing| {
             let mut items: Vec<Arc<Item>> = existing
                 .map(|e| e.into_value().items.to_vec())
@@ -98,7 +98,7 @@ impl MemoryIndex {
 
     /// The live items of `context`.
     pub fn items(&self, context: &ContextKey) -> Vec<Arc<Item>> {
-        let now = crate::cache::entry::unix_now();
+        let now = crate::clock::unix_now();
         self.contexts
             .get(context)
             .map(|c| {
@@ -163,9 +163,9 @@ impl MemoryIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::unix_now;
     use crate::cache::key::CacheKey;
     use crate::cache::semantic::Vector;
+    use crate::clock::unix_now;
 
     fn item(n: u8, ttl: u64) -> Arc<Item> {
         Arc::new(Item::new(

@@ -18,9 +18,10 @@ pub mod guard;
 pub mod index;
 pub mod redis;
 
-use super::entry::{unix_now, Entry};
+use super::entry::Entry;
 use super::key::CacheKey;
 use super::{Cache, Lookup};
+use crate::clock::unix_now;
 use guard::Literals;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

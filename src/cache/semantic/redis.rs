@@ -72,7 +72,7 @@ pub async fn fetch(
     route: &str,
     context: &ContextKey,
 ) -> Result<Vec<Arc<Item>>, RedisError> {
-    let now = crate::cache::entry::unix_now();
+    let now = crate::clock::unix_now();
     Ok(store
         .list(&list_key(prefix, route, context))
         .await?

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: the mock upstream, the gateway process, its
 //! config, and Redis.
 
+pub mod browser;
 pub mod config;
 pub mod gateway;
 pub mod mock_upstream;

@@ -1,0 +1,152 @@
+//! The cache's part in a request, before any upstream call: bypass, lookup (hit or miss), and
+//! single-flight (follow an identical request in flight, or lead one).
+
+use super::ctx::Ctx;
+use super::errors::ProxyError;
+use super::follow::{self, Followed};
+use super::{respond, semantic, Failure};
+use crate::body::ParsedBody;
+use crate::cache::flight::Role;
+use crate::cache::key::CacheKey;
+use crate::cache::policy;
+use crate::cache::record::RecordPlan;
+use crate::cache::{Cache, CacheStatus, Lookup};
+use crate::routing::Route;
+use pingora::connectors::http::Connector;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// The cache's part in one request, decided before going upstream.
+pub(super) struct CacheDecision {
+    /// `x-promptgate-cache` when the answer comes from upstream: MISS, or BYPASS when the
+    /// request skipped the lookup.
+    status: CacheStatus,
+    lookup: Option<CacheKey>,
+    record: Option<RecordPlan>,
+}
+
+/// Whether the cache answered, or what to do with the upstream's answer.
+pub(super) enum CacheStep {
+    Answered,
+    GoUpstream {
+        status: CacheStatus,
+        record: Option<RecordPlan>,
+    },
+}
+
+/// The cache's part in this request, or `None` when the route or method is not cached.
+pub(super) fn decide(
+    cache: &Arc<Cache>,
+    session: &Session,
+    route: &Route,
+    path: &str,
+    body: &ParsedBody<'_>,
+) -> Result<Option<CacheDecision>, ProxyError> {
+    let req = session.req_header();
+    if !route.cache.enabled || !policy::cacheable_method(&req.method) {
+        return Ok(None);
+    }
+    let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    if !controls.lookup && !controls.store {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+        }));
+    }
+    let key = policy::request_key(req, &route.key_name, &route.cache, path, body);
+    Ok(Some(CacheDecision {
+        status: if controls.lookup {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Bypass
+        },
+        lookup: controls.lookup.then_some(key),
+        record: controls.store.then(|| RecordPlan {
+            cache: cache.clone(),
+            route: route.name.clone(),
+            key,
+            ttl: controls.ttl.unwrap_or(route.cache.ttl),
+            limit: route.cache.max_entry_bytes,
+            complete_on_disconnect: route.cache.complete_on_disconnect,
+            leader: None,
+            semantic: None,
+        }),
+    }))
+}
+
+/// The request as the cache step reads it.
+pub(super) struct Asked<'r, 'b> {
+    pub route: &'r Route,
+    /// The request path, as the cache key has it.
+    pub path: &'r str,
+    pub body: &'r ParsedBody<'b>,
+}
+
+/// Answers from the cache, or from an identical request already in flight, when possible;
+/// otherwise says how the upstream answer is to be recorded (and shared, as a leader).
+pub(super) async fn answer(
+    cache: &Cache,
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    asked: Asked<'_, '_>,
+    decision: CacheDecision,
+) -> Result<CacheStep, Failure> {
+    let Asked { route, path, body } = asked;
+    let CacheDecision {
+        status,
+        lookup,
+        mut record,
+    } = decision;
+    let Some(key) = lookup else {
+        ctx.lookup = Some(Lookup::Bypass);
+        return Ok(CacheStep::GoUpstream { status, record });
+    };
+    let found = cache.lookup_traced(&route.name, &key).await;
+    if let Lookup::Hit(entry) = &found {
+        ctx.cache = Some(CacheStatus::Hit);
+        ctx.status = entry.status;
+        let replayed = respond::cached(session, entry, route.cache.replay).await;
+        // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
+        ctx.lookup = Some(found);
+        replayed.map_err(Failure::AfterResponse)?;
+        return Ok(CacheStep::Answered);
+    }
+    ctx.lookup = Some(found);
+    if route.cache.semantic.is_some() {
+        let request = semantic::Request {
+            route,
+            path,
+            body: body.raw(),
+            key,
+        };
+        match semantic::lookup(cache, connector, session, ctx, request).await? {
+            semantic::Step::Answered => return Ok(CacheStep::Answered),
+            semantic::Step::Miss(indexing) => {
+                if let Some(plan) = record.as_mut() {
+                    plan.semantic = indexing;
+                }
+            }
+        }
+    }
+    if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
+        match cache.flights().join(key) {
+            Role::Leader(leader) => plan.leader = Some(leader),
+            Role::Follower(follower) => {
+                let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
+                    .await
+                    .map_err(Failure::AfterResponse)?;
+                if let Followed::Served(code, usage) = followed {
+                    ctx.lookup = Some(Lookup::Coalesced);
+                    ctx.cache = Some(CacheStatus::Hit);
+                    ctx.coalesced = true;
+                    ctx.status = code;
+                    ctx.usage = usage;
+                    return Ok(CacheStep::Answered);
+                }
+            }
+        }
+    }
+    Ok(CacheStep::GoUpstream { status, record })
+}
