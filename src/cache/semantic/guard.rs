@@ -908,6 +908,186 @@ mod tests {
         assert_eq!(negatives_allowed, 12);
     }
 
+    /// A deterministic mix of texts that stress the rules: tokens the guard reads (numbers,
+    /// units, notes, quotes, code, URLs, paths, names, number words) and raw characters
+    /// (combining marks, odd spaces, other scripts' digits, typographic quotes).
+    fn stress_texts(n: usize) -> Vec<String> {
+        const TOKENS: &[&str] = &[
+            "120",
+            "bpm",
+            "90 BPM",
+            "1.5é",
+            "3/4",
+            "1,000",
+            "$800",
+            "-14",
+            "LUFS",
+            "44.1kHz",
+            "24-bit",
+            "in",
+            "C",
+            "Am",
+            "I",
+            "A",
+            "minor",
+            "F",
+            "sharp",
+            "flat",
+            "Bb",
+            "Cmaj7",
+            "Dm7b5",
+            "key",
+            "of",
+            "G",
+            "`code`",
+            "```x\ny```",
+            "'quoted'",
+            "\"dq\"",
+            "don't",
+            "not",
+            "without",
+            "http://x.y/z.",
+            "www.a.b,",
+            "kick_01.wav",
+            "~/a/b",
+            "me@x.io",
+            "e.g",
+            "and/or",
+            "TR-808",
+            "mp3",
+            "VST3",
+            "Ableton",
+            "WAV",
+            "Spanish",
+            "the",
+            "loop",
+            "é",
+            "ß",
+            "½",
+            "２０",
+            "’s",
+            "four",
+            "ninety-five",
+            "one",
+            "two hundred",
+            "twenty-two-ish",
+            "5 m",
+            "5m",
+            "10k",
+            "2x",
+            "×",
+            "20°C",
+            "Ω",
+            "ohms",
+            "7.",
+            "?",
+            "\n",
+            ":",
+            "(",
+            "_",
+            "-",
+            "'",
+            "é1",
+            "x86_64",
+            "3x4_",
+            "3.10",
+            "2nd",
+            "808s",
+            "%",
+        ];
+        const CHARS: &[char] = &[
+            'a', 'b', 'A', 'C', 'G', 'm', 'M', 'I', 'k', 'x', 's', '0', '1', '7', '9', '.', ',',
+            ':', '/', '\\', '_', '-', '+', '$', '%', '°', 'Ω', '×', '#', '♯', '♭', '\'', '"', '`',
+            '@', '~', ' ', '\n', '\t', '(', ')', '[', ']', '<', '>', '!', '?', 'é', 'ß', '\u{301}',
+            '\u{a0}', '\u{2009}', '\u{1680}', '٣', '²', 'ﬁ', 'Ｋ', 'ſ', 'İ', '\u{2018}',
+            '\u{2019}', '\u{201c}', '\u{201d}', '\u{2212}', '😀', '\u{1c}', 'ǅ',
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        (0..n)
+            .map(|i| {
+                let len = 1 + next(if i % 2 == 0 { 14 } else { 40 });
+                (0..len)
+                    .map(|_| {
+                        if i % 2 == 0 {
+                            let sep = [" ", " ", "", ", ", ". ", "\t", "-"][next(7)];
+                            format!("{}{sep}", TOKENS[next(TOKENS.len())])
+                        } else {
+                            CHARS[next(CHARS.len())].to_string()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The reference is the Python file: same literals and names for every text of the
+    /// evaluation set, the golden cases and 3,000 stress texts. Needs python3 (3.9+).
+    #[test]
+    fn literals_and_names_match_the_python_reference() {
+        use std::io::Write;
+        let mut texts: Vec<String> = Vec::new();
+        for source in [PAIRS, LIMITS, GOLDEN] {
+            for row in jsonl(source) {
+                for field in ["a", "b", "text"] {
+                    if let Some(t) = row.get(field).and_then(Value::as_str) {
+                        texts.push(t.to_string());
+                    }
+                }
+            }
+        }
+        texts.extend(stress_texts(3000));
+        let script = "import json, sys\nsys.path.insert(0, 'bench/semantic')\nimport literal_guard as g\n\
+            for line in sys.stdin:\n    t = json.loads(line)\n    \
+            print(json.dumps({'literals': [list(x) for x in g.literals(t)], 'names': sorted(g.names(t))}))\n";
+        let mut python = std::process::Command::new("python3")
+            .args(["-c", script])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the reference guard (bench/semantic/literal_guard.py)");
+        let mut input = String::new();
+        for t in &texts {
+            input.push_str(&serde_json::to_string(t).unwrap());
+            input.push('\n');
+        }
+        let mut stdin = python.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+        let out = python.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "the reference guard failed");
+        let expected: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(expected.len(), texts.len());
+        let mut differ = Vec::new();
+        for (text, want) in texts.iter().zip(&expected) {
+            let lits = Literals::of(text).unwrap();
+            let got = serde_json::json!({
+                "literals": lits.sorted().into_iter().map(|(c, v)| serde_json::json!([c, v])).collect::<Vec<_>>(),
+                "names": lits.names().collect::<Vec<_>>(),
+            });
+            if &got != want {
+                differ.push(format!("{text:?}\n  python {want}\n  rust   {got}"));
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{} of {} texts differ, e.g.:\n{}",
+            differ.len(),
+            texts.len(),
+            differ[..differ.len().min(5)].join("\n")
+        );
+    }
+
     #[test]
     fn multiset_not_set() {
         assert!(!allows("120 bpm loop", "120 bpm loop into a 120 bpm loop"));
