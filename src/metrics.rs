@@ -269,6 +269,7 @@ pub struct Metrics {
     upstream_ttfb: HistogramVec,
     upstream_retries: IntCounterVec,
     upstream_failovers: IntCounterVec,
+    client_disconnects: IntCounterVec,
     tokens: IntCounterVec,
     cost: CounterVec,
     cost_saved: CounterVec,
@@ -391,6 +392,12 @@ impl Metrics {
             "Switches to a route's next target after its current one failed, by route.",
             &["route"],
         );
+        let client_disconnects = counter_vec(
+            r,
+            "promptgate_client_disconnects_total",
+            "Requests whose client closed its connection before the response started (logged as status 499), by route and what promptgate was waiting for (upstream, coalesced, slot, backoff). The upstream call is cancelled then, unless it is still wanted for the cache or for coalesced requests.",
+            &["route", "waiting"],
+        );
         let tokens = counter_vec(
             r,
             "promptgate_tokens_total",
@@ -458,6 +465,7 @@ impl Metrics {
             upstream_ttfb,
             upstream_retries,
             upstream_failovers,
+            client_disconnects,
             tokens,
             cost,
             cost_saved,
@@ -495,6 +503,14 @@ impl Metrics {
             requests: RwLock::default(),
             models: RwLock::default(),
         }
+    }
+
+    /// A request on `route` lost its client while promptgate waited for `waiting` (a label
+    /// value: upstream, coalesced, slot, backoff).
+    pub fn client_disconnect(&self, route: &str, waiting: &str) {
+        self.client_disconnects
+            .with_label_values(&[route, waiting])
+            .inc();
     }
 
     /// Records a finished request: its count, cache lookup, retries and failovers, latency,

@@ -154,6 +154,14 @@ pub struct Follower {
     rx: watch::Receiver<u64>,
 }
 
+impl Drop for Follower {
+    /// A follower served, given up or gone no longer counts: a leader whose own client leaves
+    /// goes on only for followers still waiting.
+    fn drop(&mut self) {
+        self.flight.followers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a streaming follower gets next.
 pub enum Tail {
     Chunks(Vec<Bytes>),
@@ -293,6 +301,24 @@ mod tests {
         assert!(f.head(Duration::from_secs(1)).await.is_none());
         assert!(f.complete(Duration::from_secs(1)).await.is_none());
         assert!(flights.is_empty());
+    }
+
+    #[test]
+    fn a_follower_that_leaves_no_longer_counts() {
+        let flights = Arc::new(Flights::default());
+        let Role::Leader(leader) = flights.join(CacheKey([4; 32])) else {
+            panic!()
+        };
+        let Role::Follower(a) = flights.join(CacheKey([4; 32])) else {
+            panic!()
+        };
+        let Role::Follower(b) = flights.join(CacheKey([4; 32])) else {
+            panic!()
+        };
+        drop(a);
+        assert!(leader.has_followers());
+        drop(b);
+        assert!(!leader.has_followers());
     }
 
     #[tokio::test]

@@ -32,6 +32,15 @@ pub struct RecordPlan {
     pub semantic: Option<Box<Indexing>>,
 }
 
+impl RecordPlan {
+    /// True when the upstream answer is still wanted after the client left before it came:
+    /// the route fills the cache anyway (`complete_on_disconnect`), or identical requests wait
+    /// on this one.
+    pub fn wanted_without_client(&self) -> bool {
+        self.complete_on_disconnect || self.leader.as_ref().is_some_and(Leader::has_followers)
+    }
+}
+
 /// Collects the body chunks (reference-counted, not copied) of a storable response.
 pub struct Recorder {
     plan: RecordPlan,

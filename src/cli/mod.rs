@@ -117,6 +117,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 path.display(),
                 runtime.routes.len()
             );
+            for warning in runtime.sections.warnings() {
+                log::warn!("config {}: {warning}", path.display());
+            }
             crate::server::run(runtime, path, upgrade).context("promptgate stopped with an error")
         }
         Command::Key(args) => print_key(args),
@@ -146,6 +149,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(arg) => {
             let (path, runtime) = arg.load()?;
+            for warning in runtime.sections.warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
             println!(
                 "{}: ok ({} route(s), proxy on {}, admin on {})",
                 path.display(),

@@ -107,31 +107,75 @@ impl Default for HealthSpec {
     }
 }
 
-/// `upstreams.NAME.timeouts:` — human durations such as `5s` or `250ms`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+/// `upstreams.NAME.timeouts:` — human durations such as `5s` or `250ms`, each for one phase of
+/// an LLM call. A generation can take minutes before its first byte (reasoning models, local
+/// models loading), so the defaults wait as long as the official SDKs do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "TimeoutsFields")]
 pub struct TimeoutsSpec {
-    /// TCP (and TLS) connection establishment. Default 5s.
+    /// TCP (and TLS) connection establishment, DNS included. Default 5s.
     #[serde(with = "units::duration")]
     pub connect: Duration,
-    /// Longest wait for the response head or between two body chunks. Default 30s.
+    /// From the request sent to the response head: how long the model may work before it
+    /// answers. Default 600s (the OpenAI and Anthropic SDKs' own timeout).
     #[serde(with = "units::duration")]
-    pub read: Duration,
+    pub first_byte: Duration,
+    /// Longest gap between two chunks of the response body (a stream that stalls). Default 120s.
+    #[serde(with = "units::duration")]
+    pub idle: Duration,
     /// Longest wait for one write of the request. Default 10s.
     #[serde(with = "units::duration")]
     pub write: Duration,
-    /// How long an idle pooled connection is kept. Default 60s.
+    /// How long an unused pooled connection is kept for the next request. Default 60s.
     #[serde(with = "units::duration")]
-    pub idle: Duration,
+    pub pool_idle: Duration,
+    /// The deprecated `read` as written (one value for the head and the body gaps). It stands
+    /// in for `first_byte` and `idle` where those are not given; kept so `check` can warn.
+    #[serde(skip_serializing)]
+    pub read: Option<Duration>,
 }
 
 impl Default for TimeoutsSpec {
     fn default() -> Self {
         TimeoutsSpec {
             connect: Duration::from_secs(5),
-            read: Duration::from_secs(30),
+            first_byte: Duration::from_secs(600),
+            idle: Duration::from_secs(120),
             write: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
+            pool_idle: Duration::from_secs(60),
+            read: None,
+        }
+    }
+}
+
+/// `upstreams.NAME.timeouts:` as written: every field optional, `read` still accepted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFields {
+    #[serde(default, with = "units::option_duration")]
+    connect: Option<Duration>,
+    #[serde(default, with = "units::option_duration")]
+    first_byte: Option<Duration>,
+    #[serde(default, with = "units::option_duration")]
+    idle: Option<Duration>,
+    #[serde(default, with = "units::option_duration")]
+    write: Option<Duration>,
+    #[serde(default, with = "units::option_duration")]
+    pool_idle: Option<Duration>,
+    #[serde(default, with = "units::option_duration")]
+    read: Option<Duration>,
+}
+
+impl From<TimeoutsFields> for TimeoutsSpec {
+    fn from(f: TimeoutsFields) -> Self {
+        let d = TimeoutsSpec::default();
+        TimeoutsSpec {
+            connect: f.connect.unwrap_or(d.connect),
+            first_byte: f.first_byte.or(f.read).unwrap_or(d.first_byte),
+            idle: f.idle.or(f.read).unwrap_or(d.idle),
+            write: f.write.unwrap_or(d.write),
+            pool_idle: f.pool_idle.unwrap_or(d.pool_idle),
+            read: f.read,
         }
     }
 }
@@ -239,7 +283,9 @@ pub struct RetrySpec {
     /// Longest backoff, and cap on an honoured `Retry-After`. Default 10s.
     #[serde(with = "units::duration")]
     pub max: Duration,
-    /// What is retried: `connect`, `timeout`, `reset`, and HTTP status codes.
+    /// What is retried: `connect`, `timeout`, `reset`, and HTTP status codes. `timeout` is
+    /// not in the default: a request that timed out after it was sent may still be generating
+    /// (and billing) upstream, so sending it again would pay for the answer twice.
     pub on: Vec<RetryOn>,
 }
 
@@ -251,7 +297,6 @@ impl Default for RetrySpec {
             max: Duration::from_secs(10),
             on: vec![
                 RetryOn::Named(RetryCondition::Connect),
-                RetryOn::Named(RetryCondition::Timeout),
                 RetryOn::Named(RetryCondition::Reset),
                 RetryOn::Status(429),
                 RetryOn::Status(500),
@@ -277,9 +322,10 @@ pub enum RetryOn {
 pub enum RetryCondition {
     /// The connection could not be made (refused, unreachable, DNS, TLS).
     Connect,
-    /// No answer within the upstream's timeouts.
+    /// No response head within `timeouts.first_byte`, or a write of the request stalled past
+    /// `timeouts.write` (a connect timeout counts as `connect`).
     Timeout,
-    /// The connection broke before the response head.
+    /// The connection closed or broke before any byte of the response.
     Reset,
 }
 
@@ -664,4 +710,24 @@ pub struct ConfigSpec {
     pub reload: ReloadSpec,
     pub pricing: BTreeMap<String, PriceSpec>,
     pub log: LogSpec,
+}
+
+impl ConfigSpec {
+    /// Deprecated settings that still work, each as `field path: what to write instead`, for
+    /// `promptgate check` and the start-up and reload logs.
+    pub fn warnings(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .filter_map(|(name, u)| {
+                u.timeouts.read.map(|read| {
+                    format!(
+                        "upstreams.{name}.timeouts.read: deprecated; it now sets first_byte and idle \
+                         ({}) where those are not given. Write `first_byte` (request sent → response \
+                         head, default 600s) and `idle` (gap between body chunks, default 120s) instead",
+                        humantime::format_duration(read)
+                    )
+                })
+            })
+            .collect()
+    }
 }

@@ -301,7 +301,12 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
         s.problem(format!("{path}.health.cooldown"), "must be greater than 0");
     }
     let t = &spec.timeouts;
-    for (field, d) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
+    for (field, d) in [
+        ("connect", t.connect),
+        ("first_byte", t.first_byte),
+        ("idle", t.idle),
+        ("write", t.write),
+    ] {
         if d.is_zero() {
             s.problem(format!("{path}.timeouts.{field}"), "must be greater than 0");
         }
@@ -550,7 +555,9 @@ fn targets(
 
 #[cfg(test)]
 mod tests {
+    use crate::config::schema::{RetryCondition, RetryOn};
     use crate::config::{parse, ConfigError, Problem, Spec};
+    use std::time::Duration;
 
     fn env(name: &str) -> Option<String> {
         (name == "OPENAI_API_KEY").then(|| "sk-test".to_string())
@@ -674,9 +681,67 @@ routes:
         );
         assert_eq!(u.host_header.to_str().unwrap(), "127.0.0.1:11434");
         assert_eq!(u.timeouts.connect.as_millis(), 250);
-        assert_eq!(u.timeouts.read.as_secs(), 120);
+        // The deprecated `read` stands in for both first_byte and idle.
+        assert_eq!(u.timeouts.first_byte.as_secs(), 120);
+        assert_eq!(u.timeouts.idle.as_secs(), 120);
         assert_eq!(t.routes[0].matcher.host.as_deref(), Some("api.local"));
         assert_eq!(t.routes[0].matcher.model.as_deref(), Some("gpt-*"));
+    }
+
+    #[test]
+    fn default_timeouts_and_retries_fit_llm_calls() {
+        let t = ok("upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - {name: r, targets: [u]}\n");
+        let u = &t.upstreams["u"].timeouts;
+        assert_eq!(u.connect, Duration::from_secs(5));
+        // As long as the official SDKs wait: a reasoning model may think for minutes.
+        assert_eq!(u.first_byte, Duration::from_secs(600));
+        assert_eq!(u.idle, Duration::from_secs(120));
+        assert_eq!(u.write, Duration::from_secs(10));
+        assert_eq!(u.pool_idle, Duration::from_secs(60));
+        let on = &t.routes[0].retry.on;
+        assert!(!on.contains(&RetryOn::Named(RetryCondition::Timeout)));
+        for still in [
+            RetryOn::Named(RetryCondition::Connect),
+            RetryOn::Named(RetryCondition::Reset),
+            RetryOn::Status(429),
+            RetryOn::Status(503),
+        ] {
+            assert!(on.contains(&still), "{still:?}");
+        }
+        assert!(t.sections.warnings().is_empty());
+    }
+
+    #[test]
+    fn the_old_read_timeout_still_works_with_a_warning() {
+        let t = ok(r#"
+upstreams:
+  old: {url: "http://127.0.0.1:1", timeouts: {read: 45s, idle: 5s}}
+  new: {url: "http://127.0.0.1:2", timeouts: {first_byte: 90s}}
+routes: [{name: r, targets: [old, new]}]
+"#);
+        let old = &t.upstreams["old"].timeouts;
+        // `read` fills in what is not given; an explicit `idle` wins.
+        assert_eq!((old.first_byte.as_secs(), old.idle.as_secs()), (45, 5));
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("upstreams.old.timeouts.read: deprecated"),
+            "{w:?}"
+        );
+        assert!(
+            w[0].contains("first_byte") && w[0].contains("idle"),
+            "{w:?}"
+        );
+        let routes = "routes: [{name: r, targets: [u]}]\n";
+        let p = problems(&format!(
+            "upstreams:\n  u: {{url: \"http://127.0.0.1:1\", timeouts: {{first_byte: 0s}}}}\n{routes}"
+        ));
+        assert_eq!(p[0].path, "upstreams.u.timeouts.first_byte", "{p:?}");
+        let p = problems(&format!(
+            "upstreams:\n  u: {{url: \"http://127.0.0.1:1\", timeouts: {{reed: 5s}}}}\n{routes}"
+        ));
+        assert!(p[0].message.contains("unknown field `reed`"), "{p:?}");
+        assert!(p[0].line.is_some(), "{p:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
+use super::client_gone::Waiting;
 use crate::cache::{CacheStatus, Lookup};
 use crate::metrics::SemanticRecord;
 use crate::providers::Usage;
@@ -29,6 +30,12 @@ pub struct Ctx {
     pub failovers: u32,
     /// Set by the failover loop: time from sending the answering attempt to its response head.
     pub ttfb: Option<Duration>,
+    /// Set when the client closed its connection while promptgate waited for it: what it was
+    /// waiting for. From then on the upstream call goes on only for the cache or for followers.
+    pub client_left: Option<Waiting>,
+    /// Set when the answer went out before the request's work ended (a 413 whose body is then
+    /// drained): the request's duration for metrics and the access log.
+    pub answered_in: Option<Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
     /// Set by `request_filter`; dropped with the ctx.
@@ -55,6 +62,8 @@ impl Default for Ctx {
             failovers: 0,
             ttfb: None,
             status: 0,
+            client_left: None,
+            answered_in: None,
             error: None,
             inflight: None,
             lookup: None,

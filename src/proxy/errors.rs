@@ -35,6 +35,10 @@ pub enum ProxyError {
     Priority {
         priority: crate::routing::balance::PriorityError,
     },
+    /// The client closed its connection before the response started: nothing is sent; logged
+    /// as 499 (nginx's convention).
+    #[error("the client closed its connection before the answer")]
+    ClientClosed,
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]
     Exhausted {
@@ -57,6 +61,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 502,
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
+            ProxyError::ClientClosed => 499,
             ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
@@ -73,6 +78,7 @@ impl ProxyError {
             ProxyError::Reset { .. } | ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::ClientClosed => "client_closed",
             ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }
@@ -82,7 +88,8 @@ impl ProxyError {
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
-    /// Classifies a Pingora error from talking to `upstream`.
+    /// Classifies a Pingora error from talking to `upstream` before its response head (a read
+    /// timeout then is the `first_byte` timeout).
     pub fn from_upstream(upstream: &str, e: &PingoraError) -> ProxyError {
         let upstream = upstream.to_string();
         let timeout = |phase| ProxyError::Timeout {
@@ -91,7 +98,7 @@ impl ProxyError {
         };
         match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timeout("connect"),
-            ErrorType::ReadTimedout => timeout("read"),
+            ErrorType::ReadTimedout => timeout("first_byte"),
             ErrorType::WriteTimedout => timeout("write"),
             ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute

@@ -165,10 +165,14 @@ pub async fn send(
             .get_http_session(&peer)
             .await
             .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
-        session.set_read_timeout(Some(upstream.timeouts.read));
+        session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         match exchange_head(&mut session, req, body).await {
-            Ok(()) => return Ok(UpstreamResponse { session, peer }),
+            Ok(()) => {
+                // From here on the wait is for the next body chunk.
+                session.set_read_timeout(Some(upstream.timeouts.idle));
+                return Ok(UpstreamResponse { session, peer });
+            }
             Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
                 log::debug!(
                     "pooled connection to {} was closed; reconnecting",
@@ -248,13 +252,8 @@ pub async fn relay(
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
-    let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
-    let mut recorder = record
-        .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, &head));
+    let head = relayed_head(&response, session, cache_status)?;
+    let mut recorder = recorder(record, session, &head);
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
@@ -301,6 +300,52 @@ pub async fn relay(
     session.write_response_body(None, true).await
 }
 
+/// The client's head for an upstream response, with `x-promptgate-cache`.
+fn relayed_head(
+    response: &UpstreamResponse,
+    session: &Session,
+    cache_status: Option<CacheStatus>,
+) -> pingora::Result<ResponseHeader> {
+    let mut head = client_header(response.header(), session)?;
+    if let Some(status) = cache_status {
+        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
+    }
+    Ok(head)
+}
+
+/// Starts recording the response whose client head is `head`, if the plan and the response
+/// allow it (a `HEAD` request's empty body is never stored).
+fn recorder(
+    record: Option<RecordPlan>,
+    session: &Session,
+    head: &ResponseHeader,
+) -> Option<Recorder> {
+    record
+        .filter(|_| session.req_header().method != http::Method::HEAD)
+        .and_then(|plan| Recorder::start(plan, head))
+}
+
+/// After the client left before the response head, reads the answer into the cache (and to
+/// followers) when it is storable; otherwise drops the upstream connection. Writes nothing
+/// to the client.
+pub async fn finish_detached(
+    connector: &Connector,
+    upstream: &Upstream,
+    mut response: UpstreamResponse,
+    session: &Session,
+    cache_status: Option<CacheStatus>,
+    record: Option<RecordPlan>,
+    usage: &mut UsageObserver,
+) {
+    let recorder = relayed_head(&response, session, cache_status)
+        .ok()
+        .and_then(|head| recorder(record, session, &head));
+    match recorder {
+        Some(r) => finish_without_client(connector, upstream, response, r, usage).await,
+        None => response.session.shutdown().await,
+    }
+}
+
 /// Returns a finished upstream connection to the pool (an unfinished one is dropped).
 async fn release(connector: &Connector, upstream: &Upstream, mut response: UpstreamResponse) {
     if response.session.response_done() {
@@ -308,7 +353,7 @@ async fn release(connector: &Connector, upstream: &Upstream, mut response: Upstr
             .release_http_session(
                 response.session,
                 &response.peer,
-                Some(upstream.timeouts.idle),
+                Some(upstream.timeouts.pool_idle),
             )
             .await;
     }

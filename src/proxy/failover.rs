@@ -2,18 +2,22 @@
 //! jitter (honouring `Retry-After`), failover to the next target, passive health.
 //!
 //! All of it happens before anything is sent to the client, and every attempt sends the same
-//! buffered body, intact (each target applying its own model rewrite).
+//! buffered body, intact (each target applying its own model rewrite). Every wait watches the
+//! client: one that leaves cancels the call (see [`watched`]).
 
+use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::exchange::{self, UpstreamResponse};
 use crate::body::ParsedBody;
+use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// The response to relay, from the target that gave it.
@@ -79,24 +83,31 @@ fn retry_after(response: &UpstreamResponse) -> Option<Duration> {
     )
 }
 
-/// What every attempt sends, before each target's own headers and model rewrite.
+/// What every attempt sends (the client's head comes from the session), before each target's
+/// own headers and model rewrite; and whether the answer is wanted without the client.
 pub struct Outgoing<'a, 'b> {
-    /// The client's request head.
-    pub client: &'a RequestHeader,
     /// The upstream path and query (the route's prefix rewriting applied).
     pub forward: &'a str,
     pub body: &'a Bytes,
     /// `body`'s tree, for the model rewrites.
     pub parsed: &'a ParsedBody<'b>,
+    /// How the answer would be recorded: it decides whether the call goes on when the client
+    /// leaves (see [`RecordPlan::wanted_without_client`]).
+    pub record: Option<&'a RecordPlan>,
 }
 
 /// Sends the request to `targets` in order, retrying and failing over per the route's policy,
 /// until a response that is not retried. When all fail, the last upstream response (if any
 /// attempt got one) is the answer; otherwise the last error, listing what was tried.
+///
+/// A client that leaves while this waits ends it with [`ProxyError::ClientClosed`] (no further
+/// attempt), unless the answer is still wanted without it: then `ctx.client_left` is set and
+/// the call goes on, no longer watched.
 pub async fn exchange<'r>(
     connector: &Connector,
     route: &Route,
     targets: &[&'r Target],
+    session: &mut Session,
     outgoing: Outgoing<'_, '_>,
     ctx: &mut Ctx,
 ) -> Result<Answer<'r>, ProxyError> {
@@ -110,23 +121,26 @@ pub async fn exchange<'r>(
         }
         let up = &target.upstream;
         let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
-        let req = exchange::build_request(outgoing.client, up, outgoing.forward, body.len())?;
+        let req = exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
             }
-            let slot = match up.slot().await {
-                Ok(slot) => slot,
-                Err(_) => {
-                    tried.push(format!("{} busy", up.name));
-                    last_error = Some(ProxyError::Busy {
-                        upstream: up.name.clone(),
-                    });
-                    break; // a full upstream: try the next target now
-                }
-            };
+            let slot =
+                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot()).await? {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        tried.push(format!("{} busy", up.name));
+                        last_error = Some(ProxyError::Busy {
+                            upstream: up.name.clone(),
+                        });
+                        break; // a full upstream: try the next target now
+                    }
+                };
             let started = Instant::now();
-            let wait = match exchange::send(connector, up, &req, &body).await {
+            let sent = exchange::send(connector, up, &req, &body);
+            let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
+            {
                 Ok(response) => {
                     let status = response.header().status.as_u16();
                     if !retries_status(policy, status) {
@@ -166,7 +180,8 @@ pub async fn exchange<'r>(
                 }
             };
             if attempt < policy.attempts {
-                tokio::time::sleep(backoff(policy, attempt, wait)).await;
+                let pause = tokio::time::sleep(backoff(policy, attempt, wait));
+                watched(session, ctx, outgoing.record, Waiting::Backoff, pause).await?;
             }
         }
     }
@@ -177,6 +192,33 @@ pub async fn exchange<'r>(
             upstream: route.name.clone(),
             detail: "the route has no targets".into(),
         }),
+    }
+}
+
+/// Runs one wait of the exchange while watching the client. If it leaves, the wait is dropped
+/// (an upstream connection with it: closed, never pooled) and the call ends with
+/// [`ProxyError::ClientClosed`] — unless `record` still wants the answer (to fill the cache, or
+/// for followers): then the same wait goes on to its end, and so does the rest of the call.
+async fn watched<F: Future>(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    record: Option<&RecordPlan>,
+    waiting: Waiting,
+    wait: F,
+) -> Result<F::Output, ProxyError> {
+    if ctx.client_left.is_some() {
+        return Ok(wait.await);
+    }
+    let mut wait = std::pin::pin!(wait);
+    if let Some(out) = unless_gone(session, wait.as_mut()).await {
+        return Ok(out);
+    }
+    ctx.client_left = Some(waiting);
+    if record.is_some_and(RecordPlan::wanted_without_client) {
+        log::debug!("the client left; the upstream call goes on for the cache or for followers");
+        Ok(wait.await)
+    } else {
+        Err(ProxyError::ClientClosed)
     }
 }
 

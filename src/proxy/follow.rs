@@ -1,5 +1,6 @@
 //! Serving a request from an identical one already in flight (single-flight follower).
 
+use super::client_gone::unless_gone;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
@@ -14,6 +15,8 @@ pub enum Followed {
     /// Nothing was written: the leader failed or took too long, or its answer is not shared;
     /// make the upstream call yourself.
     FallThrough,
+    /// The client closed its connection while waiting; nothing was written.
+    ClientLeft,
 }
 
 /// Answers from the leader's flight: a plain response once it is complete, a stream chunk by
@@ -23,15 +26,20 @@ pub async fn serve(
     mut follower: Follower,
     timeout: Duration,
 ) -> pingora::Result<Followed> {
-    let Some(head) = follower.head(timeout).await else {
+    // Leaving drops the follower: the leader goes on only if others still wait on it.
+    let Some(head) = unless_gone(session, follower.head(timeout)).await else {
+        return Ok(Followed::ClientLeft);
+    };
+    let Some(head) = head else {
         return Ok(Followed::FallThrough);
     };
     if !head.streaming {
-        return match follower.complete(timeout).await {
-            Some(entry) => respond::cached(session, &entry, Replay::Instant)
+        return match unless_gone(session, follower.complete(timeout)).await {
+            None => Ok(Followed::ClientLeft),
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
-            None => Ok(Followed::FallThrough),
+            Some(None) => Ok(Followed::FallThrough),
         };
     }
     let content_type = head

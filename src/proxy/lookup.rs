@@ -1,6 +1,7 @@
 //! The cache's part in a request, before any upstream call: bypass, lookup (hit or miss), and
 //! single-flight (follow an identical request in flight, or lead one).
 
+use super::client_gone::Waiting;
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
@@ -137,13 +138,20 @@ pub(super) async fn answer(
                 let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
                     .await
                     .map_err(Failure::AfterResponse)?;
-                if let Followed::Served(code, usage) = followed {
-                    ctx.lookup = Some(Lookup::Coalesced);
-                    ctx.cache = Some(CacheStatus::Hit);
-                    ctx.coalesced = true;
-                    ctx.status = code;
-                    ctx.usage = usage;
-                    return Ok(CacheStep::Answered);
+                match followed {
+                    Followed::Served(code, usage) => {
+                        ctx.lookup = Some(Lookup::Coalesced);
+                        ctx.cache = Some(CacheStatus::Hit);
+                        ctx.coalesced = true;
+                        ctx.status = code;
+                        ctx.usage = usage;
+                        return Ok(CacheStep::Answered);
+                    }
+                    Followed::ClientLeft => {
+                        ctx.client_left = Some(Waiting::Coalesced);
+                        return Err(ProxyError::ClientClosed.into());
+                    }
+                    Followed::FallThrough => {}
                 }
             }
         }

@@ -8,7 +8,8 @@
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
 //!    of the answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response
-//!    has been sent.
+//!    has been sent — or, when the client left while promptgate waited for it (`client_gone`),
+//!    nothing is, and the request is logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — metrics and the access log line, from the ctx (`report`).
 //!
@@ -16,6 +17,7 @@
 //! `request_body.rs` for why promptgate owns the upstream exchange.
 
 mod choose;
+mod client_gone;
 mod ctx;
 mod embed;
 mod errors;
@@ -146,11 +148,12 @@ impl Proxy {
             &self.connector,
             route,
             &targets,
+            session,
             failover::Outgoing {
-                client: session.req_header(),
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
+                record: record.as_ref(),
             },
             ctx,
         )
@@ -158,6 +161,21 @@ impl Proxy {
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
         let mut usage = UsageObserver::for_content_type(answer.response.content_type());
+        if ctx.client_left.is_some() {
+            // The call went on without its client, for the cache or for followers.
+            exchange::finish_detached(
+                &self.connector,
+                &answer.target.upstream,
+                answer.response,
+                session,
+                cache_status,
+                record,
+                &mut usage,
+            )
+            .await;
+            ctx.usage = usage.finish();
+            return Err(ProxyError::ClientClosed.into());
+        }
         let relayed = exchange::relay(
             &self.connector,
             &answer.target.upstream,
@@ -192,6 +210,18 @@ impl ProxyHttp for Proxy {
         ctx.runtime = Some(runtime.clone());
         match self.handle(session, ctx, &runtime).await {
             Ok(()) => Ok(true),
+            // Whatever happened after the client left, there is no one to answer.
+            Err(Failure::BeforeResponse(_)) if ctx.client_left.is_some() => {
+                ctx.status = ProxyError::ClientClosed.status();
+                ctx.error = Some(ProxyError::ClientClosed.kind());
+                log::debug!(
+                    "{} {}: the client closed its connection while waiting ({})",
+                    session.req_header().method,
+                    session.req_header().uri.path(),
+                    ctx.client_left.map_or("-", client_gone::Waiting::as_str)
+                );
+                Ok(true)
+            }
             Err(Failure::BeforeResponse(e)) => {
                 ctx.status = e.status();
                 ctx.error = Some(e.kind());
@@ -201,6 +231,11 @@ impl ProxyHttp for Proxy {
                     session.req_header().uri.path()
                 );
                 respond::error(session, &e).await?;
+                if matches!(e, ProxyError::BodyTooLarge { .. }) {
+                    // The answer is out: the request's time ends here, not after the linger.
+                    ctx.answered_in = Some(ctx.started.elapsed());
+                    request_body::linger(session).await;
+                }
                 Ok(true)
             }
             Err(Failure::AfterResponse(e)) => {

@@ -10,13 +10,16 @@ use pingora::Error;
 /// Feeds `metrics` and writes the access log line for the request `ctx` describes; `e` is
 /// Pingora's error when the request ended in one.
 pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Ctx) {
-    let duration = ctx.started.elapsed();
+    let duration = ctx.answered_in.unwrap_or_else(|| ctx.started.elapsed());
     let route = ctx.route.as_deref();
     // A hit's usage is read from its entry here, after the answer went out.
     let usage = ctx.usage.as_ref().or_else(|| match &ctx.lookup {
         Some(Lookup::Hit(entry) | Lookup::SemanticHit(entry)) => entry.usage(),
         _ => None,
     });
+    if let (Some(route), Some(waiting)) = (route, ctx.client_left) {
+        metrics.client_disconnect(route, waiting.as_str());
+    }
     let req = session.req_header();
     metrics.request_done(&RequestRecord {
         method: req.method.as_str(),

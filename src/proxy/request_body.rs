@@ -9,10 +9,13 @@ use super::errors::ProxyError;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use std::time::Duration;
 
-/// How much of an oversized body is read and thrown away so the client can read its 413
-/// (clients write the whole body before reading the answer). Past this the connection is cut.
-const DRAIN_CAP: usize = 256 * 1024 * 1024;
+/// After a 413, what the client still sends is read and thrown away for at most this long and
+/// this many bytes (nginx's lingering close), so that closing the connection does not reset it
+/// before the client has read the answer. Then the connection closes.
+const LINGER_TIME: Duration = Duration::from_secs(3);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 fn declared_length(req: &RequestHeader) -> Option<usize> {
     req.headers
@@ -30,18 +33,15 @@ fn expects_continue(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Reads the whole body, or fails with 413 past `limit` (after draining what the client sends,
-/// so the connection stays usable and the client sees the error rather than a reset).
+/// Reads the whole body, or fails with 413 past `limit`: at once when the declared length is
+/// over it, without reading the body (a client that sent `Expect: 100-continue` gets no
+/// go-ahead, so it sends nothing). The connection then closes after the answer: call
+/// [`linger`] once the 413 is written.
 pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, ProxyError> {
     let declared = declared_length(session.req_header());
     let continue_expected = expects_continue(session.req_header());
     if declared.is_some_and(|len| len > limit) {
-        if !continue_expected {
-            drain(session).await;
-        } else {
-            // The client waits for our go-ahead; without it, it sends nothing and reads the 413.
-            session.set_keepalive(None);
-        }
+        session.set_keepalive(None);
         return Err(ProxyError::BodyTooLarge { limit });
     }
     if continue_expected {
@@ -66,7 +66,7 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, ProxyErr
         let Some(chunk) = chunk else { break };
         let so_far = first.as_ref().map_or(0, Bytes::len) + buf.len();
         if so_far + chunk.len() > limit {
-            drain(session).await;
+            session.set_keepalive(None);
             return Err(ProxyError::BodyTooLarge { limit });
         }
         match first.take() {
@@ -82,16 +82,20 @@ pub async fn read(session: &mut Session, limit: usize) -> Result<Bytes, ProxyErr
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Reads and discards the rest of the body, up to [`DRAIN_CAP`]; if that is not the end,
-/// marks the connection to close.
-async fn drain(session: &mut Session) {
-    let mut drained = 0usize;
-    while drained <= DRAIN_CAP {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => drained += chunk.len(),
-            Ok(None) => return,
-            Err(_) => break,
+/// Once a 413 has been written: reads and discards what the client still sends, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`], or until it stops or closes. A client that writes its
+/// whole body before reading then finds the answer instead of a reset connection; one that
+/// sends gigabytes costs a few MiB. The connection closes after this.
+pub async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => drained += chunk.len(),
+                Ok(None) | Err(_) => return,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     session.set_keepalive(None);
 }

@@ -236,9 +236,10 @@ impl Upstream {
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = Some(self.timeouts.connect);
-        o.read_timeout = Some(self.timeouts.read);
+        // Per-read timeouts are set on each exchange (first_byte for the head, idle after).
+        o.read_timeout = Some(self.timeouts.first_byte);
         o.write_timeout = Some(self.timeouts.write);
-        o.idle_timeout = Some(self.timeouts.idle);
+        o.idle_timeout = Some(self.timeouts.pool_idle);
         Ok(peer)
     }
 

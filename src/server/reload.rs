@@ -174,6 +174,9 @@ impl Reloader {
                 return Err(e);
             }
         };
+        for warning in next.sections.warnings() {
+            log::warn!("config reload ({trigger}): {warning}");
+        }
         let needs_restart = keep_startup_fields(&self.runtime.load(), &mut next);
         for n in &needs_restart {
             log::warn!(

@@ -5,6 +5,7 @@ use crate::support::{blake3_hex, client, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 fn chat(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
@@ -227,7 +228,7 @@ async fn unmatched_path_gets_a_json_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_body_gets_413_and_the_connection_survives() {
+async fn oversized_body_gets_413_and_the_proxy_keeps_serving() {
     let mock = MockUpstream::start().await;
     let gw =
         Gateway::start(Config::providers(&mock.url()).section("limits: { max_body_bytes: 1000 }"));
@@ -261,6 +262,108 @@ async fn oversized_body_gets_413_and_the_connection_survives() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(mock.hits(), 1, "oversized bodies never reach the upstream");
+}
+
+/// Reads one response whose body has a `Content-Length`: (head, body).
+fn read_response(s: &mut TcpStream) -> (String, String) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if seen.len() >= end + 4 + len {
+                return (head, text[end + 4..end + 4 + len].to_string());
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("connection ended mid-response: {text:?}"),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_oversized_body_gets_its_413_at_once_without_being_sent() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(
+        Config::providers(&mock.url()).section("limits: { max_body_bytes: 1048576 }"),
+    );
+    let addr = gw.addr;
+    tokio::task::spawn_blocking(move || {
+        // With and without `Expect: 100-continue`: neither client sends a byte of its body.
+        for expect in ["", "expect: 100-continue\r\n"] {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let head = format!(
+                "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{expect}\r\n",
+                2 << 20
+            );
+            let started = Instant::now();
+            s.write_all(head.as_bytes()).unwrap();
+            let (head, body) = read_response(&mut s);
+            let took = started.elapsed();
+            eprintln!("413 for a declared 2 MiB body ({expect:?}) after {took:?}");
+            assert!(head.starts_with("http/1.1 413"), "{expect:?}: {head}");
+            assert!(
+                took < Duration::from_millis(100),
+                "{expect:?}: 413 after {took:?}"
+            );
+            assert!(body.contains("request_too_large"), "{body}");
+            assert!(head.contains("connection: close"), "{head}");
+            // Nothing follows; the connection closes once the short linger is over.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+            assert!(started.elapsed() < Duration::from_secs(5), "closed late");
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_after_its_413_is_cut_off_after_a_bounded_drain() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(
+        Config::providers(&mock.url()).section("limits: { max_body_bytes: 1048576 }"),
+    );
+    let addr = gw.addr;
+    let (sent, took) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            1u64 << 30
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("http/1.1 413"), "{head}");
+        // A client that ignores the answer and sends its whole gigabyte.
+        let chunk = vec![b'x'; 64 * 1024];
+        let started = Instant::now();
+        let mut sent = 0usize;
+        while sent < 1 << 30 {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        (sent, started.elapsed())
+    })
+    .await
+    .unwrap();
+    eprintln!("after its 413, the client could send {sent} bytes in {took:?}");
+    // A few MiB drained, plus what the two sockets' buffers hold.
+    assert!(sent < 32 << 20, "the client could send {sent} bytes");
+    assert!(took < Duration::from_secs(6), "cut off after {took:?}");
+    assert_eq!(mock.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,33 @@ fn check_accepts_the_shipped_config_via_the_environment() {
     assert!(String::from_utf8(out.stdout)
         .unwrap()
         .contains("4 route(s)"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("warning"),
+        "the shipped config is up to date: {err}"
+    );
+}
+
+#[test]
+fn check_accepts_the_old_read_timeout_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.yaml");
+    std::fs::write(
+        &path,
+        "upstreams:\n  ollama: { url: \"http://127.0.0.1:11434\", timeouts: { read: 120s } }\nroutes: [{ name: r, targets: [ollama] }]\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("upstreams.ollama.timeouts.read: deprecated"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cache_redis;
+mod cancellation;
 mod cli;
 mod dashboard;
 mod forwarding;

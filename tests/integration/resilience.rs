@@ -32,7 +32,16 @@ async fn post(
     headers: &[(&str, &str)],
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut req = client().post(gw.url("/v1/chat/completions")).json(body);
+    post_to(gw, "/v1/chat/completions", headers, body).await
+}
+
+async fn post_to(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = client().post(gw.url(path)).json(body);
     for (n, v) in headers {
         req = req.header(*n, *v);
     }
@@ -171,21 +180,40 @@ async fn when_everything_fails_the_client_gets_the_last_answer_or_a_clear_error(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeouts_end_in_a_504() {
+async fn a_timed_out_generation_is_retried_only_where_the_route_asks() {
     let mock = MockUpstream::start().await;
+    // The same slow upstream behind the default policy, and behind one that lists `timeout`.
     let gw = Gateway::start(
         Config::new()
-            .upstream_with("slow", &mock.url(), "timeouts: { read: 200ms }")
+            .upstream_with("slow", &mock.url(), "timeouts: { first_byte: 200ms }")
             .route(
-                Route::new("chat")
+                Route::prefixed("default")
                     .targets("[slow]")
-                    .with("retry: { attempts: 2, base: 10ms, max: 50ms }"),
-            ),
+                    .with("retry: { attempts: 3, base: 10ms, max: 50ms }"),
+            )
+            .route(Route::prefixed("resend").targets("[slow]").with(
+                "retry: { attempts: 3, base: 10ms, max: 50ms, on: [connect, timeout, reset, 503] }",
+            )),
     );
-    let (status, _, body) = post(&gw, &[("x-mock-delay-ms", "1500")], &chat()).await;
+    let slow = [("x-mock-delay-ms", "1500")];
+    let (status, _, body) = post_to(&gw, "/default/v1/chat/completions", &slow, &chat()).await;
     assert_eq!(status, 504, "{body}");
-    assert!(body.contains("upstream_timeout"));
-    assert_eq!(mock.hits(), 2);
+    assert!(
+        body.contains("upstream_timeout") && body.contains("first_byte"),
+        "{body}"
+    );
+    assert_eq!(
+        mock.hits(),
+        1,
+        "sent once: the upstream may still be generating it"
+    );
+    let (status, _, body) = post_to(&gw, "/resend/v1/chat/completions", &slow, &chat()).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        mock.hits(),
+        1 + 3,
+        "`timeout` in retry.on: every attempt made"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

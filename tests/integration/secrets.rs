@@ -34,7 +34,7 @@ fn config(mock: &str, dead_port: u16) -> Config {
         .upstream_with(
             "slow",
             mock,
-            r#"headers: { authorization: "Bearer ${PG_SECRET_KEY}" }, timeouts: { read: 300ms }"#,
+            r#"headers: { authorization: "Bearer ${PG_SECRET_KEY}" }, timeouts: { first_byte: 300ms }"#,
         )
         .upstream_with(
             "dead",

@@ -6,12 +6,12 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn routes(url: &str, read_timeout: &str) -> Config {
+fn routes(url: &str, timeouts: &str) -> Config {
     Config::new()
         .upstream_with(
             "mock",
             url,
-            &format!("timeouts: {{ connect: 1s, read: {read_timeout}, write: 1s }}"),
+            &format!("timeouts: {{ connect: 1s, write: 1s, {timeouts} }}"),
         )
         .route(
             Route::prefixed("openai")
@@ -30,9 +30,9 @@ async fn error_type(resp: reqwest::Response) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_timeout_is_a_504() {
+async fn first_byte_timeout_is_a_504() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(routes(&mock.url(), "300ms"));
+    let gw = Gateway::start(routes(&mock.url(), "first_byte: 300ms"));
     let started = Instant::now();
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
@@ -45,13 +45,16 @@ async fn read_timeout_is_a_504() {
     assert_eq!(error_type(resp).await, "upstream_timeout");
     assert!(
         started.elapsed() < Duration::from_secs(3),
-        "timed out by the read timeout"
+        "timed out by the first_byte timeout"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_a_502() {
-    let gw = Gateway::start(routes(&format!("http://127.0.0.1:{}", free_port()), "1s"));
+    let gw = Gateway::start(routes(
+        &format!("http://127.0.0.1:{}", free_port()),
+        "first_byte: 1s",
+    ));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .json(&chat(false))
@@ -65,7 +68,7 @@ async fn refused_connection_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_a_502_and_upstream_errors_pass_through() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(routes(&mock.url(), "5s"));
+    let gw = Gateway::start(routes(&mock.url(), "first_byte: 5s"));
     let c = client();
     let resp = c
         .post(gw.url("/openai/v1/chat/completions"))
@@ -101,7 +104,7 @@ async fn reset_is_a_502_and_upstream_errors_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_stream_is_never_presented_as_complete() {
     let mock = MockUpstream::start().await;
-    let gw = Gateway::start(routes(&mock.url(), "5s"));
+    let gw = Gateway::start(routes(&mock.url(), "first_byte: 5s"));
     let resp = client()
         .post(gw.url("/openai/v1/chat/completions"))
         .header("x-mock-fault", "truncate")
@@ -134,4 +137,54 @@ async fn truncated_stream_is_never_presented_as_complete() {
         .await
         .unwrap();
     assert!(resp.bytes().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_past_idle_is_cut() {
+    let mock = MockUpstream::start().await;
+    // A head at once, then 1.5 s between chunks: over `idle`, though the first byte was fast.
+    let gw = Gateway::start(routes(&mock.url(), "first_byte: 5s, idle: 300ms"));
+    let started = Instant::now();
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .header("x-mock-chunk-delay-ms", "1500")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await;
+    assert!(body.is_err(), "a stalled stream must not look complete");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "cut by idle"
+    );
+}
+
+/// A reasoning model that thinks 35 s before its first byte, behind the defaults (no
+/// `timeouts:`, no `retry:`): answered once, not cut and resent (was: three 30 s attempts and
+/// a 504). The one test that waits this long; the defaults themselves are checked in
+/// `config::schema`'s unit tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_35_second_first_byte_passes_with_the_shipped_defaults() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .route(Route::prefixed("openai").targets("[mock]")),
+    );
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let resp = patient
+        .post(gw.url("/openai/v1/chat/completions"))
+        .header("x-mock-delay-ms", "35000")
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("Hello from mock #1"));
+    assert_eq!(mock.hits(), 1, "exactly one upstream call");
 }

@@ -50,7 +50,7 @@ impl Config {
     }
 
     /// Upstream `name` at `url` with more fields in YAML flow style, e.g.
-    /// `timeouts: { read: 200ms }, max_concurrent: 1`.
+    /// `timeouts: { first_byte: 200ms }, max_concurrent: 1`.
     pub fn upstream_with(mut self, name: &str, url: &str, fields: &str) -> Config {
         let more = if fields.is_empty() {
             String::new()
@@ -209,7 +209,11 @@ fn renders_sections_then_upstreams_then_routes() {
                 .group("quality", "[b]")
                 .with("retry:\n  attempts: 2"),
         )
-        .upstream_with("a", "http://127.0.0.1:1/base", "timeouts: { read: 1s }")
+        .upstream_with(
+            "a",
+            "http://127.0.0.1:1/base",
+            "timeouts: { first_byte: 1s }",
+        )
         .upstream("b", "http://127.0.0.1:2")
         .section("limits: { max_body_bytes: 10 }")
         .route(Route::prefixed("plain").keep_prefix())
@@ -218,7 +222,7 @@ fn renders_sections_then_upstreams_then_routes() {
         yaml,
         r#"limits: { max_body_bytes: 10 }
 upstreams:
-  a: { url: "http://127.0.0.1:1/base", timeouts: { read: 1s } }
+  a: { url: "http://127.0.0.1:1/base", timeouts: { first_byte: 1s } }
   b: { url: "http://127.0.0.1:2" }
 routes:
   - name: cheap

@@ -3,7 +3,7 @@
 //!
 //! | header | effect |
 //! |---|---|
-//! | `x-mock-delay-ms: N` | wait N ms before answering (before the status line) |
+//! | `x-mock-delay-ms: N` | wait N ms before answering (before the status line); a connection closed meanwhile is recorded ([`MockUpstream::abandoned`](super::MockUpstream::abandoned)) and not answered |
 //! | `x-mock-chunk-delay-ms: N` | wait N ms between the chunks of a stream |
 //! | `x-mock-status: S` | answer status S with an error body (429 adds `retry-after`) |
 //! | `x-mock-retry-after: V` | the `retry-after` value of a forced 429 (default `1`) |

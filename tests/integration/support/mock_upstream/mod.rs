@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -86,6 +87,7 @@ impl MockUpstream {
             completed_streams: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             per_id: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(Vec::new()),
             released: watch::Sender::new(false),
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared)));
@@ -128,6 +130,12 @@ impl MockUpstream {
         self.shared.completed_streams.load(Ordering::SeqCst)
     }
 
+    /// When the mock saw a client close its connection while an `x-mock-delay-ms` answer was
+    /// still pending, one instant per such request, in order.
+    pub fn abandoned(&self) -> Vec<Instant> {
+        lock(&self.shared.abandoned).clone()
+    }
+
     /// Lets every current and future `x-mock-hold` response proceed.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
@@ -149,6 +157,8 @@ struct Shared {
     /// Per-`x-mock-id` request counters, keyed by the fault that counts them (see
     /// [`Shared::count`]).
     per_id: Mutex<HashMap<String, usize>>,
+    /// See [`MockUpstream::abandoned`].
+    abandoned: Mutex<Vec<Instant>>,
     released: watch::Sender<bool>,
 }
 
@@ -166,6 +176,10 @@ impl Shared {
         let n = per_id.entry(key).or_insert(0);
         *n += 1;
         *n
+    }
+
+    fn record_abandoned(&self) {
+        lock(&self.abandoned).push(Instant::now());
     }
 
     /// Returns once [`MockUpstream::release`] has been called (at once if it already was).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -77,7 +77,15 @@ async fn respond(
 ) -> io::Result<After> {
     let ctl = Controls::from_request(req, shared);
     if !ctl.delay.is_zero() {
-        tokio::time::sleep(ctl.delay).await;
+        // A client that gives up meanwhile is noticed at once, as a real provider would stop
+        // generating for it.
+        tokio::select! {
+            () = tokio::time::sleep(ctl.delay) => {}
+            () = peer_closed(stream) => {
+                shared.record_abandoned();
+                return Ok(After::Close);
+            }
+        }
     }
     if ctl.fault == Some(Fault::Reset) {
         return Ok(After::Reset);
@@ -125,6 +133,16 @@ async fn respond(
     } else {
         After::KeepAlive
     })
+}
+
+/// Resolves when the client closes the connection (or it breaks) before the answer; stays
+/// pending if it sends anything instead (it should not, while waiting for an answer).
+async fn peer_closed(stream: &mut TcpStream) {
+    let mut probe = [0u8; 1];
+    match stream.read(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Status line and headers, without the framing headers and the blank line that ends them.
