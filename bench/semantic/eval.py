@@ -391,7 +391,7 @@ admin: "127.0.0.1:{admin}"
 reload: {{ watch: false }}
 upstreams:
   mock: {{ url: "http://127.0.0.1:{mock_port}" }}
-  embed: {{ url: "{base}", timeouts: {{ read: 30s }} }}
+  embed: {{ url: "{base}", timeouts: {{ first_byte: 30s }} }}
 routes:
   - name: openai
     match: {{ path_prefix: /openai }}
