@@ -6,6 +6,8 @@ Run with `make bench` (which runs bench/setup.sh first) or directly:
     python3 bench/run.py                          # everything, ~8 minutes
     python3 bench/run.py --quick --only hit,pass  # the headline and pinned rows, ~2-3 minutes
     PROMPTGATE_BIN_B=/tmp/pg-new python3 bench/run.py --quick --only hit,pass   # A/B
+    python3 bench/run.py --quick --only hit,pass \
+        --b-rate-limit "requests_per_minute: 60000000, usd_per_day: 1000000"  # A/B: a limit
 
 Sections, in the order they run and are reported:
   hit, pass  as shipped (the headline): promptgate with a conf/promptgate.yaml-like config at
@@ -25,7 +27,9 @@ Sections, in the order they run and are reported:
 
 Options: --quick (2 s runs, TTFB 150 requests, no LiteLLM), --only LIST (sections above; also
 BENCH_ONLY), --bin-b PATH (also PROMPTGATE_BIN_B): a second promptgate binary measured next to
-the first in the same groups, alternated run by run, with B/A ratios; --profile (perf profile
+the first in the same groups, alternated run by run, with B/A ratios; --b-rate-limit YAML (also
+PROMPTGATE_B_RATE_LIMIT): B gets this `rate_limit` (flow-style fields) on its routes, and is
+binary A unless --bin-b says otherwise (the cost of a configured limit); --profile (perf profile
 of the hit path instead). Environment: PROMPTGATE_BIN (binary A, default target/release/
 promptgate), FLOOR_BIN (default target/release/floor), BENCH_DURATION (s per wrk run, default
 3), BENCH_REPS (best of N, default 3), BENCH_CONNS (wrk connections, default 32),
@@ -77,6 +81,8 @@ def parse_args():
                     help=f"comma list of sections: {','.join(SECTIONS)}")
     ap.add_argument("--bin-b", default=os.environ.get("PROMPTGATE_BIN_B", ""),
                     help="a second promptgate binary, measured next to the first (A/B)")
+    ap.add_argument("--b-rate-limit", default=os.environ.get("PROMPTGATE_B_RATE_LIMIT", ""),
+                    help="B's routes get `rate_limit: { THIS }` (B is binary A unless --bin-b)")
     ap.add_argument("--profile", action="store_true", help="perf profile of the hit path")
     a = ap.parse_args()
     only = {s.strip() for s in a.only.split(",") if s.strip()}
@@ -89,7 +95,8 @@ def parse_args():
 ARGS, ONLY = parse_args()
 QUICK = ARGS.quick
 PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", ROOT / "target" / "release" / "promptgate"))
-PROMPTGATE_B = Path(ARGS.bin_b) if ARGS.bin_b else None
+B_RATE_LIMIT = ARGS.b_rate_limit.strip()
+PROMPTGATE_B = Path(ARGS.bin_b) if ARGS.bin_b else (PROMPTGATE if B_RATE_LIMIT else None)
 FLOOR = Path(os.environ.get("FLOOR_BIN", ROOT / "target" / "release" / "floor"))
 DURATION = int(os.environ.get("BENCH_DURATION", "2" if QUICK else "3"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
@@ -254,9 +261,11 @@ INSTANCES = {}  # name -> Instance
 NGINX = {}  # name -> {"pass": port, "cache": port}
 
 
-def promptgate_yaml(listen, admin, threads, backend="memory"):
+def promptgate_yaml(listen, admin, threads, backend="memory", rate_limit=""):
     """A config shaped like conf/promptgate.yaml (its defaults: per-credential scope, memory
-    cache, reload watch on) with the bench's upstream and a route without cache for pass-through."""
+    cache, reload watch on) with the bench's upstream and a route without cache for pass-through;
+    `rate_limit` (flow-style fields) is set on every route when given."""
+    limit = f"    rate_limit: {{ {rate_limit} }}\n" if rate_limit else ""
     cache = f"  backend: {backend}\n"
     if backend.startswith("redis"):
         l1 = "true" if backend == "redis-l1" else "false"
@@ -275,27 +284,27 @@ routes:
     strip_prefix: true
     targets: [up]
     cache: {{ enabled: false }}
-  - name: openai
+{limit}  - name: openai
     match: {{ path_prefix: /openai }}
     strip_prefix: true
     targets: [up]
-  - name: sse
+{limit}  - name: sse
     match: {{ path_prefix: /sse }}
     strip_prefix: false
     targets: [up]
-cache:
+{limit}cache:
   enabled: true
 {cache}"""
 
 
 def define_promptgate(name, binary, port, admin, threads, cpus, log_mode="file",
-                      backend="memory"):
+                      backend="memory", rate_limit=""):
     """log_mode: "file" (RUST_LOG unset, log outside the config's directory), "off"
     (RUST_LOG=warn: no access log), "confdir" (RUST_LOG unset, log inside the config's dir)."""
     d = RUN / name
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "promptgate.yaml"
-    cfg.write_text(promptgate_yaml(port, admin, threads, backend))
+    cfg.write_text(promptgate_yaml(port, admin, threads, backend, rate_limit))
     logf = d / "promptgate.log" if log_mode == "confdir" else RUN / "logs" / f"{name}.log"
     env = {"RUST_LOG": "warn"} if log_mode == "off" else {}
     inst = Instance(name, port, cpus, [str(binary), "run", "--config", str(cfg)], env=env,
@@ -644,7 +653,8 @@ def tool_versions():
                               capture_output=True, text=True).stdout.strip(),
     }
     if PROMPTGATE_B:
-        v["promptgate B"] = f"{PROMPTGATE_B} ({first_line([str(PROMPTGATE_B), '--version'])})"
+        v["promptgate B"] = f"{PROMPTGATE_B} ({first_line([str(PROMPTGATE_B), '--version'])})" + \
+            (f", rate_limit: {{ {B_RATE_LIMIT} }}" if B_RATE_LIMIT else "")
     if WITH_LITELLM and LITELLM.exists():
         v["litellm"] = first_line([str(BENCH / ".venv" / "bin" / "python"), "-c",
                                    "import importlib.metadata as m;"
@@ -705,7 +715,8 @@ def main():
     load_start = os.getloadavg()
     log(f"promptgate bench: {NCPU} CPUs, load {load_start}, sections "
         f"{','.join(s for s in SECTIONS if want(s))}, {REPS}x{DURATION}s runs, {CONNS} "
-        f"connections{', quick' if QUICK else ''}{', A/B with ' + str(PROMPTGATE_B) if PROMPTGATE_B else ''}")
+        f"connections{', quick' if QUICK else ''}{', A/B with ' + str(PROMPTGATE_B) if PROMPTGATE_B else ''}"
+        f"{', B rate_limit: ' + B_RATE_LIMIT if B_RATE_LIMIT else ''}")
     response_json, sse, req_1k, req_1m, stream_req = fixtures()
     b1k, b1m, bstream = RUN / "req-1k.json", RUN / "req-1m.json", RUN / "req-stream.json"
     b1k.write_text(req_1k)
@@ -720,7 +731,7 @@ def main():
     define_promptgate("pg", PROMPTGATE, 28110, 28190, 0, None)
     define_nginx_proxy("nginx", "auto", 28102, 28103, None)
     if PROMPTGATE_B:
-        define_promptgate("pgb", PROMPTGATE_B, 28114, 28194, 0, None)
+        define_promptgate("pgb", PROMPTGATE_B, 28114, 28194, 0, None, rate_limit=B_RATE_LIMIT)
     pinned = headline and WITH_PINNED
     if pinned:
         define_promptgate("pg1", PROMPTGATE, 28111, 28191, 1, CPU_SUT)
@@ -728,7 +739,8 @@ def main():
         define_promptgate("pg1-confdir", PROMPTGATE, 28113, 28193, 1, CPU_SUT,
                           log_mode="confdir")
         if PROMPTGATE_B:
-            define_promptgate("pgb1", PROMPTGATE_B, 28115, 28195, 1, CPU_SUT)
+            define_promptgate("pgb1", PROMPTGATE_B, 28115, 28195, 1, CPU_SUT,
+                              rate_limit=B_RATE_LIMIT)
         define_nginx_proxy("nginx1", 1, 28104, 28105, CPU_SUT)
     if headline and with_floors:
         define_floor("floor-static", "static", 28130, 0, None)

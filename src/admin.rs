@@ -1,16 +1,18 @@
 //! The admin listener: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /cache/stats`,
-//! `POST /cache/purge`, `GET /config`, `POST /reload`, the dashboard (`GET /`) and its data
-//! (`GET /stats`).
+//! `POST /cache/purge`, `GET /limits`, `GET /config`, `POST /reload`, the dashboard (`GET /`)
+//! and its data (`GET /stats`).
 //! It binds to localhost by default and is never reachable through the proxy port. With
 //! `admin_token` set, the mutating endpoints (`POST`) and `GET /stats` require
 //! `Authorization: Bearer <token>`.
 
 use crate::cache::redis::RedisState;
 use crate::cache::{Cache, Purge};
-use crate::config::schema::CacheBackend;
+use crate::config::schema::{CacheBackend, LimitKey};
 use crate::config::ConfigError;
 use crate::dashboard;
 use crate::json_error;
+use crate::limits::gcra::{Kind, DAY_US};
+use crate::limits::{BucketUsage, Limiter, RouteLimit};
 use crate::metrics::{self, LookupCounts, Metrics};
 use crate::server::inflight::Inflight;
 use crate::server::reload::{Reloader, Trigger};
@@ -34,6 +36,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
     pub inflight: Arc<Inflight>,
+    pub limiter: Arc<Limiter>,
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -257,6 +260,58 @@ impl Admin {
         }
     }
 
+    /// `GET /limits`: each rate-limited route's limits and the usage of its buckets that hold
+    /// state (credentials as their hashes only). With Redis, the buckets this process has used,
+    /// read from Redis (so they include other sidecars' requests).
+    async fn limits(&self) -> Response<Vec<u8>> {
+        let runtime = self.reloader.runtime().load_full();
+        let limited: Vec<(&str, &RouteLimit)> = runtime
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), &**r.rate_limit.as_ref()?)))
+            .collect();
+        let usage = match self.limiter.usage(&limited).await {
+            Ok(u) => u,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "redis_error",
+                    format!("cannot read the rate-limit counters: {e}"),
+                )
+            }
+        };
+        let mut routes = serde_json::Map::new();
+        for (name, limit) in &limited {
+            let buckets: Vec<serde_json::Value> = usage
+                .iter()
+                .filter(|b| b.route == *name)
+                .map(|b| bucket_json(limit, b))
+                .collect();
+            let limits: serde_json::Map<String, serde_json::Value> = limit
+                .kinds()
+                .map(|k| (k.as_str().to_string(), limit.value(k).into()))
+                .collect();
+            routes.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "key": limit.key,
+                    "count_hits": limit.count_hits,
+                    "on_store_error": limit.on_store_error,
+                    "limits": limits,
+                    "buckets": buckets,
+                }),
+            );
+        }
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "backend": self.limiter.backend().as_str(),
+                "store_errors": self.limiter.store_errors(),
+                "routes": routes,
+            }),
+        )
+    }
+
     fn config(&self) -> Response<Vec<u8>> {
         let runtime = self.reloader.runtime().load_full();
         match serde_json::to_value(&*runtime.sections) {
@@ -285,6 +340,40 @@ impl Admin {
             Err(e) => reload_failed(&e),
         }
     }
+}
+
+/// One bucket of `GET /limits`: per limit set, its value, what is left, and when it is full again.
+fn bucket_json(limit: &RouteLimit, b: &BucketUsage) -> serde_json::Value {
+    let o = &b.outcome;
+    let seconds = |us: i64| us.max(0) as f64 / 1e6;
+    let mut v = serde_json::json!({});
+    if limit.key == LimitKey::Credential {
+        v["credential"] = b.who.clone().into();
+    }
+    if limit.params.rpm > 0 {
+        v["requests"] = serde_json::json!({
+            "limit": limit.params.rpm,
+            "remaining": o.requests_remaining,
+            "reset_seconds": seconds(o.requests_reset_us),
+        });
+    }
+    if limit.params.tpm > 0 {
+        v["tokens"] = serde_json::json!({
+            "limit": limit.params.tpm,
+            "remaining": o.tokens_remaining,
+            "reset_seconds": seconds(o.tokens_reset_us),
+        });
+    }
+    if limit.params.budget_nano_usd > 0 {
+        let budget = limit.params.budget_nano_usd as i64;
+        v["usd"] = serde_json::json!({
+            "limit": limit.value(Kind::Usd),
+            "spent": o.usd_spent as f64 / 1e9,
+            "remaining": (budget - o.usd_spent).max(0) as f64 / 1e9,
+            "reset_seconds": seconds(DAY_US - o.now.rem_euclid(DAY_US)),
+        });
+    }
+    v
 }
 
 /// The reload failed and nothing changed. An invalid file is the caller's to fix (422, with
@@ -339,6 +428,8 @@ impl ServeHttp for Admin {
             ("/metrics", _) => method_not_allowed(&path, "GET"),
             ("/cache/stats", "GET") => self.cache_stats(),
             ("/cache/stats", _) => method_not_allowed(&path, "GET"),
+            ("/limits", "GET") => self.limits().await,
+            ("/limits", _) => method_not_allowed(&path, "GET"),
             ("/config", "GET") => self.config(),
             ("/config", _) => method_not_allowed(&path, "GET"),
             ("/cache/purge", "POST") => match self.unauthorized(session) {

@@ -21,6 +21,8 @@
 //!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
+//! - [`limits`] — rate limits and budgets per credential or route: counters in memory or in the
+//!   cache's Redis, kept across reloads.
 //! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]), how
 //!   its streams end, its token usage.
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
@@ -47,6 +49,9 @@ pub mod config;
 pub(crate) mod dashboard;
 pub(crate) mod headers;
 pub(crate) mod json_error;
+// Public for tests/integration (the Redis script checked against the arithmetic) and the
+// bench_limits example.
+pub mod limits;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pricing;

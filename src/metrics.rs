@@ -17,8 +17,8 @@ use crate::stats::Activity;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -192,6 +192,29 @@ pub struct RequestRecord<'a> {
     pub pricing: Option<&'a Pricing>,
 }
 
+/// The `limit` label values of the rate-limit metrics, in [`RateLimitRecord::remaining`]'s order.
+pub const LIMIT_LABELS: [&str; 3] = ["requests_per_minute", "tokens_per_minute", "usd_per_day"];
+
+/// What one request's rate-limit step reports (in the `logging` phase).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitRecord {
+    /// The limit that refused the request (index into [`LIMIT_LABELS`]).
+    pub refused: Option<usize>,
+    /// The counter store did not answer: `Some(true)` when the request was admitted anyway.
+    pub store_error: Option<bool>,
+    /// With `key: route`: what is left of each limit set (requests, tokens, US dollars).
+    pub remaining: [Option<f64>; 3],
+}
+
+/// One rate-limited route's series, resolved on its first limited request.
+struct LimitMetrics {
+    refused: [IntCounter; 3],
+    /// [refused, admitted]
+    store_errors: [IntCounter; 2],
+    /// Resolved on the first value: a per-credential route has no such series.
+    remaining: [OnceLock<Gauge>; 3],
+}
+
 /// A `requests_total` series of one route, by (upstream, status, cache), with the TTFB
 /// histogram of its upstream.
 struct RequestSeries {
@@ -212,6 +235,8 @@ pub struct RouteMetrics {
     /// `requests_total` by (upstream, status, cache): a handful per route, so a linear scan.
     requests: RwLock<Vec<RequestSeries>>,
     models: RwLock<Vec<Arc<ModelMetrics>>>,
+    /// Only routes with `rate_limit` get these series.
+    limits: OnceLock<LimitMetrics>,
 }
 
 /// One (route, model) pair's token and cost series.
@@ -273,6 +298,9 @@ pub struct Metrics {
     tokens: IntCounterVec,
     cost: CounterVec,
     cost_saved: CounterVec,
+    rate_limited: IntCounterVec,
+    rate_limit_store_errors: IntCounterVec,
+    rate_limit_remaining: GaugeVec,
     redis_store_errors: IntCounter,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
@@ -416,6 +444,29 @@ impl Metrics {
             "What cache hits would have cost upstream in US dollars, by route and model.",
             &["route", "model"],
         );
+        let rate_limited = counter_vec(
+            r,
+            "promptgate_rate_limited_total",
+            "Requests refused with 429 by a route's rate_limit, by route and limit (requests_per_minute, tokens_per_minute, usd_per_day).",
+            &["route", "limit"],
+        );
+        let rate_limit_store_errors = counter_vec(
+            r,
+            "promptgate_rate_limit_store_errors_total",
+            "Rate-limit checks the counter store (Redis) could not answer, by route and decision (admitted: on_store_error allow; refused: deny).",
+            &["route", "decision"],
+        );
+        let rate_limit_remaining = register(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "promptgate_rate_limit_remaining",
+                    "What is left of a route's shared (key: route) limit as of its last check: requests, tokens, or US dollars today; by route and limit.",
+                ),
+                &["route", "limit"],
+            )
+            .expect("valid metric"),
+        );
         let store_errors = counter_vec(
             r,
             "promptgate_cache_store_errors_total",
@@ -469,6 +520,9 @@ impl Metrics {
             tokens,
             cost,
             cost_saved,
+            rate_limited,
+            rate_limit_store_errors,
+            rate_limit_remaining,
             redis_store_errors,
             cache_entries,
             cache_bytes,
@@ -502,6 +556,34 @@ impl Metrics {
             failovers: self.upstream_failovers.with_label_values(&[route]),
             requests: RwLock::default(),
             models: RwLock::default(),
+            limits: OnceLock::new(),
+        }
+    }
+
+    /// Records one rate-limit step of a request on `route`.
+    pub fn rate_limit(&self, route: &str, r: &RateLimitRecord) {
+        let m = self.route(route);
+        let l = m.limits.get_or_init(|| LimitMetrics {
+            refused: LIMIT_LABELS.map(|l| self.rate_limited.with_label_values(&[route, l])),
+            store_errors: ["refused", "admitted"]
+                .map(|d| self.rate_limit_store_errors.with_label_values(&[route, d])),
+            remaining: Default::default(),
+        });
+        if let Some(i) = r.refused {
+            l.refused[i].inc();
+        }
+        if let Some(admitted) = r.store_error {
+            l.store_errors[usize::from(admitted)].inc();
+        }
+        for (i, value) in r.remaining.iter().enumerate() {
+            if let Some(v) = value {
+                l.remaining[i]
+                    .get_or_init(|| {
+                        self.rate_limit_remaining
+                            .with_label_values(&[route, LIMIT_LABELS[i]])
+                    })
+                    .set(*v);
+            }
         }
     }
 

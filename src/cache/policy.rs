@@ -62,11 +62,17 @@ pub fn controls(req: &RequestHeader) -> Result<RequestControls, BadTtl> {
 }
 
 /// The key scope: `"shared"`, or a hash of the client's credentials so one API key never reads
-/// another's entries. The credential itself never leaves this function.
+/// another's entries. The credential itself never leaves this module.
 pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
     if scope == CacheScope::Shared {
         return "shared".to_string();
     }
+    credential_hash(req).to_hex().to_string()
+}
+
+/// The hash of the client's credentials (every credential header, and a `key=` query
+/// parameter): the cache scope, and the bucket of a per-credential rate limit.
+pub fn credential_hash(req: &RequestHeader) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(b"promptgate-scope-v1");
     for name in CREDENTIAL_HEADERS {
@@ -84,7 +90,7 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
             h.update(b"\0");
         }
     }
-    h.finalize().to_hex().to_string()
+    h.finalize()
 }
 
 /// The cache key of a request on a route with cache settings `policy`.

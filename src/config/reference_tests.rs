@@ -41,7 +41,7 @@ fn leaves(value: &Value, path: String, out: &mut Vec<String>) {
 #[test]
 fn every_field_is_in_docs_configuration_md() {
     let table = parse(
-        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - {name: r, targets: [u]}\npricing:\n  m: {input_per_mtok: 1, output_per_mtok: 2}\n",
+        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - {name: r, targets: [u], rate_limit: {requests_per_minute: 1}}\npricing:\n  m: {input_per_mtok: 1, output_per_mtok: 2}\n",
         "t.yaml",
         &|_| None,
     )

@@ -202,6 +202,106 @@ pub struct RouteSpec {
     pub retry: RetrySpec,
     #[serde(default)]
     pub cache: RouteCacheSpec,
+    /// Rate limits and budgets; none by default.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// `routes[N].rate_limit:` — requests, tokens and money per credential (or per route). Any
+/// subset of the three limits may be set; at least one must be.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Who shares a bucket: each client credential (its hash), or the whole route.
+    #[serde(default)]
+    pub key: LimitKey,
+    /// Requests admitted per minute (GCRA: this many at once, then one every 60 s / n).
+    pub requests_per_minute: Option<u64>,
+    /// Input + output tokens per minute, as the provider reports them after each answer.
+    pub tokens_per_minute: Option<u64>,
+    /// US dollars per UTC day (the price table's cost of the answers); resets at 00:00 UTC.
+    pub usd_per_day: Option<f64>,
+    /// Count cache hits against the limits too. Default false: hits cost the provider nothing.
+    #[serde(default)]
+    pub count_hits: bool,
+    /// When the shared counter store (Redis) cannot answer: admit (default) or refuse (503).
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+impl RateLimitSpec {
+    /// Largest `requests_per_minute` (one a microsecond).
+    pub const MAX_REQUESTS_PER_MINUTE: u64 = 60_000_000;
+    /// Largest `tokens_per_minute`.
+    pub const MAX_TOKENS_PER_MINUTE: u64 = 100_000_000;
+    /// Largest `usd_per_day`.
+    pub const MAX_USD_PER_DAY: f64 = 1_000_000.0;
+
+    /// What is wrong with this section: (field below `rate_limit`, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.requests_per_minute.is_none()
+            && self.tokens_per_minute.is_none()
+            && self.usd_per_day.is_none()
+        {
+            problems.push((
+                "",
+                "sets no limit: give requests_per_minute, tokens_per_minute or usd_per_day".into(),
+            ));
+        }
+        for (field, value, max) in [
+            (
+                "requests_per_minute",
+                self.requests_per_minute,
+                Self::MAX_REQUESTS_PER_MINUTE,
+            ),
+            (
+                "tokens_per_minute",
+                self.tokens_per_minute,
+                Self::MAX_TOKENS_PER_MINUTE,
+            ),
+        ] {
+            match value {
+                Some(0) => problems.push((field, "must be at least 1".into())),
+                Some(n) if n > max => problems.push((field, format!("must be at most {max}"))),
+                _ => {}
+            }
+        }
+        if let Some(usd) = self.usd_per_day {
+            if !(usd.is_finite() && usd > 0.0 && usd <= Self::MAX_USD_PER_DAY) {
+                problems.push((
+                    "usd_per_day",
+                    format!(
+                        "must be a number greater than 0 and at most {}",
+                        Self::MAX_USD_PER_DAY
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Whose requests one rate-limit bucket counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitKey {
+    /// Each client credential (`Authorization`, `x-api-key`, …, hashed as the cache scope).
+    #[default]
+    Credential,
+    /// One bucket for the whole route.
+    Route,
+}
+
+/// What a rate-limited route does while its counter store cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Fail open: admit the request (and count it in the metrics).
+    #[default]
+    Allow,
+    /// Fail closed: answer 503, so no money is spent unaccounted.
+    Deny,
 }
 
 /// The order in which a route's targets are tried.

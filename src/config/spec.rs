@@ -5,8 +5,9 @@
 //! field docs below promise (e.g. every target names a key of [`Spec::upstreams`]).
 
 use super::schema::{
-    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup, ReloadSpec,
-    Replay, RetrySpec, RouteCacheSpec, SemanticSpec, Strategy, TimeoutsSpec,
+    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
+    RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, SemanticSpec, Strategy,
+    TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
@@ -89,6 +90,8 @@ pub struct Route {
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// `rate_limit:`, checked (at least one limit, each within its bounds).
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// `routes[N].match`: every criterion given must hold.

@@ -458,6 +458,16 @@ fn route(
             format!("{bad} is not an HTTP status code"),
         );
     }
+    if let Some(limit) = &spec.rate_limit {
+        for (field, message) in limit.problems() {
+            let at = if field.is_empty() {
+                format!("{path}.rate_limit")
+            } else {
+                format!("{path}.rate_limit.{field}")
+            };
+            s.problem(at, message);
+        }
+    }
     let policy = RouteCache::resolve(cache, &spec.cache)
         .map_err(|problems| {
             for (field, message) in problems {
@@ -513,6 +523,7 @@ fn route(
         strategy: spec.strategy,
         retry: spec.retry,
         cache: policy?,
+        rate_limit: spec.rate_limit,
     })
 }
 
@@ -620,6 +631,46 @@ cache:
         assert_eq!(u.headers[0].1.expose().to_str().unwrap(), "Bearer sk-test");
         // secrets stay out of Debug output
         assert!(!format!("{t:?}").contains("sk-test"));
+    }
+
+    #[test]
+    fn rate_limits_are_checked_with_their_paths() {
+        let route = |limit: &str| {
+            format!(
+                "upstreams: {{ u: {{ url: \"http://127.0.0.1:1\" }} }}\nroutes:\n  - name: r\n    targets: [u]\n    rate_limit: {limit}\n"
+            )
+        };
+        let t = ok(&route(
+            "{ requests_per_minute: 6, usd_per_day: 2.5, key: route }",
+        ));
+        let limit = t.routes[0].rate_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_minute, limit.usd_per_day, limit.key),
+            (Some(6), Some(2.5), crate::config::schema::LimitKey::Route)
+        );
+        let paths =
+            |yaml: String| -> Vec<String> { problems(&yaml).into_iter().map(|p| p.path).collect() };
+        assert_eq!(
+            paths(route("{ count_hits: true }")),
+            ["routes[0].rate_limit"]
+        );
+        assert_eq!(
+            paths(route("{ requests_per_minute: 0, usd_per_day: -1 }")),
+            [
+                "routes[0].rate_limit.requests_per_minute",
+                "routes[0].rate_limit.usd_per_day"
+            ]
+        );
+        for (bad, word) in [
+            ("{ tokens_per_minute: 5, per_hour: 1 }", "per_hour"),
+            ("{ requests_per_minute: 5, key: user }", "user"),
+        ] {
+            let found = problems(&route(bad));
+            assert!(
+                found.len() == 1 && found[0].message.contains(word),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Per-request state, carried from `request_filter` to `logging`.
 
 use super::client_gone::Waiting;
+use super::limit::LimitStep;
 use crate::cache::{CacheStatus, Lookup};
+use crate::limits::headers::Headers;
 use crate::metrics::SemanticRecord;
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// No extra response headers (a route without rate limits).
+static NO_HEADERS: Headers = Vec::new();
 
 pub struct Ctx {
     /// Set by `new_ctx`.
@@ -47,6 +52,24 @@ pub struct Ctx {
     pub usage: Option<Usage>,
     /// Set by `request_filter` on semantic routes: what the semantic cache did (for metrics).
     pub semantic: Option<SemanticRecord>,
+    /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
+    /// the bucket to charge the answer's usage to (in `logging`).
+    pub limit: Option<LimitStep>,
+}
+
+impl Ctx {
+    /// Headers every response of this request carries: a rate-limited route's `x-ratelimit-*`.
+    pub fn extra_headers(&self) -> &Headers {
+        self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers)
+    }
+
+    /// The tokens of the answer: the upstream's, or on a hit those of the entry it replayed.
+    pub fn answer_usage(&self) -> Option<&Usage> {
+        self.usage.as_ref().or_else(|| match &self.lookup {
+            Some(Lookup::Hit(entry) | Lookup::SemanticHit(entry)) => entry.usage(),
+            _ => None,
+        })
+    }
 }
 
 impl Default for Ctx {
@@ -69,6 +92,7 @@ impl Default for Ctx {
             lookup: None,
             usage: None,
             semantic: None,
+            limit: None,
         }
     }
 }

@@ -39,6 +39,25 @@ pub enum ProxyError {
     /// as 499 (nginx's convention).
     #[error("the client closed its connection before the answer")]
     ClientClosed,
+    /// Over a `rate_limit` of the route.
+    #[error(
+        "route {route} is over its {} limit of {}{}; retry in {} s",
+        kind.as_str(),
+        value,
+        if *per_credential { " for this credential" } else { "" },
+        crate::limits::headers::retry_after_secs(retry_after.as_micros() as i64)
+    )]
+    RateLimited {
+        route: String,
+        kind: crate::limits::gcra::Kind,
+        /// The configured limit (requests, tokens or US dollars).
+        value: f64,
+        per_credential: bool,
+        retry_after: std::time::Duration,
+    },
+    /// The rate-limit counters could not be read and the route says `on_store_error: deny`.
+    #[error("route {route}: the rate-limit store is unavailable (on_store_error: deny)")]
+    LimitStoreDown { route: String },
     /// Every attempt failed; `last` says how the final one did, `tried` lists them all.
     #[error("{last} (route {route} tried: {tried})")]
     Exhausted {
@@ -62,6 +81,8 @@ impl ProxyError {
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
             ProxyError::ClientClosed => 499,
+            ProxyError::RateLimited { .. } => 429,
+            ProxyError::LimitStoreDown { .. } => 503,
             ProxyError::Exhausted { last, .. } => last.status(),
         }
     }
@@ -79,12 +100,21 @@ impl ProxyError {
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Priority { .. } => "bad_priority",
             ProxyError::ClientClosed => "client_closed",
+            ProxyError::RateLimited { .. } => "rate_limit_exceeded",
+            ProxyError::LimitStoreDown { .. } => "rate_limit_unavailable",
             ProxyError::Exhausted { last, .. } => last.kind(),
         }
     }
 
-    /// `{"error":{"type":…,"message":…}}`, the shape the provider SDKs already parse.
+    /// `{"error":{"type":…,"message":…}}`, the shape the provider SDKs already parse. A rate
+    /// limit adds OpenAI's `code` and the `limit` that refused (e.g. `requests_per_minute`).
     pub fn body(&self) -> Bytes {
+        if let ProxyError::RateLimited { kind, .. } = self {
+            let mut v = json_error::value(self.kind(), &self.to_string());
+            v["error"]["code"] = self.kind().into();
+            v["error"]["limit"] = kind.as_str().into();
+            return Bytes::from(v.to_string());
+        }
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
@@ -132,6 +162,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["error"]["type"], "request_too_large");
         assert!(v["error"]["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn rate_limits_are_429_with_the_limit_named() {
+        let e = ProxyError::RateLimited {
+            route: "openai".into(),
+            kind: crate::limits::gcra::Kind::Requests,
+            value: 6.0,
+            per_credential: true,
+            retry_after: std::time::Duration::from_millis(9_500),
+        };
+        assert_eq!(e.status(), 429);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["limit"], "requests_per_minute");
+        assert_eq!(
+            v["error"]["message"],
+            "route openai is over its requests_per_minute limit of 6 for this credential; retry in 10 s"
+        );
     }
 
     #[test]

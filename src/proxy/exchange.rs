@@ -2,11 +2,12 @@
 //! and relay the response to the client chunk by chunk as it arrives.
 
 use super::errors::ProxyError;
-use super::respond::CACHE_STATUS_HEADER;
+use super::respond::{self, CACHE_STATUS_HEADER};
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::cache::CacheStatus;
 use crate::headers;
+use crate::limits::headers::Headers;
 use crate::providers::UsageObserver;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -233,6 +234,15 @@ pub fn client_header(
     Ok(resp)
 }
 
+/// What promptgate adds to the upstream's response head for the client.
+pub struct Additions<'a> {
+    /// `x-promptgate-cache`, on cached routes.
+    pub cache_status: Option<CacheStatus>,
+    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
+    /// stored with an entry (they are per exchange).
+    pub extra: &'a Headers,
+}
+
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
@@ -248,11 +258,12 @@ pub async fn relay(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    cache_status: Option<CacheStatus>,
+    additions: Additions<'_>,
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
-    let head = relayed_head(&response, session, cache_status)?;
+    let mut head = relayed_head(&response, session, additions.cache_status)?;
+    respond::add(&mut head, additions.extra)?;
     let mut recorder = recorder(record, session, &head);
     session.write_response_header(Box::new(head), false).await?;
     loop {

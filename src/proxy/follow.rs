@@ -4,6 +4,7 @@ use super::client_gone::unless_gone;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
+use crate::limits::headers::Headers;
 use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
     timeout: Duration,
+    extra: &Headers,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -36,7 +38,7 @@ pub async fn serve(
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
@@ -49,7 +51,7 @@ pub async fn serve(
         .and_then(|(_, v)| v.to_str().ok())
         .unwrap_or("");
     let mut usage = UsageObserver::for_content_type(content_type);
-    let reply = respond::replay_head(session, head.status, &head.headers, None)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;

@@ -108,7 +108,8 @@ pub(super) async fn answer(
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
-        let replayed = respond::cached(session, entry, route.cache.replay).await;
+        let replayed =
+            respond::cached(session, entry, route.cache.replay, ctx.extra_headers()).await;
         // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
         ctx.lookup = Some(found);
         replayed.map_err(Failure::AfterResponse)?;
@@ -135,9 +136,14 @@ pub(super) async fn answer(
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
             Role::Follower(follower) => {
-                let followed = follow::serve(session, follower, route.cache.coalesce_timeout)
-                    .await
-                    .map_err(Failure::AfterResponse)?;
+                let followed = follow::serve(
+                    session,
+                    follower,
+                    route.cache.coalesce_timeout,
+                    ctx.extra_headers(),
+                )
+                .await
+                .map_err(Failure::AfterResponse)?;
                 match followed {
                     Followed::Served(code, usage) => {
                         ctx.lookup = Some(Lookup::Coalesced);

@@ -6,12 +6,14 @@
 //!    vet the head (`inbound`), find the candidate routes (`choose`), read the body (bounded,
 //!    `request_body`; its JSON tree is parsed at most once, on first use, `crate::body`), choose
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
-//!    (`lookup`) —, the upstream exchange with retries and failover (`failover`), and the relay
-//!    of the answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response
-//!    has been sent — or, when the client left while promptgate waited for it (`client_gone`),
+//!    (`lookup`) — with the rate-limit step (`limit`) after it, or before it with `count_hits`,
+//!    the upstream exchange with retries and failover (`failover`), and the relay of the
+//!    answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response has
+//!    been sent — or, when the client left while promptgate waited for it (`client_gone`),
 //!    nothing is, and the request is logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — metrics and the access log line, from the ctx (`report`).
+//! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
+//!    the access log line, from the ctx (`report`).
 //!
 //! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
 //! `request_body.rs` for why promptgate owns the upstream exchange.
@@ -25,6 +27,7 @@ mod exchange;
 mod failover;
 mod follow;
 mod inbound;
+mod limit;
 mod lookup;
 mod report;
 mod request_body;
@@ -40,6 +43,7 @@ pub use exchange::build_request;
 
 use crate::body::ParsedBody;
 use crate::cache::Cache;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::UsageObserver;
 use crate::routing::balance;
@@ -65,6 +69,8 @@ pub struct Proxy {
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Rate-limit counters, kept across reloads.
+    pub limiter: Arc<Limiter>,
 }
 
 /// Why a request did not complete normally.
@@ -87,6 +93,7 @@ impl Proxy {
         cache: Arc<Cache>,
         connector: Connector,
         metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
     ) -> Proxy {
         Proxy {
             runtime,
@@ -95,6 +102,7 @@ impl Proxy {
             inflight: Arc::default(),
             draining: Arc::default(),
             metrics,
+            limiter,
         }
     }
 
@@ -113,6 +121,11 @@ impl Proxy {
         let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
         ctx.route = Some(route.name.clone());
 
+        // With count_hits, every request counts: checked before the cache may answer it.
+        let limited = route.rate_limit.as_ref();
+        if let Some(l) = limited.filter(|l| l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
         let (cache_status, record) =
             match lookup::decide(&self.cache, session, route, &path, &parsed)? {
                 None => (None, None),
@@ -138,6 +151,10 @@ impl Proxy {
                 }
             };
         ctx.cache = cache_status;
+        // Otherwise only requests about to cost an upstream call are checked (hits are free).
+        if let Some(l) = limited.filter(|l| !l.count_hits) {
+            limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
+        }
 
         let targets = balance::order(route, group);
         let forward = match session.req_header().uri.query() {
@@ -181,7 +198,10 @@ impl Proxy {
             &answer.target.upstream,
             answer.response,
             session,
-            cache_status,
+            exchange::Additions {
+                cache_status,
+                extra: ctx.extra_headers(),
+            },
             record,
             &mut usage,
         )
@@ -230,7 +250,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e).await?;
+                respond::error(session, &e, ctx.extra_headers()).await?;
                 if matches!(e, ProxyError::BodyTooLarge { .. }) {
                     // The answer is out: the request's time ends here, not after the linger.
                     ctx.answered_in = Some(ctx.started.elapsed());
@@ -270,7 +290,7 @@ impl ProxyHttp for Proxy {
                 upstream: "-".into(),
                 detail: e.etype().as_str().to_string(),
             };
-            let _ = respond::error(session, &err).await;
+            let _ = respond::error(session, &err, &Vec::new()).await;
             502
         };
         FailToProxy {
@@ -280,6 +300,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        limit::settle(&self.limiter, &self.metrics, ctx);
         report::report(&self.metrics, session, e, ctx);
     }
 }

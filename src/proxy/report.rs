@@ -1,7 +1,7 @@
 //! The `logging` phase: a finished request's metrics and access log line, read from its ctx.
 
 use super::ctx::Ctx;
-use crate::cache::{CacheStatus, Lookup};
+use crate::cache::CacheStatus;
 use crate::logging::{self, Access};
 use crate::metrics::{Metrics, RequestRecord};
 use pingora::proxy::Session;
@@ -13,10 +13,7 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
     let duration = ctx.answered_in.unwrap_or_else(|| ctx.started.elapsed());
     let route = ctx.route.as_deref();
     // A hit's usage is read from its entry here, after the answer went out.
-    let usage = ctx.usage.as_ref().or_else(|| match &ctx.lookup {
-        Some(Lookup::Hit(entry) | Lookup::SemanticHit(entry)) => entry.usage(),
-        _ => None,
-    });
+    let usage = ctx.answer_usage();
     if let (Some(route), Some(waiting)) = (route, ctx.client_left) {
         metrics.client_disconnect(route, waiting.as_str());
     }

@@ -4,6 +4,7 @@ use super::errors::ProxyError;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::config::schema::Replay;
+use crate::limits::headers::Headers;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -11,10 +12,21 @@ use std::time::Duration;
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
 pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
 
-/// Writes `{"error":{"type":…,"message":…}}` with the error's status.
-pub async fn error(session: &mut Session, e: &ProxyError) -> pingora::Result<()> {
+/// Sets `extra` on `head`, replacing any value of the same name (an upstream's own
+/// `x-ratelimit-*` say nothing about promptgate's limits).
+pub fn add(head: &mut ResponseHeader, extra: &Headers) -> pingora::Result<()> {
+    for (name, value) in extra {
+        head.insert_header(*name, value.clone())?;
+    }
+    Ok(())
+}
+
+/// Writes `{"error":{"type":…,"message":…}}` with the error's status, and `extra` headers
+/// (a rate-limited route's).
+pub async fn error(session: &mut Session, e: &ProxyError, extra: &Headers) -> pingora::Result<()> {
     let body = e.body();
-    let mut head = ResponseHeader::build(e.status(), Some(3))?;
+    let mut head = ResponseHeader::build(e.status(), Some(3 + extra.len()))?;
+    add(&mut head, extra)?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session.write_response_header(Box::new(head), false).await?;
@@ -23,17 +35,20 @@ pub async fn error(session: &mut Session, e: &ProxyError) -> pingora::Result<()>
 
 /// The head of a response served without an upstream call (a hit, or a coalesced request):
 /// the stored status and headers, `x-promptgate-cache: HIT`, and framing — `Content-Length`
-/// for a plain body, chunked for a stream (so a replayed stream is still a stream).
+/// for a plain body, chunked for a stream (so a replayed stream is still a stream). `extra`
+/// headers (a rate-limited route's) replace stored ones of the same name.
 pub fn replay_head(
     session: &Session,
     status: u16,
     headers: &[(http::HeaderName, http::HeaderValue)],
     body_len: Option<usize>,
+    extra: &Headers,
 ) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(status, Some(headers.len() + 3))?;
+    let mut head = ResponseHeader::build(status, Some(headers.len() + extra.len() + 3))?;
     for (name, value) in headers {
         head.append_header(name.clone(), value.clone())?;
     }
+    add(&mut head, extra)?;
     match body_len {
         Some(len) => head.insert_header(http::header::CONTENT_LENGTH, len)?,
         None if !session.is_http2() => {
@@ -47,23 +62,15 @@ pub fn replay_head(
 
 /// Writes a stored response with its `Age`: a plain body in one write (shared, not copied);
 /// a stream at once, or at its recorded pace with `Replay::Original`.
-pub async fn cached(session: &mut Session, entry: &Entry, replay: Replay) -> pingora::Result<()> {
-    cached_with(session, entry, replay, &[]).await
-}
-
-/// [`cached`], with `extra` headers in the head (a semantic hit's match and similarity).
-pub async fn cached_with(
+pub async fn cached(
     session: &mut Session,
     entry: &Entry,
     replay: Replay,
-    extra: &[(&'static str, String)],
+    extra: &Headers,
 ) -> pingora::Result<()> {
     let body_len = (!entry.is_stream()).then_some(entry.body.len());
-    let mut head = replay_head(session, entry.status, &entry.headers, body_len)?;
+    let mut head = replay_head(session, entry.status, &entry.headers, body_len, extra)?;
     head.insert_header(http::header::AGE, entry.age())?;
-    for (name, value) in extra {
-        head.insert_header(*name, value.as_str())?;
-    }
     session.write_response_header(Box::new(head), false).await?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_body(None, true).await;

@@ -15,6 +15,7 @@ use crate::config::schema::SemanticSpec;
 use crate::metrics::SemanticRecord;
 use crate::routing::upstream::Upstream;
 use crate::routing::Route;
+use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::time::Instant;
@@ -156,11 +157,15 @@ pub(super) async fn lookup(
             ctx.status = entry.status;
             // The answer is now this request's exact entry too: repeating it costs no embedding.
             cache.store(&r.route.name, r.key, entry.clone());
-            let extra = [
-                (MATCH_HEADER, "semantic".to_string()),
-                (SIMILARITY_HEADER, format!("{similarity:.4}")),
-            ];
-            respond::cached_with(session, &entry, r.route.cache.replay, &extra)
+            // A rate-limited route's headers, then the match and its similarity.
+            let mut extra = ctx.extra_headers().clone();
+            extra.push((MATCH_HEADER, HeaderValue::from_static("semantic")));
+            let similarity = format!("{similarity:.4}");
+            extra.push((
+                SIMILARITY_HEADER,
+                HeaderValue::from_str(&similarity).expect("a number is a header value"),
+            ));
+            respond::cached(session, &entry, r.route.cache.replay, &extra)
                 .await
                 .map_err(Failure::AfterResponse)?;
             Ok(Step::Answered)

@@ -5,6 +5,7 @@ pub mod upstream;
 
 use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
 use crate::config::RouteCache;
+use crate::limits::RouteLimit;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Route {
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// `rate_limit:`, when set.
+    pub rate_limit: Option<Arc<RouteLimit>>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +151,7 @@ mod tests {
             cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             embedder: None,
             key_name: "r".into(),
+            rate_limit: None,
         }
     }
 

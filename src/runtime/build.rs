@@ -6,6 +6,7 @@
 
 use super::Runtime;
 use crate::config::{self, spec, ConfigError, Spec};
+use crate::limits::RouteLimit;
 use crate::pricing::Pricing;
 use crate::routing::upstream::Upstream;
 use crate::routing::{Matcher, Route, Target};
@@ -67,6 +68,7 @@ pub fn build(spec: &Spec) -> Runtime {
                     .clone()
             }),
             key_name: r.key_name.clone(),
+            rate_limit: r.rate_limit.as_ref().map(|l| Arc::new(RouteLimit::new(l))),
         })
         .collect();
     Runtime {

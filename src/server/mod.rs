@@ -10,6 +10,7 @@ pub mod watch;
 
 use crate::admin::Admin;
 use crate::cache::Cache;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
@@ -130,7 +131,14 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
         Sampler::new(metrics.clone()),
     ));
 
-    let proxy = Proxy::new(runtime.clone(), cache.clone(), connector, metrics.clone());
+    let limiter = Arc::new(Limiter::new(cache.clone()));
+    let proxy = Proxy::new(
+        runtime.clone(),
+        cache.clone(),
+        connector,
+        metrics.clone(),
+        limiter.clone(),
+    );
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
@@ -152,6 +160,7 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
             metrics,
             cache,
             inflight: inflight.clone(),
+            limiter: limiter.clone(),
         }),
     );
     admin_service.add_tcp(&admin.to_string());
@@ -175,6 +184,7 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown {
             cache: shutdown_cache,
+            limiter,
             inflight,
             draining,
             runtime,
@@ -194,6 +204,8 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
 struct DrainingShutdown {
     /// Its background Redis writes are waited for too: they carry answers already paid for.
     cache: Arc<Cache>,
+    /// Its rate-limit charges on their way to Redis are waited for too.
+    limiter: Arc<Limiter>,
     inflight: Arc<Inflight>,
     draining: Arc<AtomicBool>,
     /// Read at SIGTERM, so a reloaded `shutdown_grace` applies.
@@ -279,9 +291,11 @@ impl DrainingShutdown {
         Some(self.drain(int, SETTLE).await)
     }
 
-    /// Requests in flight, plus cache writes still on their way to Redis.
+    /// Requests in flight, plus cache writes and rate-limit charges still on their way to Redis.
     fn outstanding(&self) -> usize {
-        self.inflight.count() + self.cache.redis().map_or(0, |r| r.background_writes())
+        self.inflight.count()
+            + self.cache.redis().map_or(0, |r| r.background_writes())
+            + self.limiter.pending_charges()
     }
 
     /// Waits at least `settle`, then until no request (or Redis write) is in flight, at most

@@ -67,7 +67,7 @@ async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &[u8]) -
 }
 
 /// `promtool check metrics` on `text`: no errors, no lint warnings.
-fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

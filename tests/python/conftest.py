@@ -121,7 +121,7 @@ def mock_upstream_url(tmp_path_factory):
 
 def promptgate_config(listen, admin, upstream_url):
     """The default config's four provider routes (conf/promptgate.yaml), every upstream the
-    mock. Upstream errors are retried once, quickly (Retry-After capped at 100 ms), so the
+    mock, and `/limited`, an OpenAI route with a rate limit. Upstream errors are retried once, quickly (Retry-After capped at 100 ms), so the
     SDKs' own error handling is exercised without slowing the suite."""
     upstreams = "".join(
         f"  {name}:\n    url: \"{upstream_url}\"\n"
@@ -134,6 +134,14 @@ def promptgate_config(listen, admin, upstream_url):
         f"    targets: [{name}]\n"
         f"    retry: {{ attempts: 2, base: 10ms, max: 100ms }}\n"
         for name in ("openai", "anthropic", "gemini", "ollama")
+    )
+    # A rate-limited OpenAI route: two requests a minute per API key.
+    routes += (
+        "  - name: limited\n"
+        "    match: { path_prefix: /limited }\n"
+        "    strip_prefix: true\n"
+        "    targets: [openai]\n"
+        "    rate_limit: { requests_per_minute: 2 }\n"
     )
     return (
         f'listen: "{listen}"\nadmin: "{admin}"\nthreads: 2\n'

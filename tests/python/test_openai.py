@@ -177,3 +177,31 @@ def test_an_error_is_not_cached(sdk_env, prompt):
 
     assert cache == "MISS"
     mock_number(completion.choices[0].message.content)
+
+
+def test_promptgate_rate_limit_is_a_rate_limit_error_with_its_retry_after(proxy, sdk_env, prompt):
+    # The `limited` route allows two requests a minute per key; a key of this test's own.
+    client = openai.OpenAI(
+        base_url=f"{proxy}/limited/v1", api_key=f"sk-{prompt}", max_retries=0
+    )
+    for i in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": f"{prompt} {i}"}]
+        )
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+        assert raw.headers["x-ratelimit-remaining-requests"] == str(1 - i)
+
+    with pytest.raises(openai.RateLimitError) as raised:
+        chat(client, f"{prompt} 2")
+
+    error = raised.value
+    assert error.status_code == 429
+    assert error.code == "rate_limit_exceeded"
+    assert error.body["type"] == "rate_limit_exceeded"
+    assert error.body["limit"] == "requests_per_minute"
+    headers = error.response.headers
+    # Two a minute: the third is admitted 30 s after the first (rounded up to whole seconds).
+    assert 28 <= int(headers["retry-after"]) <= 30
+    assert abs(int(headers["retry-after-ms"]) / 1000 - int(headers["retry-after"])) < 1
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert error.response.request.headers["x-stainless-retry-count"] == "0"

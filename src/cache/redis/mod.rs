@@ -74,6 +74,8 @@ pub struct RedisStore {
     started: Instant,
     errors: AtomicU64,
     background_writes: AtomicUsize,
+    /// `cache.redis.prefix`, which the rate limiter's keys carry too.
+    prefix: String,
 }
 
 impl fmt::Debug for RedisStore {
@@ -111,6 +113,7 @@ impl RedisStore {
             started: Instant::now(),
             errors: AtomicU64::new(0),
             background_writes: AtomicUsize::new(0),
+            prefix: spec.prefix.clone(),
         })
     }
 
@@ -214,6 +217,33 @@ impl RedisStore {
             let _ = op(Arc::clone(&slot.0)).await;
             drop(slot);
         });
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it on first use) behind the circuit breaker, bounded
+    /// by the lookup timeout when `on_request_path`, else by the write timeout. The script's keys
+    /// must share one hash slot (one key, or hash-tagged keys) to run on a cluster.
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+        on_request_path: bool,
+    ) -> Result<T, RedisError> {
+        let timeout = if on_request_path {
+            self.read_timeout
+        } else {
+            self.write_timeout
+        };
+        self.guarded(timeout, |conn| async move {
+            match conn {
+                Conn::Single(mut c) => call.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => call.invoke_async(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// `cache.redis.prefix`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// PING (for readiness checks); on a cluster, every master must answer.
