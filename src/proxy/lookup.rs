@@ -122,6 +122,7 @@ pub(super) async fn answer(
             path,
             body: body.raw(),
             key,
+            store_for: record.as_ref().map(|plan| plan.ttl),
         };
         match semantic::lookup(cache, connector, session, ctx, request).await? {
             semantic::Step::Answered => return Ok(CacheStep::Answered),

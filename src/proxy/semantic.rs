@@ -6,6 +6,7 @@ use super::ctx::Ctx;
 use super::embed;
 use super::respond;
 use super::Failure;
+use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::policy;
 use crate::cache::semantic::extract::{self, Ineligible};
@@ -18,7 +19,8 @@ use crate::routing::Route;
 use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Request header: `exact` turns the semantic lookup off for this request. Response header on
 /// a hit: `exact` or `semantic`.
@@ -72,8 +74,11 @@ pub(super) struct Request<'a> {
     pub route: &'a Route,
     pub path: &'a str,
     pub body: &'a [u8],
-    /// The request's exact key: a semantic hit is stored under it too.
+    /// The request's exact key: a semantic hit is stored under it too …
     pub key: CacheKey,
+    /// … for at most this long, when the request lets its answer be stored (`None` after
+    /// `x-promptgate-ttl: 0`).
+    pub store_for: Option<Duration>,
 }
 
 /// Looks the request up semantically when its route opts in; serves a hit.
@@ -156,7 +161,10 @@ pub(super) async fn lookup(
             ctx.cache = Some(CacheStatus::Hit);
             ctx.status = entry.status;
             // The answer is now this request's exact entry too: repeating it costs no embedding.
-            cache.store(&r.route.name, r.key, entry.clone());
+            // Never for longer than the original lives, nor than this request allows.
+            if let Some(ttl) = r.store_for {
+                cache.store(&r.route.name, r.key, copy_for(&entry, ttl));
+            }
             // A rate-limited route's headers, then the match and its similarity.
             let mut extra = ctx.extra_headers().clone();
             extra.push((MATCH_HEADER, HeaderValue::from_static("semantic")));
@@ -179,5 +187,17 @@ pub(super) async fn lookup(
             report.below_threshold = rejected.below_threshold;
             Ok(Step::Miss(Some(Box::new(indexing))))
         }
+    }
+}
+
+/// `entry` to store under another key for at most `ttl` from now: the same entry when it ends
+/// sooner anyway, else a copy that ends `ttl` from now (its age, and so `Age`, kept).
+fn copy_for(entry: &Arc<Entry>, ttl: Duration) -> Arc<Entry> {
+    match entry.remaining_ttl() {
+        Some(left) if left <= ttl => entry.clone(),
+        _ => Arc::new(Entry {
+            ttl: Duration::from_secs(entry.age()) + ttl,
+            ..(**entry).clone()
+        }),
     }
 }

@@ -108,10 +108,18 @@ async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reworded_question_is_answered_from_the_cache() {
     let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
-    let first = post(&gw, &[], &chat(ASKED)).await;
+    // The embedder upstream's injected key goes with every embedding call.
+    let gw = Gateway::start(config(
+        &mock.url(),
+        &embedder.url(),
+        "headers: { authorization: \"Bearer sk-embed\" }",
+        "",
+        "",
+    ));
+    let client_key = [("authorization", "Bearer sk-client")];
+    let first = post(&gw, &client_key, &chat(ASKED)).await;
     assert_eq!((first.status, first.cache()), (200, "MISS"));
-    let second = post(&gw, &[], &chat(REWORDED)).await;
+    let second = post(&gw, &client_key, &chat(REWORDED)).await;
     assert_eq!(
         (second.status, second.cache()),
         (200, "HIT"),
@@ -124,13 +132,40 @@ async fn a_reworded_question_is_answered_from_the_cache() {
     assert_eq!(mock.hits(), 1, "one upstream call for both");
     assert_eq!(embeds(&embedder), 2);
     // The semantic hit became the reworded request's own exact entry: no embedding needed.
-    let third = post(&gw, &[], &chat(REWORDED)).await;
+    let third = post(&gw, &client_key, &chat(REWORDED)).await;
     assert_eq!((third.cache(), third.matched()), ("HIT", "-"));
     assert_eq!(third.body, first.body);
     assert_eq!(embeds(&embedder), 2);
+    // The embedder saw its own key and the compared text only: never the client's key.
+    let calls = embedder.requests();
+    let (a, b) = (&calls[0], &calls[1]);
+    for call in [a, b] {
+        assert_eq!(call.header("authorization"), Some("Bearer sk-embed"));
+        assert!(
+            !call.headers.iter().any(|(_, v)| v.contains("sk-client")),
+            "{:?}",
+            call.headers
+        );
+    }
+    let sent: Value = serde_json::from_slice(&b.body).unwrap();
+    assert_eq!(sent, json!({"model": "mock-bow", "input": REWORDED}));
+    // An unrelated question of the same context: the nearest candidate is below the threshold.
+    let other = post(
+        &gw,
+        &client_key,
+        &chat("How do I export stems from Ableton?"),
+    )
+    .await;
+    assert_eq!(other.cache(), "MISS");
     let text = scrape_until(
         &gw,
         r#"promptgate_cache_lookups_total{result="semantic_hit",route="openai"}"#,
+        1.0,
+    )
+    .await;
+    scrape_until(
+        &gw,
+        r#"promptgate_semantic_similarity_count{outcome="below_threshold",route="openai"}"#,
         1.0,
     )
     .await;
@@ -152,6 +187,49 @@ async fn a_reworded_question_is_answered_from_the_cache() {
         .await
         .unwrap();
     assert_eq!(stats["semantic_hits"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_semantic_settings_stays_exact() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    // The embedder upstream exists, but the route does not opt in.
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .upstream("embed", &embedder.url())
+            .route(Route::prefixed("openai").targets("[mock]")),
+    );
+    assert_eq!(post(&gw, &[], &chat(ASKED)).await.cache(), "MISS");
+    let reply = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!((reply.cache(), reply.matched()), ("MISS", "-"));
+    assert_eq!(post(&gw, &[], &chat(ASKED)).await.cache(), "HIT");
+    assert_eq!(
+        embedder.requests().len(),
+        0,
+        "no embedding without cache.semantic"
+    );
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semantic_hit_is_kept_only_as_long_as_the_request_allows() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    post(&gw, &[], &chat(ASKED)).await;
+    // `x-promptgate-ttl: 0` may read the cache but not store: the hit is served, not copied.
+    let hit = post(&gw, &[("x-promptgate-ttl", "0")], &chat(REWORDED)).await;
+    assert_eq!((hit.cache(), hit.matched()), ("HIT", "semantic"));
+    let exact = [("x-promptgate-cache-match", "exact")];
+    assert_eq!(post(&gw, &exact, &chat(REWORDED)).await.cache(), "MISS");
+    assert_eq!(mock.hits(), 2);
+    // `x-promptgate-ttl: 3`: the copy ends 3 s from now, however long the original lives.
+    let other = "what's the tempo of this loop, please";
+    let hit = post(&gw, &[("x-promptgate-ttl", "3")], &chat(other)).await;
+    assert_eq!((hit.cache(), hit.matched()), ("HIT", "semantic"));
+    assert_eq!(post(&gw, &exact, &chat(other)).await.cache(), "HIT");
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert_eq!(post(&gw, &exact, &chat(other)).await.cache(), "MISS");
+    assert_eq!(mock.hits(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +428,7 @@ async fn a_down_slow_or_garbled_embedder_fails_open_within_its_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_sharing_a_redis_share_semantic_entries() {
     let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let section = format!(
         "cache:\n  backend: redis\n  redis: {{ url: \"{}\", timeout: 1s }}",
         redis.url()
@@ -378,6 +456,18 @@ async fn two_processes_sharing_a_redis_share_semantic_entries() {
         b.logs()
     );
     assert_eq!(mock.hits(), 1, "the other process's answer");
+    // Redis gone: the semantic step fails open (counted as a store error), the request is
+    // answered upstream.
+    redis.stop();
+    let reply = post(&b, &[], &chat("How do I export stems from Ableton?")).await;
+    assert_eq!((reply.status, reply.cache()), (200, "MISS"), "{}", b.logs());
+    assert_eq!(mock.hits(), 2);
+    scrape_until(
+        &b,
+        r#"promptgate_cache_store_errors_total{backend="redis"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
