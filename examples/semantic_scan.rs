@@ -114,7 +114,11 @@ fn main() {
     .to_string();
     let split = median(1001, || {
         let s = extract::split("/openai/v1/chat/completions", body.as_bytes(), 1000).unwrap();
-        std::hint::black_box(promptgate::cache::key::canonical_body(&s.rest, &[]));
+        std::hint::black_box(promptgate::cache::key::canonical_body(
+            Some("application/json"),
+            &s.rest,
+            &[],
+        ));
     });
     println!(
         "split a {} byte chat body and canonicalise the rest (context key input): {:.1} µs",

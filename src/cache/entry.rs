@@ -1,7 +1,7 @@
 //! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
 
 use crate::clock::unix_now;
-use crate::providers::{Usage, UsageObserver};
+use crate::providers::{ResponseReader, Usage};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use std::sync::OnceLock;
@@ -67,13 +67,8 @@ impl Entry {
     pub fn usage(&self) -> Option<&Usage> {
         self.usage
             .get_or_init(|| {
-                let content_type = self
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == http::header::CONTENT_TYPE)
-                    .and_then(|(_, v)| v.to_str().ok())
-                    .unwrap_or("");
-                UsageObserver::of_body(content_type, &self.body)
+                let headers = self.headers.iter().map(|(n, v)| (n, v));
+                ResponseReader::of_body(headers, &self.body).into_usage()
             })
             .as_ref()
     }
