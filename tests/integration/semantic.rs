@@ -332,6 +332,37 @@ async fn a_stream_is_replayed_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_answers_stored_whole_are_served_to_a_rewording() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    for (i, outcome) in ["error", "partial", "refusal"].into_iter().enumerate() {
+        // A context of its own per case (the temperature), streamed.
+        let ask = |prompt: &str| {
+            let mut body = chat(prompt);
+            body["stream"] = json!(true);
+            body["temperature"] = json!(i);
+            body
+        };
+        let bad = post(&gw, &[("x-mock-outcome", outcome)], &ask(ASKED)).await;
+        assert_eq!((bad.status, bad.cache()), (200, "MISS"), "{outcome}");
+        // The rewording is looked up (embedded), finds nothing: the bad answer was not indexed.
+        let before = embeds(&embedder);
+        let reply = post(&gw, &[], &ask(REWORDED)).await;
+        assert_eq!((reply.cache(), reply.matched()), ("MISS", "-"), "{outcome}");
+        assert_eq!(embeds(&embedder), before + 1, "{outcome}");
+        // The control: the rewording's whole answer does serve the first wording.
+        let again = post(&gw, &[], &ask(ASKED)).await;
+        assert_eq!(
+            (again.cache(), again.matched()),
+            ("HIT", "semantic"),
+            "{outcome}"
+        );
+        assert_eq!(again.body, reply.body, "{outcome}");
+    }
+    assert_eq!(mock.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exact_match_header_turns_the_semantic_lookup_off() {
     let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
     let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
