@@ -269,16 +269,23 @@ async fn nothing_but_the_compared_text_may_differ() {
     other_model["model"] = json!("gpt-4o");
     let mut other_temperature = base(reworded);
     other_temperature["temperature"] = json!(0.7);
+    let mut with_tools = base(reworded);
+    with_tools["tools"] = json!([{"type": "function", "function": {"name": "set_tempo",
+        "parameters": {"type": "object", "properties": {"bpm": {"type": "number"}}}}}]);
+    let mut json_mode = base(reworded);
+    json_mode["response_format"] = json!({"type": "json_object"});
     let mut earlier_turn = base(reworded);
     earlier_turn["messages"]
         .as_array_mut()
         .unwrap()
         .insert(1, json!({"role": "user", "content": "hello"}));
-    let cases: [(&str, &str, Value); 6] = [
+    let cases: [(&str, &str, Value); 8] = [
         ("credential", "Bearer sk-b", base(reworded)),
         ("system prompt", "Bearer sk-a", other_system),
         ("model", "Bearer sk-a", other_model),
         ("parameter", "Bearer sk-a", other_temperature),
+        ("tools", "Bearer sk-a", with_tools),
+        ("response_format", "Bearer sk-a", json_mode),
         ("earlier turn", "Bearer sk-a", earlier_turn),
         (
             "a differing number",
@@ -423,6 +430,12 @@ async fn a_down_slow_or_garbled_embedder_fails_open_within_its_timeout() {
             "headers: { x-mock-delay-ms: \"3000\" }",
             "",
         ),
+        (
+            "status",
+            live.as_str(),
+            "headers: { x-mock-status: \"500\" }",
+            "",
+        ),
         // Not an embeddings endpoint: the mock echoes the request as JSON.
         ("invalid", live.as_str(), "", "path: /v1/models"),
     ];
@@ -563,4 +576,73 @@ async fn promptgate_key_shows_the_context_and_the_compared_text() {
     let mut image = chat(ASKED);
     image["messages"][1]["content"] = json!([{"type": "image_url", "image_url": {"url": "x"}}]);
     assert!(line(&run(&image), "semantic:").starts_with("not compared"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_never_share_semantic_entries() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let semantic =
+        "cache: { semantic: { upstream: embed, model: mock-bow, threshold: 0.8, timeout: 500ms } }";
+    // Two routes to the same upstream with the same embedder; only the route differs.
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .upstream("embed", &embedder.url())
+            .route(Route::prefixed("openai").targets("[mock]").with(semantic))
+            .route(Route::prefixed("team").targets("[mock]").with(semantic)),
+    );
+    assert_eq!(post(&gw, &[], &chat(ASKED)).await.cache(), "MISS");
+    let other_route = client()
+        .post(gw.url("/team/v1/chat/completions"))
+        .json(&chat(REWORDED))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_route.headers()["x-promptgate-cache"], "MISS");
+    assert_eq!(embeds(&embedder), 2, "looked up, found nothing");
+    // The control: the same rewording on the first route hits.
+    let same_route = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!(
+        (same_route.cache(), same_route.matched()),
+        ("HIT", "semantic")
+    );
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_a_redis_cluster_share_semantic_entries() {
+    use crate::support::redis::RedisCluster;
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let cluster = RedisCluster::start();
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let section = format!(
+        "cache:\n  backend: redis\n  redis: {{ cluster: [{}], timeout: 1s }}",
+        urls.join(", ")
+    );
+    let a = Gateway::start(config(&mock.url(), &embedder.url(), "", "", &section));
+    let b = Gateway::start(config(&mock.url(), &embedder.url(), "", "", &section));
+    // Several contexts (temperatures), so their lists spread over the cluster's nodes.
+    let ask = |prompt: &str, i: usize| {
+        let mut body = chat(prompt);
+        body["temperature"] = json!(i);
+        body
+    };
+    for i in 0..6 {
+        assert_eq!(post(&a, &[], &ask(ASKED, i)).await.cache(), "MISS");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.keys("promptgate:v1:openai:sem:*").len() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.keys("promptgate:v1:openai:sem:*").len(), 6);
+    for i in 0..6 {
+        let reply = post(&b, &[], &ask(REWORDED, i)).await;
+        assert_eq!(
+            (reply.cache(), reply.matched()),
+            ("HIT", "semantic"),
+            "context {i}: {}",
+            b.logs()
+        );
+    }
+    assert_eq!(mock.hits(), 6, "every answer came from the other process");
 }
