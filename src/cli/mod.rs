@@ -261,7 +261,18 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
     println!("scope:     {:?}", route.cache.scope);
-    if let (Some(spec), Some(embedder)) = (&route.cache.semantic, &route.embedder) {
+    let cacheable = crate::cache::operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(req.uri.path()),
+        &crate::body::ParsedBody::new(&body),
+    );
+    if !cacheable {
+        println!("note:      not a cacheable operation on this route (cache.operations): never cached, BYPASS");
+    }
+    // A request the cache never looks up is never compared either.
+    if let (true, Some(spec), Some(embedder)) = (cacheable, &route.cache.semantic, &route.embedder)
+    {
         print_semantic(&req, route, spec, embedder, &body);
     }
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());

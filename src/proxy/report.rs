@@ -36,6 +36,9 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
     if let (Some(route), Some(semantic)) = (route, &ctx.semantic) {
         metrics.semantic(route, semantic);
     }
+    if let (Some(route), Some(t)) = (route, ctx.tunnel) {
+        metrics.tunnel_done(route, t.sent, t.received);
+    }
     let error = match (ctx.error, e) {
         (Some(label), _) => Some(label),
         (None, Some(e)) => Some(e.etype().as_str()),

@@ -144,7 +144,13 @@ pub(super) async fn lookup(
     };
     let search = Instant::now();
     let found = cache
-        .semantic_lookup(&r.route.name, &probe, &vector, spec.threshold)
+        .semantic_lookup(
+            &r.route.name,
+            &probe,
+            &vector,
+            spec.threshold,
+            &session.req_header().headers,
+        )
         .await;
     report.search = Some(search.elapsed());
     let indexing = Indexing {
@@ -163,7 +169,12 @@ pub(super) async fn lookup(
             // The answer is now this request's exact entry too: repeating it costs no embedding.
             // Never for longer than the original lives, nor than this request allows.
             if let Some(ttl) = r.store_for {
-                cache.store(&r.route.name, r.key, copy_for(&entry, ttl));
+                cache.store_for_request(
+                    &r.route.name,
+                    r.key,
+                    copy_for(&entry, ttl),
+                    &session.req_header().headers,
+                );
             }
             // A rate-limited route's headers, then the match and its similarity.
             let mut extra = ctx.extra_headers().clone();

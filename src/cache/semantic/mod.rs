@@ -250,12 +250,16 @@ impl Cache {
     /// Searches `probe`'s context for an item at least `threshold` similar to `query` that the
     /// literal guard allows, and fetches its entry. Never fails: a store error is counted in
     /// the answer and the search goes on with what it has.
+    ///
+    /// An indexed answer that varies (`Vary`) is served only as the variant this request's
+    /// `request` headers select, like an exact hit.
     pub async fn semantic_lookup(
         &self,
         route: &str,
         probe: &Probe,
         query: &Vector,
         threshold: f32,
+        request: &http::HeaderMap,
     ) -> SemanticLookup {
         let mut rejected = Rejected::default();
         let mut items = self.semantic.items(&probe.context);
@@ -290,7 +294,7 @@ impl Cache {
                 continue;
             }
             fetches += 1;
-            match self.lookup_traced(route, &item.key).await {
+            match self.lookup_traced(route, &item.key, request).await {
                 Lookup::Hit(entry) => {
                     return SemanticLookup::Hit {
                         entry,
@@ -299,8 +303,12 @@ impl Cache {
                     }
                 }
                 // The entry expired or was evicted before its vector: forget the vector here
-                // (in Redis its list is bounded and expires).
-                Lookup::Miss => self.semantic.remove(&probe.context, &item.key),
+                // (in Redis its list is bounded and expires). Not when only this request's
+                // variant is missing: other variants still answer other requests.
+                Lookup::Miss if self.known_variants(&item.key).is_none() => {
+                    self.semantic.remove(&probe.context, &item.key)
+                }
+                Lookup::Miss => {}
                 _ => rejected.store_error = true,
             }
         }
