@@ -646,3 +646,96 @@ async fn two_processes_sharing_a_redis_cluster_share_semantic_entries() {
     }
     assert_eq!(mock.hits(), 6, "every answer came from the other process");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semantic_hit_serves_only_the_variant_its_headers_select() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    // `vary: []`: origin is not in the key (nor the context), so only the upstream's
+    // `Vary: Origin` keeps origins apart.
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .upstream("embed", &embedder.url())
+            .route(Route::prefixed("openai").targets("[mock]").with(
+                "cache: { vary: [], semantic: { upstream: embed, model: mock-bow, threshold: 0.8, timeout: 500ms } }",
+            )),
+    );
+    let (a, b) = (
+        [("origin", "https://a.example")],
+        [("origin", "https://b.example")],
+    );
+    let first = post(&gw, &a, &chat(ASKED)).await;
+    assert_eq!(first.cache(), "MISS");
+    // Similar, same context, but another origin: a's variant is not b's answer.
+    let other = post(&gw, &b, &chat(REWORDED)).await;
+    assert_eq!((other.cache(), other.matched()), ("MISS", "-"));
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        "https://b.example"
+    );
+    // The same origin is served a's answer, with a's header.
+    let hit = post(&gw, &a, &chat(REWORDED)).await;
+    assert_eq!(
+        (hit.cache(), hit.matched()),
+        ("HIT", "semantic"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(
+        hit.header("access-control-allow-origin"),
+        "https://a.example"
+    );
+    assert_eq!(hit.body, first.body);
+    assert_eq!(mock.hits(), 2);
+    // The hit's copy is one more variant of the rewording: b's stays.
+    let exact = |origin: [(&'static str, &'static str); 1]| {
+        [origin[0], ("x-promptgate-cache-match", "exact")]
+    };
+    let again_a = post(&gw, &exact(a), &chat(REWORDED)).await;
+    let again_b = post(&gw, &exact(b), &chat(REWORDED)).await;
+    assert_eq!((again_a.cache(), again_b.cache()), ("HIT", "HIT"));
+    assert_eq!(
+        (
+            again_a.header("access-control-allow-origin"),
+            again_b.header("access-control-allow-origin")
+        ),
+        ("https://a.example", "https://b.example")
+    );
+    assert_eq!((again_a.body, again_b.body), (first.body, other.body));
+    // `Vary: *`: never stored, so never indexed.
+    let star = [("x-mock-vary", "*")];
+    let q = "How do I export stems from Ableton?";
+    assert_eq!(post(&gw, &star, &chat(q)).await.cache(), "MISS");
+    let reply = post(&gw, &[], &chat("how do I export the stems from Ableton")).await;
+    assert_eq!((reply.cache(), reply.matched()), ("MISS", "-"));
+    assert_eq!(mock.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_a_cacheable_operation_is_never_embedded() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(config(&mock.url(), &embedder.url(), "", "", ""));
+    // A background Responses job creates state: forwarded untouched, never compared.
+    for input in [ASKED, REWORDED] {
+        let resp = client()
+            .post(gw.url("/openai/v1/responses"))
+            .json(&json!({"model": "gpt-4o-mini", "background": true, "input": input}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["x-promptgate-cache"], "BYPASS");
+    }
+    assert_eq!(embeds(&embedder), 0);
+    assert_eq!(mock.hits(), 2);
+    // The control: a plain Responses call on the same route is compared.
+    for input in [ASKED, REWORDED] {
+        client()
+            .post(gw.url("/openai/v1/responses"))
+            .json(&json!({"model": "gpt-4o-mini", "input": input}))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(embeds(&embedder), 2);
+    assert_eq!(mock.hits(), 3, "the rewording was answered from the cache");
+}
