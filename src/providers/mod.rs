@@ -1,9 +1,13 @@
-//! What differs per provider in a response, one file per question:
+//! What differs per provider, one file per question:
 //! - [`format`]: what a body is, from its `Content-Type` ([`BodyFormat::of`]);
 //! - [`stream_end`]: whether a stream reached its end marker ([`StreamEnd`]);
-//! - [`usage`]: the tokens a response used ([`UsageObserver`]);
+//! - [`usage`]: the tokens a response used ([`UsageObserver`]), prompt-cache reads and writes
+//!   apart;
+//! - [`anthropic`]: the request side of Anthropic's prompt caching (`cache_control`
+//!   breakpoints, [`anthropic::with_breakpoints`]);
 //! - `lines`: the line framing the stream readers share.
 
+pub mod anthropic;
 mod format;
 mod lines;
 mod stream_end;

@@ -3,7 +3,7 @@
 pub mod balance;
 pub mod upstream;
 
-use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
+use crate::config::schema::{PriorityGroup, PromptCaching, RetrySpec, Strategy};
 use crate::config::RouteCache;
 use crate::limits::RouteLimit;
 use http::{HeaderName, HeaderValue};
@@ -29,6 +29,8 @@ pub struct Route {
     pub key_name: String,
     /// `rate_limit:`, when set.
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// `prompt_caching:`: whether Anthropic targets get cache breakpoints.
+    pub prompt_caching: PromptCaching,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +151,7 @@ mod tests {
             cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             key_name: "r".into(),
             rate_limit: None,
+            prompt_caching: PromptCaching::Off,
         }
     }
 
