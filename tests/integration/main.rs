@@ -13,6 +13,7 @@ mod hostile_input;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod prompt_caching;
 mod rate_limits;
 mod redis_store;
 mod reload;

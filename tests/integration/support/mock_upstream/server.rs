@@ -92,7 +92,7 @@ async fn respond(
     }
     let reply = match forced_status(req, shared) {
         Some(status) => error_reply(req, status),
-        None => providers::answer(req, hit, ctl.events),
+        None => providers::answer(req, hit, ctl.events, &shared.providers),
     };
     let truncate = ctl.fault == Some(Fault::Truncate);
     let close = client_close || ctl.fault == Some(Fault::Close);

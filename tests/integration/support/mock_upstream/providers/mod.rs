@@ -14,6 +14,13 @@ use serde_json::{json, Value};
 use super::reply::{json_reply, Reply};
 use super::RecordedRequest;
 
+/// What the providers remember between requests: their prompt caches.
+#[derive(Default)]
+pub(super) struct State {
+    pub anthropic: anthropic::PromptCache,
+    pub openai: openai::PromptCache,
+}
+
 /// Asked in this order; the first `Some` answers. Anthropic comes before OpenAI because both
 /// serve `GET /v1/models` (Anthropic's is told apart by its `anthropic-version` header).
 const PROVIDERS: &[fn(&Ctx) -> Option<Reply>] = &[
@@ -37,6 +44,7 @@ struct Ctx<'a> {
     text: String,
     /// `text` split over the stream's content events.
     pieces: Vec<String>,
+    state: &'a State,
 }
 
 impl Ctx<'_> {
@@ -63,7 +71,7 @@ impl Ctx<'_> {
 
 /// The reply to `req`, the `hit`-th request, streamed (where it streams) over `events` content
 /// events.
-pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply {
+pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize, state: &State) -> Reply {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     let mut text = format!("Hello from mock #{hit}");
@@ -79,6 +87,7 @@ pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply 
         json,
         pieces: split_text(&text, events),
         text,
+        state,
     };
     PROVIDERS
         .iter()
