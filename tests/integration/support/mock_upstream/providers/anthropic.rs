@@ -153,10 +153,11 @@ impl PromptCache {
         let mut boundaries: Vec<([u8; 32], usize, bool)> = Vec::new();
         let mut hash = *blake3::hash(model.as_bytes()).as_bytes();
         let mut bytes = 0;
-        for (block, marked) in blocks(body) {
+        for (role, block, marked) in blocks(body) {
             let canonical = serde_json::to_vec(&block).unwrap_or_default();
             let mut h = blake3::Hasher::new();
             h.update(&hash);
+            h.update(role.unwrap_or("-").as_bytes());
             h.update(&canonical);
             hash = *h.finalize().as_bytes();
             bytes += canonical.len();
@@ -200,14 +201,14 @@ impl PromptCache {
 /// The request's blocks in caching order — each tool, each system block, each message's
 /// content blocks (with the message's role) — without their `cache_control`, and whether
 /// each had one.
-fn blocks(body: &Value) -> Vec<(Value, bool)> {
+fn blocks(body: &Value) -> Vec<(Option<&str>, Value, bool)> {
     let mut out = Vec::new();
-    let mut push = |mut block: Value, role: Option<&str>| {
+    let mut push = |mut block: Value, role| {
         let marked = block
             .as_object_mut()
             .and_then(|o| o.remove("cache_control"))
             .is_some();
-        out.push((json!({"role": role, "block": block}), marked));
+        out.push((role, block, marked));
     };
     let as_blocks = |content: &Value| match content {
         Value::String(s) => vec![json!({"type": "text", "text": s})],
