@@ -102,6 +102,16 @@ pub enum Provider {
     Other,
 }
 
+impl UpstreamSpec {
+    /// `provider` as written, else told from the URL's host (`Other` when it has none).
+    pub fn provider(&self) -> Provider {
+        self.provider.unwrap_or_else(|| {
+            let host = self.url.parse::<http::Uri>().ok();
+            Provider::of_host(host.as_ref().and_then(|u| u.host()).unwrap_or(""))
+        })
+    }
+}
+
 impl Provider {
     /// The provider a URL host belongs to: `api.anthropic.com`, `api.openai.com`,
     /// `generativelanguage.googleapis.com`; any other host is [`Provider::Other`] (an
@@ -816,10 +826,12 @@ pub struct ConfigSpec {
 }
 
 impl ConfigSpec {
-    /// Deprecated settings that still work, each as `field path: what to write instead`, for
-    /// `promptgate check` and the start-up and reload logs.
+    /// Settings that work but not as probably meant (deprecated ones, ones without effect),
+    /// each as `field path: what to write instead`, for `promptgate check` and the start-up and
+    /// reload logs.
     pub fn warnings(&self) -> Vec<String> {
-        self.upstreams
+        let mut warnings: Vec<String> = self
+            .upstreams
             .iter()
             .filter_map(|(name, u)| {
                 u.timeouts.read.map(|read| {
@@ -831,6 +843,22 @@ impl ConfigSpec {
                     )
                 })
             })
-            .collect()
+            .collect();
+        for (i, route) in self.routes.iter().enumerate() {
+            let anthropic = route
+                .targets
+                .iter()
+                .chain(route.groups.values().flatten())
+                .filter_map(|t| self.upstreams.get(t.upstream()))
+                .any(|u| u.provider() == Provider::Anthropic);
+            if route.prompt_caching == PromptCaching::Auto && !anthropic {
+                warnings.push(format!(
+                    "routes[{i}].prompt_caching: auto has no effect: none of the route's targets is \
+                     an `anthropic` upstream (set `provider: anthropic` on an upstream that serves \
+                     Anthropic's own API under another host)"
+                ));
+            }
+        }
+        warnings
     }
 }

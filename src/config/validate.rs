@@ -888,6 +888,7 @@ routes:
   - {name: a, targets: [claude, gw], prompt_caching: auto}
   - {name: b, targets: [oai, gem, local], prompt_caching: off}
   - {name: c, targets: [local]}
+  - {name: d, targets: [oai, local], prompt_caching: auto}
 prompt_cache_min_tokens: {claude-3-5-haiku*: 4096}
 "#);
         let provider = |n: &str| t.upstreams[n].provider;
@@ -899,7 +900,19 @@ prompt_cache_min_tokens: {claude-3-5-haiku*: 4096}
         let caching: Vec<_> = t.routes.iter().map(|r| r.prompt_caching).collect();
         assert_eq!(
             caching,
-            [PromptCaching::Auto, PromptCaching::Off, PromptCaching::Off]
+            [
+                PromptCaching::Auto,
+                PromptCaching::Off,
+                PromptCaching::Off,
+                PromptCaching::Auto
+            ]
+        );
+        // `auto` on a route with no Anthropic target does nothing: `check` says so.
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes[3].prompt_caching: auto has no effect"),
+            "{w:?}"
         );
         assert_eq!(t.prompt_cache_min_tokens["claude-3-5-haiku*"], 4096);
         // GET /config shows what was written, no inferred provider.
