@@ -23,8 +23,10 @@
 //!   HTTP session.
 //! - [`limits`] — rate limits and budgets per credential or route: counters in memory or in the
 //!   cache's Redis, kept across reloads.
-//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]), how
-//!   its streams end, its token usage, Anthropic's prompt-cache breakpoints
+//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]),
+//!   whether it is a whole answer ([`providers::Verdict`]: successful ends, errors, refusals per
+//!   format), its token usage (prompt-cache reads and writes apart); read once as it passes
+//!   ([`providers::ResponseReader`]). On the request side, Anthropic's prompt-cache breakpoints
 //!   ([`providers::anthropic`]).
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics (prompt-cache reads and writes

@@ -14,7 +14,7 @@ pub mod redis;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
-use entry::Entry;
+use entry::{DecodeError, Entry};
 use flight::Flights;
 use key::CacheKey;
 use memory::MemoryStore;
@@ -179,6 +179,8 @@ impl Cache {
         };
         let entry = match Entry::decode(bytes) {
             Ok(e) => Arc::new(e),
+            // Written by an older version, before answers were judged: the next store replaces it.
+            Err(DecodeError::Outdated) => return Lookup::Miss,
             Err(e) => {
                 log::warn!("ignoring cache entry for route {route}: {e}");
                 return Lookup::Error;

@@ -119,6 +119,10 @@ pub fn request_key(
         path,
         query: req.uri.query(),
         vary: &vary,
+        content_type: req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
         body,
         ignore_fields: &policy.ignore_fields,
     })

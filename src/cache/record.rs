@@ -7,7 +7,7 @@ use super::key::CacheKey;
 use super::Cache;
 use crate::clock::unix_now;
 use crate::headers;
-use crate::providers::StreamEnd;
+use crate::providers::{BodyFormat, Verdict};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
@@ -44,8 +44,8 @@ pub struct Recorder {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     chunks: Vec<Bytes>,
     marks: Vec<ChunkMark>,
-    /// Present for streams: the body is stored only once the provider's end marker was seen.
-    stream_end: Option<StreamEnd>,
+    /// A stream: stored with its chunk timings, for a replay at its pace.
+    streaming: bool,
     started: Instant,
     size: usize,
     overflowed: bool,
@@ -67,8 +67,10 @@ impl Recorder {
         if declared.is_some_and(|len| len > plan.limit) {
             return None;
         }
-        let stream_end =
-            StreamEnd::for_content_type(header(http::header::CONTENT_TYPE).unwrap_or(""));
+        let streaming = matches!(
+            BodyFormat::of(header(http::header::CONTENT_TYPE).unwrap_or("")),
+            BodyFormat::Stream(_)
+        );
         let headers: Vec<_> = head
             .headers
             .iter()
@@ -79,7 +81,7 @@ impl Recorder {
             leader.head(SharedHead {
                 status: head.status.as_u16(),
                 headers: headers.clone(),
-                streaming: stream_end.is_some(),
+                streaming,
             });
         }
         Some(Recorder {
@@ -88,17 +90,19 @@ impl Recorder {
             headers,
             chunks: Vec::new(),
             marks: Vec::new(),
-            stream_end,
+            streaming,
             started: Instant::now(),
             size: 0,
             overflowed: false,
         })
     }
 
+    /// The most body bytes this response may have to be stored (`cache.max_entry_bytes`).
+    pub fn limit(&self) -> usize {
+        self.plan.limit
+    }
+
     pub fn push(&mut self, chunk: &Bytes) {
-        if let Some(end) = &mut self.stream_end {
-            end.observe(chunk);
-        }
         if self.overflowed {
             return;
         }
@@ -123,26 +127,26 @@ impl Recorder {
     }
 
     /// True when the rest of the upstream response is worth reading after the client left:
-    /// the client already had everything that matters (the end marker), the route asks to
-    /// fill the cache anyway, or identical requests are waiting on this one.
-    pub fn worth_finishing(&self) -> bool {
+    /// the client already had everything that matters (`so_far`, the verdict on what was read,
+    /// says the stream ended well), the route asks to fill the cache anyway, or identical
+    /// requests are waiting on this one.
+    pub fn worth_finishing(&self, so_far: Verdict) -> bool {
         !self.overflowed
-            && (self.stream_end.as_ref().is_some_and(StreamEnd::seen)
+            && (so_far == Verdict::Complete
                 || self.plan.complete_on_disconnect
                 || self.plan.leader.as_ref().is_some_and(Leader::has_followers))
     }
 
-    /// Stores the complete response (a stream only if its end marker was seen). Call only
-    /// after the upstream ended cleanly, and before the client is given the end of the response.
-    pub fn commit(self) {
+    /// Stores the response if `verdict` (the provider's, on the whole body) says it is a
+    /// complete answer: errors, refusals and streams without their successful end are never
+    /// stored. Call only after the upstream ended cleanly, and before the client is given the
+    /// end of the response.
+    pub fn commit(self, verdict: Verdict) {
         if self.overflowed {
             return;
         }
-        if self.stream_end.as_ref().is_some_and(|e| !e.seen()) {
-            log::debug!(
-                "route {}: stream ended without its end marker; not stored",
-                self.plan.route
-            );
+        if verdict != Verdict::Complete {
+            log::debug!("route {}: answer not stored: {verdict}", self.plan.route);
             return;
         }
         let body = match self.chunks.len() {
@@ -160,7 +164,7 @@ impl Recorder {
             status: self.status,
             headers: self.headers,
             body,
-            chunks: if self.stream_end.is_some() {
+            chunks: if self.streaming {
                 self.marks
             } else {
                 Vec::new()

@@ -617,7 +617,8 @@ pub struct CacheSpec {
     #[serde(deserialize_with = "units::bytes")]
     pub max_entry_bytes: usize,
     pub scope: CacheScope,
-    /// Top-level JSON body fields that do not change the answer, left out of the key.
+    /// Top-level JSON body fields (and multipart form fields of those names) that do not change
+    /// the answer, left out of the key.
     pub ignore_fields: Vec<String>,
     /// Request headers that change the answer, so they are part of the key.
     pub vary: Vec<String>,

@@ -10,7 +10,7 @@ use crate::config::schema::Provider;
 use crate::headers;
 use crate::limits::headers::Headers;
 use crate::providers::anthropic::{self, CacheMinimums};
-use crate::providers::UsageObserver;
+use crate::providers::ResponseReader;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
 use bytes::Bytes;
@@ -140,13 +140,9 @@ impl UpstreamResponse {
             .expect("send() returns only after the response head was read")
     }
 
-    /// The `Content-Type`, or `""`.
-    pub fn content_type(&self) -> &str {
-        self.header()
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+    /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
+    pub fn reader(&self) -> ResponseReader {
+        ResponseReader::for_headers(&self.header().headers)
     }
 }
 
@@ -253,7 +249,8 @@ pub struct Additions<'a> {
 /// upstream has delivered its last byte — before that byte is passed on, so a client that
 /// repeats the request as soon as it has the answer finds it cached.
 ///
-/// Every body chunk also goes to `usage`, which reads the provider's token counts.
+/// Every body chunk also goes to `reader`, which reads the provider's token counts and judges
+/// whether the answer is whole (only a [`crate::providers::Verdict::Complete`] one is stored).
 ///
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
@@ -264,22 +261,23 @@ pub async fn relay(
     session: &mut Session,
     additions: Additions<'_>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
     let mut head = relayed_head(&response, session, additions.cache_status)?;
     respond::add(&mut head, additions.extra)?;
-    let mut recorder = recorder(record, session, &head);
+    let mut recorder = recorder(record, session, &head, reader);
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
                 if response.session.response_done() {
+                    reader.finish();
                     if let Some(r) = recorder.take() {
-                        r.commit();
+                        r.commit(reader.verdict());
                     }
                     // Back to the pool before the client has its last byte, so a request it
                     // sends right after finds the connection idle instead of opening another.
@@ -290,9 +288,9 @@ pub async fn relay(
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
-                    match recorder.filter(Recorder::worth_finishing) {
+                    match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
                         Some(r) => {
-                            finish_without_client(connector, upstream, response, r, usage).await
+                            finish_without_client(connector, upstream, response, r, reader).await
                         }
                         None => response.session.shutdown().await,
                     }
@@ -308,8 +306,9 @@ pub async fn relay(
             }
         }
     }
+    reader.finish();
     if let Some(r) = recorder.take() {
-        r.commit();
+        r.commit(reader.verdict());
     }
     release(connector, upstream, response).await;
     session.write_response_body(None, true).await
@@ -329,15 +328,19 @@ fn relayed_head(
 }
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
-/// allow it (a `HEAD` request's empty body is never stored).
+/// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
+/// as large as the route may store, to judge them.
 fn recorder(
     record: Option<RecordPlan>,
     session: &Session,
     head: &ResponseHeader,
+    reader: &mut ResponseReader,
 ) -> Option<Recorder> {
-    record
+    let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head))
+        .and_then(|plan| Recorder::start(plan, head))?;
+    reader.read_json_up_to(recorder.limit());
+    Some(recorder)
 }
 
 /// After the client left before the response head, reads the answer into the cache (and to
@@ -350,13 +353,13 @@ pub async fn finish_detached(
     session: &Session,
     cache_status: Option<CacheStatus>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     let recorder = relayed_head(&response, session, cache_status)
         .ok()
-        .and_then(|head| recorder(record, session, &head));
+        .and_then(|head| recorder(record, session, &head, reader));
     match recorder {
-        Some(r) => finish_without_client(connector, upstream, response, r, usage).await,
+        Some(r) => finish_without_client(connector, upstream, response, r, reader).await,
         None => response.session.shutdown().await,
     }
 }
@@ -381,12 +384,12 @@ async fn finish_without_client(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 recorder.push(&chunk);
             }
             Ok(None) => break,
@@ -396,7 +399,8 @@ async fn finish_without_client(
             }
         }
     }
-    recorder.commit();
+    reader.finish();
+    recorder.commit(reader.verdict());
     release(connector, upstream, response).await;
 }
 

@@ -5,7 +5,7 @@ use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
 use crate::limits::headers::Headers;
-use crate::providers::{Usage, UsageObserver};
+use crate::providers::{ResponseReader, Usage};
 use pingora::proxy::Session;
 use std::time::Duration;
 
@@ -44,13 +44,7 @@ pub async fn serve(
             Some(None) => Ok(Followed::FallThrough),
         };
     }
-    let content_type = head
-        .headers
-        .iter()
-        .find(|(n, _)| n == http::header::CONTENT_TYPE)
-        .and_then(|(_, v)| v.to_str().ok())
-        .unwrap_or("");
-    let mut usage = UsageObserver::for_content_type(content_type);
+    let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
     let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
     session
         .write_response_header(Box::new(reply), false)
@@ -67,7 +61,8 @@ pub async fn serve(
             }
             Tail::Complete => {
                 session.write_response_body(None, true).await?;
-                return Ok(Followed::Served(head.status, usage.finish()));
+                usage.finish();
+                return Ok(Followed::Served(head.status, usage.into_usage()));
             }
             // The leader's stream broke: this one breaks too, never looking complete.
             Tail::Failed => {

@@ -44,7 +44,6 @@ use crate::cache::Cache;
 use crate::config::schema::PromptCaching;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::providers::UsageObserver;
 use crate::routing::balance;
 use crate::runtime::Runtime;
 use crate::server::inflight::{Inflight, InflightGuard};
@@ -164,7 +163,7 @@ impl Proxy {
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
-        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
+        let mut reader = answer.response.reader();
         if ctx.client_left.is_some() {
             // The call went on without its client, for the cache or for followers.
             exchange::finish_detached(
@@ -174,10 +173,11 @@ impl Proxy {
                 session,
                 cache_status,
                 record,
-                &mut usage,
+                &mut reader,
             )
             .await;
-            ctx.usage = usage.finish();
+            reader.finish();
+            ctx.usage = reader.into_usage();
             return Err(ProxyError::ClientClosed.into());
         }
         let relayed = exchange::relay(
@@ -190,12 +190,13 @@ impl Proxy {
                 extra: ctx.extra_headers(),
             },
             record,
-            &mut usage,
+            &mut reader,
         )
         .await;
         drop(answer.slot);
         // Counted even when the client left early: the upstream call was made (and billed).
-        ctx.usage = usage.finish();
+        reader.finish();
+        ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
     }
 }

@@ -22,3 +22,4 @@ mod secrets;
 mod stream_cache;
 mod streaming;
 mod upstream_faults;
+mod verdicts;

@@ -399,4 +399,21 @@ async fn openai_cached_tokens_are_counted_and_priced() {
     assert!(close(spent, cost), "{spent} vs {cost}");
     let saved = m(r#"promptgate_prompt_cache_saved_usd_total{model="gpt-4o-mini",route="openai"}"#);
     assert!(close(saved, cached as f64 * 0.075 / 1e6), "{saved}");
+
+    // The Responses API reports them as input_tokens_details.cached_tokens, inside input_tokens.
+    let respond = |q: &str| {
+        serde_json::to_vec(&json!({"model": "gpt-4o-mini", "instructions": long, "input": q}))
+            .unwrap()
+    };
+    let mut read = 0;
+    for q in ["Third?", "Fourth?"] {
+        let (status, _, answer) = post(&gw, "/openai/v1/responses", &[], &respond(q)).await;
+        assert_eq!(status, 200, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        read = answer["usage"]["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    assert!(read >= 1024, "{read}");
+    scrape_until(&gw, &series("cache_read"), (cached + read) as f64).await;
 }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::dates::{http_date, unix_now};
-use super::faults::{error_reply, forced_status, Controls, Fault};
+use super::faults::{error_reply, forced_status, Controls, Encoding, Fault};
 use super::http::{chunk, read_request, reason, LAST_CHUNK};
 use super::providers;
 use super::reply::{Body, Reply};
@@ -92,7 +92,11 @@ async fn respond(
     }
     let reply = match forced_status(req, shared) {
         Some(status) => error_reply(req, status),
-        None => providers::answer(req, hit, ctl.events, &shared.providers),
+        None => providers::answer(req, hit, ctl.events, ctl.outcome, &shared.providers),
+    };
+    let reply = match ctl.encoding {
+        Some(encoding) => encode(reply, encoding),
+        None => reply,
     };
     let truncate = ctl.fault == Some(Fault::Truncate);
     let close = client_close || ctl.fault == Some(Fault::Close);
@@ -133,6 +137,28 @@ async fn respond(
     } else {
         After::KeepAlive
     })
+}
+
+/// The reply with its body encoded (`x-mock-encoding`): a stream is encoded whole and cut into
+/// as many chunks as it had events.
+fn encode(mut reply: Reply, encoding: Encoding) -> Reply {
+    reply.body = match reply.body {
+        Body::Full(body) => Body::Full(encoding.encode(&body)),
+        Body::Stream(events) => {
+            let encoded = Bytes::from(encoding.encode(&events.concat()));
+            let size = encoded.len().div_ceil(events.len().max(1)).max(1);
+            Body::Stream(
+                (0..encoded.len())
+                    .step_by(size)
+                    .map(|at| encoded.slice(at..(at + size).min(encoded.len())))
+                    .collect(),
+            )
+        }
+    };
+    reply
+        .extra_headers
+        .push(("content-encoding", encoding.name().to_owned()));
+    reply
 }
 
 /// Resolves when the client closes the connection (or it breaks) before the answer; stays
