@@ -16,6 +16,10 @@ use std::time::Duration;
 const MAGIC: &[u8; 4] = b"PGE2";
 /// Entries written before provider verdicts (see [`MAGIC`]): never served.
 const OUTDATED: &[&[u8; 4]] = &[b"PGE1"];
+/// First bytes of an encoded variants marker (see [`Entry::variants_marker`]): the same layout,
+/// under another name, so a binary that predates markers reads one as unreadable (a miss)
+/// rather than as an answer. (A marker holds no answer, so verdicts did not change it.)
+const MAGIC_VARIANTS: &[u8; 4] = b"PGV1";
 
 /// Where one recorded stream chunk ends in the body, and when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +94,43 @@ impl Entry {
         !self.chunks.is_empty()
     }
 
+    /// The marker stored under an answer's primary key when the answer varies on request
+    /// headers (`Vary`): it names them, and each variant is stored under its own key
+    /// (`cache::vary`). Status 0 marks it; no answer has that status.
+    pub fn variants_marker(names: &[HeaderName], ttl: Duration) -> Entry {
+        let list = names
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Entry {
+            status: 0,
+            headers: vec![(
+                http::header::VARY,
+                HeaderValue::from_str(&list).expect("header names are valid header text"),
+            )],
+            body: Bytes::new(),
+            chunks: Vec::new(),
+            stored_at: unix_now(),
+            ttl,
+            usage: OnceLock::new(),
+        }
+    }
+
+    /// True for a variants marker rather than an answer.
+    pub fn is_variants_marker(&self) -> bool {
+        self.status == 0
+    }
+
     /// `PGE2 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)*
     /// | len u64, body | m u32 | (end u64, at_ms u32)*`.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.weight());
-        out.put_slice(MAGIC);
+        out.put_slice(if self.is_variants_marker() {
+            MAGIC_VARIANTS
+        } else {
+            MAGIC
+        });
         out.put_u16(self.status);
         out.put_u64(self.stored_at);
         out.put_u64(self.ttl.as_secs());
@@ -126,14 +162,17 @@ impl Entry {
             }
         };
         need(&buf, 4 + 2 + 8 + 8 + 2)?;
-        if &buf[..4] != MAGIC {
-            if OUTDATED.iter().any(|m| &buf[..4] == *m) {
-                return Err(DecodeError::Outdated);
-            }
-            return Err(DecodeError::Unreadable("unknown format"));
-        }
+        let marker = match &buf[..4] {
+            m if m == MAGIC => false,
+            m if m == MAGIC_VARIANTS => true,
+            m if OUTDATED.iter().any(|o| m == *o) => return Err(DecodeError::Outdated),
+            _ => return Err(DecodeError::Unreadable("unknown format")),
+        };
         buf.advance(4);
         let status = buf.get_u16();
+        if marker != (status == 0) {
+            return Err(DecodeError::Unreadable("status does not match the format"));
+        }
         let stored_at = buf.get_u64();
         let ttl = Duration::from_secs(buf.get_u64());
         let count = buf.get_u16() as usize;
@@ -219,6 +258,25 @@ mod tests {
             },
         ];
         assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn variants_markers_round_trip_under_their_own_format() {
+        let names = [
+            HeaderName::from_static("origin"),
+            HeaderName::from_static("accept-language"),
+        ];
+        let m = Entry::variants_marker(&names, Duration::from_secs(60));
+        assert!(m.is_variants_marker() && !entry().is_variants_marker());
+        let enc = m.encode();
+        assert_eq!(&enc[..4], MAGIC_VARIANTS);
+        let back = Entry::decode(enc).unwrap();
+        assert!(back.is_variants_marker());
+        assert_eq!(back.headers[0].1, "origin, accept-language");
+        // An answer's format never carries status 0, nor a marker's another status.
+        let mut bad = entry().encode().to_vec();
+        bad[4..6].copy_from_slice(&0u16.to_be_bytes());
+        assert!(Entry::decode(Bytes::from(bad)).is_err());
     }
 
     #[test]

@@ -128,11 +128,6 @@ pub fn request_key(
     })
 }
 
-/// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).
-pub fn cacheable_method(method: &http::Method) -> bool {
-    method == http::Method::POST || method == http::Method::GET
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

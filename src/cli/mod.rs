@@ -229,6 +229,15 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
     println!("scope:     {:?}", route.cache.scope);
+    let cacheable = crate::cache::operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(req.uri.path()),
+        &crate::body::ParsedBody::new(&body),
+    );
+    if !cacheable {
+        println!("note:      not a cacheable operation on this route (cache.operations): never cached, BYPASS");
+    }
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());
     println!("{}", String::from_utf8_lossy(canonical.as_bytes()));
     Ok(())

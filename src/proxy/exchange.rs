@@ -28,7 +28,7 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
 /// `Connection` header nominates.
-fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
     headers::is_hop_by_hop(name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
@@ -138,6 +138,11 @@ impl UpstreamResponse {
         self.session
             .response_header()
             .expect("send() returns only after the response head was read")
+    }
+
+    /// The upstream session, for a tunnel after a `101` (it is never returned to the pool).
+    pub fn into_session(self) -> UpstreamSession {
+        self.session
     }
 
     /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
@@ -338,7 +343,7 @@ fn recorder(
 ) -> Option<Recorder> {
     let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head))?;
+        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers))?;
     reader.read_json_up_to(recorder.limit());
     Some(recorder)
 }

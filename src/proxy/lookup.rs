@@ -9,8 +9,8 @@ use super::{respond, Failure};
 use crate::body::ParsedBody;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
-use crate::cache::policy;
 use crate::cache::record::RecordPlan;
+use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
 use pingora::proxy::Session;
@@ -23,6 +23,9 @@ pub(super) struct CacheDecision {
     status: CacheStatus,
     lookup: Option<CacheKey>,
     record: Option<RecordPlan>,
+    /// False for a request that is not a cacheable operation: the cache had no part in it,
+    /// so no lookup is counted (its answer still says `BYPASS`).
+    counted: bool,
 }
 
 /// Whether the cache answered, or what to do with the upstream's answer.
@@ -43,8 +46,23 @@ pub(super) fn decide(
     body: &ParsedBody<'_>,
 ) -> Result<Option<CacheDecision>, ProxyError> {
     let req = session.req_header();
-    if !route.cache.enabled || !policy::cacheable_method(&req.method) {
+    if !route.cache.enabled {
         return Ok(None);
+    }
+    // Only pure generations are cached; state reads and calls that create, change or delete
+    // something are forwarded untouched (no lookup to count, nothing stored).
+    if !operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(path),
+        body,
+    ) {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+            counted: false,
+        }));
     }
     let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if !controls.lookup && !controls.store {
@@ -52,6 +70,7 @@ pub(super) fn decide(
             status: CacheStatus::Bypass,
             lookup: None,
             record: None,
+            counted: true,
         }));
     }
     let key = policy::request_key(req, &route.key_name, &route.cache, path, body);
@@ -62,6 +81,7 @@ pub(super) fn decide(
             CacheStatus::Bypass
         },
         lookup: controls.lookup.then_some(key),
+        counted: true,
         record: controls.store.then(|| RecordPlan {
             cache: cache.clone(),
             route: route.name.clone(),
@@ -87,12 +107,15 @@ pub(super) async fn answer(
         status,
         lookup,
         mut record,
+        counted,
     } = decision;
     let Some(key) = lookup else {
-        ctx.lookup = Some(Lookup::Bypass);
+        ctx.lookup = counted.then_some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
-    let found = cache.lookup_traced(&route.name, &key).await;
+    let found = cache
+        .lookup_traced(&route.name, &key, &session.req_header().headers)
+        .await;
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
@@ -111,6 +134,7 @@ pub(super) async fn answer(
                 let followed = follow::serve(
                     session,
                     follower,
+                    key,
                     route.cache.coalesce_timeout,
                     ctx.extra_headers(),
                 )

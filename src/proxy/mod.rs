@@ -8,9 +8,11 @@
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) — with the rate-limit step (`limit`) after it, or before it with `count_hits`,
 //!    the upstream exchange with retries and failover (`failover`), and the relay of the
-//!    answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response has
-//!    been sent — or, when the client left while promptgate waited for it (`client_gone`),
-//!    nothing is, and the request is logged as 499.
+//!    answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the route
+//!    allows, no cache step (the limit step still counts it) and a tunnel after the upstream's
+//!    `101` (`tunnel`). Returns `Ok(true)`: the response has been sent — or, when the client
+//!    left while promptgate waited for it (`client_gone`), nothing is, and the request is
+//!    logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
 //!    the access log line, from the ctx (`report`).
@@ -33,6 +35,7 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
@@ -118,22 +121,33 @@ impl Proxy {
         let parsed = ParsedBody::new(&body);
         let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
         ctx.route = Some(route.name.clone());
+        let upgrade = tunnel::websocket(session).cloned();
+        if upgrade.is_some() && !route.websocket {
+            return Err(ProxyError::WebSocketRefused {
+                route: route.name.clone(),
+            }
+            .into());
+        }
 
         // With count_hits, every request counts: checked before the cache may answer it.
         let limited = route.rate_limit.as_ref();
         if let Some(l) = limited.filter(|l| l.count_hits) {
             limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
         }
-        let (cache_status, record) =
-            match lookup::decide(&self.cache, session, route, &path, &parsed)? {
-                None => (None, None),
-                Some(decision) => {
-                    match lookup::answer(&self.cache, session, ctx, route, decision).await? {
-                        CacheStep::Answered => return Ok(()),
-                        CacheStep::GoUpstream { status, record } => (Some(status), record),
-                    }
+        let decision = match upgrade {
+            // A tunnel is never cached.
+            Some(_) => None,
+            None => lookup::decide(&self.cache, session, route, &path, &parsed)?,
+        };
+        let (cache_status, record) = match decision {
+            None => (None, None),
+            Some(decision) => {
+                match lookup::answer(&self.cache, session, ctx, route, decision).await? {
+                    CacheStep::Answered => return Ok(()),
+                    CacheStep::GoUpstream { status, record } => (Some(status), record),
                 }
-            };
+            }
+        };
         ctx.cache = cache_status;
         // Otherwise only requests about to cost an upstream call are checked (hits are free).
         if let Some(l) = limited.filter(|l| !l.count_hits) {
@@ -156,6 +170,7 @@ impl Proxy {
                 parsed: &parsed,
                 prompt_caching: (route.prompt_caching == PromptCaching::Auto)
                     .then_some(&*runtime.prompt_cache_minimums),
+                upgrade: upgrade.as_ref(),
                 record: record.as_ref(),
             },
             ctx,
@@ -179,6 +194,16 @@ impl Proxy {
             reader.finish();
             ctx.usage = reader.into_usage();
             return Err(ProxyError::ClientClosed.into());
+        }
+        if upgrade.is_some() && ctx.status == 101 {
+            // The request's time ends with the 101: a tunnel's lifetime is not a latency.
+            ctx.answered_in = Some(ctx.started.elapsed());
+            let mut counted = tunnel::Tunnelled::default();
+            let tunnelled =
+                tunnel::run(session, answer.response, &mut counted, ctx.extra_headers()).await;
+            drop(answer.slot);
+            ctx.tunnel = Some(counted);
+            return tunnelled.map_err(Failure::AfterResponse);
         }
         let relayed = exchange::relay(
             &self.connector,

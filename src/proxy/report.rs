@@ -34,6 +34,9 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
         prompt_cache_breakpoints: ctx.prompt_cache_breakpoints,
     });
+    if let (Some(route), Some(t)) = (route, ctx.tunnel) {
+        metrics.tunnel_done(route, t.sent, t.received);
+    }
     let error = match (ctx.error, e) {
         (Some(label), _) => Some(label),
         (None, Some(e)) => Some(e.etype().as_str()),

@@ -5,11 +5,13 @@ mod support;
 
 mod cache;
 mod cache_redis;
+mod cacheable_operations;
 mod cancellation;
 mod cli;
 mod dashboard;
 mod forwarding;
 mod hostile_input;
+mod http_semantics;
 mod lifecycle;
 mod metrics;
 mod operations;
@@ -23,3 +25,4 @@ mod stream_cache;
 mod streaming;
 mod upstream_faults;
 mod verdicts;
+mod websocket;

@@ -179,6 +179,44 @@ def test_an_error_is_not_cached(sdk_env, prompt):
     mock_number(completion.choices[0].message.content)
 
 
+def test_realtime_client_connects_through_promptgate(client, prompt):
+    # The Realtime API goes to the same base URL, as a WebSocket upgrade: promptgate tunnels
+    # it to the route's upstream (the mock's Realtime-like endpoint) and never caches it.
+    for _ in range(2):
+        with client.realtime.connect(model="gpt-realtime") as connection:
+            created = connection.recv()
+            assert created.type == "session.created"
+
+            connection.session.update(session={"type": "realtime", "instructions": prompt})
+            updated = connection.recv()
+
+            assert updated.type == "session.updated"
+            assert updated.session.instructions == prompt
+
+
+def test_background_response_polled_through_promptgate_completes(client, prompt):
+    # A background job is created, then polled: neither may be answered from the cache, or
+    # the poll loop would never see the job finish.
+    created = client.responses.with_raw_response.create(
+        model=MODEL, input=prompt, background=True
+    )
+    assert created.headers.get("x-promptgate-cache") == "BYPASS"
+    job = created.parse()
+    assert job.status == "queued"
+
+    seen = []
+    for _ in range(5):
+        raw = client.responses.with_raw_response.retrieve(job.id)
+        assert raw.headers.get("x-promptgate-cache") == "BYPASS"
+        job = raw.parse()
+        seen.append(job.status)
+        if job.status == "completed":
+            break
+
+    assert seen == ["in_progress", "completed"]
+    mock_number(job.output_text)
+
+
 def test_promptgate_rate_limit_is_a_rate_limit_error_with_its_retry_after(proxy, sdk_env, prompt):
     # The `limited` route allows two requests a minute per key; a key of this test's own.
     client = openai.OpenAI(

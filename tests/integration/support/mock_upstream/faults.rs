@@ -14,6 +14,9 @@
 //! | `x-mock-fault-first: N` + `x-mock-id` | `x-mock-fault` hits only the first N requests with that id |
 //! | `x-mock-hold: 1` | hold the answer until `MockUpstream::release` (a stream: after its first chunk) |
 //! | `x-mock-events: N` | content events per stream (default 4) |
+//! | `x-mock-vary: V` | answer with `vary: V` |
+//! | `x-mock-cache-control: V` | answer with `cache-control: V` |
+//! | `origin: O` | answer with `vary: Origin` and `access-control-allow-origin: O` |
 //! | `x-mock-outcome: O` | a 200 that is not a whole answer, in the provider's shape (see [`Outcome`]) |
 //! | `x-mock-encoding: E` | send the body `gzip`- or `br`-encoded (a stream: encoded whole, cut into as many chunks); `compress`: labelled only |
 

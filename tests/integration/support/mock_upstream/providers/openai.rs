@@ -1,10 +1,11 @@
 //! OpenAI wire format: chat completions (JSON, SSE with optional usage chunk, tool calls, JSON
-//! mode), the Responses API (JSON, and SSE with named events), audio transcriptions and
-//! translations (multipart uploads), embeddings and the model list; automatic prompt caching
-//! ([`PromptCache`]).
+//! mode), the Responses API (JSON, and SSE with named events; background jobs polled to
+//! completion), audio transcriptions and translations (multipart uploads), embeddings and the
+//! model list; automatic prompt caching ([`PromptCache`]).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
@@ -16,10 +17,14 @@ use super::Ctx;
 pub(super) fn answer(c: &Ctx) -> Option<Reply> {
     Some(match (c.method(), c.path) {
         ("POST", "/v1/chat/completions") => chat(c),
+        ("POST", "/v1/responses") if c.json["background"] == true => background_create(c),
         ("POST", "/v1/responses") => responses(c),
         ("POST", "/v1/audio/transcriptions" | "/v1/audio/translations") => audio(c),
         ("POST", "/v1/embeddings") => embeddings(c),
         ("GET", "/v1/models") => models(),
+        ("GET", path) if path.starts_with("/v1/responses/") => {
+            background_poll(&path["/v1/responses/".len()..])
+        }
         _ => return None,
     })
 }
@@ -366,6 +371,95 @@ fn models() -> Reply {
         )
         .collect();
     json_reply(200, &json!({"object": "list", "data": data}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background Responses (`"background": true`): a job, created queued, whose status advances on
+// every poll (`GET /v1/responses/{id}`): in_progress, then completed with the answer. Only an
+// upstream call can advance it, so a poll answered from a cache would never see it finish.
+// ---------------------------------------------------------------------------------------------
+
+/// A background job: its model, its answer, and how many times it was polled.
+struct Job {
+    model: String,
+    text: String,
+    created_at: u64,
+    polls: u32,
+}
+
+/// Jobs by id, for every mock in the process (ids are unique across them).
+fn jobs() -> &'static Mutex<HashMap<String, Job>> {
+    static JOBS: OnceLock<Mutex<HashMap<String, Job>>> = OnceLock::new();
+    JOBS.get_or_init(Mutex::default)
+}
+
+fn background_create(c: &Ctx) -> Reply {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = format!("resp_bg_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let job = Job {
+        model: c.model("gpt-4o-mini"),
+        text: c.text.clone(),
+        created_at: unix_now(),
+        polls: 0,
+    };
+    let body = response_object(&id, &job, "queued");
+    jobs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, job);
+    json_reply(200, &body)
+}
+
+fn background_poll(id: &str) -> Reply {
+    let mut jobs = jobs().lock().unwrap_or_else(|e| e.into_inner());
+    let Some(job) = jobs.get_mut(id) else {
+        return json_reply(
+            404,
+            &json!({"error": {"message": format!("No response with id '{id}'."), "type": "invalid_request_error", "code": null, "param": null}}),
+        );
+    };
+    job.polls += 1;
+    let status = if job.polls < 2 {
+        "in_progress"
+    } else {
+        "completed"
+    };
+    json_reply(200, &response_object(id, job, status))
+}
+
+/// A Responses API `response` object in `status`; completed ones carry the answer and usage.
+fn response_object(id: &str, job: &Job, status: &str) -> Value {
+    let done = status == "completed";
+    let output = if done {
+        json!([{
+            "type": "message",
+            "id": format!("msg_{id}"),
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": job.text, "annotations": []}],
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": job.created_at,
+        "status": status,
+        "background": true,
+        "model": job.model,
+        "output": output,
+        "usage": if done { json!({"input_tokens": 5, "output_tokens": 4, "total_tokens": 9, "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}) } else { Value::Null },
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "metadata": {},
+        "parallel_tool_calls": true,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+    })
 }
 
 /// OpenAI's automatic prompt caching, as the provider reports it: a chat or Responses request
