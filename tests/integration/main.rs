@@ -15,6 +15,7 @@ mod http_semantics;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod prompt_caching;
 mod rate_limits;
 mod redis_store;
 mod reload;
