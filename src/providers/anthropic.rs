@@ -26,13 +26,17 @@ pub const MAX_BREAKPOINTS: usize = 4;
 pub const BYTES_PER_TOKEN: usize = 4;
 
 /// The shipped minimum cacheable prefix per model pattern, in tokens, as Anthropic publishes
-/// it: 1024 for the Sonnet and Opus classes, 2048 for the Haiku class. A model no pattern
-/// matches gets no breakpoints.
+/// it (docs.anthropic.com, "Prompt caching", cache limitations): 1024 for Sonnet 4.x / 3.7 and
+/// Opus 4 / 4.1, 4096 for Opus 4.5 / 4.6 and Haiku 4.5, 2048 for Haiku 3 / 3.5. A model no
+/// pattern matches gets no breakpoints; an unknown `claude-*` model gets 1024.
 pub const DEFAULT_MIN_CACHEABLE_TOKENS: &[(&str, u64)] = &[
     ("claude-*", 1024),
     ("claude-*opus*", 1024),
     ("claude-*sonnet*", 1024),
     ("claude-*haiku*", 2048),
+    ("claude-haiku-4*", 4096),
+    ("claude-opus-4-5*", 4096),
+    ("claude-opus-4-6*", 4096),
 ];
 
 /// The marker added to a block.
@@ -459,6 +463,23 @@ mod tests {
         assert!(mark(&body("claude-opus-4-1"), None).is_some());
         assert!(mark(&body("claude-3-5-haiku-latest"), None).is_none());
         assert!(mark(&body("claude-haiku-4-5"), None).is_none());
+        // ~3000 tokens: over Haiku 3.5's 2048, under the 4096 of Haiku 4.5 and Opus 4.5 / 4.6.
+        let long = |model: &str| {
+            json!({
+                "model": model,
+                "system": text(3000),
+                "messages": [{"role": "user", "content": "Q"}],
+            })
+        };
+        assert!(mark(&long("claude-3-5-haiku-latest"), None).is_some());
+        assert!(mark(&long("claude-sonnet-4-5-20250929"), None).is_some());
+        for model in [
+            "claude-haiku-4-5-20251001",
+            "claude-opus-4-5-20251101",
+            "claude-opus-4-6",
+        ] {
+            assert!(mark(&long(model), None).is_none(), "{model}");
+        }
         // A target's model rewrite decides, and is applied.
         let (marked, _) = mark(&body("claude-3-5-haiku-latest"), Some("claude-sonnet-4-5"))
             .expect("marked for Sonnet");
