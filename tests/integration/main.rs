@@ -11,6 +11,7 @@ mod dashboard;
 mod forwarding;
 mod hostile_input;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod operations;
 mod rate_limits;

@@ -270,6 +270,31 @@ async fn sigquit_upgrade_under_load_fails_no_request() {
     );
     let out = health(&["--url", &gw.admin_url("/healthz")]);
     assert!(out.status.success(), "new process healthy: {out:?}");
+    // One line each: the old process says where the sockets went and what it drains...
+    let old = gw.logs();
+    let handed = format!(
+        "SIGQUIT: listening sockets handed to the new process via {}; draining ",
+        sock.display()
+    );
+    assert_eq!(old.matches(&handed).count(), 1, "{old}");
+    assert!(
+        old.contains("in-flight request(s), at most 5s (shutdown_grace)"),
+        "{old}"
+    );
+    assert!(old.ends_with("promptgate stopped\n"), "{old}");
+    // ...and the new one that it listens, on sockets taken over.
+    let new_log = std::fs::read_to_string(&new_log).unwrap_or_default();
+    let started = format!(
+        "promptgate {} listening on {} (admin {})",
+        env!("CARGO_PKG_VERSION"),
+        gw.addr,
+        gw.admin
+    );
+    assert!(
+        new_log.lines().any(|l| l.contains(&started)
+            && l.ends_with("; listening sockets taken over from the previous process")),
+        "{new_log}"
+    );
     drop(new);
 }
 
@@ -308,6 +333,19 @@ async fn systemd_ready_and_sigusr2_self_upgrade() {
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "successor runs"
+    );
+    // The successor logs to the same stderr.
+    let logs = gw.logs();
+    assert!(
+        logs.contains(&format!(
+            "SIGUSR2: listening sockets handed to the new process (pid {pid}) via {}; draining ",
+            sock.display()
+        )),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("; listening sockets taken over from the previous process"),
+        "{logs}"
     );
 
     let before = load.ok.load(Ordering::Relaxed);
