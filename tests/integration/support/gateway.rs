@@ -75,14 +75,16 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(dir.path().join("promptgate.yaml"))
             .env_remove("RUST_LOG")
-            .env_remove("PROMPTGATE_CONFIG")
-            .envs(env.iter().copied())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .env_remove("PROMPTGATE_CONFIG");
         if let Some(level) = rust_log {
             command.env("RUST_LOG", level);
         }
-        let child = command.spawn().expect("spawn promptgate");
+        let child = command
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn promptgate");
         let mut gw = Gateway {
             child,
             addr,
