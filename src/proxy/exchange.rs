@@ -1,7 +1,7 @@
 //! The upstream exchange: build the upstream request, send it with its buffered body,
 //! and relay the response to the client chunk by chunk as it arrives.
 
-use super::errors::ProxyError;
+use super::errors::{self, Named, ProxyError};
 use super::respond::{self, CACHE_STATUS_HEADER};
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
@@ -133,7 +133,7 @@ pub async fn send(
     body: &Bytes,
 ) -> Result<UpstreamResponse, ProxyError> {
     let peer = upstream.peer().await.map_err(|e| ProxyError::Resolve {
-        upstream: upstream.name.clone(),
+        upstream: Named::of(upstream),
         detail: e.reason,
     })?;
     let mut attempt = 0;
@@ -142,7 +142,7 @@ pub async fn send(
         let (mut session, reused) = connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
+            .map_err(|e| ProxyError::from_upstream(upstream, &e))?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         match exchange_head(&mut session, req, body).await {
@@ -157,7 +157,7 @@ pub async fn send(
                     upstream.name
                 );
             }
-            Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
+            Err(e) => return Err(ProxyError::from_upstream(upstream, &e)),
         }
     }
 }
@@ -275,9 +275,9 @@ pub async fn relay(
             Ok(None) => break,
             Err(e) => {
                 response.session.shutdown().await;
-                return Err(
-                    e.more_context(format!("upstream {} broke off the response", upstream.name))
-                );
+                // Marked as the upstream's doing, for the log line (see `request_filter`).
+                let why = errors::broke_off(upstream, &e);
+                return Err(e.more_context(why).into_up());
             }
         }
     }

@@ -53,7 +53,7 @@ use lookup::CacheStep;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -244,9 +244,29 @@ impl ProxyHttp for Proxy {
             }
             Err(Failure::AfterResponse(e)) => {
                 ctx.error = Some("response_interrupted");
+                // Said here instead of Pingora's "Fail to filter request" line (suppressed
+                // below): an upstream that broke off is a warning naming it; a client that left
+                // is its own business.
+                let req = session.req_header();
+                match (e.esource(), e.context.as_ref()) {
+                    (ErrorSource::Upstream, Some(why)) => log::warn!(
+                        "{} {}: {why}; the answer had started, so the client's connection is cut",
+                        req.method,
+                        req.uri.path()
+                    ),
+                    _ => log::debug!(
+                        "{} {}: the answer could not be completed: {e}",
+                        req.method,
+                        req.uri.path()
+                    ),
+                }
                 Err(e)
             }
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.error == Some("response_interrupted")
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
@@ -270,10 +290,7 @@ impl ProxyHttp for Proxy {
         let code = if session.response_written().is_some() {
             0
         } else {
-            let err = ProxyError::Upstream {
-                upstream: "-".into(),
-                detail: e.etype().as_str().to_string(),
-            };
+            let err = ProxyError::Internal(e.etype().as_str().to_string());
             let _ = respond::error(session, &err, &Vec::new()).await;
             502
         };
