@@ -1,13 +1,12 @@
 //! The upstream exchange: build the upstream request, send it with its buffered body,
 //! and relay the response to the client chunk by chunk as it arrives.
 
+use super::ctx::Stamp;
 use super::errors::{self, Named, ProxyError};
-use super::respond::{self, CACHE_STATUS_HEADER};
+use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
-use crate::cache::CacheStatus;
 use crate::headers;
-use crate::limits::headers::Headers;
 use crate::providers::UsageObserver;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -211,15 +210,6 @@ pub fn client_header(
     Ok(resp)
 }
 
-/// What promptgate adds to the upstream's response head for the client.
-pub struct Additions<'a> {
-    /// `x-promptgate-cache`, on cached routes.
-    pub cache_status: Option<CacheStatus>,
-    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
-    /// stored with an entry (they are per exchange).
-    pub extra: &'a Headers,
-}
-
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
@@ -235,12 +225,11 @@ pub async fn relay(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    additions: Additions<'_>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) -> pingora::Result<()> {
-    let mut head = relayed_head(&response, session, additions.cache_status)?;
-    respond::add(&mut head, additions.extra)?;
+    let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, session, &head);
     session.write_response_header(Box::new(head), false).await?;
     loop {
@@ -288,16 +277,15 @@ pub async fn relay(
     session.write_response_body(None, true).await
 }
 
-/// The client's head for an upstream response, with `x-promptgate-cache`.
+/// The client's head for an upstream response, with what `stamp` adds (`x-promptgate-cache`,
+/// `x-ratelimit-*`: per exchange, so never stored with an entry).
 fn relayed_head(
     response: &UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
+    respond::add(&mut head, stamp)?;
     Ok(head)
 }
 
@@ -321,11 +309,11 @@ pub async fn finish_detached(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     usage: &mut UsageObserver,
 ) {
-    let recorder = relayed_head(&response, session, cache_status)
+    let recorder = relayed_head(&response, session, stamp)
         .ok()
         .and_then(|head| recorder(record, session, &head));
     match recorder {

@@ -1,10 +1,10 @@
 //! Serving a request from an identical one already in flight (single-flight follower).
 
 use super::client_gone::unless_gone;
+use super::ctx::Stamp;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::config::schema::Replay;
-use crate::limits::headers::Headers;
 use crate::providers::{Usage, UsageObserver};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
     timeout: Duration,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -38,7 +38,7 @@ pub async fn serve(
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, stamp)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
@@ -51,7 +51,7 @@ pub async fn serve(
         .and_then(|(_, v)| v.to_str().ok())
         .unwrap_or("");
     let mut usage = UsageObserver::for_content_type(content_type);
-    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;

@@ -13,6 +13,7 @@ use crate::cache::policy;
 use crate::cache::record::RecordPlan;
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ pub(super) struct CacheDecision {
     status: CacheStatus,
     lookup: Option<CacheKey>,
     record: Option<RecordPlan>,
+    /// False for a method that is never cached: the cache had no part in the request, so no
+    /// lookup is counted (its answer still says `BYPASS`).
+    counted: bool,
 }
 
 /// Whether the cache answered, or what to do with the upstream's answer.
@@ -34,7 +38,24 @@ pub(super) enum CacheStep {
     },
 }
 
-/// The cache's part in this request, or `None` when the route or method is not cached.
+/// `x-promptgate-cache` for an answer on one of `routes` (the route, or before the body chose
+/// it, its candidates) that the cache step has not decided — an error on the way: `MISS` when
+/// the request is a cache candidate (a cached method, no request control skipping the lookup),
+/// `BYPASS` when it is not; none unless every one of `routes` is cached.
+pub(super) fn unreached(routes: &[&Route], req: &RequestHeader) -> Option<CacheStatus> {
+    if routes.is_empty() || !routes.iter().all(|r| r.cache.enabled) {
+        return None;
+    }
+    let candidate =
+        policy::cacheable_method(&req.method) && policy::controls(req).is_ok_and(|c| c.lookup);
+    Some(if candidate {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Bypass
+    })
+}
+
+/// The cache's part in this request, or `None` when the route is not cached.
 pub(super) fn decide(
     cache: &Arc<Cache>,
     session: &Session,
@@ -43,8 +64,16 @@ pub(super) fn decide(
     body: &ParsedBody<'_>,
 ) -> Result<Option<CacheDecision>, ProxyError> {
     let req = session.req_header();
-    if !route.cache.enabled || !policy::cacheable_method(&req.method) {
+    if !route.cache.enabled {
         return Ok(None);
+    }
+    if !policy::cacheable_method(&req.method) {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+            counted: false,
+        }));
     }
     let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if !controls.lookup && !controls.store {
@@ -52,6 +81,7 @@ pub(super) fn decide(
             status: CacheStatus::Bypass,
             lookup: None,
             record: None,
+            counted: true,
         }));
     }
     let key = policy::request_key(req, &route.key_name, &route.cache, path, body);
@@ -62,6 +92,7 @@ pub(super) fn decide(
             CacheStatus::Bypass
         },
         lookup: controls.lookup.then_some(key),
+        counted: true,
         record: controls.store.then(|| RecordPlan {
             cache: cache.clone(),
             route: route.name.clone(),
@@ -87,17 +118,17 @@ pub(super) async fn answer(
         status,
         lookup,
         mut record,
+        counted,
     } = decision;
     let Some(key) = lookup else {
-        ctx.lookup = Some(Lookup::Bypass);
+        ctx.lookup = counted.then_some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
     let found = cache.lookup_traced(&route.name, &key).await;
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
-        let replayed =
-            respond::cached(session, entry, route.cache.replay, ctx.extra_headers()).await;
+        let replayed = respond::cached(session, entry, route.cache.replay, ctx.stamp()).await;
         // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
         ctx.lookup = Some(found);
         replayed.map_err(Failure::AfterResponse)?;
@@ -108,14 +139,10 @@ pub(super) async fn answer(
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
             Role::Follower(follower) => {
-                let followed = follow::serve(
-                    session,
-                    follower,
-                    route.cache.coalesce_timeout,
-                    ctx.extra_headers(),
-                )
-                .await
-                .map_err(Failure::AfterResponse)?;
+                let followed =
+                    follow::serve(session, follower, route.cache.coalesce_timeout, ctx.stamp())
+                        .await
+                        .map_err(Failure::AfterResponse)?;
                 match followed {
                     Followed::Served(code, usage) => {
                         ctx.lookup = Some(Lookup::Coalesced);

@@ -113,11 +113,18 @@ impl Proxy {
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
         let candidates = choose::candidates(runtime, session.req_header(), &path)?;
+        // From here on every answer, an error too, says what the cache did (`Ctx::stamp`).
+        ctx.cache = lookup::unreached(&candidates, session.req_header());
         let body = request_body::read(session, runtime.max_body_bytes).await?;
         // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
         let parsed = ParsedBody::new(&body);
-        let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
+        let chosen = choose::route(session.req_header(), &path, &candidates, &parsed);
+        if let Err(ProxyError::NoRoute { .. }) = chosen {
+            ctx.cache = None; // on no route at all
+        }
+        let (route, group) = chosen?;
         ctx.route = Some(route.name.clone());
+        ctx.cache = lookup::unreached(&[route], session.req_header());
 
         // With count_hits, every request counts: checked before the cache may answer it.
         let limited = route.rate_limit.as_ref();
@@ -169,7 +176,7 @@ impl Proxy {
                 &answer.target.upstream,
                 answer.response,
                 session,
-                cache_status,
+                ctx.stamp(),
                 record,
                 &mut usage,
             )
@@ -182,10 +189,7 @@ impl Proxy {
             &answer.target.upstream,
             answer.response,
             session,
-            exchange::Additions {
-                cache_status,
-                extra: ctx.extra_headers(),
-            },
+            ctx.stamp(),
             record,
             &mut usage,
         )
@@ -234,7 +238,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e, ctx.extra_headers()).await?;
+                respond::error(session, &e, ctx.stamp()).await?;
                 if matches!(e, ProxyError::BodyTooLarge { .. }) {
                     // The answer is out: the request's time ends here, not after the linger.
                     ctx.answered_in = Some(ctx.started.elapsed());
@@ -284,14 +288,14 @@ impl ProxyHttp for Proxy {
         )
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // Reached only when the response was under way (see `Failure`), or for Pingora's own
         // early errors. Never write a second head into a started response.
         let code = if session.response_written().is_some() {
             0
         } else {
             let err = ProxyError::Internal(e.etype().as_str().to_string());
-            let _ = respond::error(session, &err, &Vec::new()).await;
+            let _ = respond::error(session, &err, ctx.stamp()).await;
             502
         };
         FailToProxy {

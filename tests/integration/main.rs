@@ -8,6 +8,7 @@ mod cache_redis;
 mod cancellation;
 mod cli;
 mod dashboard;
+mod error_headers;
 mod forwarding;
 mod hostile_input;
 mod lifecycle;
