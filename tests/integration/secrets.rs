@@ -119,7 +119,10 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     let gw = Gateway::start_with_env(
         config(&mock.url(), dead_port),
         // Everything an operator can ask for without naming Pingora's request crates.
-        &[("PG_SECRET_KEY", ENV_KEY), ("RUST_LOG", "debug,pingora=debug")],
+        &[
+            ("PG_SECRET_KEY", ENV_KEY),
+            ("RUST_LOG", "debug,pingora=debug"),
+        ],
     );
     let post = reqwest::Method::POST;
     let mut seen = String::new();
