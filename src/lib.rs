@@ -23,8 +23,9 @@
 //!   HTTP session.
 //! - [`limits`] — rate limits and budgets per credential or route: counters in memory or in the
 //!   cache's Redis, kept across reloads.
-//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]), how
-//!   its streams end, its token usage.
+//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]),
+//!   whether it is a whole answer ([`providers::Verdict`]: successful ends, errors, refusals per
+//!   format), its token usage; read once as it passes ([`providers::ResponseReader`]).
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
 //! - [`pricing`] — the price table behind the cost metrics.
 //! - [`stats`] — what the dashboard shows: recent requests, a 15-minute series, `GET /stats`;

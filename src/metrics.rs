@@ -205,6 +205,8 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     config_watch_events: IntCounterVec,
     requests: IntCounterVec,
+    /// `promptgate_websocket_bytes_total{route,direction}`.
+    websocket_bytes: IntCounterVec,
     cache_lookups: IntCounterVec,
     request_duration: HistogramVec,
     upstream_ttfb: HistogramVec,
@@ -304,6 +306,12 @@ impl Metrics {
             "promptgate_requests_total",
             "Requests answered, by route, upstream, HTTP status and cache result (hit, miss, bypass, none).",
             &["route", "upstream", "status", "cache"],
+        );
+        let websocket_bytes = counter_vec(
+            r,
+            "promptgate_websocket_bytes_total",
+            "Bytes carried by WebSocket tunnels, by route and direction (to_upstream, to_client).",
+            &["route", "direction"],
         );
         let cache_lookups = counter_vec(
             r,
@@ -424,6 +432,7 @@ impl Metrics {
             config_last_reload_success,
             config_watch_events,
             requests,
+            websocket_bytes,
             cache_lookups,
             request_duration,
             upstream_ttfb,
@@ -498,6 +507,17 @@ impl Metrics {
                     .set(*v);
             }
         }
+    }
+
+    /// Records the bytes a finished WebSocket tunnel carried each way (its request is counted
+    /// by [`Metrics::request_done`], with status 101).
+    pub fn tunnel_done(&self, route: &str, to_upstream: u64, to_client: u64) {
+        self.websocket_bytes
+            .with_label_values(&[route, "to_upstream"])
+            .inc_by(to_upstream);
+        self.websocket_bytes
+            .with_label_values(&[route, "to_client"])
+            .inc_by(to_client);
     }
 
     /// A request on `route` lost its client while promptgate waited for `waiting` (a label

@@ -8,13 +8,15 @@ pub(crate) mod entry;
 pub(crate) mod flight;
 pub mod key;
 pub(crate) mod memory;
+pub(crate) mod operations;
 pub(crate) mod policy;
 pub(crate) mod record;
 pub mod redis;
+pub(crate) mod vary;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
-use entry::Entry;
+use entry::{DecodeError, Entry};
 use flight::Flights;
 use key::CacheKey;
 use memory::MemoryStore;
@@ -154,10 +156,16 @@ impl Cache {
         Ok(())
     }
 
-    /// The stored response for `key`, from memory, else from Redis (bounded by its timeout).
-    /// Any Redis trouble is a miss: the request goes upstream.
-    pub async fn lookup(&self, route: &str, key: &CacheKey) -> Option<Arc<Entry>> {
-        match self.lookup_traced(route, key).await {
+    /// The stored response for `key` and a request with `request` headers, from memory, else
+    /// from Redis (bounded by its timeout). Any Redis trouble is a miss: the request goes
+    /// upstream.
+    pub async fn lookup(
+        &self,
+        route: &str,
+        key: &CacheKey,
+        request: &http::HeaderMap,
+    ) -> Option<Arc<Entry>> {
+        match self.lookup_traced(route, key, request).await {
             Lookup::Hit(entry) => Some(entry),
             _ => None,
         }
@@ -165,7 +173,49 @@ impl Cache {
 
     /// [`Cache::lookup`], telling a miss from a store that could not answer (for metrics):
     /// `Hit`, `Miss` or `Error`.
-    pub async fn lookup_traced(&self, route: &str, key: &CacheKey) -> Lookup {
+    ///
+    /// An answer that varies on request headers (`Vary`) is found through the marker under
+    /// `key`: the variant this request's values of those headers select is looked up next.
+    pub async fn lookup_traced(
+        &self,
+        route: &str,
+        key: &CacheKey,
+        request: &http::HeaderMap,
+    ) -> Lookup {
+        let found = self.fetch(route, key).await;
+        let Lookup::Hit(entry) = &found else {
+            return found;
+        };
+        if entry.is_variants_marker() {
+            let names = match vary::of(entry.headers.iter().map(|(_, v)| v)) {
+                vary::Varies::On(names) => names,
+                _ => return Lookup::Miss,
+            };
+            return match self
+                .fetch(route, &vary::variant_key(key, &names, request))
+                .await
+            {
+                Lookup::Hit(e) if e.is_variants_marker() => Lookup::Miss,
+                other => other,
+            };
+        }
+        // An answer that varies, stored under its primary key by a version that did not
+        // honour Vary: which variant it is cannot be told, so it is not served.
+        let varies = vary::of(
+            entry
+                .headers
+                .iter()
+                .filter(|(n, _)| n == http::header::VARY)
+                .map(|(_, v)| v),
+        );
+        if varies != vary::Varies::No {
+            return Lookup::Miss;
+        }
+        found
+    }
+
+    /// The entry stored under `key` (answer or variants marker): memory, else Redis.
+    async fn fetch(&self, route: &str, key: &CacheKey) -> Lookup {
         if let Some(entry) = self.memory.get(key) {
             return Lookup::Hit(entry);
         }
@@ -180,6 +230,8 @@ impl Cache {
         };
         let entry = match Entry::decode(bytes) {
             Ok(e) => Arc::new(e),
+            // Written by an older version, before answers were judged: the next store replaces it.
+            Err(DecodeError::Outdated) => return Lookup::Miss,
             Err(e) => {
                 log::warn!("ignoring cache entry for route {route}: {e}");
                 return Lookup::Error;
@@ -245,6 +297,37 @@ impl Cache {
             })
         };
         self.memory.insert(key, route, local);
+    }
+
+    /// The request headers a variants marker in memory names for `key`, if one is there: an
+    /// answer without `Vary` arriving for a key whose earlier answers varied is stored as one
+    /// more variant, not over the marker (some servers send `Vary: Origin` only to requests
+    /// that have an `Origin`). Memory only, so it never waits: a marker the lookup found in
+    /// Redis is in memory too with `l1` (without it, only one this process stored lately).
+    pub fn known_variants(&self, key: &CacheKey) -> Option<Vec<http::HeaderName>> {
+        let entry = self.memory.get(key)?;
+        if !entry.is_variants_marker() {
+            return None;
+        }
+        match vary::of(entry.headers.iter().map(|(_, v)| v)) {
+            vary::Varies::On(names) => Some(names),
+            _ => None,
+        }
+    }
+
+    /// Stores one variant of an answer that varies on the request headers `names`: the entry
+    /// under its `variant` key, and a marker naming the headers under the `primary` key.
+    pub fn store_variant(
+        &self,
+        route: &str,
+        primary: CacheKey,
+        names: &[http::HeaderName],
+        variant: CacheKey,
+        entry: Arc<Entry>,
+    ) {
+        let marker = Arc::new(Entry::variants_marker(names, entry.ttl));
+        self.store(route, variant, entry);
+        self.store(route, primary, marker);
     }
 
     /// Requests in flight upstream, for single-flight.

@@ -212,9 +212,17 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         req.uri.path(),
         &crate::body::ParsedBody::new(&body),
     );
-    let canonical = crate::cache::key::canonical_body(&body, &route.cache.ignore_fields);
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let canonical =
+        crate::cache::key::canonical_body(content_type, &body, &route.cache.ignore_fields);
     let kind = match canonical {
         crate::cache::key::CanonicalBody::Json(_) => "canonical JSON",
+        crate::cache::key::CanonicalBody::Multipart(_) => {
+            "multipart form, by its parts (key version promptgate-cache-v2)"
+        }
         crate::cache::key::CanonicalBody::Raw(_) => "raw bytes (not JSON)",
     };
     println!("key:       {}", key.hex());
@@ -223,6 +231,15 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
     println!("scope:     {:?}", route.cache.scope);
+    let cacheable = crate::cache::operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(req.uri.path()),
+        &crate::body::ParsedBody::new(&body),
+    );
+    if !cacheable {
+        println!("note:      not a cacheable operation on this route (cache.operations): never cached, BYPASS");
+    }
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());
     println!("{}", String::from_utf8_lossy(canonical.as_bytes()));
     Ok(())

@@ -8,6 +8,7 @@
 mod explain;
 mod interpolate;
 mod locate;
+pub mod operations;
 #[cfg(test)]
 mod problem_tests;
 pub mod redis_url;

@@ -202,6 +202,10 @@ pub struct RouteSpec {
     pub retry: RetrySpec,
     #[serde(default)]
     pub cache: RouteCacheSpec,
+    /// Tunnel WebSocket upgrades to the route's upstream (default true); `false` refuses them
+    /// with a 403 JSON error.
+    #[serde(default = "default_true")]
+    pub websocket: bool,
     /// Rate limits and budgets; none by default.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
@@ -557,10 +561,15 @@ pub struct CacheSpec {
     #[serde(deserialize_with = "units::bytes")]
     pub max_entry_bytes: usize,
     pub scope: CacheScope,
-    /// Top-level JSON body fields that do not change the answer, left out of the key.
+    /// Top-level JSON body fields (and multipart form fields of those names) that do not change
+    /// the answer, left out of the key.
     pub ignore_fields: Vec<String>,
     /// Request headers that change the answer, so they are part of the key.
     pub vary: Vec<String>,
+    /// Which requests are cacheable operations: presets (`default`, `openai`, `anthropic`,
+    /// `gemini`, `ollama`) and `METHOD /path-glob` entries matched on the end of the forwarded
+    /// path. Everything else is forwarded untouched as `BYPASS`. Default `[default]`.
+    pub operations: Vec<String>,
     /// How a cached stream is replayed: at once, or at its recorded pace.
     pub replay: Replay,
     /// Keep reading a stream into the cache after its client left early.
@@ -591,9 +600,14 @@ impl Default for CacheSpec {
                 "openai-organization",
                 "openai-project",
                 "openai-beta",
+                // Browser clients: an answer carrying one origin's CORS headers is never
+                // replayed to another origin, even from servers that send `Vary: Origin`
+                // only when a request has one.
+                "origin",
             ]
             .map(String::from)
             .to_vec(),
+            operations: vec![super::operations::DEFAULT.to_string()],
             replay: Replay::Instant,
             complete_on_disconnect: false,
             coalesce: true,
@@ -690,6 +704,7 @@ pub struct RouteCacheSpec {
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
     pub vary: Option<Vec<String>>,
+    pub operations: Option<Vec<String>>,
     pub replay: Option<Replay>,
     pub complete_on_disconnect: Option<bool>,
     pub coalesce: Option<bool>,
@@ -774,4 +789,8 @@ impl ConfigSpec {
             })
             .collect()
     }
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -4,6 +4,7 @@
 //! A [`Spec`] only comes out of [`super::parse`] or [`super::load`], which guarantee what the
 //! field docs below promise (e.g. every target names a key of [`Spec::upstreams`]).
 
+use super::operations::{self, Operation};
 use super::schema::{
     CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
     RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
@@ -89,6 +90,8 @@ pub struct Route {
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// Tunnel WebSocket upgrades (`routes[N].websocket`, default true); refused when false.
+    pub websocket: bool,
     /// `rate_limit:`, checked (at least one limit, each within its bounds).
     pub rate_limit: Option<RateLimitSpec>,
 }
@@ -128,6 +131,8 @@ pub struct RouteCache {
     pub ignore_fields: Vec<String>,
     /// Request headers that are part of the key, in this order.
     pub vary: Vec<HeaderName>,
+    /// The cacheable operations (`cache.operations`, presets expanded, in order).
+    pub operations: Vec<Operation>,
     /// Largest response stored, in bytes.
     pub max_entry_bytes: usize,
     pub replay: Replay,
@@ -167,10 +172,21 @@ impl RouteCache {
                 )),
             }
         }
+        let operations =
+            match operations::parse(route.operations.as_ref().unwrap_or(&global.operations)) {
+                Ok(ops) => ops,
+                Err(wrong) => {
+                    for (i, problem) in wrong {
+                        problems.push((format!("operations[{i}]"), problem));
+                    }
+                    Vec::new()
+                }
+            };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(RouteCache {
+            operations,
             enabled: global.enabled && route.enabled.unwrap_or(true),
             ttl,
             scope: route.scope.unwrap_or(global.scope),

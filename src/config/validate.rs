@@ -497,6 +497,7 @@ fn route(
     };
     Some(spec::Route {
         key_name,
+        websocket: spec.websocket,
         name: spec.name,
         matcher: spec::Match {
             path_prefix: m.path_prefix.clone(),

@@ -1,10 +1,7 @@
-//! How each provider reports the tokens a response used ([`Usage`]), read from the body as it
-//! passes ([`UsageObserver`]).
+//! How each provider reports the tokens a response used ([`Usage`]), merged from the documents
+//! of a body as [`super::ResponseReader`] reads them.
 
-use super::format::{BodyFormat, StreamFormat};
-use super::lines::{contains, sse_field, LineSplitter};
-use bytes::Bytes;
-use serde::Deserialize;
+use super::doc::Doc;
 
 /// Tokens one response used, as the provider reported them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,180 +16,38 @@ pub struct Usage {
     pub model: Option<String>,
 }
 
-/// Largest non-streamed body parsed for its usage (the default `cache.max_entry_bytes`); the
-/// usage of a larger one is not counted.
-const MAX_USAGE_BODY: usize = 8 << 20;
-
-/// Reads the usage out of a response body fed chunk by chunk: streams line by line (only the
-/// lines that can carry usage or the model are parsed), other JSON bodies whole at the end, up
-/// to [`MAX_USAGE_BODY`] (the chunks are kept by reference, not copied, until then).
-#[derive(Debug)]
-pub struct UsageObserver {
-    mode: ObserveMode,
-    usage: Option<Usage>,
-}
-
-#[derive(Debug)]
-enum ObserveMode {
-    Lines(StreamFormat, LineSplitter),
-    Json { chunks: Vec<Bytes>, size: usize },
-    Off,
-}
-
-impl UsageObserver {
-    /// An observer for a response with this content type; non-JSON bodies are ignored.
-    pub fn for_content_type(content_type: &str) -> UsageObserver {
-        let mode = match BodyFormat::of(content_type) {
-            BodyFormat::Stream(format) => ObserveMode::Lines(format, LineSplitter::default()),
-            BodyFormat::Json => ObserveMode::Json {
-                chunks: Vec::new(),
-                size: 0,
-            },
-            BodyFormat::Other => ObserveMode::Off,
-        };
-        UsageObserver { mode, usage: None }
-    }
-
-    /// The usage of a complete body (a cache hit's stored response).
-    pub fn of_body(content_type: &str, body: &Bytes) -> Option<Usage> {
-        let mut o = UsageObserver::for_content_type(content_type);
-        o.observe(body);
-        o.finish()
-    }
-
-    pub fn observe(&mut self, chunk: &Bytes) {
-        match &mut self.mode {
-            ObserveMode::Lines(format, lines) => {
-                let (format, usage) = (*format, &mut self.usage);
-                lines.feed(chunk, |line| observe_line(format, line, usage));
-            }
-            ObserveMode::Json { chunks, size } => {
-                *size += chunk.len();
-                if *size > MAX_USAGE_BODY {
-                    self.mode = ObserveMode::Off;
-                } else {
-                    chunks.push(chunk.clone());
-                }
-            }
-            ObserveMode::Off => {}
-        }
-    }
-
-    /// The usage seen, if the body reported any.
-    pub fn finish(self) -> Option<Usage> {
-        let mut usage = self.usage;
-        if let ObserveMode::Lines(format @ StreamFormat::Ndjson, lines) = &self.mode {
-            // The last NDJSON object (Ollama's, with the counts) may lack its newline.
-            if let Some(line) = lines.pending() {
-                observe_line(*format, line, &mut usage);
-            }
-        }
-        if let ObserveMode::Json { chunks, size } = self.mode {
-            let body = match chunks.len() {
-                0 => return None,
-                1 => chunks[0].to_vec(),
-                _ => {
-                    let mut buf = Vec::with_capacity(size);
-                    chunks.iter().for_each(|c| buf.extend_from_slice(c));
-                    buf
-                }
-            };
-            // Gemini's streamed (non-SSE) answers are one JSON array of responses.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                for doc in serde_json::from_slice::<Vec<UsageDoc>>(&body).ok()? {
-                    doc.merge_into(&mut usage);
-                }
-            } else {
-                serde_json::from_slice::<UsageDoc>(&body)
-                    .ok()?
-                    .merge_into(&mut usage);
-            }
-        }
-        usage
-    }
-}
-
-/// Parses one stream line if it can carry usage (or the model, until it is known).
-fn observe_line(format: StreamFormat, line: &[u8], usage: &mut Option<Usage>) {
-    let json = match format {
-        StreamFormat::Sse => match sse_field(line, b"data") {
-            Some(data) => data,
-            None => return,
-        },
-        StreamFormat::Ndjson => line,
-    };
-    let wanted = usage.as_ref().is_none_or(|u| u.model.is_none())
-        || contains(json, b"usage")
-        || contains(json, b"eval_count");
-    if !wanted {
-        return;
-    }
-    if let Ok(doc) = serde_json::from_slice::<UsageDoc>(json) {
-        doc.merge_into(usage);
-    }
-}
-
-/// The fields of a provider response (or stream event) that report usage; everything else is
-/// skipped unparsed.
-#[derive(Debug, Default, Deserialize)]
-struct UsageDoc {
-    model: Option<String>,
-    /// Gemini.
-    #[serde(rename = "modelVersion")]
-    model_version: Option<String>,
-    /// OpenAI, Anthropic.
-    usage: Option<TokenCounts>,
-    /// Gemini.
-    #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<GeminiCounts>,
-    /// Ollama.
-    prompt_eval_count: Option<u64>,
-    eval_count: Option<u64>,
-    /// Anthropic's `message_start` event wraps the message (model and input usage); an Ollama
-    /// chat's `message` has neither, which is fine.
-    message: Option<Box<UsageDoc>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct TokenCounts {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GeminiCounts {
-    prompt_token_count: Option<u64>,
-    candidates_token_count: Option<u64>,
-    thoughts_token_count: Option<u64>,
-}
-
-impl UsageDoc {
+impl Doc<'_> {
     /// Adds what this document reports to `usage`. Counts a provider repeats during a stream
     /// are running totals (Anthropic's `message_delta`, Gemini's chunks), so a later value
     /// replaces an earlier one; the first model named is kept.
-    fn merge_into(self, usage: &mut Option<Usage>) {
-        if let Some(message) = self.message {
-            message.merge_into(usage);
+    pub(super) fn merge_usage(&self, usage: &mut Option<Usage>) {
+        // Anthropic's `message_start` wraps the message; Responses events wrap the response.
+        for inner in [self.message.get(), self.response.get()]
+            .into_iter()
+            .flatten()
+        {
+            inner.merge_usage(usage);
         }
         let mut input = None;
         let mut output = None;
-        if let Some(u) = self.usage {
-            input = u.prompt_tokens.or(u.input_tokens);
-            output = u.completion_tokens.or(u.output_tokens);
+        if let Some(u) = self.usage.get() {
+            input = u.prompt_tokens.0.or(u.input_tokens.0);
+            output = u.completion_tokens.0.or(u.output_tokens.0);
         }
-        if let Some(g) = self.usage_metadata {
-            input = g.prompt_token_count.or(input);
-            output = match (g.candidates_token_count, g.thoughts_token_count) {
+        if let Some(g) = self.usage_metadata.get() {
+            input = g.prompt_token_count.0.or(input);
+            output = match (g.candidates_token_count.0, g.thoughts_token_count.0) {
                 (None, None) => output,
                 (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
             };
         }
-        input = self.prompt_eval_count.or(input);
-        output = self.eval_count.or(output);
-        let model = self.model.or(self.model_version).filter(|m| !m.is_empty());
+        input = self.prompt_eval_count.0.or(input);
+        output = self.eval_count.0.or(output);
+        let model = self
+            .model
+            .get()
+            .or(self.model_version.get())
+            .filter(|m| !m.is_empty());
         if input.is_none() && output.is_none() && model.is_none() {
             return;
         }
@@ -204,7 +59,7 @@ impl UsageDoc {
             u.output = n;
         }
         if u.model.is_none() {
-            u.model = model;
+            u.model = model.map(str::to_owned);
         }
     }
 }
@@ -212,13 +67,16 @@ impl UsageDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ResponseReader;
+    use bytes::Bytes;
 
     fn usage(content_type: &str, chunks: &[&str]) -> Option<Usage> {
-        let mut o = UsageObserver::for_content_type(content_type);
+        let mut r = ResponseReader::new(content_type, None);
         for c in chunks {
-            o.observe(&Bytes::copy_from_slice(c.as_bytes()));
+            r.observe(&Bytes::copy_from_slice(c.as_bytes()));
         }
-        o.finish()
+        r.finish();
+        r.into_usage()
     }
 
     fn counts(u: Option<Usage>) -> (u64, u64, Option<String>) {
@@ -319,6 +177,15 @@ mod tests {
                 "{\"model\":\"llama3.2\",\"done\":true,\"prompt_eval_count\":8,\"eval_count\":3}",
             ])),
             (8, 3, Some("llama3.2".into()))
+        );
+        // OpenAI Responses: the model in response.created, the counts in response.completed
+        assert_eq!(
+            counts(usage(sse, &[
+                "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"object\":\"response\",\"model\":\"gpt-4.1-mini\",\"usage\":null}}\n\n",
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-4.1-mini\",\"usage\":{\"input_tokens\":21,\"output_tokens\":6,\"total_tokens\":27}}}\n\n",
+            ])),
+            (21, 6, Some("gpt-4.1-mini".into()))
         );
         // a stream without usage reports the model only
         let u = usage(

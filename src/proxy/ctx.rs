@@ -2,6 +2,7 @@
 
 use super::client_gone::Waiting;
 use super::limit::LimitStep;
+use super::tunnel::Tunnelled;
 use crate::cache::{CacheStatus, Lookup};
 use crate::limits::headers::Headers;
 use crate::providers::Usage;
@@ -40,7 +41,8 @@ pub struct Ctx {
     /// waiting for. From then on the upstream call goes on only for the cache or for followers.
     pub client_left: Option<Waiting>,
     /// Set when the answer went out before the request's work ended (a 413 whose body is then
-    /// drained): the request's duration for metrics and the access log.
+    /// drained, a WebSocket's 101 before its tunnel): the request's duration for metrics and
+    /// the access log.
     pub answered_in: Option<Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
@@ -51,6 +53,8 @@ pub struct Ctx {
     pub lookup: Option<Lookup>,
     /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
+    /// Set by `request_filter` when a WebSocket tunnel ended: the bytes it carried.
+    pub tunnel: Option<Tunnelled>,
     /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
     /// the bucket to charge the answer's usage to (in `logging`).
     pub limit: Option<LimitStep>,
@@ -114,6 +118,7 @@ impl Default for Ctx {
             inflight: None,
             lookup: None,
             usage: None,
+            tunnel: None,
             limit: None,
         }
     }

@@ -69,6 +69,8 @@ pub enum ProxyError {
     Priority {
         priority: crate::routing::balance::PriorityError,
     },
+    #[error("route {route} does not allow WebSocket upgrades (its websocket option is false)")]
+    WebSocketRefused { route: String },
     /// The client closed its connection before the response started: nothing is sent; logged
     /// as 499 (nginx's convention).
     #[error("the client closed its connection before the answer")]
@@ -115,6 +117,7 @@ impl ProxyError {
             | ProxyError::Internal(_) => 502,
             ProxyError::Busy { .. } => 503,
             ProxyError::Priority { .. } => 400,
+            ProxyError::WebSocketRefused { .. } => 403,
             ProxyError::ClientClosed => 499,
             ProxyError::RateLimited { .. } => 429,
             ProxyError::LimitStoreDown { .. } => 503,
@@ -135,6 +138,7 @@ impl ProxyError {
             ProxyError::Busy { .. } => "upstream_busy",
             ProxyError::Internal(_) => "internal_error",
             ProxyError::Priority { .. } => "bad_priority",
+            ProxyError::WebSocketRefused { .. } => "websocket_refused",
             ProxyError::ClientClosed => "client_closed",
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::LimitStoreDown { .. } => "rate_limit_unavailable",

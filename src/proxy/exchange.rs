@@ -7,7 +7,7 @@ use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::headers;
-use crate::providers::UsageObserver;
+use crate::providers::ResponseReader;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
 use bytes::Bytes;
@@ -25,7 +25,7 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
 /// `Connection` header nominates.
-fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
     headers::is_hop_by_hop(name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
@@ -112,13 +112,14 @@ impl UpstreamResponse {
             .expect("send() returns only after the response head was read")
     }
 
-    /// The `Content-Type`, or `""`.
-    pub fn content_type(&self) -> &str {
-        self.header()
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+    /// The upstream session, for a tunnel after a `101` (it is never returned to the pool).
+    pub fn into_session(self) -> UpstreamSession {
+        self.session
+    }
+
+    /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
+    pub fn reader(&self) -> ResponseReader {
+        ResponseReader::for_headers(&self.header().headers)
     }
 }
 
@@ -216,7 +217,8 @@ pub fn client_header(
 /// upstream has delivered its last byte — before that byte is passed on, so a client that
 /// repeats the request as soon as it has the answer finds it cached.
 ///
-/// Every body chunk also goes to `usage`, which reads the provider's token counts.
+/// Every body chunk also goes to `reader`, which reads the provider's token counts and judges
+/// whether the answer is whole (only a [`crate::providers::Verdict::Complete`] one is stored).
 ///
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
@@ -227,21 +229,22 @@ pub async fn relay(
     session: &mut Session,
     stamp: Stamp<'_>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
     let head = relayed_head(&response, session, stamp)?;
-    let mut recorder = recorder(record, session, &head);
+    let mut recorder = recorder(record, session, &head, reader);
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
                 if response.session.response_done() {
+                    reader.finish();
                     if let Some(r) = recorder.take() {
-                        r.commit();
+                        r.commit(reader.verdict());
                     }
                     // Back to the pool before the client has its last byte, so a request it
                     // sends right after finds the connection idle instead of opening another.
@@ -252,9 +255,9 @@ pub async fn relay(
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
-                    match recorder.filter(Recorder::worth_finishing) {
+                    match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
                         Some(r) => {
-                            finish_without_client(connector, upstream, response, r, usage).await
+                            finish_without_client(connector, upstream, response, r, reader).await
                         }
                         None => response.session.shutdown().await,
                     }
@@ -270,8 +273,9 @@ pub async fn relay(
             }
         }
     }
+    reader.finish();
     if let Some(r) = recorder.take() {
-        r.commit();
+        r.commit(reader.verdict());
     }
     release(connector, upstream, response).await;
     session.write_response_body(None, true).await
@@ -290,15 +294,19 @@ fn relayed_head(
 }
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
-/// allow it (a `HEAD` request's empty body is never stored).
+/// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
+/// as large as the route may store, to judge them.
 fn recorder(
     record: Option<RecordPlan>,
     session: &Session,
     head: &ResponseHeader,
+    reader: &mut ResponseReader,
 ) -> Option<Recorder> {
-    record
+    let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head))
+        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers))?;
+    reader.read_json_up_to(recorder.limit());
+    Some(recorder)
 }
 
 /// After the client left before the response head, reads the answer into the cache (and to
@@ -311,13 +319,13 @@ pub async fn finish_detached(
     session: &Session,
     stamp: Stamp<'_>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     let recorder = relayed_head(&response, session, stamp)
         .ok()
-        .and_then(|head| recorder(record, session, &head));
+        .and_then(|head| recorder(record, session, &head, reader));
     match recorder {
-        Some(r) => finish_without_client(connector, upstream, response, r, usage).await,
+        Some(r) => finish_without_client(connector, upstream, response, r, reader).await,
         None => response.session.shutdown().await,
     }
 }
@@ -342,12 +350,12 @@ async fn finish_without_client(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 recorder.push(&chunk);
             }
             Ok(None) => break,
@@ -357,7 +365,8 @@ async fn finish_without_client(
             }
         }
     }
-    recorder.commit();
+    reader.finish();
+    recorder.commit(reader.verdict());
     release(connector, upstream, response).await;
 }
 

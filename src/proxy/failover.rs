@@ -15,6 +15,7 @@ use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::future::Future;
@@ -91,6 +92,9 @@ pub struct Outgoing<'a, 'b> {
     pub body: &'a Bytes,
     /// `body`'s tree, for the model rewrites.
     pub parsed: &'a ParsedBody<'b>,
+    /// For a WebSocket upgrade, the client's `Upgrade` value: sent on with
+    /// `Connection: upgrade` (both hop-by-hop, so `build_request` leaves them out).
+    pub upgrade: Option<&'a HeaderValue>,
     /// How the answer would be recorded: it decides whether the call goes on when the client
     /// leaves (see [`RecordPlan::wanted_without_client`]).
     pub record: Option<&'a RecordPlan>,
@@ -121,7 +125,15 @@ pub async fn exchange<'r>(
         }
         let up = &target.upstream;
         let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
-        let req = exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
+        let mut req =
+            exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
+        if let Some(upgrade) = outgoing.upgrade {
+            let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
+            req.insert_header(http::header::UPGRADE, upgrade.clone())
+                .map_err(invalid)?;
+            req.insert_header(http::header::CONNECTION, "upgrade")
+                .map_err(invalid)?;
+        }
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;

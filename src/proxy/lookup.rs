@@ -9,8 +9,8 @@ use super::{respond, Failure};
 use crate::body::ParsedBody;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
-use crate::cache::policy;
 use crate::cache::record::RecordPlan;
+use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
 use pingora::http::RequestHeader;
@@ -24,8 +24,8 @@ pub(super) struct CacheDecision {
     status: CacheStatus,
     lookup: Option<CacheKey>,
     record: Option<RecordPlan>,
-    /// False for a method that is never cached: the cache had no part in the request, so no
-    /// lookup is counted (its answer still says `BYPASS`).
+    /// False for a request that is not a cacheable operation: the cache had no part in it,
+    /// so no lookup is counted (its answer still says `BYPASS`).
     counted: bool,
 }
 
@@ -40,14 +40,26 @@ pub(super) enum CacheStep {
 
 /// `x-promptgate-cache` for an answer on one of `routes` (the route, or before the body chose
 /// it, its candidates) that the cache step has not decided — an error on the way: `MISS` when
-/// the request is a cache candidate (a cached method, no request control skipping the lookup),
-/// `BYPASS` when it is not; none unless every one of `routes` is cached.
-pub(super) fn unreached(routes: &[&Route], req: &RequestHeader) -> Option<CacheStatus> {
+/// the request is a cache candidate (one of the route's cacheable operations, no request control
+/// skipping the lookup), `BYPASS` when it is not; none unless every one of `routes` is cached.
+/// Without the `body` (not read yet), an operation's body condition is taken as met.
+pub(super) fn unreached(
+    routes: &[&Route],
+    req: &RequestHeader,
+    path: &str,
+    body: Option<&ParsedBody<'_>>,
+) -> Option<CacheStatus> {
     if routes.is_empty() || !routes.iter().all(|r| r.cache.enabled) {
         return None;
     }
-    let candidate =
-        policy::cacheable_method(&req.method) && policy::controls(req).is_ok_and(|c| c.lookup);
+    let operation = |route: &&Route| {
+        let (ops, forward) = (&route.cache.operations, route.forward_path(path));
+        match body {
+            Some(body) => operations::cacheable(ops, &req.method, forward, body),
+            None => operations::named(ops, &req.method, forward),
+        }
+    };
+    let candidate = routes.iter().all(operation) && policy::controls(req).is_ok_and(|c| c.lookup);
     Some(if candidate {
         CacheStatus::Miss
     } else {
@@ -67,7 +79,14 @@ pub(super) fn decide(
     if !route.cache.enabled {
         return Ok(None);
     }
-    if !policy::cacheable_method(&req.method) {
+    // Only pure generations are cached; state reads and calls that create, change or delete
+    // something are forwarded untouched (no lookup to count, nothing stored).
+    if !operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(path),
+        body,
+    ) {
         return Ok(Some(CacheDecision {
             status: CacheStatus::Bypass,
             lookup: None,
@@ -124,7 +143,9 @@ pub(super) async fn answer(
         ctx.lookup = counted.then_some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
-    let found = cache.lookup_traced(&route.name, &key).await;
+    let found = cache
+        .lookup_traced(&route.name, &key, &session.req_header().headers)
+        .await;
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
@@ -139,10 +160,15 @@ pub(super) async fn answer(
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
             Role::Follower(follower) => {
-                let followed =
-                    follow::serve(session, follower, route.cache.coalesce_timeout, ctx.stamp())
-                        .await
-                        .map_err(Failure::AfterResponse)?;
+                let followed = follow::serve(
+                    session,
+                    follower,
+                    key,
+                    route.cache.coalesce_timeout,
+                    ctx.stamp(),
+                )
+                .await
+                .map_err(Failure::AfterResponse)?;
                 match followed {
                     Followed::Served(code, usage) => {
                         ctx.lookup = Some(Lookup::Coalesced);

@@ -8,9 +8,11 @@
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) — with the rate-limit step (`limit`) after it, or before it with `count_hits`,
 //!    the upstream exchange with retries and failover (`failover`), and the relay of the
-//!    answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response has
-//!    been sent — or, when the client left while promptgate waited for it (`client_gone`),
-//!    nothing is, and the request is logged as 499.
+//!    answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the route
+//!    allows, no cache step (the limit step still counts it) and a tunnel after the upstream's
+//!    `101` (`tunnel`). Returns `Ok(true)`: the response has been sent — or, when the client
+//!    left while promptgate waited for it (`client_gone`), nothing is, and the request is
+//!    logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
 //!    the access log line, from the ctx (`report`).
@@ -33,6 +35,7 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
@@ -43,7 +46,6 @@ use crate::body::ParsedBody;
 use crate::cache::Cache;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::providers::UsageObserver;
 use crate::routing::balance;
 use crate::runtime::Runtime;
 use crate::server::inflight::{Inflight, InflightGuard};
@@ -113,8 +115,13 @@ impl Proxy {
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
         let candidates = choose::candidates(runtime, session.req_header(), &path)?;
-        // From here on every answer, an error too, says what the cache did (`Ctx::stamp`).
-        ctx.cache = lookup::unreached(&candidates, session.req_header());
+        // A WebSocket upgrade is never a cache answer: its answers carry no cache status.
+        let upgrade = tunnel::websocket(session).cloned();
+        // From here on every other answer, an error too, says what the cache did
+        // (`Ctx::stamp`); before the body is read, by what its head says.
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&candidates, session.req_header(), &path, None);
+        }
         let body = request_body::read(session, runtime.max_body_bytes).await?;
         // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
         let parsed = ParsedBody::new(&body);
@@ -124,23 +131,35 @@ impl Proxy {
         }
         let (route, group) = chosen?;
         ctx.route = Some(route.name.clone());
-        ctx.cache = lookup::unreached(&[route], session.req_header());
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&[route], session.req_header(), &path, Some(&parsed));
+        }
+        if upgrade.is_some() && !route.websocket {
+            return Err(ProxyError::WebSocketRefused {
+                route: route.name.clone(),
+            }
+            .into());
+        }
 
         // With count_hits, every request counts: checked before the cache may answer it.
         let limited = route.rate_limit.as_ref();
         if let Some(l) = limited.filter(|l| l.count_hits) {
             limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
         }
-        let (cache_status, record) =
-            match lookup::decide(&self.cache, session, route, &path, &parsed)? {
-                None => (None, None),
-                Some(decision) => {
-                    match lookup::answer(&self.cache, session, ctx, route, decision).await? {
-                        CacheStep::Answered => return Ok(()),
-                        CacheStep::GoUpstream { status, record } => (Some(status), record),
-                    }
+        let decision = match upgrade {
+            // A tunnel is never cached.
+            Some(_) => None,
+            None => lookup::decide(&self.cache, session, route, &path, &parsed)?,
+        };
+        let (cache_status, record) = match decision {
+            None => (None, None),
+            Some(decision) => {
+                match lookup::answer(&self.cache, session, ctx, route, decision).await? {
+                    CacheStep::Answered => return Ok(()),
+                    CacheStep::GoUpstream { status, record } => (Some(status), record),
                 }
-            };
+            }
+        };
         ctx.cache = cache_status;
         // Otherwise only requests about to cost an upstream call are checked (hits are free).
         if let Some(l) = limited.filter(|l| !l.count_hits) {
@@ -161,6 +180,7 @@ impl Proxy {
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
+                upgrade: upgrade.as_ref(),
                 record: record.as_ref(),
             },
             ctx,
@@ -168,7 +188,7 @@ impl Proxy {
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
-        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
+        let mut reader = answer.response.reader();
         if ctx.client_left.is_some() {
             // The call went on without its client, for the cache or for followers.
             exchange::finish_detached(
@@ -178,11 +198,21 @@ impl Proxy {
                 session,
                 ctx.stamp(),
                 record,
-                &mut usage,
+                &mut reader,
             )
             .await;
-            ctx.usage = usage.finish();
+            reader.finish();
+            ctx.usage = reader.into_usage();
             return Err(ProxyError::ClientClosed.into());
+        }
+        if upgrade.is_some() && ctx.status == 101 {
+            // The request's time ends with the 101: a tunnel's lifetime is not a latency.
+            ctx.answered_in = Some(ctx.started.elapsed());
+            let mut counted = tunnel::Tunnelled::default();
+            let tunnelled = tunnel::run(session, answer.response, &mut counted, ctx.stamp()).await;
+            drop(answer.slot);
+            ctx.tunnel = Some(counted);
+            return tunnelled.map_err(Failure::AfterResponse);
         }
         let relayed = exchange::relay(
             &self.connector,
@@ -191,12 +221,13 @@ impl Proxy {
             session,
             ctx.stamp(),
             record,
-            &mut usage,
+            &mut reader,
         )
         .await;
         drop(answer.slot);
         // Counted even when the client left early: the upstream call was made (and billed).
-        ctx.usage = usage.finish();
+        reader.finish();
+        ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
     }
 }

@@ -33,6 +33,9 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         usage,
         pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
     });
+    if let (Some(route), Some(t)) = (route, ctx.tunnel) {
+        metrics.tunnel_done(route, t.sent, t.received);
+    }
     let error = match (ctx.error, e) {
         (Some(label), _) => Some(label),
         (None, Some(e)) => Some(e.etype().as_str()),

@@ -27,6 +27,8 @@ pub struct Route {
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// Tunnel WebSocket upgrades (`routes[N].websocket`); refused when false.
+    pub websocket: bool,
     /// `rate_limit:`, when set.
     pub rate_limit: Option<Arc<RouteLimit>>,
 }
@@ -148,6 +150,7 @@ mod tests {
             retry: RetrySpec::default(),
             cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
             key_name: "r".into(),
+            websocket: true,
             rate_limit: None,
         }
     }

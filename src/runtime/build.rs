@@ -62,6 +62,7 @@ pub fn build(spec: &Spec) -> Runtime {
             retry: r.retry.clone(),
             cache: r.cache.clone(),
             key_name: r.key_name.clone(),
+            websocket: r.websocket,
             rate_limit: r.rate_limit.as_ref().map(|l| Arc::new(RouteLimit::new(l))),
         })
         .collect();

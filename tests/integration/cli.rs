@@ -90,6 +90,14 @@ async fn key_matches_what_the_proxy_stores() {
         !stdout.contains("sk-test"),
         "the credential is hashed, never printed"
     );
+    assert!(!stdout.contains("not a cacheable operation"), "{stdout}");
+    let batches = key(
+        &cfg,
+        &["--route", "openai", "--path", "/openai/v1/batches"],
+        "{}",
+    );
+    let stdout = String::from_utf8_lossy(&batches.stdout);
+    assert!(stdout.contains("not a cacheable operation"), "{stdout}");
 
     let other = key(
         &cfg,
@@ -159,6 +167,20 @@ async fn warm_fills_the_cache_and_reports_each_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("line 1") && stderr.contains("404"),
+        "{stderr}"
+    );
+
+    // A line that is not a cacheable operation stores nothing: a failure, not "warmed".
+    std::fs::write(
+        &file,
+        "{\"path\": \"/openai/v1/batches\", \"body\": {\"input_file_id\": \"file-1\"}}\n",
+    )
+    .unwrap();
+    let out = warm(&file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("not a cacheable operation"),
         "{stderr}"
     );
 }

@@ -278,6 +278,45 @@ async fn streamed_answers_report_their_tokens() {
     );
 }
 
+/// Streamed Responses answers carry their usage in `response.completed`; an encoded body is
+/// decoded to read it (the client still gets the encoded bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_streams_and_encoded_bodies_report_their_tokens() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(Config::providers(&mock.url()));
+    let responses =
+        serde_json::to_vec(&json!({"model": "gpt-4o-mini", "stream": true, "input": "stream it"}))
+            .unwrap();
+    let events = [("x-mock-events", "5")];
+    assert_eq!(
+        post(&gw, "/openai/v1/responses", &events, &responses).await,
+        (200, "MISS".into())
+    );
+    let series = |kind: &str| {
+        format!(
+            r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
+        )
+    };
+    let input = (responses.len() / 4) as f64;
+    scrape_until(&gw, &series("input"), input).await;
+    scrape_until(&gw, &series("output"), 5.0).await;
+
+    let mut chats = 0.0;
+    for encoding in ["gzip", "br"] {
+        let body = serde_json::to_vec(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": encoding}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            post(&gw, CHAT, &[("x-mock-encoding", encoding)], &body).await,
+            (200, "MISS".into())
+        );
+        chats += (body.len() / 4) as f64;
+    }
+    scrape_until(&gw, &series("input"), input + chats).await;
+    scrape_until(&gw, &series("output"), 5.0 + 2.0 * 4.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer_and_mutations_need_the_token() {
     let mock = MockUpstream::start().await;

@@ -12,7 +12,8 @@
 //! - [`providers`]: one file per wire format, each answering the paths it owns;
 //! - [`reply`]: what a provider returns ([`reply::Reply`]) and the JSON/SSE builders;
 //! - [`server`]: accept loop, keep-alive, and writing a reply with the faults applied;
-//! - [`dates`]: HTTP and RFC 3339 dates without a date crate.
+//! - [`dates`]: HTTP and RFC 3339 dates without a date crate;
+//! - [`websocket`]: a Realtime-like WebSocket endpoint for `Upgrade: websocket` requests.
 //!
 //! To answer a new endpoint, add a match arm (and a function) to its provider's `answer`; a
 //! new provider is a new file plus one line in [`providers::PROVIDERS`]. To add a fault, add a
@@ -28,6 +29,7 @@ mod http;
 mod providers;
 mod reply;
 mod server;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

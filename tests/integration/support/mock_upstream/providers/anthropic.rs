@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::super::faults::Outcome;
 use super::super::reply::{json_reply, sse_event, stream_reply, Reply};
 use super::Ctx;
 
@@ -19,7 +20,14 @@ fn messages(c: &Ctx) -> Reply {
     let model = c.model("claude-3-5-haiku-latest");
     let id = format!("msg_mock_{}", c.hit);
     let (input, output) = (c.prompt_tokens(), c.completion_tokens());
+    let stop_reason = match c.outcome {
+        Outcome::Refusal => "refusal",
+        _ => "end_turn",
+    };
     if !c.stream(false) {
+        if c.outcome == Outcome::Error {
+            return json_reply(200, &overloaded());
+        }
         return json_reply(
             200,
             &json!({
@@ -28,7 +36,7 @@ fn messages(c: &Ctx) -> Reply {
                 "role": "assistant",
                 "model": model,
                 "content": [{"type": "text", "text": c.text}],
-                "stop_reason": "end_turn",
+                "stop_reason": stop_reason,
                 "stop_sequence": null,
                 "usage": {"input_tokens": input, "output_tokens": output},
             }),
@@ -60,7 +68,12 @@ fn messages(c: &Ctx) -> Reply {
             }),
         ),
     ];
-    for piece in &c.pieces {
+    for (i, piece) in c.pieces.iter().enumerate() {
+        if c.outcome == Outcome::Error && i == c.pieces.len() / 2 {
+            // Overloaded mid-stream: an `error` event ends it.
+            events.push(sse_event("error", &overloaded()));
+            return stream_reply("text/event-stream", events);
+        }
         events.push(sse_event(
             "content_block_delta",
             &json!({
@@ -70,6 +83,10 @@ fn messages(c: &Ctx) -> Reply {
             }),
         ));
     }
+    if c.outcome == Outcome::Partial {
+        // Cut short between events, the connection closed cleanly.
+        return stream_reply("text/event-stream", events);
+    }
     events.push(sse_event(
         "content_block_stop",
         &json!({"type": "content_block_stop", "index": 0}),
@@ -78,12 +95,17 @@ fn messages(c: &Ctx) -> Reply {
         "message_delta",
         &json!({
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
             "usage": {"output_tokens": output},
         }),
     ));
     events.push(sse_event("message_stop", &json!({"type": "message_stop"})));
     stream_reply("text/event-stream", events)
+}
+
+/// Anthropic's error shape, as an `error` event or a body.
+fn overloaded() -> Value {
+    json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
 }
 
 fn models() -> Reply {

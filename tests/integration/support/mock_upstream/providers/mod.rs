@@ -11,6 +11,7 @@ mod openai;
 
 use serde_json::{json, Value};
 
+use super::faults::Outcome;
 use super::reply::{json_reply, Reply};
 use super::RecordedRequest;
 
@@ -37,6 +38,8 @@ struct Ctx<'a> {
     text: String,
     /// `text` split over the stream's content events.
     pieces: Vec<String>,
+    /// The kind of answer asked for (`x-mock-outcome`).
+    outcome: Outcome,
 }
 
 impl Ctx<'_> {
@@ -62,8 +65,8 @@ impl Ctx<'_> {
 }
 
 /// The reply to `req`, the `hit`-th request, streamed (where it streams) over `events` content
-/// events.
-pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply {
+/// events, of the kind `outcome` asks for.
+pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize, outcome: Outcome) -> Reply {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     let mut text = format!("Hello from mock #{hit}");
@@ -79,6 +82,7 @@ pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply 
         json,
         pieces: split_text(&text, events),
         text,
+        outcome,
     };
     PROVIDERS
         .iter()
