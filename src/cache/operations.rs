@@ -106,6 +106,18 @@ mod tests {
     }
 
     #[test]
+    fn named_judges_method_and_path_before_the_body() {
+        let d = ops(&["default"]);
+        let post = http::Method::POST;
+        assert!(named(&d, &post, "/v1/chat/completions"));
+        // The body condition is not checked yet: an empty Ollama prompt is not cacheable.
+        assert!(named(&d, &post, "/api/chat"));
+        assert!(!allows(&d, "POST", "/api/chat", "{}"));
+        assert!(!named(&d, &post, "/v1/files"));
+        assert!(!named(&d, &http::Method::GET, "/v1/chat/completions"));
+    }
+
+    #[test]
     fn generations_are_cacheable_state_reads_and_side_effects_are_not() {
         let d = ops(&["default"]);
         for (method, path, body) in [

@@ -83,6 +83,11 @@ async fn error_answers_on_cached_routes_say_miss_or_bypass() {
         send(&gw, path, &[("cache-control", "no-store")], big.clone()).await,
         (413, "BYPASS".into(), "request_too_large".into())
     );
+    // ...judged by method and path: an upload is no cacheable operation.
+    assert_eq!(
+        send(&gw, "/openai/v1/files", &[], big.clone()).await,
+        (413, "BYPASS".into(), "request_too_large".into())
+    );
     // 400: a malformed cache control makes the request no cache candidate.
     assert_eq!(
         send(&gw, path, &[("x-promptgate-ttl", "soon")], chat("a")).await,

@@ -368,3 +368,35 @@ async fn systemd_ready_and_sigusr2_self_upgrade() {
     let third = notify.recv();
     assert!(third.lines().any(|l| l == "STOPPING=1"), "{third:?}");
 }
+
+#[test]
+fn an_upgrade_with_no_process_to_take_over_from_says_it_waits_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("promptgate.yaml");
+    let sock = dir.path().join("upgrade.sock");
+    let body = Config::providers("http://127.0.0.1:9").section(format!(
+        "listen: \"127.0.0.1:{}\"\nadmin: \"127.0.0.1:{}\"\nupgrade_sock: \"{}\"",
+        free_port(),
+        free_port(),
+        sock.display()
+    ));
+    std::fs::write(&config, body.to_string()).unwrap();
+    let log = dir.path().join("new.log");
+    let mut new = start_upgrade(&config, &log);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = new.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still waiting");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let hint = format!(
+        "upgrade: waiting for the running process's listening sockets on {}; send it SIGQUIT",
+        sock.display()
+    );
+    assert_eq!(text.matches(&hint).count(), 1, "{text}");
+    assert!(!text.contains("listening on"), "{text}");
+}
