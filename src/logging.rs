@@ -190,8 +190,12 @@ pub struct Access<'a> {
     pub cache: Option<&'a str>,
     pub coalesced: bool,
     pub duration_ms: f64,
+    /// Every prompt token, prompt-cache reads and writes included.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Of `input_tokens`, those read from and written to the provider's prompt cache.
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
     pub retries: u32,
     pub failovers: u32,
     pub error: Option<&'a str>,
@@ -209,6 +213,8 @@ pub fn access(a: &Access) {
         duration_ms = (a.duration_ms * 100.0).round() / 100.0,
         input_tokens = a.input_tokens,
         output_tokens = a.output_tokens,
+        cache_read_tokens = a.cache_read_tokens,
+        cache_write_tokens = a.cache_write_tokens,
         retries = a.retries,
         failovers = a.failovers,
         error = a.error;

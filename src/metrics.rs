@@ -85,8 +85,10 @@ fn cache_label(cache: Option<CacheStatus>) -> &'static str {
     cache.map_or(NO_CACHE, CacheStatus::label)
 }
 
-/// Token kinds, the `kind` label of `promptgate_tokens_total`.
-const KINDS: [&str; 2] = ["input", "output"];
+/// Token kinds, the `kind` label of `promptgate_tokens_total`, in [`Usage`]'s terms: `input`
+/// (prompt tokens not from or to the provider's prompt cache), `output`, `cache_read` and
+/// `cache_write` (prompt tokens read from and written to it). They do not overlap.
+pub const KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
 /// What one finished request reports (from its ctx, in the `logging` phase).
 pub struct RequestRecord<'a> {
@@ -108,6 +110,8 @@ pub struct RequestRecord<'a> {
     pub ttfb: Option<Duration>,
     pub usage: Option<&'a Usage>,
     pub pricing: Option<&'a Pricing>,
+    /// Prompt-cache breakpoints promptgate added to the request it sent upstream.
+    pub prompt_cache_breakpoints: usize,
 }
 
 /// The `limit` label values of the rate-limit metrics, in [`RateLimitRecord::remaining`]'s order.
@@ -150,6 +154,7 @@ pub struct RouteMetrics {
     duration: [Histogram; 4],
     retries: IntCounter,
     failovers: IntCounter,
+    breakpoints: IntCounter,
     /// `requests_total` by (upstream, status, cache): a handful per route, so a linear scan.
     requests: RwLock<Vec<RequestSeries>>,
     models: RwLock<Vec<Arc<ModelMetrics>>>,
@@ -161,9 +166,11 @@ pub struct RouteMetrics {
 struct ModelMetrics {
     label: Box<str>,
     /// [kind][cache label]
-    tokens: [[IntCounter; 4]; 2],
+    tokens: [[IntCounter; 4]; 4],
     cost: Counter,
     saved: Counter,
+    prompt_cache_saved: Counter,
+    prompt_cache_write_premium: Counter,
 }
 
 /// Lookup counts of one route, for `GET /cache/stats`.
@@ -197,6 +204,23 @@ impl LookupCounts {
     }
 }
 
+/// US dollars saved, for `GET /cache/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Savings {
+    /// What the response cache's hits would have cost upstream.
+    pub response_cache: f64,
+    /// What the providers' prompt caching saved, net of the write premium (negative while
+    /// cache writes outweigh reads).
+    pub prompt_cache: f64,
+}
+
+impl Savings {
+    fn add(&mut self, other: &Savings) {
+        self.response_cache += other.response_cache;
+        self.prompt_cache += other.prompt_cache;
+    }
+}
+
 pub struct Metrics {
     /// Our own registry rather than the process-global default, so tests and embedders can
     /// build several independent instances.
@@ -216,6 +240,9 @@ pub struct Metrics {
     tokens: IntCounterVec,
     cost: CounterVec,
     cost_saved: CounterVec,
+    prompt_cache_saved: CounterVec,
+    prompt_cache_write_premium: CounterVec,
+    prompt_cache_breakpoints: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
     rate_limit_remaining: GaugeVec,
@@ -352,13 +379,13 @@ impl Metrics {
         let tokens = counter_vec(
             r,
             "promptgate_tokens_total",
-            "Tokens in answers, as the provider reported them, by route, model (price-table entry or other), kind (input or output) and cache result (hit: served from the cache, not paid again).",
+            "Tokens in answers, as the provider reported them, by route, model (price-table entry or other), kind (input: prompt tokens not from or to the provider's prompt cache; output; cache_read and cache_write: prompt tokens read from and written to it) and cache result (hit: served from the response cache, not paid again).",
             &["route", "model", "kind", "cache"],
         );
         let cost = float_counter_vec(
             r,
             "promptgate_cost_usd_total",
-            "What upstream calls cost in US dollars (tokens times the price table), by route and model.",
+            "What upstream calls cost in US dollars (each kind of token times its price in the price table), by route and model.",
             &["route", "model"],
         );
         let cost_saved = float_counter_vec(
@@ -366,6 +393,24 @@ impl Metrics {
             "promptgate_cost_saved_usd_total",
             "What cache hits would have cost upstream in US dollars, by route and model.",
             &["route", "model"],
+        );
+        let prompt_cache_saved = float_counter_vec(
+            r,
+            "promptgate_prompt_cache_saved_usd_total",
+            "What the providers' prompt caches saved in US dollars: tokens read from them, at the input price less the cache-read price, by route and model. Net of cache writes: minus promptgate_prompt_cache_write_premium_usd_total.",
+            &["route", "model"],
+        );
+        let prompt_cache_write_premium = float_counter_vec(
+            r,
+            "promptgate_prompt_cache_write_premium_usd_total",
+            "What writing to the providers' prompt caches cost above the input price in US dollars (Anthropic bills writes at 1.25x), by route and model.",
+            &["route", "model"],
+        );
+        let prompt_cache_breakpoints = counter_vec(
+            r,
+            "promptgate_prompt_cache_breakpoints_total",
+            "Prompt-cache breakpoints (Anthropic cache_control) promptgate added to requests it sent upstream, by route (prompt_caching: auto).",
+            &["route"],
         );
         let rate_limited = counter_vec(
             r,
@@ -442,6 +487,9 @@ impl Metrics {
             tokens,
             cost,
             cost_saved,
+            prompt_cache_saved,
+            prompt_cache_write_premium,
+            prompt_cache_breakpoints,
             rate_limited,
             rate_limit_store_errors,
             rate_limit_remaining,
@@ -476,6 +524,7 @@ impl Metrics {
             }),
             retries: self.upstream_retries.with_label_values(&[route]),
             failovers: self.upstream_failovers.with_label_values(&[route]),
+            breakpoints: self.prompt_cache_breakpoints.with_label_values(&[route]),
             requests: RwLock::default(),
             models: RwLock::default(),
             limits: OnceLock::new(),
@@ -543,6 +592,9 @@ impl Metrics {
         if r.failovers > 0 {
             route.failovers.inc_by(r.failovers.into());
         }
+        if r.prompt_cache_breakpoints > 0 {
+            route.breakpoints.inc_by(r.prompt_cache_breakpoints as u64);
+        }
         route.count_request(self, route_name, r);
         route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
         if let Some(usage) = r.usage {
@@ -552,14 +604,25 @@ impl Metrics {
                 .and_then(|(p, m)| p.lookup(m));
             let label = price.map_or(OTHER, |p| p.label.as_str());
             let m = route.model(self, route_name, label);
-            m.tokens[0][cache_index(r.cache)].inc_by(usage.input);
-            m.tokens[1][cache_index(r.cache)].inc_by(usage.output);
+            let counts = [
+                usage.input,
+                usage.output,
+                usage.cache_read,
+                usage.cache_write,
+            ];
+            for (kind, n) in counts.into_iter().enumerate() {
+                m.tokens[kind][cache_index(r.cache)].inc_by(n);
+            }
             if let Some(price) = price {
-                let cost = price.cost(usage.input, usage.output);
+                let cost = price.cost(usage);
                 if r.cache == Some(CacheStatus::Hit) {
+                    // The answer's whole cost, its prompt-cache discount included, is saved.
                     m.saved.inc_by(cost);
                 } else {
                     m.cost.inc_by(cost);
+                    m.prompt_cache_saved.inc_by(price.prompt_cache_saved(usage));
+                    m.prompt_cache_write_premium
+                        .inc_by(price.prompt_cache_write_extra(usage));
                 }
             }
         }
@@ -595,6 +658,28 @@ impl Metrics {
                 (name.clone(), counts)
             })
             .filter(|(_, c)| *c != LookupCounts::default())
+            .collect();
+        per_route.sort_by(|a, b| a.0.cmp(&b.0));
+        (total, per_route)
+    }
+
+    /// US dollars saved per route seen so far (routes that saved nothing left out), and their
+    /// sum.
+    pub fn savings(&self) -> (Savings, Vec<(String, Savings)>) {
+        let mut total = Savings::default();
+        let mut per_route: Vec<(String, Savings)> = read(&self.routes)
+            .iter()
+            .map(|(name, m)| {
+                let mut saved = Savings::default();
+                for model in read(&m.models).iter() {
+                    saved.response_cache += model.saved.get();
+                    saved.prompt_cache +=
+                        model.prompt_cache_saved.get() - model.prompt_cache_write_premium.get();
+                }
+                total.add(&saved);
+                (name.clone(), saved)
+            })
+            .filter(|(_, s)| *s != Savings::default())
             .collect();
         per_route.sort_by(|a, b| a.0.cmp(&b.0));
         (total, per_route)
@@ -725,6 +810,12 @@ impl RouteMetrics {
             }),
             cost: metrics.cost.with_label_values(&[route, label]),
             saved: metrics.cost_saved.with_label_values(&[route, label]),
+            prompt_cache_saved: metrics
+                .prompt_cache_saved
+                .with_label_values(&[route, label]),
+            prompt_cache_write_premium: metrics
+                .prompt_cache_write_premium
+                .with_label_values(&[route, label]),
         });
         all.push(m.clone());
         m
@@ -797,6 +888,8 @@ mod tests {
         let usage = Usage {
             input: 1000,
             output: 500,
+            cache_read: 2000,
+            cache_write: 0,
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
         let record = |cache, lookup, ttfb, retries| RequestRecord {
@@ -813,6 +906,7 @@ mod tests {
             ttfb,
             usage: Some(&usage),
             pricing: Some(&pricing),
+            prompt_cache_breakpoints: 0,
         };
         let hit = Lookup::Hit(Arc::new(Entry {
             status: 200,
@@ -885,12 +979,43 @@ mod tests {
             ),
             1000.0
         );
-        let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="miss",kind="cache_read",model="gpt-4o-mini",route="openai"}"#
+            ),
+            4000.0
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="miss",kind="cache_write",model="gpt-4o-mini",route="openai"}"#
+            ),
+            0.0
+        );
+        // Cached input at gpt-4o-mini's $0.075, half the input price.
+        let one = (1000.0 * 0.15 + 2000.0 * 0.075 + 500.0 * 0.60) / 1e6;
         assert!(
             (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - 2.0 * one)
                 .abs()
                 < 1e-12
         );
+        // Only upstream answers count as prompt-cache savings (a hit saved the whole answer).
+        let prompt_saved = 2.0 * 2000.0 * (0.15 - 0.075) / 1e6;
+        assert!(
+            (v(r#"promptgate_prompt_cache_saved_usd_total{model="gpt-4o-mini",route="openai"}"#)
+                - prompt_saved)
+                .abs()
+                < 1e-12
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_prompt_cache_write_premium_usd_total{model="gpt-4o-mini",route="openai"}"#
+            ),
+            0.0
+        );
+        let (saved, per_route) = m.savings();
+        assert!((saved.response_cache - 3.0 * one).abs() < 1e-12);
+        assert!((saved.prompt_cache - prompt_saved).abs() < 1e-12);
+        assert_eq!(per_route.len(), 1);
         assert!(
             (v(r#"promptgate_cost_saved_usd_total{model="gpt-4o-mini",route="openai"}"#)
                 - 3.0 * one)
@@ -914,6 +1039,7 @@ mod tests {
             input: 10,
             output: 10,
             model: Some("sk-looks-like-a-key-but-is-a-model".into()),
+            ..Usage::default()
         };
         m.request_done(&RequestRecord {
             method: "POST",
@@ -929,6 +1055,7 @@ mod tests {
             ttfb: None,
             usage: Some(&usage),
             pricing: Some(&Pricing::default()),
+            prompt_cache_breakpoints: 2,
         });
         let t = m.render();
         assert!(
@@ -938,6 +1065,13 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("sk-looks"), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"promptgate_prompt_cache_breakpoints_total{route="r"}"#
+            ),
+            2.0
+        );
         assert_eq!(
             value(&t, r#"promptgate_cost_usd_total{model="other",route="r"}"#),
             0.0

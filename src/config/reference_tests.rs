@@ -9,15 +9,16 @@ const REFERENCE: &str = include_str!(concat!(
     "/docs/configuration.md"
 ));
 
-/// Every leaf path of `value`, with map keys under `upstreams` and `pricing` written as the
-/// reference writes them (`NAME`, `PATTERN`) and list items as `[N]`.
+/// Every leaf path of `value`, with map keys under `upstreams`, `pricing` and
+/// `prompt_cache_min_tokens` written as the reference writes them (`NAME`, `PATTERN`) and list
+/// items as `[N]`.
 fn leaves(value: &Value, path: String, out: &mut Vec<String>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, child) in map {
                 let key = match path.as_str() {
                     "upstreams" => "NAME",
-                    "pricing" => "PATTERN",
+                    "pricing" | "prompt_cache_min_tokens" => "PATTERN",
                     _ => key,
                 };
                 let child_path = if path.is_empty() {
@@ -41,7 +42,7 @@ fn leaves(value: &Value, path: String, out: &mut Vec<String>) {
 #[test]
 fn every_field_is_in_docs_configuration_md() {
     let table = parse(
-        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - {name: r, targets: [u], rate_limit: {requests_per_minute: 1}}\npricing:\n  m: {input_per_mtok: 1, output_per_mtok: 2}\n",
+        "upstreams:\n  u: {url: \"http://127.0.0.1:1\", provider: anthropic}\nroutes:\n  - {name: r, targets: [u], rate_limit: {requests_per_minute: 1}}\npricing:\n  m: {input_per_mtok: 1, output_per_mtok: 2, cache_read_per_mtok: 0.1, cache_write_per_mtok: 1.25}\nprompt_cache_min_tokens:\n  m: 1024\n",
         "t.yaml",
         &|_| None,
     )

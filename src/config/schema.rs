@@ -22,6 +22,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "cache",
     "reload",
     "pricing",
+    "prompt_cache_min_tokens",
     "log",
     "admin_token",
 ];
@@ -81,6 +82,49 @@ pub struct UpstreamSpec {
     /// With `max_concurrent`, how long a request waits for a slot before a 503.
     #[serde(default = "default_queue_timeout", with = "units::duration")]
     pub queue_timeout: Duration,
+    /// Which provider's API this is, for provider features (`prompt_caching`). Default: told
+    /// from the URL's host ([`Provider::of_host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+}
+
+/// `upstreams.NAME.provider:` — whose API an upstream serves. Only `anthropic` changes what
+/// promptgate does today: `routes[N].prompt_caching` adds breakpoints only for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Anthropic's own API (the Messages API at `/v1/messages`).
+    Anthropic,
+    Openai,
+    Gemini,
+    Ollama,
+    /// Anything else: a gateway, a self-hosted server, another provider's compatible endpoint.
+    Other,
+}
+
+impl UpstreamSpec {
+    /// `provider` as written, else told from the URL's host (`Other` when it has none).
+    pub fn provider(&self) -> Provider {
+        self.provider.unwrap_or_else(|| {
+            let host = self.url.parse::<http::Uri>().ok();
+            Provider::of_host(host.as_ref().and_then(|u| u.host()).unwrap_or(""))
+        })
+    }
+}
+
+impl Provider {
+    /// The provider a URL host belongs to: `api.anthropic.com`, `api.openai.com`,
+    /// `generativelanguage.googleapis.com`; any other host is [`Provider::Other`] (an
+    /// upstream that speaks a provider's API elsewhere says so with `provider:`).
+    pub fn of_host(host: &str) -> Provider {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match host.as_str() {
+            "api.anthropic.com" => Provider::Anthropic,
+            "api.openai.com" => Provider::Openai,
+            "generativelanguage.googleapis.com" => Provider::Gemini,
+            _ => Provider::Other,
+        }
+    }
 }
 
 pub fn default_queue_timeout() -> Duration {
@@ -209,6 +253,22 @@ pub struct RouteSpec {
     /// Rate limits and budgets; none by default.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Provider prompt caching: `auto` adds Anthropic `cache_control` breakpoints to requests
+    /// that have none. Default `off`.
+    #[serde(default)]
+    pub prompt_caching: PromptCaching,
+}
+
+/// `routes[N].prompt_caching:` — whether promptgate marks cacheable prefixes for the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptCaching {
+    /// Requests are forwarded as the client wrote them.
+    #[default]
+    Off,
+    /// Anthropic Messages requests without `cache_control` of their own, sent to an
+    /// `anthropic` upstream, get breakpoints where the prefix is long enough to be cached.
+    Auto,
 }
 
 /// `routes[N].rate_limit:` — requests, tokens and money per credential (or per route). Any
@@ -733,6 +793,14 @@ pub struct PriceSpec {
     pub input_per_mtok: f64,
     /// USD per million generated tokens.
     pub output_per_mtok: f64,
+    /// USD per million prompt tokens read from the provider's prompt cache. Default: the
+    /// provider's published multiple of `input_per_mtok` (see `pricing.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
+    /// USD per million prompt tokens written to the provider's prompt cache. Default: as
+    /// `cache_read_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// `log:` — how log lines are written (levels come from `RUST_LOG`).
@@ -768,14 +836,17 @@ pub struct ConfigSpec {
     pub cache: CacheSpec,
     pub reload: ReloadSpec,
     pub pricing: BTreeMap<String, PriceSpec>,
+    pub prompt_cache_min_tokens: BTreeMap<String, u64>,
     pub log: LogSpec,
 }
 
 impl ConfigSpec {
-    /// Deprecated settings that still work, each as `field path: what to write instead`, for
-    /// `promptgate check` and the start-up and reload logs.
+    /// Settings that work but not as probably meant (deprecated ones, ones without effect),
+    /// each as `field path: what to write instead`, for `promptgate check` and the start-up and
+    /// reload logs.
     pub fn warnings(&self) -> Vec<String> {
-        self.upstreams
+        let mut warnings: Vec<String> = self
+            .upstreams
             .iter()
             .filter_map(|(name, u)| {
                 u.timeouts.read.map(|read| {
@@ -787,7 +858,23 @@ impl ConfigSpec {
                     )
                 })
             })
-            .collect()
+            .collect();
+        for (i, route) in self.routes.iter().enumerate() {
+            let anthropic = route
+                .targets
+                .iter()
+                .chain(route.groups.values().flatten())
+                .filter_map(|t| self.upstreams.get(t.upstream()))
+                .any(|u| u.provider() == Provider::Anthropic);
+            if route.prompt_caching == PromptCaching::Auto && !anthropic {
+                warnings.push(format!(
+                    "routes[{i}].prompt_caching: auto has no effect: none of the route's targets is \
+                     an `anthropic` upstream (set `provider: anthropic` on an upstream that serves \
+                     Anthropic's own API under another host)"
+                ));
+            }
+        }
+        warnings
     }
 }
 

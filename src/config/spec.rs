@@ -7,7 +7,8 @@
 use super::operations::{self, Operation};
 use super::schema::{
     CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
-    RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
+    PromptCaching, Provider, RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec,
+    Strategy, TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
@@ -41,6 +42,8 @@ pub struct Spec {
     pub reload: ReloadSpec,
     /// `pricing:` overrides, each price finite and ≥ 0 (USD per million tokens).
     pub pricing: BTreeMap<String, PriceSpec>,
+    /// `prompt_cache_min_tokens:` overrides (model pattern → tokens, each ≥ 1).
+    pub prompt_cache_min_tokens: BTreeMap<String, u64>,
     pub log: LogSpec,
     /// `admin_token`, `None` when absent or empty.
     pub admin_token: Option<Secret<String>>,
@@ -70,6 +73,8 @@ pub struct Upstream {
     pub max_concurrent: usize,
     /// With `max_concurrent`, how long a request waits for a slot.
     pub queue_timeout: Duration,
+    /// As written, else told from the host.
+    pub provider: Provider,
 }
 
 /// `routes[N]`.
@@ -94,6 +99,7 @@ pub struct Route {
     pub websocket: bool,
     /// `rate_limit:`, checked (at least one limit, each within its bounds).
     pub rate_limit: Option<RateLimitSpec>,
+    pub prompt_caching: PromptCaching,
 }
 
 /// `routes[N].match`: every criterion given must hold.

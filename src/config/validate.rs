@@ -2,8 +2,8 @@
 
 use super::redis_url;
 use super::schema::{
-    self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, ReloadSpec, RetryOn,
-    RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, Provider,
+    ReloadSpec, RetryOn, RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::spec::{self, RouteCache, Spec, PRIORITY_HEADER};
@@ -107,6 +107,25 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
                 s.problem(format!("pricing.{pattern}.{field}"), "must be a number ≥ 0");
             }
         }
+        for (field, value) in [
+            ("cache_read_per_mtok", price.cache_read_per_mtok),
+            ("cache_write_per_mtok", price.cache_write_per_mtok),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                s.problem(format!("pricing.{pattern}.{field}"), "must be a number ≥ 0");
+            }
+        }
+    }
+    let prompt_cache_min_tokens = take("prompt_cache_min_tokens")
+        .and_then(|v| s.typed::<BTreeMap<String, u64>>("prompt_cache_min_tokens", v))
+        .unwrap_or_default();
+    for (pattern, tokens) in &prompt_cache_min_tokens {
+        if *tokens == 0 {
+            s.problem(
+                format!("prompt_cache_min_tokens.{pattern}"),
+                "must be at least 1 (the provider caches nothing shorter than its minimum)",
+            );
+        }
     }
     let log = take("log")
         .and_then(|v| s.typed::<LogSpec>("log", v))
@@ -138,6 +157,7 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
         cache: cache.clone(),
         reload: reload.clone(),
         pricing: pricing.clone(),
+        prompt_cache_min_tokens: prompt_cache_min_tokens.clone(),
         log,
     };
 
@@ -156,6 +176,7 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
         cache,
         reload,
         pricing,
+        prompt_cache_min_tokens,
         log,
         admin_token,
         sections: Arc::new(sections),
@@ -327,7 +348,6 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
     };
     Some(spec::Upstream {
         tls,
-        host,
         port,
         base_path: base,
         host_header,
@@ -336,6 +356,8 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
         health: spec.health,
         max_concurrent: spec.max_concurrent,
         queue_timeout: spec.queue_timeout,
+        provider: spec.provider.unwrap_or_else(|| Provider::of_host(&host)),
+        host,
     })
 }
 
@@ -512,6 +534,7 @@ fn route(
         retry: spec.retry,
         cache: policy?,
         rate_limit: spec.rate_limit,
+        prompt_caching: spec.prompt_caching,
     })
 }
 
@@ -850,6 +873,53 @@ bogus: 1
             crate::config::schema::CacheScope::Shared
         );
         assert_eq!(t.routes[0].cache.ignore_fields, ["user", "metadata"]);
+    }
+
+    #[test]
+    fn prompt_caching_providers_and_minimums() {
+        use crate::config::schema::{PromptCaching, Provider};
+        let t = ok(r#"
+upstreams:
+  claude: {url: "https://api.anthropic.com"}
+  gw: {url: "https://gateway.local/anthropic", provider: anthropic}
+  oai: {url: "https://API.openai.com/v1"}
+  gem: {url: "https://generativelanguage.googleapis.com"}
+  local: {url: "http://127.0.0.1:11434"}
+routes:
+  - {name: a, targets: [claude, gw], prompt_caching: auto}
+  - {name: b, targets: [oai, gem, local], prompt_caching: off}
+  - {name: c, targets: [local]}
+  - {name: d, targets: [oai, local], prompt_caching: auto}
+prompt_cache_min_tokens: {claude-3-5-haiku*: 4096}
+"#);
+        let provider = |n: &str| t.upstreams[n].provider;
+        assert_eq!(provider("claude"), Provider::Anthropic);
+        assert_eq!(provider("gw"), Provider::Anthropic);
+        assert_eq!(provider("oai"), Provider::Openai);
+        assert_eq!(provider("gem"), Provider::Gemini);
+        assert_eq!(provider("local"), Provider::Other);
+        let caching: Vec<_> = t.routes.iter().map(|r| r.prompt_caching).collect();
+        assert_eq!(
+            caching,
+            [
+                PromptCaching::Auto,
+                PromptCaching::Off,
+                PromptCaching::Off,
+                PromptCaching::Auto
+            ]
+        );
+        // `auto` on a route with no Anthropic target does nothing: `check` says so.
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes[3].prompt_caching: auto has no effect"),
+            "{w:?}"
+        );
+        assert_eq!(t.prompt_cache_min_tokens["claude-3-5-haiku*"], 4096);
+        // GET /config shows what was written, no inferred provider.
+        let shown = serde_json::to_string(&*t.sections).unwrap();
+        assert!(shown.contains(r#""prompt_caching":"auto""#), "{shown}");
+        assert!(shown.contains(r#""provider":"anthropic""#), "{shown}");
     }
 
     #[test]

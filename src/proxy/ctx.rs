@@ -35,6 +35,9 @@ pub struct Ctx {
     /// next target.
     pub retries: u32,
     pub failovers: u32,
+    /// Set by the failover loop: prompt-cache breakpoints promptgate added to the body sent to
+    /// the last target tried (the answering one).
+    pub prompt_cache_breakpoints: usize,
     /// Set by the failover loop: time from sending the answering attempt to its response head.
     pub ttfb: Option<Duration>,
     /// Set when the client closed its connection while promptgate waited for it: what it was
@@ -110,6 +113,7 @@ impl Default for Ctx {
             coalesced: false,
             retries: 0,
             failovers: 0,
+            prompt_cache_breakpoints: 0,
             ttfb: None,
             status: 0,
             client_left: None,

@@ -313,6 +313,7 @@ mod tests {
 
     fn upstream(host: &str, port: u16) -> Upstream {
         let spec = crate::config::spec::Upstream {
+            provider: crate::config::schema::Provider::Ollama,
             tls: false,
             host: host.into(),
             port,

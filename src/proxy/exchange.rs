@@ -6,7 +6,9 @@ use super::errors::{self, Named, ProxyError};
 use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
+use crate::config::schema::Provider;
 use crate::headers;
+use crate::providers::anthropic::{self, CacheMinimums};
 use crate::providers::ResponseReader;
 use crate::routing::upstream::Upstream;
 use crate::routing::Target;
@@ -86,6 +88,31 @@ pub fn build_request(
         set(&mut req, name.clone(), value.expose().clone())?;
     }
     Ok(req)
+}
+
+/// The body `target` gets, and how many prompt-cache breakpoints promptgate added to it: the
+/// client's body with the target's model rewrite ([`rewrite_model`]); with `caching` (a route
+/// with `prompt_caching: auto`) and a Messages call to an `anthropic` upstream, also the
+/// breakpoints [`anthropic::with_breakpoints`] places. `parsed` is `body`'s tree; the
+/// response-cache key was computed from it before, so it is the client's body that is keyed.
+pub fn body_for(
+    target: &Target,
+    forward: &str,
+    body: &Bytes,
+    parsed: &ParsedBody<'_>,
+    caching: Option<&CacheMinimums>,
+) -> (Bytes, usize) {
+    let up = &target.upstream;
+    let marked = caching
+        .filter(|_| up.provider == Provider::Anthropic)
+        .filter(|_| anthropic::is_messages_path(&up.path_for(forward)))
+        .and_then(|minimums| {
+            anthropic::with_breakpoints(parsed, target.model.as_deref(), minimums)
+        });
+    match marked {
+        Some(m) => (Bytes::from(m.body), m.breakpoints),
+        None => (rewrite_model(target, body, parsed), 0),
+    }
 }
 
 /// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
@@ -390,6 +417,7 @@ mod tests {
             health: Default::default(),
             max_concurrent: 0,
             queue_timeout: std::time::Duration::from_secs(5),
+            provider: crate::config::schema::Provider::Openai,
         };
         Upstream::new("openai".into(), &spec)
     }

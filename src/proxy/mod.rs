@@ -44,6 +44,7 @@ pub use exchange::build_request;
 
 use crate::body::ParsedBody;
 use crate::cache::Cache;
+use crate::config::schema::PromptCaching;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::routing::balance;
@@ -180,6 +181,8 @@ impl Proxy {
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
+                prompt_caching: (route.prompt_caching == PromptCaching::Auto)
+                    .then_some(&*runtime.prompt_cache_minimums),
                 upgrade: upgrade.as_ref(),
                 record: record.as_ref(),
             },

@@ -3,7 +3,7 @@
 pub mod balance;
 pub mod upstream;
 
-use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
+use crate::config::schema::{PriorityGroup, PromptCaching, RetrySpec, Strategy};
 use crate::config::RouteCache;
 use crate::limits::RouteLimit;
 use http::{HeaderName, HeaderValue};
@@ -31,6 +31,8 @@ pub struct Route {
     pub websocket: bool,
     /// `rate_limit:`, when set.
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// `prompt_caching:`: whether Anthropic targets get cache breakpoints.
+    pub prompt_caching: PromptCaching,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +154,7 @@ mod tests {
             key_name: "r".into(),
             websocket: true,
             rate_limit: None,
+            prompt_caching: PromptCaching::Off,
         }
     }
 

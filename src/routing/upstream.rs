@@ -1,7 +1,7 @@
 //! An upstream as the proxy uses it: where it is, how to reach it, what to inject, and how
 //! it has been doing (passive health, latency, concurrency).
 
-use crate::config::schema::{HealthSpec, TimeoutsSpec};
+use crate::config::schema::{HealthSpec, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
 use http::{HeaderName, HeaderValue};
@@ -30,6 +30,8 @@ pub struct Upstream {
     /// Injected headers, replacing the client's (credentials, usually).
     pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
     pub timeouts: TimeoutsSpec,
+    /// Whose API this is (`upstreams.NAME.provider`, or told from the host).
+    pub provider: Provider,
     resolved: Mutex<Option<(SocketAddr, Instant)>>,
     health: Health,
     /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
@@ -117,6 +119,7 @@ impl Upstream {
             host_header: spec.host_header.clone(),
             headers: spec.headers.clone(),
             timeouts: spec.timeouts.clone(),
+            provider: spec.provider,
             resolved: Mutex::new(None),
             health: Health {
                 spec: spec.health.clone(),
@@ -287,6 +290,7 @@ mod tests {
             },
             max_concurrent,
             queue_timeout: Duration::from_millis(10),
+            provider: Provider::Other,
         };
         Upstream::new("u".into(), &spec)
     }

@@ -1,5 +1,6 @@
 //! Builds the running state from a validated config: upstreams (with their health, DNS cache
-//! and concurrency slots), the routes that point at them, the price table.
+//! and concurrency slots), the routes that point at them, the price table, the prompt-cache
+//! minimums.
 //!
 //! Validation happened in [`crate::config`]; building cannot fail. [`load`] is the one entry
 //! for a config file (start-up, `check`, `warm`, reload); [`build`] for a spec in hand.
@@ -8,6 +9,7 @@ use super::Runtime;
 use crate::config::{self, spec, ConfigError, Spec};
 use crate::limits::RouteLimit;
 use crate::pricing::Pricing;
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::upstream::Upstream;
 use crate::routing::{Matcher, Route, Target};
 use std::collections::BTreeMap;
@@ -64,6 +66,7 @@ pub fn build(spec: &Spec) -> Runtime {
             key_name: r.key_name.clone(),
             websocket: r.websocket,
             rate_limit: r.rate_limit.as_ref().map(|l| Arc::new(RouteLimit::new(l))),
+            prompt_caching: r.prompt_caching,
         })
         .collect();
     Runtime {
@@ -81,6 +84,7 @@ pub fn build(spec: &Spec) -> Runtime {
         cache: spec.cache.clone(),
         reload: spec.reload.clone(),
         pricing: Arc::new(Pricing::new(&spec.pricing)),
+        prompt_cache_minimums: Arc::new(CacheMinimums::new(&spec.prompt_cache_min_tokens)),
         log: spec.log,
         admin_token: spec.admin_token.clone(),
         sections: spec.sections.clone(),

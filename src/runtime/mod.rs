@@ -12,6 +12,7 @@ use crate::config::redis_url;
 use crate::config::schema::{CacheBackend, CacheSpec, ConfigSpec, LogSpec, ReloadSpec};
 use crate::config::secret::Secret;
 use crate::pricing::Pricing;
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::Route;
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct Runtime {
     pub reload: ReloadSpec,
     /// Token prices (`pricing:` merged over the defaults), for the cost metrics.
     pub pricing: Arc<Pricing>,
+    /// Shortest prefix worth a prompt-cache breakpoint, per model (`prompt_cache_min_tokens:`
+    /// merged over the defaults).
+    pub prompt_cache_minimums: Arc<CacheMinimums>,
     pub log: LogSpec,
     /// `admin_token`: required (as `Authorization: Bearer …`) by mutating admin endpoints.
     pub admin_token: Option<Secret<String>>,

@@ -193,6 +193,7 @@ mod tests {
             ttfb: None,
             usage: None,
             pricing: None,
+            prompt_cache_breakpoints: 0,
         });
     }
 

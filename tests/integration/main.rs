@@ -17,6 +17,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod operations;
+mod prompt_caching;
 mod rate_limits;
 mod redis_store;
 mod reload;

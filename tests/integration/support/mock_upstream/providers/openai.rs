@@ -1,9 +1,9 @@
 //! OpenAI wire format: chat completions (JSON, SSE with optional usage chunk, tool calls, JSON
 //! mode), the Responses API (JSON, and SSE with named events; background jobs polled to
 //! completion), audio transcriptions and translations (multipart uploads), embeddings and the
-//! model list.
+//! model list; automatic prompt caching ([`PromptCache`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -39,10 +39,12 @@ fn chat(c: &Ctx) -> Reply {
     let id = format!("chatcmpl-mock-{}", c.hit);
     let created = unix_now();
     let (prompt, completion) = (c.prompt_tokens(), c.completion_tokens());
+    let cached = c.state.openai.cached_tokens(&c.req.body);
     let usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
     });
     let tool = c.json["tools"].as_array().and_then(|t| t.first()).map(|t| {
         t["function"]["name"]
@@ -171,7 +173,7 @@ fn responses(c: &Ctx) -> Reply {
     let (input, output) = (c.prompt_tokens(), c.completion_tokens());
     let usage = json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": c.state.openai.cached_tokens(&c.req.body)},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output,
@@ -458,4 +460,34 @@ fn response_object(id: &str, job: &Job, status: &str) -> Value {
         "tools": [],
         "top_p": 1.0,
     })
+}
+
+/// OpenAI's automatic prompt caching, as the provider reports it: a chat or Responses request
+/// of 1024 tokens or more whose leading 1024 + 128·k tokens were seen before reports them as
+/// `prompt_tokens_details.cached_tokens` (Responses: `input_tokens_details.cached_tokens`),
+/// included in the prompt count. Tokens are body bytes
+/// / 4, so the prefixes are the body's first 4096 + 512·k bytes.
+#[derive(Default)]
+pub(crate) struct PromptCache {
+    prefixes: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl PromptCache {
+    const MIN_BYTES: usize = 1024 * 4;
+    const STEP_BYTES: usize = 128 * 4;
+
+    /// The cached tokens of a request with this body, remembering its prefixes.
+    pub(crate) fn cached_tokens(&self, body: &[u8]) -> usize {
+        let mut seen = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = 0;
+        let mut end = Self::MIN_BYTES;
+        while end <= body.len() {
+            let hash = *blake3::hash(&body[..end]).as_bytes();
+            if !seen.insert(hash) {
+                cached = end / 4;
+            }
+            end += Self::STEP_BYTES;
+        }
+        cached
+    }
 }
