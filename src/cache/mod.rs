@@ -168,7 +168,8 @@ impl Cache {
         let wanted = (spec.backend == CacheBackend::Redis).then_some(&spec.redis);
         if !same_redis(self.backend.load().spec.as_ref(), wanted) {
             self.backend.store(Arc::new(Backend::new(spec)?));
-            log::info!("cache backend is now {:?}", spec.backend);
+            // The reload line names the store in force.
+            log::debug!("cache backend is now {:?}", spec.backend);
         }
         Ok(())
     }

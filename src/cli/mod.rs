@@ -14,12 +14,15 @@ use std::path::PathBuf;
     name = "promptgate",
     version,
     about = "A caching reverse proxy for LLM APIs (OpenAI, Anthropic, Gemini, Ollama)",
-    long_about = "promptgate sits between your app and LLM provider APIs. Point an SDK at it with \
-                  one variable (e.g. OPENAI_BASE_URL=http://127.0.0.1:8080/openai/v1) and it \
-                  routes, rewrites and forwards requests as conf/promptgate.yaml says.",
+    long_about = "promptgate is a caching reverse proxy for LLM APIs (OpenAI, Anthropic, Gemini, \
+                  Ollama). Point an SDK at it with one variable (e.g. \
+                  OPENAI_BASE_URL=http://127.0.0.1:8080/openai/v1): it answers a request it has \
+                  seen before from its cache (memory or Redis) without calling the provider \
+                  again, and routes, rewrites and forwards the rest as conf/promptgate.yaml says.",
     after_help = "Config file lookup when --config is absent: $PROMPTGATE_CONFIG, \
                   ./conf/promptgate.yaml, /etc/promptgate/promptgate.yaml.\n\
-                  Log level: RUST_LOG (default: info), e.g. RUST_LOG=debug."
+                  Log levels: RUST_LOG over the default info,pingora=warn, e.g. RUST_LOG=debug, \
+                  RUST_LOG=pingora=info (adds Pingora's own lines)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,8 +31,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy until SIGTERM (graceful) or SIGINT; SIGHUP reloads the config file;
-    /// SIGQUIT hands the listeners to a process started with --upgrade, SIGUSR2 starts one.
+    /// Run the caching proxy: answer repeated requests from the cache, forward the rest.
+    ///
+    /// Serves until SIGTERM (drains the requests in flight for at most shutdown_grace, then
+    /// exits) or SIGINT (exits at once). SIGHUP reloads the config file; SIGQUIT hands the
+    /// listening sockets to a process started with --upgrade, SIGUSR2 starts one. Logs go to
+    /// stderr: one line once it listens, then one access line per request.
     Run(RunArgs),
     /// Validate the config file: exit 0 when valid, else list every problem and exit 1.
     Check(ConfigArg),
@@ -112,11 +119,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run(RunArgs { config, upgrade }) => {
             let (path, runtime) = config.load()?;
             crate::logging::set_format(runtime.log.format);
-            log::info!(
-                "config {} loaded: {} route(s)",
-                path.display(),
-                runtime.routes.len()
-            );
             for warning in runtime.sections.warnings() {
                 log::warn!("config {}: {warning}", path.display());
             }

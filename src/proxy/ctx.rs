@@ -24,7 +24,9 @@ pub struct Ctx {
     pub route: Option<String>,
     /// Set by `request_filter` when an upstream was chosen.
     pub upstream: Option<String>,
-    /// Set by `request_filter` on cacheable routes: where the answer came from.
+    /// Set by `request_filter` on cached routes, as soon as the route candidates are known:
+    /// where the answer came from (`HIT`), or would have (`MISS` for a cache candidate,
+    /// `BYPASS` otherwise) — an error answer carries it too (see [`Stamp`]).
     pub cache: Option<CacheStatus>,
     /// Set by `request_filter` when the answer came from an identical request in flight.
     pub coalesced: bool,
@@ -64,10 +66,34 @@ pub struct Ctx {
     pub limit: Option<LimitStep>,
 }
 
+/// What every response promptgate writes for a request carries, whoever writes it (an error,
+/// a hit, a follower's answer, a relayed upstream answer): `x-promptgate-cache` on a cached
+/// route, and a rate-limited route's `x-ratelimit-*`. Every writer takes one, made from the ctx
+/// as the head is written, so no answer can miss what the request has learnt by then.
+#[derive(Clone, Copy)]
+pub struct Stamp<'a> {
+    pub cache: Option<CacheStatus>,
+    /// `x-ratelimit-*` (and on a refusal `retry-after`), replacing an upstream's own.
+    pub limit: &'a Headers,
+}
+
+impl Stamp<'_> {
+    /// Nothing to add: a response outside any request's ctx.
+    pub fn none() -> Stamp<'static> {
+        Stamp {
+            cache: None,
+            limit: &NO_HEADERS,
+        }
+    }
+}
+
 impl Ctx {
-    /// Headers every response of this request carries: a rate-limited route's `x-ratelimit-*`.
-    pub fn extra_headers(&self) -> &Headers {
-        self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers)
+    /// What every response of this request carries, as of now.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            cache: self.cache,
+            limit: self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers),
+        }
     }
 
     /// The tokens of the answer: the upstream's, or on a hit those of the entry it replayed.

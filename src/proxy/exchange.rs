@@ -1,14 +1,13 @@
 //! The upstream exchange: build the upstream request, send it with its buffered body,
 //! and relay the response to the client chunk by chunk as it arrives.
 
-use super::errors::ProxyError;
-use super::respond::{self, CACHE_STATUS_HEADER};
+use super::ctx::Stamp;
+use super::errors::{self, Named, ProxyError};
+use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
-use crate::cache::CacheStatus;
 use crate::config::schema::Provider;
 use crate::headers;
-use crate::limits::headers::Headers;
 use crate::providers::anthropic::{self, CacheMinimums};
 use crate::providers::ResponseReader;
 use crate::routing::upstream::Upstream;
@@ -184,7 +183,7 @@ pub async fn send(
     body: &Bytes,
 ) -> Result<UpstreamResponse, ProxyError> {
     let peer = upstream.peer().await.map_err(|e| ProxyError::Resolve {
-        upstream: upstream.name.clone(),
+        upstream: Named::of(upstream),
         detail: e.reason,
     })?;
     let mut attempt = 0;
@@ -193,7 +192,7 @@ pub async fn send(
         let (mut session, reused) = connector
             .get_http_session(&peer)
             .await
-            .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
+            .map_err(|e| ProxyError::from_upstream(upstream, &e))?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         match exchange_head(&mut session, req, body).await {
@@ -208,7 +207,7 @@ pub async fn send(
                     upstream.name
                 );
             }
-            Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
+            Err(e) => return Err(ProxyError::from_upstream(upstream, &e)),
         }
     }
 }
@@ -262,15 +261,6 @@ pub fn client_header(
     Ok(resp)
 }
 
-/// What promptgate adds to the upstream's response head for the client.
-pub struct Additions<'a> {
-    /// `x-promptgate-cache`, on cached routes.
-    pub cache_status: Option<CacheStatus>,
-    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
-    /// stored with an entry (they are per exchange).
-    pub extra: &'a Headers,
-}
-
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
@@ -287,12 +277,11 @@ pub async fn relay(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    additions: Additions<'_>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
-    let mut head = relayed_head(&response, session, additions.cache_status)?;
-    respond::add(&mut head, additions.extra)?;
+    let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, session, &head, reader);
     session.write_response_header(Box::new(head), false).await?;
     loop {
@@ -328,9 +317,9 @@ pub async fn relay(
             Ok(None) => break,
             Err(e) => {
                 response.session.shutdown().await;
-                return Err(
-                    e.more_context(format!("upstream {} broke off the response", upstream.name))
-                );
+                // Marked as the upstream's doing, for the log line (see `request_filter`).
+                let why = errors::broke_off(upstream, &e);
+                return Err(e.more_context(why).into_up());
             }
         }
     }
@@ -342,16 +331,15 @@ pub async fn relay(
     session.write_response_body(None, true).await
 }
 
-/// The client's head for an upstream response, with `x-promptgate-cache`.
+/// The client's head for an upstream response, with what `stamp` adds (`x-promptgate-cache`,
+/// `x-ratelimit-*`: per exchange, so never stored with an entry).
 fn relayed_head(
     response: &UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
+    respond::add(&mut head, stamp)?;
     Ok(head)
 }
 
@@ -379,11 +367,11 @@ pub async fn finish_detached(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) {
-    let recorder = relayed_head(&response, session, cache_status)
+    let recorder = relayed_head(&response, session, stamp)
         .ok()
         .and_then(|head| recorder(record, session, &head, reader));
     match recorder {

@@ -8,7 +8,7 @@
 
 use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
-use super::errors::ProxyError;
+use super::errors::{Named, ProxyError};
 use super::exchange::{self, UpstreamResponse};
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
@@ -155,7 +155,7 @@ pub async fn exchange<'r>(
                     Err(_) => {
                         tried.push(format!("{} busy", up.name));
                         last_error = Some(ProxyError::Busy {
-                            upstream: up.name.clone(),
+                            upstream: Named::of(up),
                         });
                         break; // a full upstream: try the next target now
                     }
@@ -211,10 +211,10 @@ pub async fn exchange<'r>(
     match (last_response, last_error) {
         (Some(answer), _) => Ok(answer),
         (None, Some(e)) => Err(exhausted(e, route, &tried)),
-        (None, None) => Err(ProxyError::Upstream {
-            upstream: route.name.clone(),
-            detail: "the route has no targets".into(),
-        }),
+        (None, None) => Err(ProxyError::Internal(format!(
+            "route {} has no targets",
+            route.name
+        ))),
     }
 }
 

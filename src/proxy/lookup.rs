@@ -14,6 +14,7 @@ use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
 use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -38,7 +39,36 @@ pub(super) enum CacheStep {
     },
 }
 
-/// The cache's part in this request, or `None` when the route or method is not cached.
+/// `x-promptgate-cache` for an answer on one of `routes` (the route, or before the body chose
+/// it, its candidates) that the cache step has not decided — an error on the way: `MISS` when
+/// the request is a cache candidate (one of the route's cacheable operations, no request control
+/// skipping the lookup), `BYPASS` when it is not; none unless every one of `routes` is cached.
+/// Without the `body` (not read yet), an operation's body condition is taken as met.
+pub(super) fn unreached(
+    routes: &[&Route],
+    req: &RequestHeader,
+    path: &str,
+    body: Option<&ParsedBody<'_>>,
+) -> Option<CacheStatus> {
+    if routes.is_empty() || !routes.iter().all(|r| r.cache.enabled) {
+        return None;
+    }
+    let operation = |route: &&Route| {
+        let (ops, forward) = (&route.cache.operations, route.forward_path(path));
+        match body {
+            Some(body) => operations::cacheable(ops, &req.method, forward, body),
+            None => operations::named(ops, &req.method, forward),
+        }
+    };
+    let candidate = routes.iter().all(operation) && policy::controls(req).is_ok_and(|c| c.lookup);
+    Some(if candidate {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Bypass
+    })
+}
+
+/// The cache's part in this request, or `None` when the route is not cached.
 pub(super) fn decide(
     cache: &Arc<Cache>,
     session: &Session,
@@ -131,8 +161,7 @@ pub(super) async fn answer(
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
-        let replayed =
-            respond::cached(session, entry, route.cache.replay, ctx.extra_headers()).await;
+        let replayed = respond::cached(session, entry, route.cache.replay, ctx.stamp()).await;
         // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
         ctx.lookup = Some(found);
         replayed.map_err(Failure::AfterResponse)?;
@@ -165,7 +194,7 @@ pub(super) async fn answer(
                     follower,
                     key,
                     route.cache.coalesce_timeout,
-                    ctx.extra_headers(),
+                    ctx.stamp(),
                 )
                 .await
                 .map_err(Failure::AfterResponse)?;

@@ -2,7 +2,7 @@
 //! search its context, and serve a hit (or, in shadow mode, only count it). Fails open: any
 //! trouble is a miss, recorded in `ctx.semantic` for the metrics.
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, Stamp};
 use super::embed;
 use super::respond;
 use super::Failure;
@@ -176,15 +176,21 @@ pub(super) async fn lookup(
                     &session.req_header().headers,
                 );
             }
-            // A rate-limited route's headers, then the match and its similarity.
-            let mut extra = ctx.extra_headers().clone();
+            // What every answer of this request carries (a rate-limited route's headers), then
+            // the match and its similarity.
+            let stamp = ctx.stamp();
+            let mut extra = stamp.limit.clone();
             extra.push((MATCH_HEADER, HeaderValue::from_static("semantic")));
             let similarity = format!("{similarity:.4}");
             extra.push((
                 SIMILARITY_HEADER,
                 HeaderValue::from_str(&similarity).expect("a number is a header value"),
             ));
-            respond::cached(session, &entry, r.route.cache.replay, &extra)
+            let stamp = Stamp {
+                limit: &extra,
+                ..stamp
+            };
+            respond::cached(session, &entry, r.route.cache.replay, stamp)
                 .await
                 .map_err(Failure::AfterResponse)?;
             Ok(Step::Answered)

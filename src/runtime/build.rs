@@ -153,6 +153,29 @@ routes:
     }
 
     #[test]
+    fn the_summary_names_routes_and_the_cache_store_without_passwords() {
+        assert_eq!(runtime(ROUTE).summary(), "1 route, cache: memory");
+        let two = ROUTE.replace("targets: [u]}]", "targets: [u]}, {name: s, targets: [u]}]");
+        assert_eq!(runtime(&two).summary(), "2 routes, cache: memory");
+        let off = format!("{ROUTE}cache: {{enabled: false}}\n");
+        assert_eq!(runtime(&off).summary(), "1 route, cache: off");
+        let redis = format!(
+            "{ROUTE}cache: {{backend: redis, redis: {{url: \"redis://:hunter2@10.0.0.5:6380/2\"}}}}\n"
+        );
+        assert_eq!(
+            runtime(&redis).summary(),
+            "1 route, cache: redis 10.0.0.5:6380"
+        );
+        let cluster = format!(
+            "{ROUTE}cache: {{backend: redis, redis: {{cluster: [\"redis://:pw@10.0.0.1:7000\", \"redis://:pw@10.0.0.2:7000\", \"redis://:pw@10.0.0.3:7000\"]}}}}\n"
+        );
+        assert_eq!(
+            runtime(&cluster).summary(),
+            "1 route, cache: redis cluster, 3 nodes"
+        );
+    }
+
+    #[test]
     fn pricing_overrides_merge_over_the_defaults() {
         let t = runtime(&format!(
             "pricing:\n  house-model: {{input_per_mtok: 0.5, output_per_mtok: 2}}\n{ROUTE}"

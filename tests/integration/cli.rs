@@ -1,4 +1,4 @@
-//! `promptgate check`, `promptgate key` and `promptgate warm` against real processes.
+//! `promptgate check`, `promptgate key`, `promptgate warm` and `--help` against real processes.
 
 use crate::support::gateway::binary;
 use crate::support::redis::RedisServer;
@@ -259,4 +259,30 @@ cache:
         err.contains("c.yaml: routes: no routes are configured"),
         "{err}"
     );
+}
+
+/// `--help` (the long description) says what `-h` (the short one) says: it caches.
+#[test]
+fn help_says_it_caches_short_and_long() {
+    let help = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [["-h"], ["--help"]] {
+        let text = help(&args);
+        let first = text.lines().next().unwrap();
+        assert!(first.contains("caching reverse proxy"), "{args:?}: {first}");
+    }
+    let long = help(&["--help"]);
+    assert!(long.contains("from its cache"), "{long}");
+    assert!(long.contains("RUST_LOG"), "{long}");
+    for args in [["run", "-h"], ["run", "--help"]] {
+        let text = help(&args);
+        assert!(
+            text.lines().next().unwrap().contains("caching proxy"),
+            "{text}"
+        );
+    }
+    assert!(help(&["run", "--help"]).contains("shutdown_grace"));
 }

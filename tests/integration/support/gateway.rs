@@ -49,6 +49,16 @@ impl Gateway {
     }
 
     pub fn start_with_env(body: impl fmt::Display, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(body, env, Some("info"))
+    }
+
+    /// Starts promptgate with `RUST_LOG` set to `rust_log`, or unset (`None`): the default
+    /// levels, as a user who sets nothing gets them.
+    pub fn start_with_rust_log(body: impl fmt::Display, rust_log: Option<&str>) -> Gateway {
+        Self::spawn(body, &[], rust_log)
+    }
+
+    fn spawn(body: impl fmt::Display, env: &[(&str, &str)], rust_log: Option<&str>) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -60,11 +70,16 @@ impl Gateway {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("promptgate.log")).unwrap();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "--config"])
             .arg(dir.path().join("promptgate.yaml"))
-            .env("RUST_LOG", "info")
-            .env_remove("PROMPTGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("PROMPTGATE_CONFIG");
+        if let Some(level) = rust_log {
+            command.env("RUST_LOG", level);
+        }
+        let child = command
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
