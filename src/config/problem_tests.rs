@@ -186,6 +186,19 @@ const OUTSIDE: &[Case] = &[
 
 /// Mistakes inside `upstreams:` and `routes:` (complete files).
 const INSIDE: &[Case] = &[
+    // An unset `${VAR}` is one problem, not a second one about the unexpanded text.
+    (
+        "listen: \"${PG_TEST_UNSET_LISTEN}\"\nupstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes: [{name: r, targets: [u]}]\n",
+        1, "listen", &["PG_TEST_UNSET_LISTEN is not set"],
+    ),
+    (
+        "upstreams:\n  u: {url: \"${PG_TEST_UNSET_URL}\"}\nroutes: [{name: r, targets: [u]}]\n",
+        2, "upstreams.u.url", &["PG_TEST_UNSET_URL is not set"],
+    ),
+    (
+        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes: [{name: r, targets: [u]}]\ncache:\n  ttl: \"${PG_TEST_UNSET_TTL}\"\n",
+        5, "cache.ttl", &["PG_TEST_UNSET_TTL is not set"],
+    ),
     (
         "upstreams:\n  u:\n    url: http://127.0.0.1:1\n    timeouts:\n      read: 5x\nroutes: [{name: r, targets: [u]}]\n",
         5, "upstreams.u.timeouts.read", &["\"5x\" is not a duration (unknown unit \"x\")", "units:"],
