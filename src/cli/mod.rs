@@ -262,7 +262,7 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         "redis key: {}",
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
-    println!("scope:     {:?}", route.cache.scope);
+    println!("scope:     {}", route.cache.scope.as_str());
     let cacheable = crate::cache::operations::cacheable(
         &route.cache.operations,
         &req.method,

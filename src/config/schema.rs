@@ -704,6 +704,16 @@ pub enum CacheScope {
     Shared,
 }
 
+impl CacheScope {
+    /// The value as the config writes it (`credential`, `shared`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheScope::Credential => "credential",
+            CacheScope::Shared => "shared",
+        }
+    }
+}
+
 /// `cache.memory:` — the in-process store (the default backend, and Redis's L1).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -72,6 +72,11 @@ async fn key_matches_what_the_proxy_stores() {
     let reordered = r#"{ "messages": [{"content":"hi","role":"user"}], "model": "gpt-4o" }"#;
     let out = key(&cfg, &args, reordered);
     let redis_key = key_line(&out, "redis key:");
+    assert_eq!(
+        key_line(&out, "scope:"),
+        "credential",
+        "the scope is written as the config writes it"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while redis.keys("promptgate:*").is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
