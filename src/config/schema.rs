@@ -932,6 +932,9 @@ impl ConfigSpec {
                 .chain(route.groups.values().flatten())
                 .filter_map(|t| self.upstreams.get(t.upstream()))
                 .any(|u| u.provider() == Provider::Anthropic);
+            if let Some(w) = doubled_prefix(i, route, &self.upstreams) {
+                warnings.push(w);
+            }
             if route.prompt_caching == PromptCaching::Auto && !anthropic {
                 warnings.push(format!(
                     "routes[{i}].prompt_caching: auto has no effect: none of the route's targets is \
@@ -942,6 +945,45 @@ impl ConfigSpec {
         }
         warnings
     }
+}
+
+/// A route that keeps its `path_prefix` (no `strip_prefix`) in front of an upstream whose URL
+/// already ends in that prefix forwards `/v1/v1/…`: almost surely a URL copied with its `/v1`
+/// (an OpenAI-compatible server's base URL) onto a route that also matches `/v1`.
+fn doubled_prefix(
+    i: usize,
+    route: &RouteSpec,
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+) -> Option<String> {
+    if route.strip_prefix {
+        return None;
+    }
+    let prefix = route.matcher.path_prefix.as_deref()?.trim_end_matches('/');
+    if prefix.is_empty() {
+        return None;
+    }
+    route
+        .targets
+        .iter()
+        .chain(route.groups.values().flatten())
+        .map(TargetSpec::upstream)
+        .find_map(|name| {
+            let url = &upstreams.get(name)?.url;
+            let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            let base = after_scheme
+                .find('/')
+                .map_or("", |slash| &after_scheme[slash..])
+                .trim_end_matches('/');
+            // `prefix` starts with `/`, so a match is on a segment boundary.
+            base.ends_with(prefix).then(|| {
+                format!(
+                    "routes[{i}].match.path_prefix: {prefix} is kept in the forwarded path \
+                     (strip_prefix is false) and upstream {name}'s url already ends in it, \
+                     so {prefix}/chat/completions goes to {base}{prefix}/chat/completions; set \
+                     `strip_prefix: true` or remove {prefix} from the url"
+                )
+            })
+        })
 }
 
 fn default_true() -> bool {

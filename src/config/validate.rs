@@ -973,6 +973,30 @@ prompt_cache_min_tokens: {claude-3-5-haiku*: 4096}
     }
 
     #[test]
+    fn a_prefix_kept_in_front_of_a_url_ending_in_it_is_warned_about() {
+        // docs/routing.md once shipped this: /v1/chat/completions went to Ollama's /v1/v1/….
+        let t = ok(r#"
+upstreams:
+  openai: {url: "https://api.openai.com"}
+  local: {url: "http://127.0.0.1:11434/v1/"}
+  stripped: {url: "http://127.0.0.1:11434/v1"}
+routes:
+  - {name: small, match: {path_prefix: /v1, model: "gpt-4o-mini*"}, targets: [{upstream: local, model: llama3.2}, openai]}
+  - {name: ok, match: {path_prefix: /v1}, strip_prefix: true, targets: [stripped]}
+  - {name: other, match: {path_prefix: /v1beta}, targets: [stripped]}
+  - {name: openai, match: {path_prefix: /v1}, targets: [openai]}
+"#);
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes[0].match.path_prefix: /v1 is kept"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("upstream local"), "{w:?}");
+        assert!(w[0].contains("/v1/v1/chat/completions"), "{w:?}");
+    }
+
+    #[test]
     fn pricing_log_and_admin_token() {
         let t = ok(&with_route(
             r#"
