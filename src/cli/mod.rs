@@ -271,6 +271,14 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     );
     if !cacheable {
         println!("note:      not a cacheable operation on this route (cache.operations): never cached, BYPASS");
+        // Without --path the route's bare prefix is keyed, which no SDK ever requests.
+        if args.path.is_none() {
+            println!(
+                "hint:      no --path given, so {path} was keyed; give the path the client sends, \
+                 e.g. --path {}/v1/chat/completions",
+                path.trim_end_matches('/')
+            );
+        }
     }
     // A request the cache never looks up is never compared either.
     if let (true, Some(spec), Some(embedder)) = (cacheable, &route.cache.semantic, &route.embedder)

@@ -103,6 +103,15 @@ async fn key_matches_what_the_proxy_stores() {
     );
     let stdout = String::from_utf8_lossy(&batches.stdout);
     assert!(stdout.contains("not a cacheable operation"), "{stdout}");
+    assert!(!stdout.contains("hint:"), "a path was given: {stdout}");
+    // Without --path the route's prefix is keyed: never cacheable, and the output says why.
+    let no_path = key(&cfg, &["--route", "openai"], body);
+    let stdout = String::from_utf8_lossy(&no_path.stdout);
+    assert!(
+        stdout.contains("hint:      no --path given, so /openai was keyed")
+            && stdout.contains("--path /openai/v1/chat/completions"),
+        "{stdout}"
+    );
 
     let other = key(
         &cfg,
