@@ -352,7 +352,15 @@ async fn redis_down_admits_and_counts_or_refuses_when_told() {
     assert_eq!(strict.headers()["retry-after"], "1");
     let body: Value = strict.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_unavailable");
-    let m = get_text(&gw.admin_url("/metrics")).await;
+    gw.metrics_after(
+        r#"promptgate_rate_limit_store_errors_total{decision="admitted",route="openai"} 3"#,
+    )
+    .await;
+    let m = gw
+        .metrics_after(
+            r#"promptgate_rate_limit_store_errors_total{decision="refused",route="strict"} 1"#,
+        )
+        .await;
     assert_eq!(
         metric(
             &m,
