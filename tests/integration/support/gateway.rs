@@ -149,19 +149,6 @@ impl Gateway {
         true
     }
 
-    /// `/metrics` once `needle` appears in it (at most 2 s): a request is counted in the logging
-    /// phase, just after its response was sent, so a read right after the response may race it.
-    pub async fn metrics_after(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let text = super::get_text(&self.admin_url("/metrics")).await;
-            if text.contains(needle) || Instant::now() > deadline {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         read_to_string(&self.dir.path().join("promptgate.log"))
