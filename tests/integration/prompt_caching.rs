@@ -2,9 +2,8 @@
 //! (and only there), the mock bills cache writes and reads as Anthropic does, and every
 //! provider's cached tokens are counted and priced.
 
-use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, get_json, metric, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const MESSAGES: &str = "/anthropic/v1/messages";
 const CHAT: &str = "/openai/v1/chat/completions";
@@ -66,28 +65,6 @@ fn question(system: &str, q: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// The value of one exact series (`name{labels}`) in a metrics text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
-/// Scrapes until `series` reaches `want` (the logging phase runs just after each response).
-async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
-    for _ in 0..100 {
-        let text = get_text(&gw.admin_url("/metrics")).await;
-        if metric(&text, series) == Some(want) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{series} never reached {want}:\n{}",
-        get_text(&gw.admin_url("/metrics")).await
-    );
-}
-
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
@@ -144,7 +121,9 @@ async fn a_long_system_prompt_is_cached_by_the_provider_and_read_by_the_next_que
             r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="claude-sonnet-4",route="anthropic"}}"#
         )
     };
-    let text = scrape_until(&gw, &series("cache_read"), written as f64).await;
+    let text = gw
+        .metrics_until(&series("cache_read"), written as f64)
+        .await;
     let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
     assert_eq!(m(&series("cache_write")), written as f64);
     assert_eq!(m(&series("input")), uncached as f64);
@@ -192,12 +171,12 @@ async fn a_long_system_prompt_is_cached_by_the_provider_and_read_by_the_next_que
     let (status, cache, _) = post(&gw, MESSAGES, ANTHROPIC, &question(&system, "Second?")).await;
     assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert_eq!(mock.hits(), 2);
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_cache_lookups_total{result="hit",route="anthropic"}"#,
-        1.0,
-    )
-    .await;
+    let text = gw
+        .metrics_until(
+            r#"promptgate_cache_lookups_total{result="hit",route="anthropic"}"#,
+            1.0,
+        )
+        .await;
     let hit_saved = metric(
         &text,
         r#"promptgate_cost_saved_usd_total{model="claude-sonnet-4",route="anthropic"}"#,
@@ -261,9 +240,7 @@ async fn a_conversation_reads_its_earlier_turns_and_streams_report_the_cache() {
     assert!(reads[1] >= 1200, "{reads:?}");
     assert!(reads[2] > reads[1] + 300, "{reads:?}");
     let total: u64 = reads.iter().sum();
-    scrape_until(
-        &gw,
-        r#"promptgate_tokens_total{cache="miss",kind="cache_read",model="claude-sonnet-4",route="anthropic"}"#,
+    gw.metrics_until(r#"promptgate_tokens_total{cache="miss",kind="cache_read",model="claude-sonnet-4",route="anthropic"}"#,
         total as f64,
     )
     .await;
@@ -296,9 +273,7 @@ async fn own_breakpoints_and_short_prompts_are_forwarded_byte_identical() {
         answer["usage"]["cache_read_input_tokens"].as_u64().unwrap() >= 1024,
         "{answer}"
     );
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_requests_total{cache="miss",route="anthropic",status="200",upstream="claude"}"#,
+    let text = gw.metrics_until(r#"promptgate_requests_total{cache="miss",route="anthropic",status="200",upstream="claude"}"#,
         2.0,
     )
     .await;
@@ -388,7 +363,7 @@ async fn openai_cached_tokens_are_counted_and_priced() {
             r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
         )
     };
-    let text = scrape_until(&gw, &series("cache_read"), cached as f64).await;
+    let text = gw.metrics_until(&series("cache_read"), cached as f64).await;
     let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
     assert_eq!(m(&series("input")), (prompt - cached) as f64);
     assert_eq!(m(&series("cache_write")), 0.0);
@@ -415,5 +390,6 @@ async fn openai_cached_tokens_are_counted_and_priced() {
             .unwrap();
     }
     assert!(read >= 1024, "{read}");
-    scrape_until(&gw, &series("cache_read"), (cached + read) as f64).await;
+    gw.metrics_until(&series("cache_read"), (cached + read) as f64)
+        .await;
 }

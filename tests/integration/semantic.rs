@@ -6,7 +6,7 @@
 //! so "What's the tempo of this loop?" and "what is the TEMPO of this loop" score 6/7 ≈ 0.857.
 
 use crate::support::redis::RedisServer;
-use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, free_port, metric, Config, Gateway, MockUpstream, Route};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -84,27 +84,6 @@ fn embeds(embedder: &MockUpstream) -> usize {
         .count()
 }
 
-/// The value of one exact series (`name{labels}`) in a metrics text, if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
-/// Scrapes until `series` reaches at least `want` (the logging phase runs just after each
-/// response).
-async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
-    for _ in 0..100 {
-        let text = get_text(&gw.admin_url("/metrics")).await;
-        if metric(&text, series).is_some_and(|v| v >= want) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let text = get_text(&gw.admin_url("/metrics")).await;
-    panic!("{series} never reached {want}:\n{text}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reworded_question_is_answered_from_the_cache() {
     let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
@@ -157,14 +136,13 @@ async fn a_reworded_question_is_answered_from_the_cache() {
     )
     .await;
     assert_eq!(other.cache(), "MISS");
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_cache_lookups_total{result="semantic_hit",route="openai"}"#,
-        1.0,
-    )
-    .await;
-    scrape_until(
-        &gw,
+    let text = gw
+        .metrics_at_least(
+            r#"promptgate_cache_lookups_total{result="semantic_hit",route="openai"}"#,
+            1.0,
+        )
+        .await;
+    gw.metrics_at_least(
         r#"promptgate_semantic_similarity_count{outcome="below_threshold",route="openai"}"#,
         1.0,
     )
@@ -309,8 +287,7 @@ async fn nothing_but_the_compared_text_may_differ() {
     assert_eq!(same.body, first.body);
     assert_eq!(mock.hits(), 1 + cases.len());
     // The 120 bpm request was similar enough; the literal guard refused it.
-    scrape_until(
-        &gw,
+    gw.metrics_at_least(
         r#"promptgate_semantic_similarity_count{outcome="guard_refused",route="openai"}"#,
         1.0,
     )
@@ -386,8 +363,7 @@ async fn the_exact_match_header_turns_the_semantic_lookup_off() {
         1,
         "no embedding for an exact-only request"
     );
-    scrape_until(
-        &gw,
+    gw.metrics_at_least(
         r#"promptgate_semantic_skipped_total{reason="exact_only",route="openai"}"#,
         1.0,
     )
@@ -402,12 +378,12 @@ async fn shadow_mode_counts_would_be_hits_without_serving_them() {
     let reply = post(&gw, &[], &chat(REWORDED)).await;
     assert_eq!(reply.cache(), "MISS");
     assert_eq!(mock.hits(), 2, "shadow mode never serves");
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_semantic_shadow_hits_total{route="openai"}"#,
-        1.0,
-    )
-    .await;
+    let text = gw
+        .metrics_at_least(
+            r#"promptgate_semantic_shadow_hits_total{route="openai"}"#,
+            1.0,
+        )
+        .await;
     assert_eq!(
         metric(
             &text,
@@ -452,8 +428,7 @@ async fn a_down_slow_or_garbled_embedder_fails_open_within_its_timeout() {
                 started.elapsed()
             );
         }
-        scrape_until(
-            &gw,
+        gw.metrics_at_least(
             &format!(
                 r#"promptgate_semantic_embed_errors_total{{reason="{reason}",upstream="embed"}}"#
             ),
@@ -506,8 +481,7 @@ async fn two_processes_sharing_a_redis_share_semantic_entries() {
     let reply = post(&b, &[], &chat("How do I export stems from Ableton?")).await;
     assert_eq!((reply.status, reply.cache()), (200, "MISS"), "{}", b.logs());
     assert_eq!(mock.hits(), 2);
-    scrape_until(
-        &b,
+    b.metrics_at_least(
         r#"promptgate_cache_store_errors_total{backend="redis"}"#,
         1.0,
     )
