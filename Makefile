@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic bench-h2
+.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic bench-prompt-caching bench-h2
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -116,6 +116,12 @@ bench-h2:
 bench-profile:
 	@bash bench/setup.sh
 	python3 bench/run.py --profile
+
+## bench-prompt-caching: a 10-turn Claude conversation replayed with prompt_caching off and auto
+## in front of the mock upstream: prompt tokens as billed and USD (issue 18; a few seconds)
+bench-prompt-caching:
+	cargo build --locked --bins --examples
+	python3 bench/prompt_caching.py --markdown
 
 ## bench-semantic: semantic-cache threshold table (issue 17) with the real all-MiniLM-L6-v2, offline:
 ## results in bench/semantic/results.md (see bench/semantic/README.md). A venv of ~230 MB without

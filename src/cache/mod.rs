@@ -12,6 +12,7 @@ pub(crate) mod operations;
 pub(crate) mod policy;
 pub(crate) mod record;
 pub mod redis;
+pub mod semantic;
 pub(crate) mod vary;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
@@ -73,11 +74,20 @@ pub enum Lookup {
     /// The shared store failed, timed out or is skipped (open circuit), or the entry was
     /// unreadable: served as a miss.
     Error,
+    /// Answered with this entry, stored for a similar request (the semantic cache).
+    SemanticHit(Arc<Entry>),
 }
 
 impl Lookup {
     /// Every label value, in [`Lookup::index`] order.
-    pub const LABELS: [&'static str; 5] = ["hit", "miss", "bypass", "coalesced", "error"];
+    pub const LABELS: [&'static str; 6] = [
+        "hit",
+        "miss",
+        "bypass",
+        "coalesced",
+        "error",
+        "semantic_hit",
+    ];
 
     /// This outcome's position in [`Lookup::LABELS`].
     pub fn index(&self) -> usize {
@@ -87,6 +97,7 @@ impl Lookup {
             Lookup::Bypass => 2,
             Lookup::Coalesced => 3,
             Lookup::Error => 4,
+            Lookup::SemanticHit(_) => 5,
         }
     }
 
@@ -120,6 +131,10 @@ pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
 /// hits (read-your-writes).
 const WRITE_WINDOW: Duration = Duration::from_secs(10);
 
+/// The in-process semantic index may hold up to this fraction of `cache.memory.max_bytes`
+/// (1/4) on top of it: its vectors and texts are small beside the responses they point at.
+const SEMANTIC_SHARE: u64 = 4;
+
 /// The configured shared store, swapped whole when a reload changes `cache.redis`.
 struct Backend {
     spec: Option<RedisSpec>,
@@ -129,6 +144,8 @@ struct Backend {
 /// The stores behind one cache, shared by every request and kept across config reloads.
 pub struct Cache {
     memory: MemoryStore,
+    /// Vectors of semantically cached requests, in process (see [`semantic`]).
+    semantic: semantic::index::MemoryIndex,
     backend: ArcSwap<Backend>,
     flights: Arc<Flights>,
 }
@@ -139,6 +156,7 @@ impl Cache {
     pub fn new(spec: &CacheSpec) -> Result<Cache, RedisError> {
         Ok(Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
+            semantic: semantic::index::MemoryIndex::new(spec.memory.max_bytes / SEMANTIC_SHARE),
             backend: ArcSwap::from_pointee(Backend::new(spec)?),
             flights: Arc::default(),
         })
@@ -150,7 +168,8 @@ impl Cache {
         let wanted = (spec.backend == CacheBackend::Redis).then_some(&spec.redis);
         if !same_redis(self.backend.load().spec.as_ref(), wanted) {
             self.backend.store(Arc::new(Backend::new(spec)?));
-            log::info!("cache backend is now {:?}", spec.backend);
+            // The reload line names the store in force.
+            log::debug!("cache backend is now {:?}", spec.backend);
         }
         Ok(())
     }
@@ -254,7 +273,10 @@ impl Cache {
             .as_ref()
             .map_or_else(|| RedisSpec::default().prefix, |s| s.prefix.clone());
         let memory = match selector {
-            Purge::Route(r) => self.memory.purge(|route, _| route == r),
+            Purge::Route(r) => {
+                self.semantic.purge_route(r);
+                self.memory.purge(|route, _| route == r)
+            }
             Purge::Prefix(p) => self
                 .memory
                 .purge(|route, key| redis_key(&key_prefix, route, key).starts_with(p.as_str())),
@@ -327,6 +349,37 @@ impl Cache {
         let marker = Arc::new(Entry::variants_marker(names, entry.ttl));
         self.store(route, variant, entry);
         self.store(route, primary, marker);
+    }
+
+    /// Stores `entry`, an answer served to a request with `request` headers, under that
+    /// request's `key` as the recorder would have: as the variant those headers select when
+    /// the answer varies (or `key` already has variants), never when it varies on anything.
+    pub fn store_for_request(
+        &self,
+        route: &str,
+        key: CacheKey,
+        entry: Arc<Entry>,
+        request: &http::HeaderMap,
+    ) {
+        let varies = vary::of(
+            entry
+                .headers
+                .iter()
+                .filter(|(n, _)| n == http::header::VARY)
+                .map(|(_, v)| v),
+        );
+        let names = match varies {
+            vary::Varies::No => self.known_variants(&key),
+            vary::Varies::On(names) => Some(names),
+            vary::Varies::Anything => return,
+        };
+        match names {
+            Some(names) => {
+                let variant = vary::variant_key(&key, &names, request);
+                self.store_variant(route, key, &names, variant, entry);
+            }
+            None => self.store(route, key, entry),
+        }
     }
 
     /// Requests in flight upstream, for single-flight.

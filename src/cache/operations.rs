@@ -14,12 +14,21 @@ pub fn cacheable(
     path: &str,
     body: &ParsedBody<'_>,
 ) -> bool {
+    first(ops, method, path).is_some_and(|op| condition_met(op.condition, body))
+}
+
+/// Whether `method` and `path` name one of `ops`, before its body condition is checked: all
+/// that can be said of a request whose body was never read (too large).
+pub fn named(ops: &[Operation], method: &http::Method, path: &str) -> bool {
+    first(ops, method, path).is_some()
+}
+
+/// The first of `ops` whose method and path match.
+fn first<'o>(ops: &'o [Operation], method: &http::Method, path: &str) -> Option<&'o Operation> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    ops.iter()
-        .find(|op| {
-            op.method.as_ref().is_none_or(|m| m == method) && ends_with(&segments, &op.segments)
-        })
-        .is_some_and(|op| condition_met(op.condition, body))
+    ops.iter().find(|op| {
+        op.method.as_ref().is_none_or(|m| m == method) && ends_with(&segments, &op.segments)
+    })
 }
 
 /// True when the path's last segments match `pattern` (`**` matches any number of segments).
@@ -94,6 +103,18 @@ mod tests {
     fn allows(ops: &[Operation], method: &str, path: &str, body: &str) -> bool {
         let method = http::Method::from_bytes(method.as_bytes()).unwrap();
         cacheable(ops, &method, path, &ParsedBody::new(body.as_bytes()))
+    }
+
+    #[test]
+    fn named_judges_method_and_path_before_the_body() {
+        let d = ops(&["default"]);
+        let post = http::Method::POST;
+        assert!(named(&d, &post, "/v1/chat/completions"));
+        // The body condition is not checked yet: an empty Ollama prompt is not cacheable.
+        assert!(named(&d, &post, "/api/chat"));
+        assert!(!allows(&d, "POST", "/api/chat", "{}"));
+        assert!(!named(&d, &post, "/v1/files"));
+        assert!(!named(&d, &http::Method::GET, "/v1/chat/completions"));
     }
 
     #[test]

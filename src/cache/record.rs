@@ -4,6 +4,7 @@
 use super::entry::{ChunkMark, Entry};
 use super::flight::{Leader, SharedHead, Variant};
 use super::key::CacheKey;
+use super::semantic::Indexing;
 use super::vary::{self, Varies};
 use super::Cache;
 use crate::clock::unix_now;
@@ -27,6 +28,9 @@ pub struct RecordPlan {
     pub complete_on_disconnect: bool,
     /// Set when identical requests may follow this one (single-flight).
     pub leader: Option<Leader>,
+    /// Set on semantic routes after a semantic miss: the stored answer is indexed under this
+    /// request's compared text too.
+    pub semantic: Option<Box<Indexing>>,
 }
 
 impl RecordPlan {
@@ -224,6 +228,18 @@ impl Recorder {
                 entry.clone(),
             ),
             None => cache.store(&self.plan.route, self.plan.key, entry.clone()),
+        }
+        // Indexed under the primary key: a semantic hit looks it up with its own request's
+        // headers, so of an answer that varies it gets the variant those select, or none.
+        if let Some(ix) = self.plan.semantic.take() {
+            cache.semantic_store(
+                &self.plan.route,
+                &ix.probe,
+                ix.vector,
+                self.plan.key,
+                self.plan.ttl,
+                ix.max_per_context,
+            );
         }
         Some(entry)
     }

@@ -172,6 +172,10 @@ pub fn parse(
         value
     };
     interpolate::expand_tree(&mut root, "", &recording_env, &mut problems);
+    // A field whose `${VAR}` could not be expanded still holds the literal `${VAR}`; any
+    // later problem about that field ("is not a URL", "not a duration") is noise that hides
+    // the real one, so only the expansion problem is reported for it.
+    let unexpanded: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
     if let Some(p) = missing_routes(&root) {
         problems.push(p);
     }
@@ -185,7 +189,13 @@ pub fn parse(
             .to_path_buf(),
     };
     let spec = validate::validate(&mut sections, root);
-    let mut problems = sections.problems;
+    let mut problems: Vec<Problem> = sections
+        .problems
+        .into_iter()
+        .enumerate()
+        .filter(|(i, p)| *i < unexpanded.len() || !unexpanded.contains(&p.path))
+        .map(|(_, p)| p)
+        .collect();
     for p in &mut problems {
         if p.line.is_none() {
             p.line = index.line_of(&p.path);

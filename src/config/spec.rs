@@ -7,8 +7,8 @@
 use super::operations::{self, Operation};
 use super::schema::{
     CacheScope, CacheSpec, ConfigSpec, HealthSpec, HttpVersion, LogSpec, PoolSpec, PriceSpec,
-    PriorityGroup, RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy,
-    TimeoutsSpec,
+    PriorityGroup, PromptCaching, Provider, RateLimitSpec, ReloadSpec, Replay, RetrySpec,
+    RouteCacheSpec, SemanticSpec, Strategy, TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
@@ -43,6 +43,8 @@ pub struct Spec {
     pub reload: ReloadSpec,
     /// `pricing:` overrides, each price finite and ≥ 0 (USD per million tokens).
     pub pricing: BTreeMap<String, PriceSpec>,
+    /// `prompt_cache_min_tokens:` overrides (model pattern → tokens, each ≥ 1).
+    pub prompt_cache_min_tokens: BTreeMap<String, u64>,
     pub log: LogSpec,
     /// `admin_token`, `None` when absent or empty.
     pub admin_token: Option<Secret<String>>,
@@ -80,6 +82,8 @@ pub struct Upstream {
     pub ca: Option<Arc<CaBundle>>,
     /// `tls.sni`, a valid DNS name or IP address (https upstreams only).
     pub sni: Option<String>,
+    /// As written, else told from the host.
+    pub provider: Provider,
 }
 
 /// The certificates of an upstream's `tls.ca_file`, read when the config was loaded.
@@ -114,6 +118,7 @@ pub struct Route {
     pub websocket: bool,
     /// `rate_limit:`, checked (at least one limit, each within its bounds).
     pub rate_limit: Option<RateLimitSpec>,
+    pub prompt_caching: PromptCaching,
 }
 
 /// `routes[N].match`: every criterion given must hold.
@@ -159,6 +164,9 @@ pub struct RouteCache {
     pub complete_on_disconnect: bool,
     pub coalesce: bool,
     pub coalesce_timeout: Duration,
+    /// The semantic cache, when the route opts in: every field in range, and `upstream` a key
+    /// of [`Spec::upstreams`].
+    pub semantic: Option<SemanticSpec>,
 }
 
 impl RouteCache {
@@ -192,6 +200,13 @@ impl RouteCache {
                 )),
             }
         }
+        if let Some(sem) = &route.semantic {
+            problems.extend(
+                semantic_problems(sem)
+                    .into_iter()
+                    .map(|(field, message)| (format!("semantic.{field}"), message)),
+            );
+        }
         let operations =
             match operations::parse(route.operations.as_ref().unwrap_or(&global.operations)) {
                 Ok(ops) => ops,
@@ -206,6 +221,7 @@ impl RouteCache {
             return Err(problems);
         }
         Ok(RouteCache {
+            semantic: route.semantic.clone(),
             operations,
             enabled: global.enabled && route.enabled.unwrap_or(true),
             ttl,
@@ -224,4 +240,32 @@ impl RouteCache {
             coalesce_timeout: global.coalesce_timeout,
         })
     }
+}
+
+/// Each field of a `semantic:` section that is out of range, with its problem (the upstream
+/// name is checked against the upstreams by the validator).
+fn semantic_problems(s: &SemanticSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !s.path.starts_with('/') {
+        problems.push(("path", "must start with /".to_string()));
+    }
+    if s.model.trim().is_empty() {
+        problems.push(("model", "must name the embedding model".to_string()));
+    }
+    if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+        problems.push((
+            "threshold",
+            format!("must be a cosine similarity in (0, 1], got {}", s.threshold),
+        ));
+    }
+    if s.timeout.is_zero() || s.timeout > Duration::from_secs(60) {
+        problems.push(("timeout", "must be between 1ms and 60s".to_string()));
+    }
+    if !(1..=1024).contains(&s.max_per_context) {
+        problems.push(("max_per_context", "must be between 1 and 1024".to_string()));
+    }
+    if s.max_chars == 0 {
+        problems.push(("max_chars", "must be at least 1".to_string()));
+    }
+    problems
 }

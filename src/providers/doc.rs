@@ -71,16 +71,35 @@ pub(super) struct Doc<'a> {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
 pub(super) struct Counts {
+    /// OpenAI chat: every prompt token, cached ones included.
     pub prompt_tokens: Num,
     pub completion_tokens: Num,
+    /// Anthropic: the prompt tokens not read from or written to its cache. Responses: every
+    /// prompt token, cached ones included.
     pub input_tokens: Num,
     pub output_tokens: Num,
+    /// OpenAI chat: `cached_tokens`.
+    pub prompt_tokens_details: Obj<CachedDetails>,
+    /// Responses: `cached_tokens`.
+    pub input_tokens_details: Obj<CachedDetails>,
+    /// Anthropic.
+    pub cache_creation_input_tokens: Num,
+    pub cache_read_input_tokens: Num,
+}
+
+/// OpenAI's `prompt_tokens_details` / `input_tokens_details`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct CachedDetails {
+    pub cached_tokens: Num,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub(super) struct GeminiCounts {
+    /// Every prompt token, cached ones included.
     pub prompt_token_count: Num,
+    pub cached_content_token_count: Num,
     pub candidates_token_count: Num,
     pub thoughts_token_count: Num,
 }

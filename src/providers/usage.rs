@@ -1,19 +1,88 @@
 //! How each provider reports the tokens a response used ([`Usage`]), merged from the documents
 //! of a body as [`super::ResponseReader`] reads them.
 
-use super::doc::Doc;
+use super::doc::{CachedDetails, Counts, Doc};
 
-/// Tokens one response used, as the provider reported them.
+/// Tokens one response used, as the provider reported them, in kinds that do not overlap:
+/// the prompt is `input + cache_read + cache_write` tokens, each kind billed at its own price.
+///
+/// Providers count the prompt differently: OpenAI's `prompt_tokens` (Responses'
+/// `input_tokens`) and Gemini's `promptTokenCount` *include* the cached tokens they report
+/// apart, Anthropic's `input_tokens` *excludes* its cache reads and writes. Both are read into
+/// this one shape, so nothing is counted twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Prompt tokens (OpenAI `prompt_tokens`, Anthropic `input_tokens`, Gemini
-    /// `promptTokenCount`, Ollama `prompt_eval_count`).
+    /// Prompt tokens neither read from nor written to the provider's prompt cache (OpenAI
+    /// `prompt_tokens` less `cached_tokens`, Anthropic `input_tokens`, Gemini
+    /// `promptTokenCount` less `cachedContentTokenCount`, Ollama `prompt_eval_count`).
     pub input: u64,
     /// Generated tokens (`completion_tokens`, `output_tokens`, `candidatesTokenCount` plus
     /// `thoughtsTokenCount`, `eval_count`).
     pub output: u64,
+    /// Prompt tokens read from the provider's prompt cache (OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Responses `input_tokens_details.cached_tokens`,
+    /// Anthropic `cache_read_input_tokens`, Gemini `cachedContentTokenCount`).
+    pub cache_read: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; the others bill no writes).
+    pub cache_write: u64,
     /// The model the provider says answered, when it says (pricing falls back to the request's).
     pub model: Option<String>,
+}
+
+impl Usage {
+    /// Every prompt token, however billed.
+    pub fn prompt(&self) -> u64 {
+        self.input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write)
+    }
+}
+
+/// Counts one document reports; `None`: not reported here (an earlier value stands).
+#[derive(Default)]
+struct Reported {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+}
+
+impl Reported {
+    /// A prompt count that includes `cached` tokens: the uncached rest, and the cached.
+    fn including_cached(&mut self, prompt: Option<u64>, cached: Option<u64>) {
+        if let Some(prompt) = prompt {
+            let cached = cached.unwrap_or(0).min(prompt);
+            self.input = Some(prompt - cached);
+            self.cache_read = Some(cached);
+        }
+    }
+}
+
+impl Counts {
+    /// OpenAI chat's `prompt_tokens` and Responses' `input_tokens` (told apart from
+    /// Anthropic's by its `input_tokens_details`) include their cached tokens; Anthropic's
+    /// `input_tokens` excludes its cache reads and writes.
+    fn reported(&self) -> Reported {
+        let mut r = Reported {
+            output: self.completion_tokens.0.or(self.output_tokens.0),
+            ..Reported::default()
+        };
+        let cached = |d: Option<&CachedDetails>| d.and_then(|d| d.cached_tokens.0);
+        if self.prompt_tokens.0.is_some() {
+            r.including_cached(
+                self.prompt_tokens.0,
+                cached(self.prompt_tokens_details.get()),
+            );
+        } else if let Some(details) = self.input_tokens_details.get() {
+            r.including_cached(self.input_tokens.0, cached(Some(details)));
+        } else {
+            r.input = self.input_tokens.0;
+            r.cache_read = self.cache_read_input_tokens.0;
+            r.cache_write = self.cache_creation_input_tokens.0;
+        }
+        r
+    }
 }
 
 impl Doc<'_> {
@@ -28,35 +97,38 @@ impl Doc<'_> {
         {
             inner.merge_usage(usage);
         }
-        let mut input = None;
-        let mut output = None;
-        if let Some(u) = self.usage.get() {
-            input = u.prompt_tokens.0.or(u.input_tokens.0);
-            output = u.completion_tokens.0.or(u.output_tokens.0);
-        }
+        let mut r = self
+            .usage
+            .get()
+            .map_or_else(Reported::default, Counts::reported);
         if let Some(g) = self.usage_metadata.get() {
-            input = g.prompt_token_count.0.or(input);
-            output = match (g.candidates_token_count.0, g.thoughts_token_count.0) {
-                (None, None) => output,
+            r.including_cached(g.prompt_token_count.0, g.cached_content_token_count.0);
+            r.output = match (g.candidates_token_count.0, g.thoughts_token_count.0) {
+                (None, None) => r.output,
                 (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
             };
         }
-        input = self.prompt_eval_count.0.or(input);
-        output = self.eval_count.0.or(output);
+        r.input = self.prompt_eval_count.0.or(r.input);
+        r.output = self.eval_count.0.or(r.output);
         let model = self
             .model
             .get()
             .or(self.model_version.get())
             .filter(|m| !m.is_empty());
-        if input.is_none() && output.is_none() && model.is_none() {
+        let counts = [r.input, r.output, r.cache_read, r.cache_write];
+        if counts.iter().all(Option::is_none) && model.is_none() {
             return;
         }
         let u = usage.get_or_insert_with(Usage::default);
-        if let Some(n) = input {
-            u.input = n;
-        }
-        if let Some(n) = output {
-            u.output = n;
+        for (field, value) in [
+            (&mut u.input, r.input),
+            (&mut u.output, r.output),
+            (&mut u.cache_read, r.cache_read),
+            (&mut u.cache_write, r.cache_write),
+        ] {
+            if let Some(n) = value {
+                *field = n;
+            }
         }
         if u.model.is_none() {
             u.model = model.map(str::to_owned);
@@ -194,5 +266,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!((u.input, u.output), (0, 0));
+    }
+
+    /// (input, cache_read, cache_write, output)
+    fn cached(u: Option<Usage>) -> (u64, u64, u64, u64) {
+        let u = u.expect("usage found");
+        (u.input, u.cache_read, u.cache_write, u.output)
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_counted_once_whichever_way_a_provider_reports_them() {
+        let json = "application/json";
+        // OpenAI chat: prompt_tokens includes cached_tokens.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"model":"gpt-4o","usage":{"prompt_tokens":2006,"completion_tokens":300,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0}}}"#
+                ]
+            )),
+            (86, 1920, 0, 300)
+        );
+        // A cached count above the prompt (a broken report) cannot make input negative.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":9}}}"#
+                ]
+            )),
+            (0, 5, 0, 1)
+        );
+        // Responses: input_tokens includes input_tokens_details.cached_tokens.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"object":"response","model":"gpt-4.1","usage":{"input_tokens":1500,"input_tokens_details":{"cached_tokens":1024},"output_tokens":20,"output_tokens_details":{"reasoning_tokens":0}}}"#
+                ]
+            )),
+            (476, 1024, 0, 20)
+        );
+        // Anthropic: input_tokens excludes the cache reads and writes.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":1500,"output_tokens":393}}"#
+                ]
+            )),
+            (21, 1500, 188, 393)
+        );
+        // Gemini: promptTokenCount includes cachedContentTokenCount.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"modelVersion":"gemini-2.5-flash","usageMetadata":{"promptTokenCount":3000,"cachedContentTokenCount":2048,"candidatesTokenCount":7}}"#
+                ]
+            )),
+            (952, 2048, 0, 7)
+        );
+        let sse = "text/event-stream";
+        // Anthropic stream: the cache counts come in message_start, the output in message_delta.
+        assert_eq!(
+            cached(usage(sse, &[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-0\",\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":4000,\"output_tokens\":1}}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n",
+            ])),
+            (12, 4000, 0, 9)
+        );
+        // OpenAI stream with include_usage.
+        assert_eq!(
+            cached(usage(sse, &[
+                "data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":1152}}}\n\ndata: [DONE]\n\n",
+            ])),
+            (48, 1152, 0, 3)
+        );
+        // Without cache fields nothing changes: every prompt token is plain input.
+        let u = usage(
+            json,
+            &[r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#],
+        )
+        .unwrap();
+        assert_eq!(
+            (u.input, u.cache_read, u.cache_write, u.prompt()),
+            (12, 0, 0, 12)
+        );
     }
 }

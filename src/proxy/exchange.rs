@@ -1,13 +1,14 @@
 //! The upstream exchange: build the upstream request, send it with its buffered body,
 //! and relay the response to the client chunk by chunk as it arrives.
 
-use super::errors::ProxyError;
-use super::respond::{self, CACHE_STATUS_HEADER};
+use super::ctx::Stamp;
+use super::errors::{self, Named, ProxyError};
+use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
-use crate::cache::CacheStatus;
+use crate::config::schema::Provider;
 use crate::headers;
-use crate::limits::headers::Headers;
+use crate::providers::anthropic::{self, CacheMinimums};
 use crate::providers::ResponseReader;
 use crate::routing::pool::Opening;
 use crate::routing::upstream::{Slot, Upstream};
@@ -89,6 +90,31 @@ pub fn build_request(
     Ok(req)
 }
 
+/// The body `target` gets, and how many prompt-cache breakpoints promptgate added to it: the
+/// client's body with the target's model rewrite ([`rewrite_model`]); with `caching` (a route
+/// with `prompt_caching: auto`) and a Messages call to an `anthropic` upstream, also the
+/// breakpoints [`anthropic::with_breakpoints`] places. `parsed` is `body`'s tree; the
+/// response-cache key was computed from it before, so it is the client's body that is keyed.
+pub fn body_for(
+    target: &Target,
+    forward: &str,
+    body: &Bytes,
+    parsed: &ParsedBody<'_>,
+    caching: Option<&CacheMinimums>,
+) -> (Bytes, usize) {
+    let up = &target.upstream;
+    let marked = caching
+        .filter(|_| up.provider == Provider::Anthropic)
+        .filter(|_| anthropic::is_messages_path(&up.path_for(forward)))
+        .and_then(|minimums| {
+            anthropic::with_breakpoints(parsed, target.model.as_deref(), minimums)
+        });
+    match marked {
+        Some(m) => (Bytes::from(m.body), m.breakpoints),
+        None => (rewrite_model(target, body, parsed), 0),
+    }
+}
+
 /// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
 /// and values; the body length changes, which `build_request` accounts for. A body that is not
 /// a JSON object with a `model` is sent untouched: the upstream decides what to make of it.
@@ -122,6 +148,31 @@ impl UpstreamResponse {
     pub fn reader(&self) -> ResponseReader {
         ResponseReader::for_headers(&self.header().headers)
     }
+
+    /// Reads the whole body (for promptgate's own calls, such as embeddings), up to `limit`
+    /// bytes, and returns the connection to the pool.
+    pub async fn read_body(mut self, upstream: &Upstream, limit: usize) -> pingora::Result<Bytes> {
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match self.session.read_response_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                    abandon(upstream, self).await;
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        format!("response body over {limit} bytes"),
+                    );
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    abandon(upstream, self).await;
+                    return Err(e);
+                }
+            }
+        }
+        release(upstream, self).await;
+        Ok(body.freeze())
+    }
 }
 
 /// Sends `req` and `body` to `upstream` and reads the response head, over HTTP/1.1 or h2
@@ -137,7 +188,7 @@ pub async fn send(
     slot: &mut Slot,
 ) -> Result<UpstreamResponse, ProxyError> {
     let peer = upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
-        upstream: upstream.name.clone(),
+        upstream: Named::of(upstream),
         detail: e.reason,
     })?;
     let mut attempt = 0;
@@ -149,17 +200,16 @@ pub async fn send(
             .await
             .map_err(|e| match e {
                 Opening::Busy => ProxyError::Busy {
-                    upstream: upstream.name.clone(),
+                    upstream: Named::of(upstream),
                     limit: "pool.max_connections",
                 },
-                Opening::Failed(e) => ProxyError::connecting(upstream, &e),
+                Opening::Failed(e) => ProxyError::from_upstream(upstream, &e),
             })?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
         let h2 = matches!(session, UpstreamSession::H2(_));
         let head = if h2 {
-            h2_request(req, upstream.tls)
-                .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?
+            h2_request(req, upstream.tls).map_err(|e| ProxyError::from_upstream(upstream, &e))?
         } else {
             req.clone()
         };
@@ -180,7 +230,7 @@ pub async fn send(
                     e.etype().as_str()
                 );
             }
-            Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
+            Err(e) => return Err(ProxyError::from_upstream(upstream, &e)),
         }
     }
 }
@@ -273,15 +323,6 @@ pub fn client_header(
     Ok(resp)
 }
 
-/// What promptgate adds to the upstream's response head for the client.
-pub struct Additions<'a> {
-    /// `x-promptgate-cache`, on cached routes.
-    pub cache_status: Option<CacheStatus>,
-    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
-    /// stored with an entry (they are per exchange).
-    pub extra: &'a Headers,
-}
-
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
@@ -297,12 +338,11 @@ pub async fn relay(
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    additions: Additions<'_>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
-    let mut head = relayed_head(&response, session, additions.cache_status)?;
-    respond::add(&mut head, additions.extra)?;
+    let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, session, &head, reader);
     session.write_response_header(Box::new(head), false).await?;
     loop {
@@ -328,7 +368,7 @@ pub async fn relay(
                     Ok(false) => {}
                     Err(e) => {
                         abandon(upstream, response).await;
-                        return Err(broke_off(upstream, e));
+                        return Err(broken_off(upstream, e));
                     }
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
@@ -344,7 +384,7 @@ pub async fn relay(
             Ok(None) => break,
             Err(e) => {
                 abandon(upstream, response).await;
-                return Err(broke_off(upstream, e));
+                return Err(broken_off(upstream, e));
             }
         }
     }
@@ -356,20 +396,22 @@ pub async fn relay(
     session.write_response_body(None, true).await
 }
 
-fn broke_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
-    e.more_context(format!("upstream {} broke off the response", upstream.name))
+/// The error of a response broken off after its head: marked as the upstream's doing, with
+/// what the log line says about it (see `request_filter`).
+fn broken_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
+    let why = errors::broke_off(upstream, &e);
+    e.more_context(why).into_up()
 }
 
-/// The client's head for an upstream response, with `x-promptgate-cache`.
+/// The client's head for an upstream response, with what `stamp` adds (`x-promptgate-cache`,
+/// `x-ratelimit-*`: per exchange, so never stored with an entry).
 fn relayed_head(
     response: &UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
+    respond::add(&mut head, stamp)?;
     Ok(head)
 }
 
@@ -396,11 +438,11 @@ pub async fn finish_detached(
     upstream: &Upstream,
     response: UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) {
-    let recorder = relayed_head(&response, session, cache_status)
+    let recorder = relayed_head(&response, session, stamp)
         .ok()
         .and_then(|head| recorder(record, session, &head, reader));
     match recorder {
@@ -481,6 +523,7 @@ mod tests {
             http_version: Default::default(),
             ca: None,
             sni: None,
+            provider: crate::config::schema::Provider::Openai,
         };
         Upstream::new("openai".into(), &spec)
     }

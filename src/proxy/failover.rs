@@ -2,16 +2,18 @@
 //! jitter (honouring `Retry-After`), failover to the next target, passive health.
 //!
 //! All of it happens before anything is sent to the client, and every attempt sends the same
-//! buffered body, intact (each target applying its own model rewrite). Every wait watches the
+//! buffered body, intact (each target applying its own model rewrite, and an Anthropic target
+//! on a `prompt_caching: auto` route its breakpoints). Every wait watches the
 //! client: one that leaves cancels the call (see [`watched`]).
 
 use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
-use super::errors::ProxyError;
+use super::errors::{Named, ProxyError};
 use super::exchange::{self, UpstreamResponse};
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
@@ -89,8 +91,10 @@ pub struct Outgoing<'a, 'b> {
     /// The upstream path and query (the route's prefix rewriting applied).
     pub forward: &'a str,
     pub body: &'a Bytes,
-    /// `body`'s tree, for the model rewrites.
+    /// `body`'s tree, for the model rewrites and prompt-cache breakpoints.
     pub parsed: &'a ParsedBody<'b>,
+    /// With `prompt_caching: auto`: the minimum prefix per model for a breakpoint.
+    pub prompt_caching: Option<&'a CacheMinimums>,
     /// For a WebSocket upgrade, the client's `Upgrade` value: sent on with
     /// `Connection: upgrade` (both hop-by-hop, so `build_request` leaves them out).
     pub upgrade: Option<&'a HeaderValue>,
@@ -122,7 +126,14 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
+        let (body, breakpoints) = exchange::body_for(
+            target,
+            outgoing.forward,
+            outgoing.body,
+            outgoing.parsed,
+            outgoing.prompt_caching,
+        );
+        ctx.prompt_cache_breakpoints = breakpoints;
         let mut req =
             exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
         if let Some(upgrade) = outgoing.upgrade {
@@ -143,7 +154,7 @@ pub async fn exchange<'r>(
                     Err(busy) => {
                         tried.push(format!("{} busy", up.name));
                         last_error = Some(ProxyError::Busy {
-                            upstream: up.name.clone(),
+                            upstream: Named::of(up),
                             limit: busy.limit,
                         });
                         break; // a full upstream: try the next target now
@@ -207,10 +218,10 @@ pub async fn exchange<'r>(
     match (last_response, last_error) {
         (Some(answer), _) => Ok(answer),
         (None, Some(e)) => Err(exhausted(e, route, &tried)),
-        (None, None) => Err(ProxyError::Upstream {
-            upstream: route.name.clone(),
-            detail: "the route has no targets".into(),
-        }),
+        (None, None) => Err(ProxyError::Internal(format!(
+            "route {} has no targets",
+            route.name
+        ))),
     }
 }
 

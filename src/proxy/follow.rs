@@ -1,12 +1,12 @@
 //! Serving a request from an identical one already in flight (single-flight follower).
 
 use super::client_gone::unless_gone;
+use super::ctx::Stamp;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
 use crate::cache::key::CacheKey;
 use crate::cache::vary;
 use crate::config::schema::Replay;
-use crate::limits::headers::Headers;
 use crate::providers::{ResponseReader, Usage};
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub async fn serve(
     mut follower: Follower,
     key: CacheKey,
     timeout: Duration,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -52,14 +52,14 @@ pub async fn serve(
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, stamp)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
         };
     }
     let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
-    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
+    let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;

@@ -5,7 +5,7 @@ use super::client_gone::Waiting;
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
-use super::{respond, Failure};
+use super::{respond, semantic, Failure};
 use crate::body::ParsedBody;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
@@ -13,6 +13,7 @@ use crate::cache::record::RecordPlan;
 use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -37,7 +38,36 @@ pub(super) enum CacheStep {
     },
 }
 
-/// The cache's part in this request, or `None` when the route or method is not cached.
+/// `x-promptgate-cache` for an answer on one of `routes` (the route, or before the body chose
+/// it, its candidates) that the cache step has not decided — an error on the way: `MISS` when
+/// the request is a cache candidate (one of the route's cacheable operations, no request control
+/// skipping the lookup), `BYPASS` when it is not; none unless every one of `routes` is cached.
+/// Without the `body` (not read yet), an operation's body condition is taken as met.
+pub(super) fn unreached(
+    routes: &[&Route],
+    req: &RequestHeader,
+    path: &str,
+    body: Option<&ParsedBody<'_>>,
+) -> Option<CacheStatus> {
+    if routes.is_empty() || !routes.iter().all(|r| r.cache.enabled) {
+        return None;
+    }
+    let operation = |route: &&Route| {
+        let (ops, forward) = (&route.cache.operations, route.forward_path(path));
+        match body {
+            Some(body) => operations::cacheable(ops, &req.method, forward, body),
+            None => operations::named(ops, &req.method, forward),
+        }
+    };
+    let candidate = routes.iter().all(operation) && policy::controls(req).is_ok_and(|c| c.lookup);
+    Some(if candidate {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Bypass
+    })
+}
+
+/// The cache's part in this request, or `None` when the route is not cached.
 pub(super) fn decide(
     cache: &Arc<Cache>,
     session: &Session,
@@ -90,8 +120,17 @@ pub(super) fn decide(
             limit: route.cache.max_entry_bytes,
             complete_on_disconnect: route.cache.complete_on_disconnect,
             leader: None,
+            semantic: None,
         }),
     }))
+}
+
+/// The request as the cache step reads it.
+pub(super) struct Asked<'r, 'b> {
+    pub route: &'r Route,
+    /// The request path, as the cache key has it.
+    pub path: &'r str,
+    pub body: &'r ParsedBody<'b>,
 }
 
 /// Answers from the cache, or from an identical request already in flight, when possible;
@@ -100,9 +139,10 @@ pub(super) async fn answer(
     cache: &Cache,
     session: &mut Session,
     ctx: &mut Ctx,
-    route: &Route,
+    asked: Asked<'_, '_>,
     decision: CacheDecision,
 ) -> Result<CacheStep, Failure> {
+    let Asked { route, path, body } = asked;
     let CacheDecision {
         status,
         lookup,
@@ -119,14 +159,30 @@ pub(super) async fn answer(
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
-        let replayed =
-            respond::cached(session, entry, route.cache.replay, ctx.extra_headers()).await;
+        let replayed = respond::cached(session, entry, route.cache.replay, ctx.stamp()).await;
         // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
         ctx.lookup = Some(found);
         replayed.map_err(Failure::AfterResponse)?;
         return Ok(CacheStep::Answered);
     }
     ctx.lookup = Some(found);
+    if route.cache.semantic.is_some() {
+        let request = semantic::Request {
+            route,
+            path,
+            body: body.raw(),
+            key,
+            store_for: record.as_ref().map(|plan| plan.ttl),
+        };
+        match semantic::lookup(cache, session, ctx, request).await? {
+            semantic::Step::Answered => return Ok(CacheStep::Answered),
+            semantic::Step::Miss(indexing) => {
+                if let Some(plan) = record.as_mut() {
+                    plan.semantic = indexing;
+                }
+            }
+        }
+    }
     if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
@@ -136,7 +192,7 @@ pub(super) async fn answer(
                     follower,
                     key,
                     route.cache.coalesce_timeout,
-                    ctx.extra_headers(),
+                    ctx.stamp(),
                 )
                 .await
                 .map_err(Failure::AfterResponse)?;

@@ -23,6 +23,7 @@
 mod choose;
 mod client_gone;
 mod ctx;
+mod embed;
 mod errors;
 mod exchange;
 mod failover;
@@ -35,6 +36,7 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+pub mod semantic;
 mod tunnel;
 
 pub use ctx::Ctx;
@@ -44,6 +46,7 @@ pub use exchange::build_request;
 
 use crate::body::ParsedBody;
 use crate::cache::Cache;
+use crate::config::schema::PromptCaching;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::routing::balance;
@@ -54,7 +57,7 @@ use async_trait::async_trait;
 use lookup::CacheStep;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -111,12 +114,25 @@ impl Proxy {
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
         let candidates = choose::candidates(runtime, session.req_header(), &path)?;
+        // A WebSocket upgrade is never a cache answer: its answers carry no cache status.
+        let upgrade = tunnel::websocket(session).cloned();
+        // From here on every other answer, an error too, says what the cache did
+        // (`Ctx::stamp`); before the body is read, by what its head says.
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&candidates, session.req_header(), &path, None);
+        }
         let body = request_body::read(session, runtime.max_body_bytes).await?;
         // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
         let parsed = ParsedBody::new(&body);
-        let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
+        let chosen = choose::route(session.req_header(), &path, &candidates, &parsed);
+        if let Err(ProxyError::NoRoute { .. }) = chosen {
+            ctx.cache = None; // on no route at all
+        }
+        let (route, group) = chosen?;
         ctx.route = Some(route.name.clone());
-        let upgrade = tunnel::websocket(session).cloned();
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&[route], session.req_header(), &path, Some(&parsed));
+        }
         if upgrade.is_some() && !route.websocket {
             return Err(ProxyError::WebSocketRefused {
                 route: route.name.clone(),
@@ -137,7 +153,12 @@ impl Proxy {
         let (cache_status, record) = match decision {
             None => (None, None),
             Some(decision) => {
-                match lookup::answer(&self.cache, session, ctx, route, decision).await? {
+                let asked = lookup::Asked {
+                    route,
+                    path: &path,
+                    body: &parsed,
+                };
+                match lookup::answer(&self.cache, session, ctx, asked, decision).await? {
                     CacheStep::Answered => return Ok(()),
                     CacheStep::GoUpstream { status, record } => (Some(status), record),
                 }
@@ -162,6 +183,8 @@ impl Proxy {
                 forward: &forward,
                 body: &body,
                 parsed: &parsed,
+                prompt_caching: (route.prompt_caching == PromptCaching::Auto)
+                    .then_some(&*runtime.prompt_cache_minimums),
                 upgrade: upgrade.as_ref(),
                 record: record.as_ref(),
             },
@@ -177,7 +200,7 @@ impl Proxy {
                 &answer.target.upstream,
                 answer.response,
                 session,
-                cache_status,
+                ctx.stamp(),
                 record,
                 &mut reader,
             )
@@ -190,8 +213,7 @@ impl Proxy {
             // The request's time ends with the 101: a tunnel's lifetime is not a latency.
             ctx.answered_in = Some(ctx.started.elapsed());
             let mut counted = tunnel::Tunnelled::default();
-            let tunnelled =
-                tunnel::run(session, answer.response, &mut counted, ctx.extra_headers()).await;
+            let tunnelled = tunnel::run(session, answer.response, &mut counted, ctx.stamp()).await;
             drop(answer.slot);
             ctx.tunnel = Some(counted);
             return tunnelled.map_err(Failure::AfterResponse);
@@ -200,10 +222,7 @@ impl Proxy {
             &answer.target.upstream,
             answer.response,
             session,
-            exchange::Additions {
-                cache_status,
-                extra: ctx.extra_headers(),
-            },
+            ctx.stamp(),
             record,
             &mut reader,
         )
@@ -253,7 +272,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e, ctx.extra_headers()).await?;
+                respond::error(session, &e, ctx.stamp()).await?;
                 if matches!(e, ProxyError::BodyTooLarge { .. }) {
                     // The answer is out: the request's time ends here, not after the linger.
                     ctx.answered_in = Some(ctx.started.elapsed());
@@ -263,9 +282,29 @@ impl ProxyHttp for Proxy {
             }
             Err(Failure::AfterResponse(e)) => {
                 ctx.error = Some("response_interrupted");
+                // Said here instead of Pingora's "Fail to filter request" line (suppressed
+                // below): an upstream that broke off is a warning naming it; a client that left
+                // is its own business.
+                let req = session.req_header();
+                match (e.esource(), e.context.as_ref()) {
+                    (ErrorSource::Upstream, Some(why)) => log::warn!(
+                        "{} {}: {why}; the answer had started, so the client's connection is cut",
+                        req.method,
+                        req.uri.path()
+                    ),
+                    _ => log::debug!(
+                        "{} {}: the answer could not be completed: {e}",
+                        req.method,
+                        req.uri.path()
+                    ),
+                }
                 Err(e)
             }
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.error == Some("response_interrupted")
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
@@ -283,17 +322,14 @@ impl ProxyHttp for Proxy {
         )
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // Reached only when the response was under way (see `Failure`), or for Pingora's own
         // early errors. Never write a second head into a started response.
         let code = if session.response_written().is_some() {
             0
         } else {
-            let err = ProxyError::Upstream {
-                upstream: "-".into(),
-                detail: e.etype().as_str().to_string(),
-            };
-            let _ = respond::error(session, &err, &Vec::new()).await;
+            let err = ProxyError::Internal(e.etype().as_str().to_string());
+            let _ = respond::error(session, &err, ctx.stamp()).await;
             502
         };
         FailToProxy {

@@ -2,8 +2,8 @@
 //! upstream with its `Upgrade` and `Connection` headers; after the upstream's `101 Switching
 //! Protocols` the bytes are copied both ways, untouched, until either side closes. Never cached.
 
+use super::ctx::Stamp;
 use super::exchange::UpstreamResponse;
-use crate::limits::headers::Headers;
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
@@ -67,10 +67,10 @@ pub async fn run(
     session: &mut Session,
     response: UpstreamResponse,
     counted: &mut Tunnelled,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<()> {
     let mut head = switching_head(response.header())?;
-    super::respond::add(&mut head, extra)?;
+    super::respond::add(&mut head, stamp)?;
     let mut upstream = response.into_session();
     // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs):
     // neither side's read timeout (the client's is Pingora's 60 s default) may cut it.

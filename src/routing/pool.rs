@@ -341,6 +341,7 @@ mod tests {
             http_version,
             ca: None,
             sni: None,
+            provider: crate::config::schema::Provider::Other,
         }
     }
 

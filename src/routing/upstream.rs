@@ -2,7 +2,7 @@
 //! it has been doing (passive health, latency, concurrency).
 
 use super::pool::{self, Pool, Reserved};
-use crate::config::schema::{HealthSpec, HttpVersion, TimeoutsSpec};
+use crate::config::schema::{HealthSpec, HttpVersion, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
 use http::{HeaderName, HeaderValue};
@@ -31,6 +31,8 @@ pub struct Upstream {
     /// Injected headers, replacing the client's (credentials, usually).
     pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
     pub timeouts: TimeoutsSpec,
+    /// Whose API this is (`upstreams.NAME.provider`, or told from the host).
+    pub provider: Provider,
     resolved: Mutex<Option<(SocketAddr, Instant)>>,
     health: Health,
     /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
@@ -136,6 +138,7 @@ impl Upstream {
             host_header: spec.host_header.clone(),
             headers: spec.headers.clone(),
             timeouts: spec.timeouts.clone(),
+            provider: spec.provider,
             resolved: Mutex::new(None),
             health: Health {
                 spec: spec.health.clone(),
@@ -339,6 +342,7 @@ mod tests {
             http_version: Default::default(),
             ca: None,
             sni: None,
+            provider: Provider::Other,
         };
         Upstream::new("u".into(), &spec)
     }

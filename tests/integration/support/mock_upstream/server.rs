@@ -97,7 +97,7 @@ async fn respond(
     }
     let reply = match forced_status(req, shared) {
         Some(status) => error_reply(req, status),
-        None => providers::answer(req, hit, ctl.events, ctl.outcome),
+        None => providers::answer(req, hit, ctl.events, ctl.outcome, &shared.providers),
     };
     let reply = match ctl.encoding {
         Some(encoding) => encode(reply, encoding),

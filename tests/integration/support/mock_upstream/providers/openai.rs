@@ -1,9 +1,10 @@
 //! OpenAI wire format: chat completions (JSON, SSE with optional usage chunk, tool calls, JSON
 //! mode), the Responses API (JSON, and SSE with named events; background jobs polled to
-//! completion), audio transcriptions and translations (multipart uploads), embeddings and the
-//! model list.
+//! completion), audio transcriptions and translations (multipart uploads), embeddings (including
+//! the deterministic bag-of-words model `mock-bow` that the semantic cache tests use as their
+//! embedder) and the model list; automatic prompt caching ([`PromptCache`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -39,10 +40,12 @@ fn chat(c: &Ctx) -> Reply {
     let id = format!("chatcmpl-mock-{}", c.hit);
     let created = unix_now();
     let (prompt, completion) = (c.prompt_tokens(), c.completion_tokens());
+    let cached = c.state.openai.cached_tokens(&c.req.body);
     let usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
     });
     let tool = c.json["tools"].as_array().and_then(|t| t.first()).map(|t| {
         t["function"]["name"]
@@ -161,6 +164,30 @@ fn chat(c: &Ctx) -> Reply {
     stream_reply("text/event-stream", events)
 }
 
+/// Dimensions of a `mock-bow` embedding.
+const BOW_DIMS: usize = 256;
+
+/// Model `mock-bow`: a hashed bag of words — each lowercased run of letters and digits adds 1
+/// to the dimension its BLAKE3 hash picks — scaled to unit length. Deterministic, and close for
+/// rewordings: "What's the tempo of this loop?" and "what is the TEMPO of this loop" share 6 of
+/// 7 words (cosine ≈ 0.857).
+fn bag_of_words(text: &str) -> Vec<f64> {
+    let mut v = vec![0.0; BOW_DIMS];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = blake3::hash(word.to_lowercase().as_bytes());
+        let bucket = u16::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1]]) as usize;
+        v[bucket % BOW_DIMS] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 /// `POST /v1/responses`: one message output; streamed as the Responses API's named events,
 /// ending with `response.completed` (no `[DONE]`). Outcomes: `error` fails the response
 /// (`response.failed`, or an `error` event mid-stream), `partial` ends it `incomplete`,
@@ -171,7 +198,7 @@ fn responses(c: &Ctx) -> Reply {
     let (input, output) = (c.prompt_tokens(), c.completion_tokens());
     let usage = json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": c.state.openai.cached_tokens(&c.req.body)},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output,
@@ -328,7 +355,8 @@ fn audio(c: &Ctx) -> Reply {
 }
 
 /// Each embedding is `[hit, h0, h1, h2]` where `h*` come from the input's BLAKE3 hash, so the
-/// vector identifies its input and also which upstream hit produced it.
+/// vector identifies its input and also which upstream hit produced it — except for model
+/// `mock-bow`, whose vectors are [`bag_of_words`].
 fn embeddings(c: &Ctx) -> Reply {
     let inputs: Vec<String> = match &c.json["input"] {
         Value::Null => Vec::new(),
@@ -343,6 +371,9 @@ fn embeddings(c: &Ctx) -> Reply {
         .iter()
         .enumerate()
         .map(|(index, input)| {
+            if c.json["model"] == "mock-bow" {
+                return json!({"object": "embedding", "index": index, "embedding": bag_of_words(input)});
+            }
             let hash = blake3::hash(input.as_bytes());
             let mut embedding = vec![c.hit as f64];
             embedding.extend(hash.as_bytes()[..3].iter().map(|b| f64::from(*b) / 255.0));
@@ -458,4 +489,34 @@ fn response_object(id: &str, job: &Job, status: &str) -> Value {
         "tools": [],
         "top_p": 1.0,
     })
+}
+
+/// OpenAI's automatic prompt caching, as the provider reports it: a chat or Responses request
+/// of 1024 tokens or more whose leading 1024 + 128·k tokens were seen before reports them as
+/// `prompt_tokens_details.cached_tokens` (Responses: `input_tokens_details.cached_tokens`),
+/// included in the prompt count. Tokens are body bytes
+/// / 4, so the prefixes are the body's first 4096 + 512·k bytes.
+#[derive(Default)]
+pub(crate) struct PromptCache {
+    prefixes: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl PromptCache {
+    const MIN_BYTES: usize = 1024 * 4;
+    const STEP_BYTES: usize = 128 * 4;
+
+    /// The cached tokens of a request with this body, remembering its prefixes.
+    pub(crate) fn cached_tokens(&self, body: &[u8]) -> usize {
+        let mut seen = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = 0;
+        let mut end = Self::MIN_BYTES;
+        while end <= body.len() {
+            let hash = *blake3::hash(&body[..end]).as_bytes();
+            if !seen.insert(hash) {
+                cached = end / 4;
+            }
+            end += Self::STEP_BYTES;
+        }
+        cached
+    }
 }
