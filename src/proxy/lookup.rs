@@ -94,6 +94,16 @@ pub(super) fn decide(
             counted: false,
         }));
     }
+    // A body sent as JSON that does not parse as a JSON object or array: the upstream's answer
+    // to it is an error or something promptgate cannot judge, so it is never stored or served.
+    if declared_json(req) && body.tree().is_none() && !body.raw().trim_ascii().is_empty() {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+            counted: false,
+        }));
+    }
     let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if !controls.lookup && !controls.store {
         return Ok(Some(CacheDecision {
@@ -123,6 +133,21 @@ pub(super) fn decide(
             semantic: None,
         }),
     }))
+}
+
+/// Whether the request's `Content-Type` says JSON (`application/json`, or any `…+json`).
+fn declared_json(req: &RequestHeader) -> bool {
+    let Some(value) = req.headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let essence = essence.trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// The request as the cache step reads it.

@@ -18,8 +18,24 @@ use crate::routing::upstream::Upstream;
 use crate::routing::Route;
 use http::HeaderValue;
 use pingora::proxy::Session;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// When an embedder failure was last logged as a warning (Unix seconds). A dead embedder fails
+/// every semantic lookup open; one warning a minute says so without flooding the log (the
+/// rest go to debug, every one is counted in the metrics).
+static LAST_EMBED_WARNING: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once a minute per `last`: whether this failure is the one to warn about.
+fn warn_now(last: &AtomicU64) -> bool {
+    let now = crate::clock::unix_now();
+    let before = last.load(Ordering::Relaxed);
+    now >= before.saturating_add(60)
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
 
 /// Request header: `exact` turns the semantic lookup off for this request. Response header on
 /// a hit: `exact` or `semantic`.
@@ -123,10 +139,19 @@ pub(super) async fn lookup(
             v
         }
         Err(e) => {
-            log::debug!(
-                "route {}: embedder {} failed ({e}); going on as a miss",
+            let level = if warn_now(&LAST_EMBED_WARNING) {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "route {}: embedder {} ({}:{}) failed: {e}; semantic lookups go on as misses \
+                 (promptgate_semantic_embed_errors_total counts them; this warning at most once a minute)",
                 r.route.name,
-                embedder.name
+                embedder.name,
+                embedder.host,
+                embedder.port
             );
             report.embed = Some((embedder.name.clone(), took, Some(e.label())));
             return Ok(Step::Miss(None));
@@ -206,5 +231,19 @@ fn copy_for(entry: &Arc<Entry>, ttl: Duration) -> Arc<Entry> {
             ttl: Duration::from_secs(entry.age()) + ttl,
             ..(**entry).clone()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedder_failures_are_warned_about_at_most_once_a_minute() {
+        let last = AtomicU64::new(0);
+        assert!(warn_now(&last), "the first failure warns");
+        assert!(!warn_now(&last), "the next, the same minute, does not");
+        last.store(crate::clock::unix_now() - 61, Ordering::Relaxed);
+        assert!(warn_now(&last), "a minute later it warns again");
     }
 }

@@ -169,3 +169,41 @@ async fn a_bad_operation_entry_is_a_config_error_at_its_line() {
     assert!(text.contains("bad.yaml:1: cache.operations[2]"), "{text}");
     assert!(text.contains("preset"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_as_json_that_does_not_parse_is_never_stored() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(Config::providers(&mock.url()));
+    // Cut short, a scalar, and a typo: forwarded untouched each time, never a cache entry
+    // (a self-hosted server may answer such a body with a 200 promptgate cannot judge).
+    for body in [
+        &br#"{"model":"gpt-4o-mini","messages":["#[..],
+        br#""just a string""#,
+        br#"{"model": "gpt-4o-mini",, "messages": []}"#,
+    ] {
+        for round in 0..2 {
+            let resp = client()
+                .post(gw.url("/openai/v1/chat/completions"))
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.headers()["x-promptgate-cache"],
+                "BYPASS",
+                "{} (round {round})",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    assert_eq!(mock.hits(), 6, "every one reached the upstream");
+    // The same bytes as well-formed JSON are cached as usual.
+    let ok = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let first = send(&gw, "POST", "/openai/v1/chat/completions", Some(ok.clone())).await;
+    let again = send(&gw, "POST", "/openai/v1/chat/completions", Some(ok)).await;
+    assert_eq!(
+        (first.cache.as_str(), again.cache.as_str()),
+        ("MISS", "HIT")
+    );
+}

@@ -435,6 +435,13 @@ async fn a_down_slow_or_garbled_embedder_fails_open_within_its_timeout() {
             2.0,
         )
         .await;
+        // One warning names the embedder and its address (each process warns once a minute).
+        let logs = gw.logs();
+        let warned = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("embedder embed (127.0.0.1:"))
+            .count();
+        assert_eq!(warned, 1, "{reason}: {logs}");
         // Exact caching goes on.
         assert_eq!(
             post(&gw, &[], &chat(ASKED)).await.cache(),
