@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic
+.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic bench-prompt-caching bench-h2
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -104,10 +104,24 @@ bench-quick:
 	@BENCH_LITELLM=0 bash bench/setup.sh
 	python3 bench/run.py --quick --only hit,pass $(BENCH_ARGS)
 
+## bench-h2: h2 versus HTTP/1.1 to a local HTTPS upstream (nginx with a CA made for the run, in
+## front of the mock), 200 concurrent streams a wave: TTFB p50/p99 and connections opened,
+## ~1 minute; results in bench/results/h2.md (recorded in BENCHMARKS.md). Not part of `make test`.
+bench-h2:
+	@bash bench/setup.sh
+	cargo build --release --locked --bin promptgate --example mock_upstream
+	python3 bench/h2.py $(BENCH_ARGS)
+
 ## bench-profile: perf profile of the cache-hit path (bench/results/profile-*.txt)
 bench-profile:
 	@bash bench/setup.sh
 	python3 bench/run.py --profile
+
+## bench-prompt-caching: a 10-turn Claude conversation replayed with prompt_caching off and auto
+## in front of the mock upstream: prompt tokens as billed and USD (issue 18; a few seconds)
+bench-prompt-caching:
+	cargo build --locked --bins --examples
+	python3 bench/prompt_caching.py --markdown
 
 ## bench-semantic: semantic-cache threshold table (issue 17) with the real all-MiniLM-L6-v2, offline:
 ## results in bench/semantic/results.md (see bench/semantic/README.md). A venv of ~230 MB without

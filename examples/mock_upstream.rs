@@ -14,6 +14,28 @@ use mock_upstream::MockUpstream;
 
 const USAGE: &str = "usage: mock_upstream [--port PORT]";
 
+/// `--help`: what a user trying promptgate against the mock needs to write a config and make
+/// requests, without reading the test support code.
+const HELP: &str = "\
+usage: mock_upstream [--port PORT]
+
+A mock LLM provider on 127.0.0.1:PORT (default 0: any free port; the first line on stdout is
+the port bound), for trying promptgate offline. Point an upstream at it:
+  upstreams: { mock: { url: \"http://127.0.0.1:PORT\" } }
+
+It answers OpenAI (/v1/chat/completions, /v1/embeddings, /v1/responses, /v1/audio/...),
+Anthropic (/v1/messages), Gemini (/v1beta/models/MODEL:generateContent ...) and Ollama
+(/api/chat, /api/generate) requests, streamed or not, with the text
+\"Hello from mock #N\" (N counts the requests it served), so a fresh answer and a cached one
+differ. Any other path echoes the request it received as JSON (method, path, headers).
+
+Request headers that change its answer (an upstream's `headers:` can set them):
+  x-mock-delay-ms: N         wait N ms before answering, like a model thinking
+  x-mock-chunk-delay-ms: N   wait N ms between the chunks of a stream
+  x-mock-status: S           answer status S with the provider's error body
+  x-mock-fault: reset|truncate|close   break the connection
+  x-mock-outcome: error|partial|refusal   a 200 that is not a whole answer";
+
 fn parse_port(mut args: impl Iterator<Item = String>) -> Result<u16, String> {
     let mut port = 0;
     while let Some(arg) = args.next() {
@@ -24,7 +46,10 @@ fn parse_port(mut args: impl Iterator<Item = String>) -> Result<u16, String> {
                     .parse()
                     .map_err(|_| format!("--port: not a port number: {value:?}"))?;
             }
-            "--help" | "-h" => return Err(USAGE.to_owned()),
+            "--help" | "-h" => {
+                println!("{HELP}");
+                std::process::exit(0);
+            }
             other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
         }
     }

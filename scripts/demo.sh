@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# make demo: promptgate caching an LLM API in about a minute, offline. Starts the project's mock
-# upstream (examples/mock_upstream.rs, which takes 600 ms per answer like a real model) and
-# promptgate with conf/demo.yaml, asks the same question twice (MISS, then HIT), streams one
-# twice, prints the hit rate and the cost saved from /metrics, and stops both processes — also
-# on Ctrl-C or an error. Needs bash and curl; no stdin, no terminal, no API key.
+# make demo: promptgate caching an LLM API in seconds, offline (the first run compiles it in
+# release mode, which takes minutes). Starts the project's mock upstream
+# (examples/mock_upstream.rs, which takes 600 ms per answer like a real model) and promptgate
+# with conf/demo.yaml, asks the same question twice (MISS, then HIT), streams one twice, prints
+# the hit rate and the cost saved from /metrics, and stops both processes — also on Ctrl-C or
+# an error. Needs bash and curl; no stdin, no terminal, no API key.
 #
 # Environment: PROMPTGATE_BIN and MOCK_BIN use those binaries instead of building (release);
 # PROMPTGATE_DEMO_LISTEN / PROMPTGATE_DEMO_ADMIN (IP:port) instead of picking free ports.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 target="${CARGO_TARGET_DIR:-target}"
 if [ -z "${PROMPTGATE_BIN:-}" ] || [ -z "${MOCK_BIN:-}" ]; then
-    echo "demo: building promptgate and the mock upstream (cargo build --release)…"
+    echo "demo: building promptgate and the mock upstream (cargo build --release; the first build takes a few minutes)…"
     cargo build --release --locked --quiet --bin promptgate --example mock_upstream
 fi
 bin="${PROMPTGATE_BIN:-$target/release/promptgate}"

@@ -8,8 +8,9 @@ purpose="${1:-build}"
 packages=(cmake pkg-config gcc g++ make curl ca-certificates)
 if [ "$purpose" = "test" ]; then
     # prometheus ships promtool, which checks the /metrics output in the integration tests;
-    # chromium and chromium-driver (same build, so they always match) run the dashboard test.
-    packages+=(redis-server python3 python3-venv prometheus chromium chromium-driver)
+    # chromium and chromium-driver (same build, so they always match) run the dashboard test;
+    # nginx (TLS, h2) and openssl (a CA made per test) are the local HTTPS upstream.
+    packages+=(redis-server python3 python3-venv prometheus chromium chromium-driver nginx openssl)
 fi
 
 missing=()

@@ -13,7 +13,7 @@ use crate::dashboard;
 use crate::json_error;
 use crate::limits::gcra::{Kind, DAY_US};
 use crate::limits::{BucketUsage, Limiter, RouteLimit};
-use crate::metrics::{self, LookupCounts, Metrics};
+use crate::metrics::{self, LookupCounts, Metrics, Savings};
 use crate::server::inflight::Inflight;
 use crate::server::reload::{Reloader, Trigger};
 use crate::stats;
@@ -82,8 +82,14 @@ fn lookup_json(c: &LookupCounts) -> serde_json::Value {
         "bypasses": c.bypasses,
         "coalesced": c.coalesced,
         "errors": c.errors,
+        "semantic_hits": c.semantic_hits,
         "hit_ratio": c.hit_ratio(),
     })
+}
+
+/// `{"response_cache": USD, "prompt_cache": USD}`.
+fn savings_json(s: &Savings) -> serde_json::Value {
+    serde_json::json!({"response_cache": s.response_cache, "prompt_cache": s.prompt_cache})
 }
 
 /// True when `given` is the configured token. Both sides are hashed first and blake3's hash
@@ -202,13 +208,26 @@ impl Admin {
 
     fn cache_stats(&self) -> Response<Vec<u8>> {
         let (total, per_route) = self.metrics.lookup_counts();
+        let (saved, saved_per_route) = self.metrics.savings();
         let (entries, bytes) = self.cache.memory_usage();
         let mut body = lookup_json(&total);
-        body["routes"] = per_route
+        body["saved_usd"] = savings_json(&saved);
+        let mut routes: serde_json::Map<String, serde_json::Value> = per_route
             .iter()
             .map(|(name, c)| (name.clone(), lookup_json(c)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+            .collect();
+        for (name, s) in &saved_per_route {
+            let route = routes
+                .entry(name.clone())
+                .or_insert_with(|| lookup_json(&LookupCounts::default()));
+            route["saved_usd"] = savings_json(s);
+        }
+        for route in routes.values_mut() {
+            if route.get("saved_usd").is_none() {
+                route["saved_usd"] = savings_json(&Savings::default());
+            }
+        }
+        body["routes"] = routes.into();
         body["memory"] = serde_json::json!({"entries": entries, "bytes": bytes});
         body["redis"] = match self.cache.redis() {
             None => serde_json::Value::Null,

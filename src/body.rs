@@ -1,6 +1,7 @@
 //! A request body parsed once per request: its JSON tree, borrowing strings from the bytes, read
-//! by route matching (the model), the cache key (its canonical form, `cache::key`) and the model
-//! rewrite of each failover target.
+//! by route matching (the model), the cache key (its canonical form, `cache::key`), the model
+//! rewrite of each failover target, and the prompt-cache breakpoints an Anthropic target gets
+//! (`providers::anthropic`, which writes the tree back with [`write_object_edited`]).
 //!
 //! The tree is built on first use, and only for bodies that start with `{` or `[`: a route
 //! that neither matches on the model, caches, nor rewrites never parses its bodies.
@@ -263,7 +264,7 @@ pub fn write_fields<'f, 'a: 'f>(fields: impl Iterator<Item = &'f Field<'a>>, out
 }
 
 /// Writes `node` compactly with object fields in their original order.
-fn write_in_order(node: &Node<'_>, out: &mut impl Sink) {
+pub fn write_in_order(node: &Node<'_>, out: &mut impl Sink) {
     match node {
         Node::Object(fields) => write_object_in_order(fields, None, out),
         Node::Array(items) => {
@@ -282,20 +283,44 @@ fn write_in_order(node: &Node<'_>, out: &mut impl Sink) {
 
 /// An object's fields in their original order; `model`, when given, replaces the value of the
 /// `model` field.
-fn write_object_in_order(fields: &[Field<'_>], model: Option<&str>, out: &mut impl Sink) {
+fn write_object_in_order<S: Sink>(fields: &[Field<'_>], model: Option<&str>, out: &mut S) {
+    let edit = |f: &Field<'_>, out: &mut S| match model.filter(|_| f.key == "model") {
+        Some(model) => {
+            out.escaped(model);
+            true
+        }
+        None => false,
+    };
+    write_object_edited(fields, out, edit, None);
+}
+
+/// Writes an object of `fields` in their original order, compactly. `edit` may write a
+/// field's value itself (returning true; the key is written already); otherwise the value is
+/// written as it is. `append`, a `"key":value` text, is added as the last field.
+pub fn write_object_edited<S: Sink>(
+    fields: &[Field<'_>],
+    out: &mut S,
+    mut edit: impl FnMut(&Field<'_>, &mut S) -> bool,
+    append: Option<&[u8]>,
+) {
     let mut order: Vec<&Field> = fields.iter().collect();
     order.sort_unstable_by_key(|f| f.position);
     out.bytes(b"{");
-    for (i, f) in order.into_iter().enumerate() {
+    for (i, f) in order.iter().enumerate() {
         if i > 0 {
             out.bytes(b",");
         }
         write_str(&f.key, out);
         out.bytes(b":");
-        match model.filter(|_| f.key == "model") {
-            Some(model) => out.escaped(model),
-            None => write_in_order(&f.value, out),
+        if !edit(f, out) {
+            write_in_order(&f.value, out);
         }
+    }
+    if let Some(extra) = append {
+        if !order.is_empty() {
+            out.bytes(b",");
+        }
+        out.bytes(extra);
     }
     out.bytes(b"}");
 }
@@ -313,7 +338,7 @@ fn write_scalar(node: &Node<'_>, out: &mut impl Sink) {
 /// A borrowed string had no escapes in the body, so it needs none now (see [`Node`]); an owned
 /// one (decoded from escapes) is escaped as serde_json does.
 #[allow(clippy::ptr_arg)] // Borrowed or Owned is the point: it says whether there were escapes.
-fn write_str(s: &Cow<'_, str>, out: &mut impl Sink) {
+pub fn write_str(s: &Cow<'_, str>, out: &mut impl Sink) {
     match s {
         Cow::Borrowed(raw) => {
             out.bytes(b"\"");

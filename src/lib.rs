@@ -16,17 +16,22 @@
 //! - [`runtime`] — the running state built from one validated config (routes, upstreams,
 //!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,
-//!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts).
+//!   health); [`routing::upstream`] (one upstream: address, DNS, injected headers, timeouts);
+//!   [`routing::pool`] (its connections: HTTP/1.1 or h2, pool sizes, trust anchors).
 //! - [`body`] — a request body parsed once: its JSON tree, read for the model, the cache key's
 //!   canonical form and the per-target model rewrite.
 //! - [`cache`] — the response cache: keys, entries, recording, single-flight, stores. Knows no
 //!   HTTP session.
 //! - [`limits`] — rate limits and budgets per credential or route: counters in memory or in the
 //!   cache's Redis, kept across reloads.
-//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]), how
-//!   its streams end, its token usage.
+//! - [`providers`] — what differs per provider: what a body is ([`providers::BodyFormat`]),
+//!   whether it is a whole answer ([`providers::Verdict`]: successful ends, errors, refusals per
+//!   format), its token usage (prompt-cache reads and writes apart); read once as it passes
+//!   ([`providers::ResponseReader`]). On the request side, Anthropic's prompt-cache breakpoints
+//!   ([`providers::anthropic`]).
 //! - [`metrics`] — every Prometheus metric, in one registry; fed by the proxy's logging phase.
-//! - [`pricing`] — the price table behind the cost metrics.
+//! - [`pricing`] — the price table behind the cost metrics (prompt-cache reads and writes
+//!   included).
 //! - [`stats`] — what the dashboard shows: recent requests, a 15-minute series, `GET /stats`;
 //!   fed by [`metrics`].
 //! - [`dashboard`] — the dashboard page and its assets, embedded in the binary.
@@ -35,7 +40,8 @@
 //!   (per-route cache settings resolved, Redis URLs parsed), every problem with path and line.
 //!   Imports no runtime module.
 //! - Leaves, importing nothing of the crate: [`headers`] (hop-by-hop, not injectable, not
-//!   replayed), [`json_error`] (the `{"error":{"type","message"}}` body), [`clock`] (Unix time).
+//!   replayed), [`json_error`] (the `{"error":{"type","message"}}` body), [`clock`] (Unix time),
+//!   [`model_table`] (values by model-name pattern: prices, prompt-cache minimums).
 //!
 //! Public (`pub`) are only the modules the binary (`main.rs`), `fuzz/` and `tests/integration`
 //! reach; the rest is `pub(crate)`.
@@ -54,6 +60,7 @@ pub(crate) mod json_error;
 pub mod limits;
 pub mod logging;
 pub(crate) mod metrics;
+pub(crate) mod model_table;
 pub(crate) mod pricing;
 pub mod providers;
 pub mod proxy;

@@ -15,11 +15,19 @@
 //! Structured fields travel as `log` key-values: text lines print them as `key=value`, JSON
 //! lines as fields.
 //!
-//! Pingora's own modules stay at `info` unless `RUST_LOG` names them. Why: at debug level
-//! Pingora logs the raw head of every request it cannot parse — request line with query string,
-//! `Authorization`, `x-api-key` and all — and a client can trigger that at will. `RUST_LOG=debug`
-//! is how operators look at promptgate, so it must stay free of keys; whoever needs Pingora's
-//! debug output asks for it by name (`RUST_LOG=debug,pingora_proxy=debug`).
+//! Levels: `RUST_LOG`'s directives are laid over the default `info,pingora=warn`, so a quiet
+//! start is the default and whatever `RUST_LOG` names wins for what it names: `RUST_LOG=debug`
+//! raises promptgate to debug and leaves Pingora at `warn`; `RUST_LOG=pingora=info` adds
+//! Pingora's own lines (service start-up, shutdown phases) to promptgate's. Pingora is quiet by
+//! default because its `info` lines are internal: a dozen at start-up, ending in "service …
+//! exited", read like a failure.
+//!
+//! Pingora's request-handling crates never go above `info` unless `RUST_LOG` names them. Why: at
+//! debug level Pingora logs the raw head of every request it cannot parse — request line with
+//! query string, `Authorization`, `x-api-key` and all — and a client can trigger that at will.
+//! `RUST_LOG=debug,pingora=debug` is how operators look at everything, so it must stay free of
+//! keys; whoever needs those crates' debug output asks for each by name
+//! (`RUST_LOG=debug,pingora_proxy=debug`).
 
 use crate::config::schema::LogFormat;
 use log::kv::{self, VisitSource, VisitValue};
@@ -37,6 +45,13 @@ pub const ACCESS_TARGET: &str = "promptgate::access";
 
 /// Pingora crates whose debug/trace output can carry request heads.
 const PINGORA_MODULES: &[&str] = &["pingora_proxy", "pingora_core", "pingora_http"];
+
+/// What `RUST_LOG` is laid over. `pingora` covers every `pingora_*` crate (a directive applies
+/// to each target it is a prefix of).
+const DEFAULT_FILTER: &[(Option<&str>, LevelFilter)] = &[
+    (None, LevelFilter::Info),
+    (Some("pingora"), LevelFilter::Warn),
+];
 
 /// Lines waiting for the writer thread, at most; a line past this is dropped and counted.
 /// 16,384 access lines are about 4 MiB, or a third of a second at 50,000 requests/s with the
@@ -70,16 +85,18 @@ static LINES: OnceLock<&'static Lines> = OnceLock::new();
 /// Dropping it writes out what is queued; taken by [`flush`].
 static WORKER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
-/// Installs the logger: `RUST_LOG` levels (default `info`), text format until the config says
-/// otherwise, lines written to stderr by the writer thread. Call [`flush`] before exiting.
+/// Installs the logger: levels from [`DEFAULT_FILTER`] with `RUST_LOG` laid over it, text
+/// format until the config says otherwise, lines written to stderr by the writer thread. Call
+/// [`flush`] before exiting.
 pub fn init() {
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    for module in PINGORA_MODULES {
-        if !names_module(&spec, module) {
-            builder.filter_module(module, LevelFilter::Info.min(max_level(&spec)));
-        }
+    let levels = Filter::new(&spec);
+    let mut builder = env_logger::Builder::new();
+    for (module, level) in &levels.directives {
+        builder.filter(module.as_deref(), *level);
+    }
+    if let Some(regex) = &levels.regex {
+        builder.parse_filters(&format!("/{regex}"));
     }
     let filter = builder.build();
     let batch = if stderr_is_file() {
@@ -106,6 +123,11 @@ pub fn init() {
         log::set_max_level(max);
         let _ = LINES.set(lines);
     }
+    for ignored in &levels.ignored {
+        log::warn!(
+            "RUST_LOG: ignoring {ignored:?}: not a level (error, warn, info, debug, trace, off)"
+        );
+    }
 }
 
 /// Writes out every queued line and stops the writer thread; lines logged later are dropped
@@ -124,6 +146,94 @@ pub fn dropped_lines() -> u64 {
     QUEUE
         .get()
         .map_or(0, |(_, counter)| counter.dropped_lines() as u64)
+}
+
+/// The level directives in force: the defaults, `RUST_LOG`'s over them, and the cap on
+/// Pingora's request-handling crates.
+#[derive(Debug, PartialEq)]
+struct Filter {
+    /// `(module, level)`; `None` is every target. The longest module that is a prefix of a
+    /// target decides its level (env_logger's rule).
+    directives: Vec<(Option<String>, LevelFilter)>,
+    /// `RUST_LOG`'s `/regex` suffix, which keeps only lines whose message matches.
+    regex: Option<String>,
+    /// Directives whose level is not one.
+    ignored: Vec<String>,
+}
+
+impl Filter {
+    fn new(spec: &str) -> Filter {
+        let (mods, regex) = match spec.split_once('/') {
+            Some((mods, regex)) => (mods, Some(regex.to_string())),
+            None => (spec, None),
+        };
+        let mut filter = Filter {
+            directives: DEFAULT_FILTER
+                .iter()
+                .map(|(m, l)| (m.map(str::to_string), *l))
+                .collect(),
+            regex,
+            ignored: Vec::new(),
+        };
+        let mut named = Vec::new();
+        for directive in mods.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let parsed = match directive.split_once('=') {
+                Some((module, level)) => level
+                    .trim()
+                    .parse()
+                    .ok()
+                    .map(|l| (Some(module.trim().to_string()), l)),
+                // A bare word is a level for everything, or a module to log at every level.
+                None => Some(match directive.parse() {
+                    Ok(level) => (None, level),
+                    Err(_) => (Some(directive.to_string()), LevelFilter::Trace),
+                }),
+            };
+            match parsed {
+                Some((module, level)) => {
+                    named.extend(module.clone());
+                    filter.set(module, level);
+                }
+                None => filter.ignored.push(directive.to_string()),
+            }
+        }
+        // A level for everything below Pingora's default applies to Pingora too: `RUST_LOG=error`
+        // means errors only.
+        if !named.iter().any(|n| n == "pingora") {
+            let everything = filter.level_of("");
+            filter.set(Some("pingora".into()), LevelFilter::Warn.min(everything));
+        }
+        for module in PINGORA_MODULES {
+            if !named.iter().any(|n| covers_exactly(n, module)) {
+                let level = filter.level_of(module).min(LevelFilter::Info);
+                filter.set(Some(module.to_string()), level);
+            }
+        }
+        filter
+    }
+
+    /// Sets `module`'s level, replacing a directive for the same module.
+    fn set(&mut self, module: Option<String>, level: LevelFilter) {
+        match self.directives.iter_mut().find(|(m, _)| *m == module) {
+            Some(d) => d.1 = level,
+            None => self.directives.push((module, level)),
+        }
+    }
+
+    /// The level a line from `target` is logged at (or above).
+    fn level_of(&self, target: &str) -> LevelFilter {
+        self.directives
+            .iter()
+            .filter(|(m, _)| m.as_deref().is_none_or(|m| target.starts_with(m)))
+            .max_by_key(|(m, _)| m.as_deref().map_or(0, str::len))
+            .map_or(LevelFilter::Off, |(_, l)| *l)
+    }
+}
+
+/// True when a directive for `name` is about `module` itself or a module inside it (not merely
+/// a prefix of its name, like `pingora` of `pingora_proxy`).
+fn covers_exactly(name: &str, module: &str) -> bool {
+    name == module || name.starts_with(&format!("{module}::"))
 }
 
 /// Switches every following line to `format`.
@@ -333,6 +443,10 @@ fn write_access(line: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, a: &Acce
     f.opt_int(a.input_tokens);
     f.key("output_tokens");
     f.opt_int(a.output_tokens);
+    f.key("cache_read_tokens");
+    f.opt_int(a.cache_read_tokens);
+    f.key("cache_write_tokens");
+    f.opt_int(a.cache_write_tokens);
     f.key("retries");
     f.int(u64::from(a.retries));
     f.key("failovers");
@@ -569,8 +683,12 @@ pub struct Access<'a> {
     pub cache: Option<&'a str>,
     pub coalesced: bool,
     pub duration_ms: f64,
+    /// Every prompt token, prompt-cache reads and writes included.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Of `input_tokens`, those read from and written to the provider's prompt cache.
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
     pub retries: u32,
     pub failovers: u32,
     pub error: Option<&'a str>,
@@ -613,32 +731,13 @@ pub fn access(a: &Access) {
         duration_ms = a.rounded_ms(),
         input_tokens = a.input_tokens,
         output_tokens = a.output_tokens,
+        cache_read_tokens = a.cache_read_tokens,
+        cache_write_tokens = a.cache_write_tokens,
         retries = a.retries,
         failovers = a.failovers,
         error = a.error;
         "{} {}", a.method, a.path
     );
-}
-
-/// True when a `RUST_LOG` spec has a directive for `module` (or a module inside it).
-fn names_module(spec: &str, module: &str) -> bool {
-    spec.split(',').any(|directive| {
-        let name = directive.split('=').next().unwrap_or_default().trim();
-        name == module || name.starts_with(&format!("{module}::"))
-    })
-}
-
-/// The most verbose level a spec asks for anywhere, so capping Pingora never makes it *more*
-/// verbose than the spec (`RUST_LOG=warn` keeps Pingora at warn).
-fn max_level(spec: &str) -> LevelFilter {
-    if spec.trim().is_empty() {
-        return LevelFilter::Info;
-    }
-    spec.split(',')
-        .map(|d| d.rsplit('=').next().unwrap_or_default().trim())
-        .map(|level| level.parse::<LevelFilter>().unwrap_or(LevelFilter::Trace))
-        .max()
-        .unwrap_or(LevelFilter::Info)
 }
 
 #[cfg(test)]
@@ -837,6 +936,8 @@ mod tests {
             duration_ms: 0.4149,
             input_tokens: Some(12),
             output_tokens: Some(40),
+            cache_read_tokens: None,
+            cache_write_tokens: Some(8),
             retries: 0,
             failovers: 0,
             error: None,
@@ -897,6 +998,8 @@ mod tests {
             ("duration_ms", duration_ms.to_value()),
             ("input_tokens", a.input_tokens.to_value()),
             ("output_tokens", a.output_tokens.to_value()),
+            ("cache_read_tokens", a.cache_read_tokens.to_value()),
+            ("cache_write_tokens", a.cache_write_tokens.to_value()),
             ("retries", a.retries.to_value()),
             ("failovers", a.failovers.to_value()),
             ("error", a.error.to_value()),
@@ -932,7 +1035,7 @@ mod tests {
         write_access(&mut line, &mut Clock::new(), now, &accesses()[0], true);
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"ts\":\"2025-06-01T10:00:00.456Z\",\"level\":\"INFO\",\"target\":\"promptgate::access\",\"msg\":\"POST /openai/v1/chat/completions\",\"status\":200,\"route\":\"openai\",\"upstream\":null,\"cache\":\"HIT\",\"coalesced\":false,\"duration_ms\":0.41,\"input_tokens\":12,\"output_tokens\":40,\"retries\":0,\"failovers\":0,\"error\":null}\n"
+            "{\"ts\":\"2025-06-01T10:00:00.456Z\",\"level\":\"INFO\",\"target\":\"promptgate::access\",\"msg\":\"POST /openai/v1/chat/completions\",\"status\":200,\"route\":\"openai\",\"upstream\":null,\"cache\":\"HIT\",\"coalesced\":false,\"duration_ms\":0.41,\"input_tokens\":12,\"output_tokens\":40,\"cache_read_tokens\":null,\"cache_write_tokens\":8,\"retries\":0,\"failovers\":0,\"error\":null}\n"
         );
     }
 
@@ -1164,26 +1267,105 @@ mod tests {
         assert_eq!(queue.error_counter().dropped_lines(), 0);
     }
 
-    #[test]
-    fn pingora_is_capped_unless_named() {
-        assert!(!names_module("debug", "pingora_proxy"));
-        assert!(!names_module("promptgate=debug", "pingora_proxy"));
-        assert!(names_module("debug,pingora_proxy=trace", "pingora_proxy"));
-        assert!(names_module(
-            "pingora_core::protocols=debug",
-            "pingora_core"
-        ));
-        assert!(!names_module("pingora_core_x=debug", "pingora_core"));
+    fn level(spec: &str, target: &str) -> LevelFilter {
+        Filter::new(spec).level_of(target)
     }
 
     #[test]
-    fn the_cap_is_never_more_verbose_than_asked() {
-        assert_eq!(max_level("warn"), LevelFilter::Warn);
-        assert_eq!(max_level(""), LevelFilter::Info);
-        assert_eq!(max_level("debug"), LevelFilter::Debug);
+    fn the_default_is_info_with_pingora_at_warn() {
+        assert_eq!(level("", "promptgate::server"), LevelFilter::Info);
+        assert_eq!(level("", "promptgate::access"), LevelFilter::Info);
+        assert_eq!(level("", "pingora_core::server"), LevelFilter::Warn);
+        assert_eq!(level("", "pingora_proxy"), LevelFilter::Warn);
+        assert_eq!(level("", "pingora_pool::connection"), LevelFilter::Warn);
+    }
+
+    #[test]
+    fn rust_log_is_laid_over_the_default() {
+        // Pingora's own lines on top of promptgate's, not instead of them.
         assert_eq!(
-            LevelFilter::Info.min(max_level("promptgate=trace")),
+            level("pingora=info", "pingora_core::server"),
             LevelFilter::Info
         );
+        assert_eq!(
+            level("pingora=info", "promptgate::server"),
+            LevelFilter::Info
+        );
+        // A level for everything leaves Pingora quiet...
+        assert_eq!(level("debug", "promptgate::proxy"), LevelFilter::Debug);
+        assert_eq!(level("debug", "pingora_core::server"), LevelFilter::Warn);
+        // ...and a module's level leaves the rest at the default.
+        assert_eq!(
+            level("promptgate=debug", "promptgate::proxy"),
+            LevelFilter::Debug
+        );
+        assert_eq!(level("promptgate=debug", "pingora_core"), LevelFilter::Warn);
+        assert_eq!(
+            level("promptgate::access=off", "promptgate::access"),
+            LevelFilter::Off
+        );
+        assert_eq!(
+            level("promptgate::access=off", "promptgate::cli"),
+            LevelFilter::Info
+        );
+        // Quieter than the default applies to everything named.
+        assert_eq!(
+            level("error,pingora=error", "pingora_core"),
+            LevelFilter::Error
+        );
+        assert_eq!(level("off", "promptgate::server"), LevelFilter::Off);
+        assert_eq!(level("off", "pingora_core"), LevelFilter::Off);
+        assert_eq!(level("error", "pingora_core::server"), LevelFilter::Error);
+        assert_eq!(
+            level("info,pingora_core=info", "pingora_core::server"),
+            LevelFilter::Info
+        );
+        assert_eq!(
+            level("info,pingora_core=info", "pingora_pool"),
+            LevelFilter::Warn
+        );
+    }
+
+    #[test]
+    fn pingora_request_crates_stay_at_info_unless_named() {
+        assert_eq!(
+            level("debug,pingora=debug", "pingora_proxy"),
+            LevelFilter::Info
+        );
+        assert_eq!(
+            level("debug,pingora=debug", "pingora_core::protocols"),
+            LevelFilter::Info
+        );
+        assert_eq!(
+            level("debug,pingora=debug", "pingora_pool"),
+            LevelFilter::Debug
+        );
+        assert_eq!(level("trace", "pingora_http"), LevelFilter::Warn);
+        assert_eq!(
+            level("pingora_proxy=debug", "pingora_proxy"),
+            LevelFilter::Debug
+        );
+        assert_eq!(
+            level(
+                "pingora_core::protocols=trace",
+                "pingora_core::protocols::http"
+            ),
+            LevelFilter::Trace
+        );
+        // Named by a longer prefix only: still capped.
+        assert_eq!(
+            level("pingora_core_x=debug", "pingora_core"),
+            LevelFilter::Warn
+        );
+    }
+
+    #[test]
+    fn bad_directives_are_reported_and_regexes_kept() {
+        let f = Filter::new("debug,promptgate=loud, ,info/HIT");
+        assert_eq!(f.ignored, vec!["promptgate=loud".to_string()]);
+        assert_eq!(f.regex.as_deref(), Some("HIT"));
+        assert_eq!(f.level_of("promptgate::x"), LevelFilter::Info);
+        // A bare module name logs it at every level (env_logger's rule).
+        assert_eq!(level("promptgate", "promptgate::x"), LevelFilter::Trace);
     }
 }

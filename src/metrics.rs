@@ -85,8 +85,92 @@ fn cache_label(cache: Option<CacheStatus>) -> &'static str {
     cache.map_or(NO_CACHE, CacheStatus::label)
 }
 
-/// Token kinds, the `kind` label of `promptgate_tokens_total`.
-const KINDS: [&str; 2] = ["input", "output"];
+/// Buckets of the semantic similarity histograms: fine near the usual thresholds (0.85–0.99).
+const SIMILARITY_BUCKETS: &[f64] = &[
+    0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.87, 0.89, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97,
+    0.98, 0.99, 0.995, 1.0,
+];
+
+/// What the semantic cache did for one request (fed from the ctx in the logging phase).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SemanticRecord {
+    /// Why the request was not looked up semantically (`exact_only`, `operation`, `non_text`,
+    /// `too_long`, …); `None` when it was.
+    pub skipped: Option<&'static str>,
+    /// The embedder upstream, how long its call took, and its error label if it failed.
+    pub embed: Option<(String, Duration, Option<&'static str>)>,
+    /// Time spent searching and fetching, without the embedder call.
+    pub search: Option<Duration>,
+    /// Similarity of the entry served.
+    pub served: Option<f32>,
+    /// Similarity of the entry that shadow mode would have served.
+    pub shadow: Option<f32>,
+    /// Near-candidates turned down: refused by the literal guard (at or above the threshold),
+    /// and the best one below the threshold.
+    pub refused_by_guard: Vec<f32>,
+    pub below_threshold: Option<f32>,
+}
+
+/// The semantic cache's series.
+struct SemanticMetrics {
+    similarity: HistogramVec,
+    embed_duration: HistogramVec,
+    embed_errors: IntCounterVec,
+    search_duration: HistogramVec,
+    shadow_hits: IntCounterVec,
+    skipped: IntCounterVec,
+}
+
+impl SemanticMetrics {
+    fn new(r: &Registry) -> SemanticMetrics {
+        let opts = HistogramOpts::new(
+            "promptgate_semantic_similarity",
+            "Cosine similarity of semantic candidates, by route and outcome: served, shadow (would have been served), guard_refused (at or above the threshold, refused by the literal guard), below_threshold (the nearest candidate under the threshold).",
+        )
+        .buckets(SIMILARITY_BUCKETS.to_vec());
+        SemanticMetrics {
+            similarity: register(
+                r,
+                HistogramVec::new(opts, &["route", "outcome"]).expect("valid metric"),
+            ),
+            embed_duration: histogram_vec(
+                r,
+                "promptgate_semantic_embed_duration_seconds",
+                "Time of embedding calls for semantic lookups, failed ones included, by embedder upstream.",
+                &["upstream"],
+            ),
+            embed_errors: counter_vec(
+                r,
+                "promptgate_semantic_embed_errors_total",
+                "Embedding calls that gave no vector (the request went on as a miss), by embedder upstream and reason (timeout, connect, status, invalid).",
+                &["upstream", "reason"],
+            ),
+            search_duration: histogram_vec(
+                r,
+                "promptgate_semantic_search_duration_seconds",
+                "Time of a semantic search after the embedding (read the context's vectors, compare, literal guard, fetch the entry), by route.",
+                &["route"],
+            ),
+            shadow_hits: counter_vec(
+                r,
+                "promptgate_semantic_shadow_hits_total",
+                "Semantic hits that shadow mode found but did not serve, by route.",
+                &["route"],
+            ),
+            skipped: counter_vec(
+                r,
+                "promptgate_semantic_skipped_total",
+                "Requests on semantic routes not looked up semantically, by route and reason (exact_only, operation, not_json, not_user, non_text, empty, too_long).",
+                &["route", "reason"],
+            ),
+        }
+    }
+}
+
+/// Token kinds, the `kind` label of `promptgate_tokens_total`, in [`Usage`]'s terms: `input`
+/// (prompt tokens not from or to the provider's prompt cache), `output`, `cache_read` and
+/// `cache_write` (prompt tokens read from and written to it). They do not overlap.
+pub const KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
 /// What one finished request reports (from its ctx, in the `logging` phase).
 pub struct RequestRecord<'a> {
@@ -108,6 +192,8 @@ pub struct RequestRecord<'a> {
     pub ttfb: Option<Duration>,
     pub usage: Option<&'a Usage>,
     pub pricing: Option<&'a Pricing>,
+    /// Prompt-cache breakpoints promptgate added to the request it sent upstream.
+    pub prompt_cache_breakpoints: usize,
 }
 
 /// The `limit` label values of the rate-limit metrics, in [`RateLimitRecord::remaining`]'s order.
@@ -146,10 +232,11 @@ struct RequestSeries {
 
 /// One route's series, resolved once.
 pub struct RouteMetrics {
-    lookups: [IntCounter; 5],
+    lookups: [IntCounter; 6],
     duration: [Histogram; 4],
     retries: IntCounter,
     failovers: IntCounter,
+    breakpoints: IntCounter,
     /// `requests_total` by (upstream, status, cache): a handful per route, so a linear scan.
     requests: RwLock<Vec<RequestSeries>>,
     models: RwLock<Vec<Arc<ModelMetrics>>>,
@@ -161,9 +248,11 @@ pub struct RouteMetrics {
 struct ModelMetrics {
     label: Box<str>,
     /// [kind][cache label]
-    tokens: [[IntCounter; 4]; 2],
+    tokens: [[IntCounter; 4]; 4],
     cost: Counter,
     saved: Counter,
+    prompt_cache_saved: Counter,
+    prompt_cache_write_premium: Counter,
 }
 
 /// Lookup counts of one route, for `GET /cache/stats`.
@@ -174,12 +263,13 @@ pub struct LookupCounts {
     pub bypasses: u64,
     pub coalesced: u64,
     pub errors: u64,
+    pub semantic_hits: u64,
 }
 
 impl LookupCounts {
     /// Answers that made no upstream call over all lookups that could have (bypasses excluded).
     pub fn hit_ratio(&self) -> f64 {
-        let served = self.hits + self.coalesced;
+        let served = self.hits + self.coalesced + self.semantic_hits;
         let asked = served + self.misses + self.errors;
         if asked == 0 {
             0.0
@@ -194,6 +284,24 @@ impl LookupCounts {
         self.bypasses += other.bypasses;
         self.coalesced += other.coalesced;
         self.errors += other.errors;
+        self.semantic_hits += other.semantic_hits;
+    }
+}
+
+/// US dollars saved, for `GET /cache/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Savings {
+    /// What the response cache's hits would have cost upstream.
+    pub response_cache: f64,
+    /// What the providers' prompt caching saved, net of the write premium (negative while
+    /// cache writes outweigh reads).
+    pub prompt_cache: f64,
+}
+
+impl Savings {
+    fn add(&mut self, other: &Savings) {
+        self.response_cache += other.response_cache;
+        self.prompt_cache += other.prompt_cache;
     }
 }
 
@@ -205,6 +313,8 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     config_watch_events: IntCounterVec,
     requests: IntCounterVec,
+    /// `promptgate_websocket_bytes_total{route,direction}`.
+    websocket_bytes: IntCounterVec,
     cache_lookups: IntCounterVec,
     request_duration: HistogramVec,
     upstream_ttfb: HistogramVec,
@@ -214,6 +324,9 @@ pub struct Metrics {
     tokens: IntCounterVec,
     cost: CounterVec,
     cost_saved: CounterVec,
+    prompt_cache_saved: CounterVec,
+    prompt_cache_write_premium: CounterVec,
+    prompt_cache_breakpoints: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_store_errors: IntCounterVec,
     rate_limit_remaining: GaugeVec,
@@ -223,6 +336,7 @@ pub struct Metrics {
     inflight: IntGauge,
     access_log_dropped: IntCounter,
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    semantic: SemanticMetrics,
     upstreams: RwLock<HashMap<String, Histogram>>,
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
@@ -306,10 +420,16 @@ impl Metrics {
             "Requests answered, by route, upstream, HTTP status and cache result (hit, miss, bypass, none).",
             &["route", "upstream", "status", "cache"],
         );
+        let websocket_bytes = counter_vec(
+            r,
+            "promptgate_websocket_bytes_total",
+            "Bytes carried by WebSocket tunnels, by route and direction (to_upstream, to_client).",
+            &["route", "direction"],
+        );
         let cache_lookups = counter_vec(
             r,
             "promptgate_cache_lookups_total",
-            "Cache lookups by route and result (hit, miss, bypass, coalesced, error).",
+            "Cache lookups by route and result (hit, miss, bypass, coalesced, error, semantic_hit).",
             &["route", "result"],
         );
         let request_duration = histogram_vec(
@@ -345,13 +465,13 @@ impl Metrics {
         let tokens = counter_vec(
             r,
             "promptgate_tokens_total",
-            "Tokens in answers, as the provider reported them, by route, model (price-table entry or other), kind (input or output) and cache result (hit: served from the cache, not paid again).",
+            "Tokens in answers, as the provider reported them, by route, model (price-table entry or other), kind (input: prompt tokens not from or to the provider's prompt cache; output; cache_read and cache_write: prompt tokens read from and written to it) and cache result (hit: served from the response cache, not paid again).",
             &["route", "model", "kind", "cache"],
         );
         let cost = float_counter_vec(
             r,
             "promptgate_cost_usd_total",
-            "What upstream calls cost in US dollars (tokens times the price table), by route and model.",
+            "What upstream calls cost in US dollars (each kind of token times its price in the price table), by route and model.",
             &["route", "model"],
         );
         let cost_saved = float_counter_vec(
@@ -359,6 +479,24 @@ impl Metrics {
             "promptgate_cost_saved_usd_total",
             "What cache hits would have cost upstream in US dollars, by route and model.",
             &["route", "model"],
+        );
+        let prompt_cache_saved = float_counter_vec(
+            r,
+            "promptgate_prompt_cache_saved_usd_total",
+            "What the providers' prompt caches saved in US dollars: tokens read from them, at the input price less the cache-read price, by route and model. Net of cache writes: minus promptgate_prompt_cache_write_premium_usd_total.",
+            &["route", "model"],
+        );
+        let prompt_cache_write_premium = float_counter_vec(
+            r,
+            "promptgate_prompt_cache_write_premium_usd_total",
+            "What writing to the providers' prompt caches cost above the input price in US dollars (Anthropic bills writes at 1.25x), by route and model.",
+            &["route", "model"],
+        );
+        let prompt_cache_breakpoints = counter_vec(
+            r,
+            "promptgate_prompt_cache_breakpoints_total",
+            "Prompt-cache breakpoints (Anthropic cache_control) promptgate added to requests it sent upstream, by route (prompt_caching: auto).",
+            &["route"],
         );
         let rate_limited = counter_vec(
             r,
@@ -427,12 +565,15 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let semantic = SemanticMetrics::new(r);
         Metrics {
+            semantic,
             registry,
             config_reloads,
             config_last_reload_success,
             config_watch_events,
             requests,
+            websocket_bytes,
             cache_lookups,
             request_duration,
             upstream_ttfb,
@@ -442,6 +583,9 @@ impl Metrics {
             tokens,
             cost,
             cost_saved,
+            prompt_cache_saved,
+            prompt_cache_write_premium,
+            prompt_cache_breakpoints,
             rate_limited,
             rate_limit_store_errors,
             rate_limit_remaining,
@@ -477,6 +621,7 @@ impl Metrics {
             }),
             retries: self.upstream_retries.with_label_values(&[route]),
             failovers: self.upstream_failovers.with_label_values(&[route]),
+            breakpoints: self.prompt_cache_breakpoints.with_label_values(&[route]),
             requests: RwLock::default(),
             models: RwLock::default(),
             limits: OnceLock::new(),
@@ -510,6 +655,17 @@ impl Metrics {
         }
     }
 
+    /// Records the bytes a finished WebSocket tunnel carried each way (its request is counted
+    /// by [`Metrics::request_done`], with status 101).
+    pub fn tunnel_done(&self, route: &str, to_upstream: u64, to_client: u64) {
+        self.websocket_bytes
+            .with_label_values(&[route, "to_upstream"])
+            .inc_by(to_upstream);
+        self.websocket_bytes
+            .with_label_values(&[route, "to_client"])
+            .inc_by(to_client);
+    }
+
     /// A request on `route` lost its client while promptgate waited for `waiting` (a label
     /// value: upstream, coalesced, slot, backoff).
     pub fn client_disconnect(&self, route: &str, waiting: &str) {
@@ -533,6 +689,9 @@ impl Metrics {
         if r.failovers > 0 {
             route.failovers.inc_by(r.failovers.into());
         }
+        if r.prompt_cache_breakpoints > 0 {
+            route.breakpoints.inc_by(r.prompt_cache_breakpoints as u64);
+        }
         route.count_request(self, route_name, r);
         route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
         if let Some(usage) = r.usage {
@@ -542,14 +701,25 @@ impl Metrics {
                 .and_then(|(p, m)| p.lookup(m));
             let label = price.map_or(OTHER, |p| p.label.as_str());
             let m = route.model(self, route_name, label);
-            m.tokens[0][cache_index(r.cache)].inc_by(usage.input);
-            m.tokens[1][cache_index(r.cache)].inc_by(usage.output);
+            let counts = [
+                usage.input,
+                usage.output,
+                usage.cache_read,
+                usage.cache_write,
+            ];
+            for (kind, n) in counts.into_iter().enumerate() {
+                m.tokens[kind][cache_index(r.cache)].inc_by(n);
+            }
             if let Some(price) = price {
-                let cost = price.cost(usage.input, usage.output);
+                let cost = price.cost(usage);
                 if r.cache == Some(CacheStatus::Hit) {
+                    // The answer's whole cost, its prompt-cache discount included, is saved.
                     m.saved.inc_by(cost);
                 } else {
                     m.cost.inc_by(cost);
+                    m.prompt_cache_saved.inc_by(price.prompt_cache_saved(usage));
+                    m.prompt_cache_write_premium
+                        .inc_by(price.prompt_cache_write_extra(usage));
                 }
             }
         }
@@ -565,6 +735,47 @@ impl Metrics {
             .clone()
     }
 
+    /// Records what the semantic cache did for one request on `route`.
+    pub fn semantic(&self, route: &str, r: &SemanticRecord) {
+        let m = &self.semantic;
+        if let Some(reason) = r.skipped {
+            m.skipped.with_label_values(&[route, reason]).inc();
+        }
+        if let Some((upstream, took, error)) = &r.embed {
+            m.embed_duration
+                .with_label_values(&[upstream.as_str()])
+                .observe(took.as_secs_f64());
+            if let Some(reason) = error {
+                m.embed_errors
+                    .with_label_values(&[upstream.as_str(), reason])
+                    .inc();
+            }
+        }
+        if let Some(took) = r.search {
+            m.search_duration
+                .with_label_values(&[route])
+                .observe(took.as_secs_f64());
+        }
+        let similarity = |outcome: &str, value: f32| {
+            m.similarity
+                .with_label_values(&[route, outcome])
+                .observe(f64::from(value));
+        };
+        if let Some(s) = r.served {
+            similarity("served", s);
+        }
+        if let Some(s) = r.shadow {
+            similarity("shadow", s);
+            m.shadow_hits.with_label_values(&[route]).inc();
+        }
+        for s in &r.refused_by_guard {
+            similarity("guard_refused", *s);
+        }
+        if let Some(s) = r.below_threshold {
+            similarity("below_threshold", s);
+        }
+    }
+
     /// Lookup counts per route seen so far, and their sum.
     pub fn lookup_counts(&self) -> (LookupCounts, Vec<(String, LookupCounts)>) {
         let mut total = LookupCounts::default();
@@ -572,7 +783,7 @@ impl Metrics {
             .iter()
             .map(|(name, m)| {
                 // In `Lookup::LABELS` order.
-                let [hits, misses, bypasses, coalesced, errors] =
+                let [hits, misses, bypasses, coalesced, errors, semantic_hits] =
                     m.lookups.each_ref().map(IntCounter::get);
                 let counts = LookupCounts {
                     hits,
@@ -580,11 +791,34 @@ impl Metrics {
                     bypasses,
                     coalesced,
                     errors,
+                    semantic_hits,
                 };
                 total.add(&counts);
                 (name.clone(), counts)
             })
             .filter(|(_, c)| *c != LookupCounts::default())
+            .collect();
+        per_route.sort_by(|a, b| a.0.cmp(&b.0));
+        (total, per_route)
+    }
+
+    /// US dollars saved per route seen so far (routes that saved nothing left out), and their
+    /// sum.
+    pub fn savings(&self) -> (Savings, Vec<(String, Savings)>) {
+        let mut total = Savings::default();
+        let mut per_route: Vec<(String, Savings)> = read(&self.routes)
+            .iter()
+            .map(|(name, m)| {
+                let mut saved = Savings::default();
+                for model in read(&m.models).iter() {
+                    saved.response_cache += model.saved.get();
+                    saved.prompt_cache +=
+                        model.prompt_cache_saved.get() - model.prompt_cache_write_premium.get();
+                }
+                total.add(&saved);
+                (name.clone(), saved)
+            })
+            .filter(|(_, s)| *s != Savings::default())
             .collect();
         per_route.sort_by(|a, b| a.0.cmp(&b.0));
         (total, per_route)
@@ -723,6 +957,12 @@ impl RouteMetrics {
             }),
             cost: metrics.cost.with_label_values(&[route, label]),
             saved: metrics.cost_saved.with_label_values(&[route, label]),
+            prompt_cache_saved: metrics
+                .prompt_cache_saved
+                .with_label_values(&[route, label]),
+            prompt_cache_write_premium: metrics
+                .prompt_cache_write_premium
+                .with_label_values(&[route, label]),
         });
         all.push(m.clone());
         m
@@ -812,6 +1052,8 @@ mod tests {
         let usage = Usage {
             input: 1000,
             output: 500,
+            cache_read: 2000,
+            cache_write: 0,
             model: Some("gpt-4o-mini-2024-07-18".into()),
         };
         let record = |cache, lookup, ttfb, retries| RequestRecord {
@@ -828,6 +1070,7 @@ mod tests {
             ttfb,
             usage: Some(&usage),
             pricing: Some(&pricing),
+            prompt_cache_breakpoints: 0,
         };
         let hit = Lookup::Hit(Arc::new(Entry {
             status: 200,
@@ -900,12 +1143,43 @@ mod tests {
             ),
             1000.0
         );
-        let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="miss",kind="cache_read",model="gpt-4o-mini",route="openai"}"#
+            ),
+            4000.0
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_tokens_total{cache="miss",kind="cache_write",model="gpt-4o-mini",route="openai"}"#
+            ),
+            0.0
+        );
+        // Cached input at gpt-4o-mini's $0.075, half the input price.
+        let one = (1000.0 * 0.15 + 2000.0 * 0.075 + 500.0 * 0.60) / 1e6;
         assert!(
             (v(r#"promptgate_cost_usd_total{model="gpt-4o-mini",route="openai"}"#) - 2.0 * one)
                 .abs()
                 < 1e-12
         );
+        // Only upstream answers count as prompt-cache savings (a hit saved the whole answer).
+        let prompt_saved = 2.0 * 2000.0 * (0.15 - 0.075) / 1e6;
+        assert!(
+            (v(r#"promptgate_prompt_cache_saved_usd_total{model="gpt-4o-mini",route="openai"}"#)
+                - prompt_saved)
+                .abs()
+                < 1e-12
+        );
+        assert_eq!(
+            v(
+                r#"promptgate_prompt_cache_write_premium_usd_total{model="gpt-4o-mini",route="openai"}"#
+            ),
+            0.0
+        );
+        let (saved, per_route) = m.savings();
+        assert!((saved.response_cache - 3.0 * one).abs() < 1e-12);
+        assert!((saved.prompt_cache - prompt_saved).abs() < 1e-12);
+        assert_eq!(per_route.len(), 1);
         assert!(
             (v(r#"promptgate_cost_saved_usd_total{model="gpt-4o-mini",route="openai"}"#)
                 - 3.0 * one)
@@ -929,6 +1203,7 @@ mod tests {
             input: 10,
             output: 10,
             model: Some("sk-looks-like-a-key-but-is-a-model".into()),
+            ..Usage::default()
         };
         m.request_done(&RequestRecord {
             method: "POST",
@@ -944,6 +1219,7 @@ mod tests {
             ttfb: None,
             usage: Some(&usage),
             pricing: Some(&Pricing::default()),
+            prompt_cache_breakpoints: 2,
         });
         let t = m.render();
         assert!(
@@ -953,6 +1229,13 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("sk-looks"), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"promptgate_prompt_cache_breakpoints_total{route="r"}"#
+            ),
+            2.0
+        );
         assert_eq!(
             value(&t, r#"promptgate_cost_usd_total{model="other",route="r"}"#),
             0.0

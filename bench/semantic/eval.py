@@ -342,5 +342,146 @@ def main() -> None:
     print(f"\neval: wrote {args.out}", file=sys.stderr)
 
 
+
+# --- Through the real promptgate (issue 17) -------------------------------------------------
+#
+#     python3 bench/semantic/eval.py --promptgate target/release/promptgate [--threshold 0.90]
+#
+# Puts promptgate's semantic cache in the path: embed_server.py as its embedder upstream, the
+# mock upstream (examples/mock_upstream) as the LLM. Each pair gets a context of its own (a
+# system prompt naming the pair), so pairs never meet. For each pair, `a` is asked (a miss:
+# embedded, answered, stored, indexed), then `b`: served from the cache (`x-promptgate-cache-
+# match: semantic`) or not. The verdicts are checked against this file's offline rule (cosine
+# from embed_server.py directly, at least the threshold, and literal_guard.py allows), so the
+# Rust guard and this evaluation are shown to agree pair by pair. Also reports the latency of
+# the miss and of the semantic hit as the client sees them, beside the embedder's own.
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def through_promptgate() -> None:
+    ap = argparse.ArgumentParser(description="eval.py --promptgate: the pairs through the real promptgate")
+    ap.add_argument("--promptgate", type=Path, required=True, help="the promptgate binary")
+    ap.add_argument("--mock", type=Path, default=HERE.parent.parent / "target/release/examples/mock_upstream",
+                    help="the mock upstream binary (cargo build --release --example mock_upstream)")
+    ap.add_argument("--threshold", type=float, default=0.90)
+    ap.add_argument("--pairs", type=Path, default=HERE / "pairs.jsonl")
+    ap.add_argument("--limits", type=Path, default=HERE / "limits.jsonl")
+    ap.add_argument("--python", default=str(HERE / ".venv" / "bin" / "python"), help="python for embed_server.py")
+    ap.add_argument("--model", default="all-MiniLM-L6-v2")
+    args = ap.parse_args()
+    rows = [dict(r, set="pairs") for r in load_pairs(args.pairs)]
+    if args.limits.exists():
+        rows += [dict(r, set="limits") for r in load_pairs(args.limits)]
+    import tempfile
+
+    embed_proc, base, _, server_log = start_server(args.python)
+    mock = subprocess.Popen([str(args.mock)], stdout=subprocess.PIPE, text=True)
+    mock_port = int(mock.stdout.readline())
+    port, admin = _free_port(), _free_port()
+    work = Path(tempfile.mkdtemp(prefix="pg-eval-"))
+    (work / "promptgate.yaml").write_text(f"""listen: "127.0.0.1:{port}"
+admin: "127.0.0.1:{admin}"
+reload: {{ watch: false }}
+upstreams:
+  mock: {{ url: "http://127.0.0.1:{mock_port}" }}
+  embed: {{ url: "{base}", timeouts: {{ first_byte: 30s }} }}
+routes:
+  - name: openai
+    match: {{ path_prefix: /openai }}
+    strip_prefix: true
+    targets: [mock]
+    cache:
+      semantic: {{ upstream: embed, model: {args.model}, threshold: {args.threshold}, timeout: 30s }}
+""")
+    pg = subprocess.Popen([str(args.promptgate), "run", "--config", str(work / "promptgate.yaml")],
+                          env=dict(os.environ, RUST_LOG="warn"), stdout=open(work / "log", "w"),
+                          stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        conn = None
+        while time.time() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.connect()
+                break
+            except OSError:
+                time.sleep(0.05)
+        emb = Embedder(base, args.model)
+
+        def ask(i: int, text: str) -> tuple[float, str, str, str]:
+            body = json.dumps({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+                {"role": "system", "content": f"You are a helpful assistant. (evaluation pair {i})"},
+                {"role": "user", "content": text}]})
+            t0 = time.perf_counter()
+            conn.request("POST", "/openai/v1/chat/completions", body=body,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            return (time.perf_counter() - t0, resp.getheader("x-promptgate-cache") or "-",
+                    resp.getheader("x-promptgate-cache-match") or "-",
+                    resp.getheader("x-promptgate-similarity") or "")
+
+        miss_lat, hit_lat, embed_lat, disagree = [], [], [], []
+        for i, r in enumerate(rows):
+            took, cache, _, _ = ask(i, r["a"])
+            if cache != "MISS":
+                raise SystemExit(f"eval: pair {i}: first request was {cache}, not MISS")
+            miss_lat.append(took)
+            took, cache, match, sim = ask(i, r["b"])
+            r["served"] = cache == "HIT" and match == "semantic"
+            if r["served"]:
+                hit_lat.append(took)
+                r["pg_sim"] = float(sim)
+            va, _, _, _ = emb.embed(r["a"])
+            vb, dt, _, _ = emb.embed(r["b"])
+            embed_lat.append(dt)
+            r["sim"] = sum(x * y for x, y in zip(va, vb))
+            r["guard"] = literal_guard.guard_allows(r["a"], r["b"])
+            expected = r["sim"] >= args.threshold and r["guard"]
+            # A cosine within float noise of the threshold may land either side.
+            if expected != r["served"] and abs(r["sim"] - args.threshold) > 1e-4:
+                disagree.append(r)
+    finally:
+        for p in (pg, mock, embed_proc):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    main_rows = [r for r in rows if r["set"] == "pairs"]
+    para = [r for r in main_rows if r["label"] == "paraphrase"]
+    neg = [r for r in main_rows if r["label"] == "hard_negative"]
+    lim_neg = [r for r in rows if r["label"] == "hard_negative" and r["set"] == "limits"]
+    ms = lambda v: f"{v * 1000:.1f} ms"
+    print(f"Through promptgate ({args.promptgate}), threshold {args.threshold}, {server_log}")
+    print(f"- paraphrases served from the cache: {pct(sum(r['served'] for r in para) / len(para))} "
+          f"({sum(r['served'] for r in para)} of {len(para)})")
+    print(f"- hard negatives served (false hits): {pct(sum(r['served'] for r in neg) / len(neg))} "
+          f"({sum(r['served'] for r in neg)} of {len(neg)})")
+    if lim_neg:
+        print(f"- limits.jsonl negatives served (known limits): {sum(r['served'] for r in lim_neg)} of {len(lim_neg)}")
+    print(f"- verdicts that differ from the offline rule (cosine >= threshold and literal_guard.py): "
+          f"{len(disagree)} of {len(rows)}")
+    for r in disagree:
+        print(f"    {r['label']} {r['sim']:.4f} guard={r['guard']} served={r['served']}: {r['a']} / {r['b']}")
+    print(f"- a miss as the client sees it (embed, search, mock upstream, store): "
+          f"p50 {ms(percentile(miss_lat, 50))}, p99 {ms(percentile(miss_lat, 99))}")
+    if hit_lat:
+        print(f"- a semantic hit as the client sees it: p50 {ms(percentile(hit_lat, 50))}, "
+              f"p99 {ms(percentile(hit_lat, 99))}")
+    print(f"- the embedder alone, one text: p50 {ms(percentile(embed_lat, 50))}, p99 {ms(percentile(embed_lat, 99))}")
+
+
 if __name__ == "__main__":
-    main()
+    if "--promptgate" in sys.argv[1:]:
+        through_promptgate()
+    else:
+        main()

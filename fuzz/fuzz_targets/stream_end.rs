@@ -1,16 +1,18 @@
-//! The end-of-stream watcher: never panics, and its verdict does not depend on how the bytes
-//! were cut into chunks (the network decides that, not the provider).
+//! The response reader on streams: never panics, and its verdict and usage do not depend on
+//! how the bytes were cut into chunks (the network decides that, not the provider).
 #![no_main]
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use promptgate::providers::StreamEnd;
+use promptgate::providers::{ResponseReader, Usage, Verdict};
 
-fn verdict(content_type: &str, chunks: &mut dyn Iterator<Item = &[u8]>) -> bool {
-    let mut watcher = StreamEnd::for_content_type(content_type).expect("a streaming type");
+fn read(content_type: &str, chunks: &mut dyn Iterator<Item = &[u8]>) -> (Verdict, Option<Usage>) {
+    let mut reader = ResponseReader::new(content_type, None);
     for chunk in chunks {
-        watcher.observe(chunk);
+        reader.observe(&Bytes::copy_from_slice(chunk));
     }
-    watcher.seen()
+    reader.finish();
+    (reader.verdict(), reader.into_usage())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -22,10 +24,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         "application/x-ndjson"
     };
-    let whole = verdict(content_type, &mut std::iter::once(body));
+    let whole = read(content_type, &mut std::iter::once(body));
     let size = usize::from(control >> 1) + 1;
-    let chunked = verdict(content_type, &mut body.chunks(size));
-    let bytewise = verdict(content_type, &mut body.chunks(1));
+    let chunked = read(content_type, &mut body.chunks(size));
+    let bytewise = read(content_type, &mut body.chunks(1));
     assert_eq!(whole, chunked, "chunks of {size} changed the verdict");
     assert_eq!(whole, bytewise, "byte-by-byte changed the verdict");
 });

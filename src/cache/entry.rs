@@ -1,14 +1,25 @@
 //! A stored response (status, kept headers, body) and its compact, versioned binary encoding.
 
 use crate::clock::unix_now;
-use crate::providers::{Usage, UsageObserver};
+use crate::providers::{ResponseReader, Usage};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// First bytes of every encoded entry: format name and version.
-const MAGIC: &[u8; 4] = b"PGE1";
+///
+/// `PGE2` has the same layout as `PGE1`; the version says what was *allowed in*: only `PGE2`
+/// entries were stored after their provider's verdict (a clean end, no error event, no refusal;
+/// see `providers::verdict`). `PGE1` entries, written before, may hold an error inside a 200
+/// stream or a partial answer, so they are read as misses and replaced by the next store.
+const MAGIC: &[u8; 4] = b"PGE2";
+/// Entries written before provider verdicts (see [`MAGIC`]): never served.
+const OUTDATED: &[&[u8; 4]] = &[b"PGE1"];
+/// First bytes of an encoded variants marker (see [`Entry::variants_marker`]): the same layout,
+/// under another name, so a binary that predates markers reads one as unreadable (a miss)
+/// rather than as an answer. (A marker holds no answer, so verdicts did not change it.)
+const MAGIC_VARIANTS: &[u8; 4] = b"PGV1";
 
 /// Where one recorded stream chunk ends in the body, and when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +47,14 @@ pub struct Entry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("stored cache entry is unreadable: {0}")]
-pub struct DecodeError(&'static str);
+pub enum DecodeError {
+    /// Bytes that are not an entry of any known format (or cut short).
+    #[error("stored cache entry is unreadable: {0}")]
+    Unreadable(&'static str),
+    /// An entry of an older format this version no longer serves (see [`MAGIC`]): a miss.
+    #[error("stored cache entry is of an outdated format")]
+    Outdated,
+}
 
 impl Entry {
     /// Seconds since it was stored (the `Age` of a hit).
@@ -67,13 +84,8 @@ impl Entry {
     pub fn usage(&self) -> Option<&Usage> {
         self.usage
             .get_or_init(|| {
-                let content_type = self
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == http::header::CONTENT_TYPE)
-                    .and_then(|(_, v)| v.to_str().ok())
-                    .unwrap_or("");
-                UsageObserver::of_body(content_type, &self.body)
+                let headers = self.headers.iter().map(|(n, v)| (n, v));
+                ResponseReader::of_body(headers, &self.body).into_usage()
             })
             .as_ref()
     }
@@ -82,11 +94,43 @@ impl Entry {
         !self.chunks.is_empty()
     }
 
-    /// `PGE1 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)*
+    /// The marker stored under an answer's primary key when the answer varies on request
+    /// headers (`Vary`): it names them, and each variant is stored under its own key
+    /// (`cache::vary`). Status 0 marks it; no answer has that status.
+    pub fn variants_marker(names: &[HeaderName], ttl: Duration) -> Entry {
+        let list = names
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Entry {
+            status: 0,
+            headers: vec![(
+                http::header::VARY,
+                HeaderValue::from_str(&list).expect("header names are valid header text"),
+            )],
+            body: Bytes::new(),
+            chunks: Vec::new(),
+            stored_at: unix_now(),
+            ttl,
+            usage: OnceLock::new(),
+        }
+    }
+
+    /// True for a variants marker rather than an answer.
+    pub fn is_variants_marker(&self) -> bool {
+        self.status == 0
+    }
+
+    /// `PGE2 | status u16 | stored_at u64 | ttl_secs u64 | n u16 | (len u16, name, len u32, value)*
     /// | len u64, body | m u32 | (end u64, at_ms u32)*`.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.weight());
-        out.put_slice(MAGIC);
+        out.put_slice(if self.is_variants_marker() {
+            MAGIC_VARIANTS
+        } else {
+            MAGIC
+        });
         out.put_u16(self.status);
         out.put_u64(self.stored_at);
         out.put_u64(self.ttl.as_secs());
@@ -112,17 +156,23 @@ impl Entry {
         let mut buf = data.clone();
         let need = |buf: &Bytes, n: usize| {
             if buf.remaining() < n {
-                Err(DecodeError("truncated"))
+                Err(DecodeError::Unreadable("truncated"))
             } else {
                 Ok(())
             }
         };
         need(&buf, 4 + 2 + 8 + 8 + 2)?;
-        if &buf[..4] != MAGIC {
-            return Err(DecodeError("unknown format"));
-        }
+        let marker = match &buf[..4] {
+            m if m == MAGIC => false,
+            m if m == MAGIC_VARIANTS => true,
+            m if OUTDATED.iter().any(|o| m == *o) => return Err(DecodeError::Outdated),
+            _ => return Err(DecodeError::Unreadable("unknown format")),
+        };
         buf.advance(4);
         let status = buf.get_u16();
+        if marker != (status == 0) {
+            return Err(DecodeError::Unreadable("status does not match the format"));
+        }
         let stored_at = buf.get_u64();
         let ttl = Duration::from_secs(buf.get_u64());
         let count = buf.get_u16() as usize;
@@ -131,13 +181,13 @@ impl Entry {
             need(&buf, 2)?;
             let n = buf.get_u16() as usize;
             need(&buf, n + 4)?;
-            let name =
-                HeaderName::from_bytes(&buf[..n]).map_err(|_| DecodeError("bad header name"))?;
+            let name = HeaderName::from_bytes(&buf[..n])
+                .map_err(|_| DecodeError::Unreadable("bad header name"))?;
             buf.advance(n);
             let v = buf.get_u32() as usize;
             need(&buf, v)?;
-            let value =
-                HeaderValue::from_bytes(&buf[..v]).map_err(|_| DecodeError("bad header value"))?;
+            let value = HeaderValue::from_bytes(&buf[..v])
+                .map_err(|_| DecodeError::Unreadable("bad header value"))?;
             buf.advance(v);
             headers.push((name, value));
         }
@@ -153,7 +203,7 @@ impl Entry {
         for _ in 0..marks {
             let end = buf.get_u64();
             if end > len as u64 {
-                return Err(DecodeError("chunk past the body"));
+                return Err(DecodeError::Unreadable("chunk past the body"));
             }
             chunks.push(ChunkMark {
                 end,
@@ -211,12 +261,41 @@ mod tests {
     }
 
     #[test]
+    fn variants_markers_round_trip_under_their_own_format() {
+        let names = [
+            HeaderName::from_static("origin"),
+            HeaderName::from_static("accept-language"),
+        ];
+        let m = Entry::variants_marker(&names, Duration::from_secs(60));
+        assert!(m.is_variants_marker() && !entry().is_variants_marker());
+        let enc = m.encode();
+        assert_eq!(&enc[..4], MAGIC_VARIANTS);
+        let back = Entry::decode(enc).unwrap();
+        assert!(back.is_variants_marker());
+        assert_eq!(back.headers[0].1, "origin, accept-language");
+        // An answer's format never carries status 0, nor a marker's another status.
+        let mut bad = entry().encode().to_vec();
+        bad[4..6].copy_from_slice(&0u16.to_be_bytes());
+        assert!(Entry::decode(Bytes::from(bad)).is_err());
+    }
+
+    #[test]
     fn rejects_garbage_and_truncation() {
         let enc = entry().encode();
         assert!(Entry::decode(Bytes::from_static(b"nope")).is_err());
         for cut in [3, 10, 25, enc.len() - 1] {
             assert!(Entry::decode(enc.slice(..cut)).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn entries_stored_before_verdicts_are_outdated_not_served() {
+        let mut old = entry().encode().to_vec();
+        old[..4].copy_from_slice(b"PGE1");
+        assert!(matches!(
+            Entry::decode(Bytes::from(old)),
+            Err(DecodeError::Outdated)
+        ));
     }
 
     #[test]

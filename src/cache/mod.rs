@@ -8,13 +8,16 @@ pub(crate) mod entry;
 pub(crate) mod flight;
 pub mod key;
 pub(crate) mod memory;
+pub(crate) mod operations;
 pub(crate) mod policy;
 pub(crate) mod record;
 pub mod redis;
+pub mod semantic;
+pub(crate) mod vary;
 
 use crate::config::schema::{CacheBackend, CacheSpec, RedisSpec};
 use arc_swap::ArcSwap;
-use entry::Entry;
+use entry::{DecodeError, Entry};
 use flight::Flights;
 use key::{CacheKey, KeyMemo};
 use memory::MemoryStore;
@@ -71,11 +74,20 @@ pub enum Lookup {
     /// The shared store failed, timed out or is skipped (open circuit), or the entry was
     /// unreadable: served as a miss.
     Error,
+    /// Answered with this entry, stored for a similar request (the semantic cache).
+    SemanticHit(Arc<Entry>),
 }
 
 impl Lookup {
     /// Every label value, in [`Lookup::index`] order.
-    pub const LABELS: [&'static str; 5] = ["hit", "miss", "bypass", "coalesced", "error"];
+    pub const LABELS: [&'static str; 6] = [
+        "hit",
+        "miss",
+        "bypass",
+        "coalesced",
+        "error",
+        "semantic_hit",
+    ];
 
     /// This outcome's position in [`Lookup::LABELS`].
     pub fn index(&self) -> usize {
@@ -85,6 +97,7 @@ impl Lookup {
             Lookup::Bypass => 2,
             Lookup::Coalesced => 3,
             Lookup::Error => 4,
+            Lookup::SemanticHit(_) => 5,
         }
     }
 
@@ -118,6 +131,10 @@ pub fn redis_key(prefix: &str, route: &str, key: &CacheKey) -> String {
 /// hits (read-your-writes).
 const WRITE_WINDOW: Duration = Duration::from_secs(10);
 
+/// The in-process semantic index may hold up to this fraction of `cache.memory.max_bytes`
+/// (1/4) on top of it: its vectors and texts are small beside the responses they point at.
+const SEMANTIC_SHARE: u64 = 4;
+
 /// The configured shared store, swapped whole when a reload changes `cache.redis`.
 struct Backend {
     spec: Option<RedisSpec>,
@@ -127,6 +144,8 @@ struct Backend {
 /// The stores behind one cache, shared by every request and kept across config reloads.
 pub struct Cache {
     memory: MemoryStore,
+    /// Vectors of semantically cached requests, in process (see [`semantic`]).
+    semantic: semantic::index::MemoryIndex,
     backend: ArcSwap<Backend>,
     flights: Arc<Flights>,
     /// Recent requests' keys, so a repeated body is canonicalised once.
@@ -139,6 +158,7 @@ impl Cache {
     pub fn new(spec: &CacheSpec) -> Result<Cache, RedisError> {
         Ok(Cache {
             memory: MemoryStore::new(spec.memory.max_bytes),
+            semantic: semantic::index::MemoryIndex::new(spec.memory.max_bytes / SEMANTIC_SHARE),
             backend: ArcSwap::from_pointee(Backend::new(spec)?),
             flights: Arc::default(),
             key_memo: KeyMemo::new(),
@@ -156,15 +176,22 @@ impl Cache {
         let wanted = (spec.backend == CacheBackend::Redis).then_some(&spec.redis);
         if !same_redis(self.backend.load().spec.as_ref(), wanted) {
             self.backend.store(Arc::new(Backend::new(spec)?));
-            log::info!("cache backend is now {:?}", spec.backend);
+            // The reload line names the store in force.
+            log::debug!("cache backend is now {:?}", spec.backend);
         }
         Ok(())
     }
 
-    /// The stored response for `key`, from memory, else from Redis (bounded by its timeout).
-    /// Any Redis trouble is a miss: the request goes upstream.
-    pub async fn lookup(&self, route: &str, key: &CacheKey) -> Option<Arc<Entry>> {
-        match self.lookup_traced(route, key).await {
+    /// The stored response for `key` and a request with `request` headers, from memory, else
+    /// from Redis (bounded by its timeout). Any Redis trouble is a miss: the request goes
+    /// upstream.
+    pub async fn lookup(
+        &self,
+        route: &str,
+        key: &CacheKey,
+        request: &http::HeaderMap,
+    ) -> Option<Arc<Entry>> {
+        match self.lookup_traced(route, key, request).await {
             Lookup::Hit(entry) => Some(entry),
             _ => None,
         }
@@ -172,7 +199,49 @@ impl Cache {
 
     /// [`Cache::lookup`], telling a miss from a store that could not answer (for metrics):
     /// `Hit`, `Miss` or `Error`.
-    pub async fn lookup_traced(&self, route: &str, key: &CacheKey) -> Lookup {
+    ///
+    /// An answer that varies on request headers (`Vary`) is found through the marker under
+    /// `key`: the variant this request's values of those headers select is looked up next.
+    pub async fn lookup_traced(
+        &self,
+        route: &str,
+        key: &CacheKey,
+        request: &http::HeaderMap,
+    ) -> Lookup {
+        let found = self.fetch(route, key).await;
+        let Lookup::Hit(entry) = &found else {
+            return found;
+        };
+        if entry.is_variants_marker() {
+            let names = match vary::of(entry.headers.iter().map(|(_, v)| v)) {
+                vary::Varies::On(names) => names,
+                _ => return Lookup::Miss,
+            };
+            return match self
+                .fetch(route, &vary::variant_key(key, &names, request))
+                .await
+            {
+                Lookup::Hit(e) if e.is_variants_marker() => Lookup::Miss,
+                other => other,
+            };
+        }
+        // An answer that varies, stored under its primary key by a version that did not
+        // honour Vary: which variant it is cannot be told, so it is not served.
+        let varies = vary::of(
+            entry
+                .headers
+                .iter()
+                .filter(|(n, _)| n == http::header::VARY)
+                .map(|(_, v)| v),
+        );
+        if varies != vary::Varies::No {
+            return Lookup::Miss;
+        }
+        found
+    }
+
+    /// The entry stored under `key` (answer or variants marker): memory, else Redis.
+    async fn fetch(&self, route: &str, key: &CacheKey) -> Lookup {
         if let Some(entry) = self.memory.get(key) {
             return Lookup::Hit(entry);
         }
@@ -187,6 +256,8 @@ impl Cache {
         };
         let entry = match Entry::decode(bytes) {
             Ok(e) => Arc::new(e),
+            // Written by an older version, before answers were judged: the next store replaces it.
+            Err(DecodeError::Outdated) => return Lookup::Miss,
             Err(e) => {
                 log::warn!("ignoring cache entry for route {route}: {e}");
                 return Lookup::Error;
@@ -210,7 +281,10 @@ impl Cache {
             .as_ref()
             .map_or_else(|| RedisSpec::default().prefix, |s| s.prefix.clone());
         let memory = match selector {
-            Purge::Route(r) => self.memory.purge(|route, _| route == r),
+            Purge::Route(r) => {
+                self.semantic.purge_route(r);
+                self.memory.purge(|route, _| route == r)
+            }
             Purge::Prefix(p) => self
                 .memory
                 .purge(|route, key| redis_key(&key_prefix, route, key).starts_with(p.as_str())),
@@ -252,6 +326,68 @@ impl Cache {
             })
         };
         self.memory.insert(key, route, local);
+    }
+
+    /// The request headers a variants marker in memory names for `key`, if one is there: an
+    /// answer without `Vary` arriving for a key whose earlier answers varied is stored as one
+    /// more variant, not over the marker (some servers send `Vary: Origin` only to requests
+    /// that have an `Origin`). Memory only, so it never waits: a marker the lookup found in
+    /// Redis is in memory too with `l1` (without it, only one this process stored lately).
+    pub fn known_variants(&self, key: &CacheKey) -> Option<Vec<http::HeaderName>> {
+        let entry = self.memory.get(key)?;
+        if !entry.is_variants_marker() {
+            return None;
+        }
+        match vary::of(entry.headers.iter().map(|(_, v)| v)) {
+            vary::Varies::On(names) => Some(names),
+            _ => None,
+        }
+    }
+
+    /// Stores one variant of an answer that varies on the request headers `names`: the entry
+    /// under its `variant` key, and a marker naming the headers under the `primary` key.
+    pub fn store_variant(
+        &self,
+        route: &str,
+        primary: CacheKey,
+        names: &[http::HeaderName],
+        variant: CacheKey,
+        entry: Arc<Entry>,
+    ) {
+        let marker = Arc::new(Entry::variants_marker(names, entry.ttl));
+        self.store(route, variant, entry);
+        self.store(route, primary, marker);
+    }
+
+    /// Stores `entry`, an answer served to a request with `request` headers, under that
+    /// request's `key` as the recorder would have: as the variant those headers select when
+    /// the answer varies (or `key` already has variants), never when it varies on anything.
+    pub fn store_for_request(
+        &self,
+        route: &str,
+        key: CacheKey,
+        entry: Arc<Entry>,
+        request: &http::HeaderMap,
+    ) {
+        let varies = vary::of(
+            entry
+                .headers
+                .iter()
+                .filter(|(n, _)| n == http::header::VARY)
+                .map(|(_, v)| v),
+        );
+        let names = match varies {
+            vary::Varies::No => self.known_variants(&key),
+            vary::Varies::On(names) => Some(names),
+            vary::Varies::Anything => return,
+        };
+        match names {
+            Some(names) => {
+                let variant = vary::variant_key(&key, &names, request);
+                self.store_variant(route, key, &names, variant, entry);
+            }
+            None => self.store(route, key, entry),
+        }
     }
 
     /// Requests in flight upstream, for single-flight.

@@ -121,6 +121,10 @@ pub fn request_key(
         path,
         query: req.uri.query(),
         vary: &vary,
+        content_type: req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
         body,
         ignore_fields: &policy.ignore_fields,
     };
@@ -128,11 +132,6 @@ pub fn request_key(
         Some(memo) => memo.derive(&input),
         None => key::derive(&input),
     }
-}
-
-/// Whether a method's responses may be cached at all (LLM calls are POSTs; model lists GETs).
-pub fn cacheable_method(method: &http::Method) -> bool {
-    method == http::Method::POST || method == http::Method::GET
 }
 
 #[cfg(test)]

@@ -14,12 +14,15 @@ use std::path::PathBuf;
     name = "promptgate",
     version,
     about = "A caching reverse proxy for LLM APIs (OpenAI, Anthropic, Gemini, Ollama)",
-    long_about = "promptgate sits between your app and LLM provider APIs. Point an SDK at it with \
-                  one variable (e.g. OPENAI_BASE_URL=http://127.0.0.1:8080/openai/v1) and it \
-                  routes, rewrites and forwards requests as conf/promptgate.yaml says.",
+    long_about = "promptgate is a caching reverse proxy for LLM APIs (OpenAI, Anthropic, Gemini, \
+                  Ollama). Point an SDK at it with one variable (e.g. \
+                  OPENAI_BASE_URL=http://127.0.0.1:8080/openai/v1): it answers a request it has \
+                  seen before from its cache (memory or Redis) without calling the provider \
+                  again, and routes, rewrites and forwards the rest as conf/promptgate.yaml says.",
     after_help = "Config file lookup when --config is absent: $PROMPTGATE_CONFIG, \
                   ./conf/promptgate.yaml, /etc/promptgate/promptgate.yaml.\n\
-                  Log level: RUST_LOG (default: info), e.g. RUST_LOG=debug."
+                  Log levels: RUST_LOG over the default info,pingora=warn, e.g. RUST_LOG=debug, \
+                  RUST_LOG=pingora=info (adds Pingora's own lines)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,8 +31,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy until SIGTERM (graceful) or SIGINT; SIGHUP reloads the config file;
-    /// SIGQUIT hands the listeners to a process started with --upgrade, SIGUSR2 starts one.
+    /// Run the caching proxy: answer repeated requests from the cache, forward the rest.
+    ///
+    /// Serves until SIGTERM (drains the requests in flight for at most shutdown_grace, then
+    /// exits) or SIGINT (exits at once). SIGHUP reloads the config file; SIGQUIT hands the
+    /// listening sockets to a process started with --upgrade, SIGUSR2 starts one. Logs go to
+    /// stderr: one line once it listens, then one access line per request.
     Run(RunArgs),
     /// Validate the config file: exit 0 when valid, else list every problem and exit 1.
     Check(ConfigArg),
@@ -112,11 +119,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run(RunArgs { config, upgrade }) => {
             let (path, runtime) = config.load()?;
             crate::logging::set_format(runtime.log.format);
-            log::info!(
-                "config {} loaded: {} route(s)",
-                path.display(),
-                runtime.routes.len()
-            );
             for warning in runtime.sections.warnings() {
                 log::warn!("config {}: {warning}", path.display());
             }
@@ -173,6 +175,38 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The semantic side of `promptgate key`: the context key, the compared text and what the
+/// literal guard reads in it — or why the request is only exactly cached.
+fn print_semantic(
+    req: &pingora::http::RequestHeader,
+    route: &crate::routing::Route,
+    spec: &crate::config::schema::SemanticSpec,
+    embedder: &crate::routing::upstream::Upstream,
+    body: &[u8],
+) {
+    use crate::cache::semantic::guard::Literals;
+    match crate::proxy::semantic::probe(req, route, spec, embedder, req.uri.path(), body) {
+        Ok(probe) => {
+            println!("context:   {}", probe.context.hex());
+            println!("compared:  {:?}", probe.text);
+            match Literals::of(&probe.text) {
+                Ok(lits) => {
+                    let literals: Vec<String> = lits
+                        .sorted()
+                        .iter()
+                        .map(|(class, value)| format!("{class}:{value:?}"))
+                        .collect();
+                    let names: Vec<&str> = lits.names().collect();
+                    println!("literals:  [{}]", literals.join(", "));
+                    println!("names:     [{}]", names.join(", "));
+                }
+                Err(e) => println!("literals:  none ({e}; never a semantic hit)"),
+            }
+        }
+        Err(e) => println!("semantic:  not compared ({e}); exact caching only"),
+    }
+}
+
 /// `promptgate key`: derives the key exactly as the proxy does for this request.
 fn print_key(args: KeyArgs) -> anyhow::Result<()> {
     use std::io::Read;
@@ -211,9 +245,17 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         &crate::body::ParsedBody::new(&body),
         None,
     );
-    let canonical = crate::cache::key::canonical_body(&body, &route.cache.ignore_fields);
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let canonical =
+        crate::cache::key::canonical_body(content_type, &body, &route.cache.ignore_fields);
     let kind = match canonical {
         crate::cache::key::CanonicalBody::Json(_) => "canonical JSON",
+        crate::cache::key::CanonicalBody::Multipart(_) => {
+            "multipart form, by its parts (key version promptgate-cache-v2)"
+        }
         crate::cache::key::CanonicalBody::Raw(_) => "raw bytes (not JSON)",
     };
     println!("key:       {}", key.hex());
@@ -221,7 +263,29 @@ fn print_key(args: KeyArgs) -> anyhow::Result<()> {
         "redis key: {}",
         crate::cache::redis_key(&runtime.cache.redis.prefix, &route.name, &key)
     );
-    println!("scope:     {:?}", route.cache.scope);
+    println!("scope:     {}", route.cache.scope.as_str());
+    let cacheable = crate::cache::operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(req.uri.path()),
+        &crate::body::ParsedBody::new(&body),
+    );
+    if !cacheable {
+        println!("note:      not a cacheable operation on this route (cache.operations): never cached, BYPASS");
+        // Without --path the route's bare prefix is keyed, which no SDK ever requests.
+        if args.path.is_none() {
+            println!(
+                "hint:      no --path given, so {path} was keyed; give the path the client sends, \
+                 e.g. --path {}/v1/chat/completions",
+                path.trim_end_matches('/')
+            );
+        }
+    }
+    // A request the cache never looks up is never compared either.
+    if let (true, Some(spec), Some(embedder)) = (cacheable, &route.cache.semantic, &route.embedder)
+    {
+        print_semantic(&req, route, spec, embedder, &body);
+    }
     println!("body:      {kind}, {} bytes", canonical.as_bytes().len());
     println!("{}", String::from_utf8_lossy(canonical.as_bytes()));
     Ok(())

@@ -155,6 +155,10 @@ async fn send(client: &reqwest::Client, url: &str, req: WarmRequest) -> anyhow::
     }
     match cache.as_deref() {
         Some("HIT") => Ok(true),
+        // Nothing was stored: not a cacheable operation, or the line's headers skip the cache.
+        Some("BYPASS") => bail!(
+            "{url} was not stored (BYPASS): not a cacheable operation (cache.operations), or its headers skip the cache"
+        ),
         Some(_) => Ok(false),
         None => bail!("{url} is not on a cached route (no x-promptgate-cache header)"),
     }

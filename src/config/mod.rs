@@ -5,9 +5,11 @@
 //! Every problem is collected (each with its field path and line) and reported at once;
 //! `promptgate check`, start-up and reload all go through [`load`].
 
+mod ca_file;
 mod explain;
 mod interpolate;
 mod locate;
+pub mod operations;
 #[cfg(test)]
 mod problem_tests;
 pub mod redis_url;
@@ -170,15 +172,30 @@ pub fn parse(
         value
     };
     interpolate::expand_tree(&mut root, "", &recording_env, &mut problems);
+    // A field whose `${VAR}` could not be expanded still holds the literal `${VAR}`; any
+    // later problem about that field ("is not a URL", "not a duration") is noise that hides
+    // the real one, so only the expansion problem is reported for it.
+    let unexpanded: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
     if let Some(p) = missing_routes(&root) {
         problems.push(p);
     }
     let mut sections = Sections {
         index: &index,
         problems,
+        // Files the config names (an upstream's `tls.ca_file`) are relative to its directory.
+        base: Path::new(origin)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf(),
     };
     let spec = validate::validate(&mut sections, root);
-    let mut problems = sections.problems;
+    let mut problems: Vec<Problem> = sections
+        .problems
+        .into_iter()
+        .enumerate()
+        .filter(|(i, p)| *i < unexpanded.len() || !unexpanded.contains(&p.path))
+        .map(|(_, p)| p)
+        .collect();
     for p in &mut problems {
         if p.line.is_none() {
             p.line = index.line_of(&p.path);
@@ -258,6 +275,8 @@ fn redact_env_values(problem: &mut Problem, values: &[String]) {
 pub(crate) struct Sections<'a> {
     index: &'a LineIndex,
     pub problems: Vec<Problem>,
+    /// The config file's directory, against which relative file paths in it are resolved.
+    pub base: PathBuf,
 }
 
 impl Sections<'_> {

@@ -163,10 +163,42 @@ const OUTSIDE: &[Case] = &[
         "cache.redis.timeout",
         &["50 has no unit", "e.g. 50s"],
     ),
+    // prompt caching: prices and minimums
+    (
+        "pricing:\n  claude-x:\n    input_per_mtok: 1\n    output_per_mtok: 1\n    cache_read_per_mtok: -0.1\n",
+        5,
+        "pricing.claude-x.cache_read_per_mtok",
+        &["must be a number ≥ 0"],
+    ),
+    (
+        "prompt_cache_min_tokens:\n  claude-x: 0\n",
+        2,
+        "prompt_cache_min_tokens.claude-x",
+        &["must be at least 1"],
+    ),
+    (
+        "prompt_cache_min_tokens:\n  claude-x: lots\n",
+        2,
+        "prompt_cache_min_tokens.claude-x",
+        &["expected a whole number", "\"lots\""],
+    ),
 ];
 
 /// Mistakes inside `upstreams:` and `routes:` (complete files).
 const INSIDE: &[Case] = &[
+    // An unset `${VAR}` is one problem, not a second one about the unexpanded text.
+    (
+        "listen: \"${PG_TEST_UNSET_LISTEN}\"\nupstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes: [{name: r, targets: [u]}]\n",
+        1, "listen", &["PG_TEST_UNSET_LISTEN is not set"],
+    ),
+    (
+        "upstreams:\n  u: {url: \"${PG_TEST_UNSET_URL}\"}\nroutes: [{name: r, targets: [u]}]\n",
+        2, "upstreams.u.url", &["PG_TEST_UNSET_URL is not set"],
+    ),
+    (
+        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes: [{name: r, targets: [u]}]\ncache:\n  ttl: \"${PG_TEST_UNSET_TTL}\"\n",
+        5, "cache.ttl", &["PG_TEST_UNSET_TTL is not set"],
+    ),
     (
         "upstreams:\n  u:\n    url: http://127.0.0.1:1\n    timeouts:\n      read: 5x\nroutes: [{name: r, targets: [u]}]\n",
         5, "upstreams.u.timeouts.read", &["\"5x\" is not a duration (unknown unit \"x\")", "units:"],
@@ -182,6 +214,34 @@ const INSIDE: &[Case] = &[
     (
         "upstreams:\n  u:\n    timeouts: {read: 1s}\nroutes: [{name: r, targets: [u]}]\n",
         2, "upstreams.u.url", &["missing required field `url`"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls:\n      ca_file: /nonexistent/ca.pem\nroutes: [{name: r, targets: [u]}]\n",
+        5, "upstreams.u.tls.ca_file", &["cannot read /nonexistent/ca.pem", "No such file"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: http://127.0.0.1:1\n    tls: {sni: example.com}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.sni", &["https:// upstreams only"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls: {sni: \"not a name\"}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.sni", &["\"not a name\" is not a DNS name or IP address"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    tls: {verify: false}\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.tls.verify", &["unknown field `verify`", "ca_file, sni"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    pool:\n      max_connections: 0\nroutes: [{name: r, targets: [u]}]\n",
+        5, "upstreams.u.pool.max_connections", &["must be at least 1"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    pool:\n      max_connections: 10\n      max_idle: 20\nroutes: [{name: r, targets: [u]}]\n",
+        6, "upstreams.u.pool.max_idle", &["20 is more than max_connections (10)"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: https://127.0.0.1:1\n    http_version: h3\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.http_version", &["unknown value `h3`", "auto, h1, h2"],
     ),
     (
         // The example: the typo is on its own line, not its route's.
@@ -215,6 +275,14 @@ const INSIDE: &[Case] = &[
     (
         "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - name: r\n    targets: [u]\n    cache:\n      ttl: forever\n",
         7, "routes[0].cache.ttl", &["\"forever\" is not a duration", "units:"],
+    ),
+    (
+        "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - name: r\n    targets: [u]\n    prompt_caching: on\n",
+        6, "routes[0].prompt_caching", &["one of: off, auto"],
+    ),
+    (
+        "upstreams:\n  u:\n    url: http://127.0.0.1:1\n    provider: claude\nroutes: [{name: r, targets: [u]}]\n",
+        4, "upstreams.u.provider", &["unknown value `claude`", "anthropic, openai, gemini, ollama, other"],
     ),
     (
         "upstreams:\n  u: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - name: r\n    groups:\n      fast: [{upstream: u, model: m}]\n",

@@ -22,6 +22,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "cache",
     "reload",
     "pricing",
+    "prompt_cache_min_tokens",
     "log",
     "admin_token",
 ];
@@ -78,9 +79,112 @@ pub struct UpstreamSpec {
     /// At most this many requests to this upstream at once (0 = no cap).
     #[serde(default)]
     pub max_concurrent: usize,
-    /// With `max_concurrent`, how long a request waits for a slot before a 503.
+    /// With `max_concurrent`, how long a request waits for a slot before a 503; also how long
+    /// it waits for a connection under `pool.max_connections`.
     #[serde(default = "default_queue_timeout", with = "units::duration")]
     pub queue_timeout: Duration,
+    /// Connections to this upstream: how many at once, how many kept idle.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// TLS to an `https` upstream: extra trusted CAs, the server name.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// HTTP version to speak: `auto` (h2 by ALPN over TLS, else HTTP/1.1), `h1` or `h2`.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// Which provider's API this is, for provider features (`prompt_caching`). Default: told
+    /// from the URL's host ([`Provider::of_host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+}
+
+/// `upstreams.NAME.pool:` — the connections promptgate keeps to one upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSpec {
+    /// At most this many connections open at once (> 0). An HTTP/1.1 connection carries one
+    /// request at a time, an h2 connection up to `max_streams`; a request finding them all busy
+    /// waits up to `queue_timeout`. Default 100.
+    pub max_connections: usize,
+    /// Idle connections kept for reuse (≤ `max_connections`); more are closed. Default 50.
+    pub max_idle: usize,
+    /// Concurrent h2 streams (requests) per connection (> 0); the server's own limit applies
+    /// too. Default 100.
+    pub max_streams: usize,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            max_connections: 100,
+            max_idle: 50,
+            max_streams: 100,
+        }
+    }
+}
+
+/// `upstreams.NAME.tls:` — for `https` upstreams only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSpec {
+    /// A PEM file of CA certificates trusted for this upstream, in addition to the system's
+    /// (a private CA, or a self-signed certificate). Relative to the config file's directory.
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and verified in the server's certificate; default the URL's host.
+    pub sni: Option<String>,
+}
+
+/// `upstreams.NAME.http_version:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// `https`: offer h2 and HTTP/1.1 by ALPN, the server picks; `http`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    H1,
+    /// h2 only: `https` fails unless the server picks h2; `http` speaks h2 with prior
+    /// knowledge (h2c).
+    H2,
+}
+
+/// `upstreams.NAME.provider:` — whose API an upstream serves. Only `anthropic` changes what
+/// promptgate does today: `routes[N].prompt_caching` adds breakpoints only for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Anthropic's own API (the Messages API at `/v1/messages`).
+    Anthropic,
+    Openai,
+    Gemini,
+    Ollama,
+    /// Anything else: a gateway, a self-hosted server, another provider's compatible endpoint.
+    Other,
+}
+
+impl UpstreamSpec {
+    /// `provider` as written, else told from the URL's host (`Other` when it has none).
+    pub fn provider(&self) -> Provider {
+        self.provider.unwrap_or_else(|| {
+            let host = self.url.parse::<http::Uri>().ok();
+            Provider::of_host(host.as_ref().and_then(|u| u.host()).unwrap_or(""))
+        })
+    }
+}
+
+impl Provider {
+    /// The provider a URL host belongs to: `api.anthropic.com`, `api.openai.com`,
+    /// `generativelanguage.googleapis.com`; any other host is [`Provider::Other`] (an
+    /// upstream that speaks a provider's API elsewhere says so with `provider:`).
+    pub fn of_host(host: &str) -> Provider {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match host.as_str() {
+            "api.anthropic.com" => Provider::Anthropic,
+            "api.openai.com" => Provider::Openai,
+            "generativelanguage.googleapis.com" => Provider::Gemini,
+            _ => Provider::Other,
+        }
+    }
 }
 
 pub fn default_queue_timeout() -> Duration {
@@ -202,9 +306,29 @@ pub struct RouteSpec {
     pub retry: RetrySpec,
     #[serde(default)]
     pub cache: RouteCacheSpec,
+    /// Tunnel WebSocket upgrades to the route's upstream (default true); `false` refuses them
+    /// with a 403 JSON error.
+    #[serde(default = "default_true")]
+    pub websocket: bool,
     /// Rate limits and budgets; none by default.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Provider prompt caching: `auto` adds Anthropic `cache_control` breakpoints to requests
+    /// that have none. Default `off`.
+    #[serde(default)]
+    pub prompt_caching: PromptCaching,
+}
+
+/// `routes[N].prompt_caching:` — whether promptgate marks cacheable prefixes for the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptCaching {
+    /// Requests are forwarded as the client wrote them.
+    #[default]
+    Off,
+    /// Anthropic Messages requests without `cache_control` of their own, sent to an
+    /// `anthropic` upstream, get breakpoints where the prefix is long enough to be cached.
+    Auto,
 }
 
 /// `routes[N].rate_limit:` — requests, tokens and money per credential (or per route). Any
@@ -557,10 +681,15 @@ pub struct CacheSpec {
     #[serde(deserialize_with = "units::bytes")]
     pub max_entry_bytes: usize,
     pub scope: CacheScope,
-    /// Top-level JSON body fields that do not change the answer, left out of the key.
+    /// Top-level JSON body fields (and multipart form fields of those names) that do not change
+    /// the answer, left out of the key.
     pub ignore_fields: Vec<String>,
     /// Request headers that change the answer, so they are part of the key.
     pub vary: Vec<String>,
+    /// Which requests are cacheable operations: presets (`default`, `openai`, `anthropic`,
+    /// `gemini`, `ollama`) and `METHOD /path-glob` entries matched on the end of the forwarded
+    /// path. Everything else is forwarded untouched as `BYPASS`. Default `[default]`.
+    pub operations: Vec<String>,
     /// How a cached stream is replayed: at once, or at its recorded pace.
     pub replay: Replay,
     /// Keep reading a stream into the cache after its client left early.
@@ -591,9 +720,14 @@ impl Default for CacheSpec {
                 "openai-organization",
                 "openai-project",
                 "openai-beta",
+                // Browser clients: an answer carrying one origin's CORS headers is never
+                // replayed to another origin, even from servers that send `Vary: Origin`
+                // only when a request has one.
+                "origin",
             ]
             .map(String::from)
             .to_vec(),
+            operations: vec![super::operations::DEFAULT.to_string()],
             replay: Replay::Instant,
             complete_on_disconnect: false,
             coalesce: true,
@@ -628,6 +762,16 @@ pub enum Replay {
 pub enum CacheScope {
     Credential,
     Shared,
+}
+
+impl CacheScope {
+    /// The value as the config writes it (`credential`, `shared`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheScope::Credential => "credential",
+            CacheScope::Shared => "shared",
+        }
+    }
 }
 
 /// `cache.memory:` — the in-process store (the default backend, and Redis's L1).
@@ -690,10 +834,67 @@ pub struct RouteCacheSpec {
     pub scope: Option<CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
     pub vary: Option<Vec<String>>,
+    pub operations: Option<Vec<String>>,
     pub replay: Option<Replay>,
     pub complete_on_disconnect: Option<bool>,
     pub coalesce: Option<bool>,
+    /// Opt-in semantic cache for this route (off when absent).
+    pub semantic: Option<SemanticSpec>,
 }
+
+/// `routes[N].cache.semantic:` — answer reworded requests from the cache: a request whose last
+/// user message is similar enough to a cached one's (cosine of their embeddings at least
+/// `threshold`), identical in everything else, and carrying the same literals.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticSpec {
+    /// The upstream that serves embeddings (its URL, injected key and timeouts are used).
+    pub upstream: String,
+    /// Path of the embeddings endpoint on that upstream (OpenAI format). Default `/v1/embeddings`.
+    #[serde(default = "default_semantic_path")]
+    pub path: String,
+    /// Embedding model name sent with each call.
+    pub model: String,
+    /// Least cosine similarity (0 < threshold ≤ 1) for a hit. Default 0.90: on the project's
+    /// evaluation set (bench/semantic/results.md, all-MiniLM-L6-v2) 86% of paraphrases hit and
+    /// no hard negative did, with the literal guard on.
+    #[serde(default = "default_semantic_threshold")]
+    pub threshold: f32,
+    /// Longest wait for the embedder before the request goes on as a miss. Default 1s.
+    #[serde(default = "default_semantic_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Look up and count what would have hit, but never serve it. Default false.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Most requests indexed per context (the oldest go first). Default 64.
+    #[serde(default = "default_semantic_max_per_context")]
+    pub max_per_context: usize,
+    /// Longest compared text, in characters; longer ones are only exactly cached (an embedder
+    /// that truncates its input would not see the rest). Default 1000.
+    #[serde(default = "default_semantic_max_chars")]
+    pub max_chars: usize,
+}
+
+pub fn default_semantic_path() -> String {
+    "/v1/embeddings".into()
+}
+
+pub fn default_semantic_threshold() -> f32 {
+    0.90
+}
+
+pub fn default_semantic_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+pub fn default_semantic_max_per_context() -> usize {
+    64
+}
+
+pub fn default_semantic_max_chars() -> usize {
+    1000
+}
+
 /// `reload:` — how a changed config file is picked up while running.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -718,6 +919,14 @@ pub struct PriceSpec {
     pub input_per_mtok: f64,
     /// USD per million generated tokens.
     pub output_per_mtok: f64,
+    /// USD per million prompt tokens read from the provider's prompt cache. Default: the
+    /// provider's published multiple of `input_per_mtok` (see `pricing.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
+    /// USD per million prompt tokens written to the provider's prompt cache. Default: as
+    /// `cache_read_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// `log:` — how log lines are written (levels come from `RUST_LOG`).
@@ -753,14 +962,17 @@ pub struct ConfigSpec {
     pub cache: CacheSpec,
     pub reload: ReloadSpec,
     pub pricing: BTreeMap<String, PriceSpec>,
+    pub prompt_cache_min_tokens: BTreeMap<String, u64>,
     pub log: LogSpec,
 }
 
 impl ConfigSpec {
-    /// Deprecated settings that still work, each as `field path: what to write instead`, for
-    /// `promptgate check` and the start-up and reload logs.
+    /// Settings that work but not as probably meant (deprecated ones, ones without effect),
+    /// each as `field path: what to write instead`, for `promptgate check` and the start-up and
+    /// reload logs.
     pub fn warnings(&self) -> Vec<String> {
-        self.upstreams
+        let mut warnings: Vec<String> = self
+            .upstreams
             .iter()
             .filter_map(|(name, u)| {
                 u.timeouts.read.map(|read| {
@@ -772,6 +984,68 @@ impl ConfigSpec {
                     )
                 })
             })
-            .collect()
+            .collect();
+        for (i, route) in self.routes.iter().enumerate() {
+            let anthropic = route
+                .targets
+                .iter()
+                .chain(route.groups.values().flatten())
+                .filter_map(|t| self.upstreams.get(t.upstream()))
+                .any(|u| u.provider() == Provider::Anthropic);
+            if let Some(w) = doubled_prefix(i, route, &self.upstreams) {
+                warnings.push(w);
+            }
+            if route.prompt_caching == PromptCaching::Auto && !anthropic {
+                warnings.push(format!(
+                    "routes[{i}].prompt_caching: auto has no effect: none of the route's targets is \
+                     an `anthropic` upstream (set `provider: anthropic` on an upstream that serves \
+                     Anthropic's own API under another host)"
+                ));
+            }
+        }
+        warnings
     }
+}
+
+/// A route that keeps its `path_prefix` (no `strip_prefix`) in front of an upstream whose URL
+/// already ends in that prefix forwards `/v1/v1/…`: almost surely a URL copied with its `/v1`
+/// (an OpenAI-compatible server's base URL) onto a route that also matches `/v1`.
+fn doubled_prefix(
+    i: usize,
+    route: &RouteSpec,
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+) -> Option<String> {
+    if route.strip_prefix {
+        return None;
+    }
+    let prefix = route.matcher.path_prefix.as_deref()?.trim_end_matches('/');
+    if prefix.is_empty() {
+        return None;
+    }
+    route
+        .targets
+        .iter()
+        .chain(route.groups.values().flatten())
+        .map(TargetSpec::upstream)
+        .find_map(|name| {
+            let url = &upstreams.get(name)?.url;
+            let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            let base = after_scheme
+                .find('/')
+                .map_or("", |slash| &after_scheme[slash..])
+                .trim_end_matches('/');
+            // `prefix` starts with `/`, so a match is on a segment boundary.
+            base.ends_with(prefix).then(|| {
+                format!(
+                    "routes[{i}].match.path_prefix: {prefix} is kept in the forwarded path \
+                     (strip_prefix is false) and upstream {name}'s url already ends in it, \
+                     so {prefix}/chat/completions goes to {base}{prefix}/chat/completions; set \
+                     `strip_prefix: true` or remove {prefix} from the url"
+                )
+            })
+        })
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -4,14 +4,17 @@
 //! A [`Spec`] only comes out of [`super::parse`] or [`super::load`], which guarantee what the
 //! field docs below promise (e.g. every target names a key of [`Spec::upstreams`]).
 
+use super::operations::{self, Operation};
 use super::schema::{
-    CacheScope, CacheSpec, ConfigSpec, HealthSpec, LogSpec, PriceSpec, PriorityGroup,
-    RateLimitSpec, ReloadSpec, Replay, RetrySpec, RouteCacheSpec, Strategy, TimeoutsSpec,
+    CacheScope, CacheSpec, ConfigSpec, HealthSpec, HttpVersion, LogSpec, PoolSpec, PriceSpec,
+    PriorityGroup, PromptCaching, Provider, RateLimitSpec, ReloadSpec, Replay, RetrySpec,
+    RouteCacheSpec, SemanticSpec, Strategy, TimeoutsSpec,
 };
 use super::secret::Secret;
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +43,8 @@ pub struct Spec {
     pub reload: ReloadSpec,
     /// `pricing:` overrides, each price finite and ≥ 0 (USD per million tokens).
     pub pricing: BTreeMap<String, PriceSpec>,
+    /// `prompt_cache_min_tokens:` overrides (model pattern → tokens, each ≥ 1).
+    pub prompt_cache_min_tokens: BTreeMap<String, u64>,
     pub log: LogSpec,
     /// `admin_token`, `None` when absent or empty.
     pub admin_token: Option<Secret<String>>,
@@ -67,8 +72,28 @@ pub struct Upstream {
     pub health: HealthSpec,
     /// At most this many requests at once (0 = no cap).
     pub max_concurrent: usize,
-    /// With `max_concurrent`, how long a request waits for a slot.
+    /// With `max_concurrent`, how long a request waits for a slot (and, under
+    /// `pool.max_connections`, for a connection).
     pub queue_timeout: Duration,
+    /// `max_connections` and `max_streams` > 0, `max_idle` ≤ `max_connections`.
+    pub pool: PoolSpec,
+    pub http_version: HttpVersion,
+    /// `tls.ca_file`, read and checked (https upstreams only).
+    pub ca: Option<Arc<CaBundle>>,
+    /// `tls.sni`, a valid DNS name or IP address (https upstreams only).
+    pub sni: Option<String>,
+    /// As written, else told from the host.
+    pub provider: Provider,
+}
+
+/// The certificates of an upstream's `tls.ca_file`, read when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaBundle {
+    /// The file as resolved (relative paths against the config file's directory).
+    pub path: PathBuf,
+    /// Each certificate of the file, DER-encoded; at least one, each a parseable X.509
+    /// certificate.
+    pub certs: Vec<Vec<u8>>,
 }
 
 /// `routes[N]`.
@@ -89,8 +114,11 @@ pub struct Route {
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// Tunnel WebSocket upgrades (`routes[N].websocket`, default true); refused when false.
+    pub websocket: bool,
     /// `rate_limit:`, checked (at least one limit, each within its bounds).
     pub rate_limit: Option<RateLimitSpec>,
+    pub prompt_caching: PromptCaching,
 }
 
 /// `routes[N].match`: every criterion given must hold.
@@ -128,12 +156,17 @@ pub struct RouteCache {
     pub ignore_fields: Vec<String>,
     /// Request headers that are part of the key, in this order.
     pub vary: Vec<HeaderName>,
+    /// The cacheable operations (`cache.operations`, presets expanded, in order).
+    pub operations: Vec<Operation>,
     /// Largest response stored, in bytes.
     pub max_entry_bytes: usize,
     pub replay: Replay,
     pub complete_on_disconnect: bool,
     pub coalesce: bool,
     pub coalesce_timeout: Duration,
+    /// The semantic cache, when the route opts in: every field in range, and `upstream` a key
+    /// of [`Spec::upstreams`].
+    pub semantic: Option<SemanticSpec>,
 }
 
 impl RouteCache {
@@ -167,10 +200,29 @@ impl RouteCache {
                 )),
             }
         }
+        if let Some(sem) = &route.semantic {
+            problems.extend(
+                semantic_problems(sem)
+                    .into_iter()
+                    .map(|(field, message)| (format!("semantic.{field}"), message)),
+            );
+        }
+        let operations =
+            match operations::parse(route.operations.as_ref().unwrap_or(&global.operations)) {
+                Ok(ops) => ops,
+                Err(wrong) => {
+                    for (i, problem) in wrong {
+                        problems.push((format!("operations[{i}]"), problem));
+                    }
+                    Vec::new()
+                }
+            };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(RouteCache {
+            semantic: route.semantic.clone(),
+            operations,
             enabled: global.enabled && route.enabled.unwrap_or(true),
             ttl,
             scope: route.scope.unwrap_or(global.scope),
@@ -188,4 +240,32 @@ impl RouteCache {
             coalesce_timeout: global.coalesce_timeout,
         })
     }
+}
+
+/// Each field of a `semantic:` section that is out of range, with its problem (the upstream
+/// name is checked against the upstreams by the validator).
+fn semantic_problems(s: &SemanticSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !s.path.starts_with('/') {
+        problems.push(("path", "must start with /".to_string()));
+    }
+    if s.model.trim().is_empty() {
+        problems.push(("model", "must name the embedding model".to_string()));
+    }
+    if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+        problems.push((
+            "threshold",
+            format!("must be a cosine similarity in (0, 1], got {}", s.threshold),
+        ));
+    }
+    if s.timeout.is_zero() || s.timeout > Duration::from_secs(60) {
+        problems.push(("timeout", "must be between 1ms and 60s".to_string()));
+    }
+    if !(1..=1024).contains(&s.max_per_context) {
+        problems.push(("max_per_context", "must be between 1 and 1024".to_string()));
+    }
+    if s.max_chars == 0 {
+        problems.push(("max_chars", "must be at least 1".to_string()));
+    }
+    problems
 }

@@ -1,9 +1,10 @@
 //! Validation: typed sections → a [`Spec`], checking every value and cross-reference.
 
+use super::ca_file;
 use super::redis_url;
 use super::schema::{
-    self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, ReloadSpec, RetryOn,
-    RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
+    self, CacheBackend, CacheSpec, ConfigSpec, LimitsSpec, LogSpec, PriceSpec, Provider,
+    ReloadSpec, RetryOn, RouteSpec, TargetSpec, UpstreamSpec, TOP_LEVEL_KEYS,
 };
 use super::secret::Secret;
 use super::spec::{self, RouteCache, Spec, PRIORITY_HEADER};
@@ -107,6 +108,25 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
                 s.problem(format!("pricing.{pattern}.{field}"), "must be a number ≥ 0");
             }
         }
+        for (field, value) in [
+            ("cache_read_per_mtok", price.cache_read_per_mtok),
+            ("cache_write_per_mtok", price.cache_write_per_mtok),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                s.problem(format!("pricing.{pattern}.{field}"), "must be a number ≥ 0");
+            }
+        }
+    }
+    let prompt_cache_min_tokens = take("prompt_cache_min_tokens")
+        .and_then(|v| s.typed::<BTreeMap<String, u64>>("prompt_cache_min_tokens", v))
+        .unwrap_or_default();
+    for (pattern, tokens) in &prompt_cache_min_tokens {
+        if *tokens == 0 {
+            s.problem(
+                format!("prompt_cache_min_tokens.{pattern}"),
+                "must be at least 1 (the provider caches nothing shorter than its minimum)",
+            );
+        }
     }
     let log = take("log")
         .and_then(|v| s.typed::<LogSpec>("log", v))
@@ -138,6 +158,7 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
         cache: cache.clone(),
         reload: reload.clone(),
         pricing: pricing.clone(),
+        prompt_cache_min_tokens: prompt_cache_min_tokens.clone(),
         log,
     };
 
@@ -156,6 +177,7 @@ pub(super) fn validate(s: &mut Sections, root: Value) -> Option<Spec> {
         cache,
         reload,
         pricing,
+        prompt_cache_min_tokens,
         log,
         admin_token,
         sections: Arc::new(sections),
@@ -311,6 +333,52 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
             s.problem(format!("{path}.timeouts.{field}"), "must be greater than 0");
         }
     }
+    let pool = &spec.pool;
+    if pool.max_connections == 0 {
+        s.problem(format!("{path}.pool.max_connections"), "must be at least 1");
+    }
+    if pool.max_streams == 0 {
+        s.problem(format!("{path}.pool.max_streams"), "must be at least 1");
+    }
+    if pool.max_connections > 0 && pool.max_idle > pool.max_connections {
+        s.problem(
+            format!("{path}.pool.max_idle"),
+            format!(
+                "{} is more than max_connections ({}): idle connections are among the open ones",
+                pool.max_idle, pool.max_connections
+            ),
+        );
+    }
+    let plain = matches!(parts, Some((false, ..)));
+    for (field, set) in [
+        ("ca_file", spec.tls.ca_file.is_some()),
+        ("sni", spec.tls.sni.is_some()),
+    ] {
+        if set && plain {
+            s.problem(
+                format!("{path}.tls.{field}"),
+                "applies to https:// upstreams only (the url is http://)",
+            );
+        }
+    }
+    let ca = match &spec.tls.ca_file {
+        Some(file) if !plain => match ca_file::read(&ca_file::resolve(file, &s.base)) {
+            Ok(bundle) => Some(Arc::new(bundle)),
+            Err(e) => {
+                s.problem(format!("{path}.tls.ca_file"), e.to_string());
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(sni) = &spec.tls.sni {
+        if pingora::tls::ServerName::try_from(sni.as_str()).is_err() {
+            s.problem(
+                format!("{path}.tls.sni"),
+                format!("{sni:?} is not a DNS name or IP address"),
+            );
+        }
+    }
     let (tls, host, port, base) = parts?;
     if s.problems.len() > before {
         return None;
@@ -327,7 +395,6 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
     };
     Some(spec::Upstream {
         tls,
-        host,
         port,
         base_path: base,
         host_header,
@@ -336,6 +403,12 @@ fn upstream(s: &mut Sections, path: &str, spec: UpstreamSpec) -> Option<spec::Up
         health: spec.health,
         max_concurrent: spec.max_concurrent,
         queue_timeout: spec.queue_timeout,
+        pool: spec.pool,
+        http_version: spec.http_version,
+        ca,
+        sni: spec.tls.sni,
+        provider: spec.provider.unwrap_or_else(|| Provider::of_host(&host)),
+        host,
     })
 }
 
@@ -482,6 +555,19 @@ fn route(
             }
             policy
         });
+    if let Some(sem) = &spec.cache.semantic {
+        if !upstreams.contains_key(&sem.upstream) && !broken.contains(&sem.upstream) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            s.problem(
+                format!("{path}.cache.semantic.upstream"),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    sem.upstream,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
     if s.problems.len() > before {
         return None;
     }
@@ -497,6 +583,7 @@ fn route(
     };
     Some(spec::Route {
         key_name,
+        websocket: spec.websocket,
         name: spec.name,
         matcher: spec::Match {
             path_prefix: m.path_prefix.clone(),
@@ -511,6 +598,7 @@ fn route(
         retry: spec.retry,
         cache: policy?,
         rate_limit: spec.rate_limit,
+        prompt_caching: spec.prompt_caching,
     })
 }
 
@@ -849,6 +937,114 @@ bogus: 1
             crate::config::schema::CacheScope::Shared
         );
         assert_eq!(t.routes[0].cache.ignore_fields, ["user", "metadata"]);
+    }
+
+    #[test]
+    fn semantic_settings_have_defaults_and_are_validated() {
+        let route = |semantic: &str| {
+            format!(
+                "upstreams: {{ u: {{ url: \"http://127.0.0.1:1\" }}, e: {{ url: \"http://127.0.0.1:2\" }} }}\nroutes:\n  - name: r\n    targets: [u]\n    cache: {{ semantic: {semantic} }}\n"
+            )
+        };
+        let t = ok(&route("{ upstream: e, model: all-minilm }"));
+        let r = &t.routes[0];
+        let s = r.cache.semantic.as_ref().unwrap();
+        assert_eq!(s.upstream, "e");
+        assert_eq!(
+            (s.path.as_str(), s.threshold, s.timeout.as_secs(), s.shadow),
+            ("/v1/embeddings", 0.90, 1, false)
+        );
+        assert_eq!((s.max_per_context, s.max_chars), (64, 1000));
+        let p = problems(&route(
+            "{ upstream: nope, model: \" \", path: v1, threshold: 1.5, timeout: 0s, max_per_context: 0, max_chars: 0 }",
+        ));
+        let text = format!("{p:?}");
+        for field in [
+            "routes[0].cache.semantic.upstream",
+            "routes[0].cache.semantic.model",
+            "routes[0].cache.semantic.path",
+            "routes[0].cache.semantic.threshold",
+            "routes[0].cache.semantic.timeout",
+            "routes[0].cache.semantic.max_per_context",
+            "routes[0].cache.semantic.max_chars",
+        ] {
+            assert!(text.contains(field), "{field}: {text}");
+        }
+        let p = problems(&route("{ upstream: e }"));
+        assert!(format!("{p:?}").contains("model"), "{p:?}");
+        let p = problems(&route("{ upstream: e, model: m, treshold: 0.9 }"));
+        assert!(format!("{p:?}").contains("treshold"), "{p:?}");
+    }
+
+    #[test]
+    fn prompt_caching_providers_and_minimums() {
+        use crate::config::schema::{PromptCaching, Provider};
+        let t = ok(r#"
+upstreams:
+  claude: {url: "https://api.anthropic.com"}
+  gw: {url: "https://gateway.local/anthropic", provider: anthropic}
+  oai: {url: "https://API.openai.com/v1"}
+  gem: {url: "https://generativelanguage.googleapis.com"}
+  local: {url: "http://127.0.0.1:11434"}
+routes:
+  - {name: a, targets: [claude, gw], prompt_caching: auto}
+  - {name: b, targets: [oai, gem, local], prompt_caching: off}
+  - {name: c, targets: [local]}
+  - {name: d, targets: [oai, local], prompt_caching: auto}
+prompt_cache_min_tokens: {claude-3-5-haiku*: 4096}
+"#);
+        let provider = |n: &str| t.upstreams[n].provider;
+        assert_eq!(provider("claude"), Provider::Anthropic);
+        assert_eq!(provider("gw"), Provider::Anthropic);
+        assert_eq!(provider("oai"), Provider::Openai);
+        assert_eq!(provider("gem"), Provider::Gemini);
+        assert_eq!(provider("local"), Provider::Other);
+        let caching: Vec<_> = t.routes.iter().map(|r| r.prompt_caching).collect();
+        assert_eq!(
+            caching,
+            [
+                PromptCaching::Auto,
+                PromptCaching::Off,
+                PromptCaching::Off,
+                PromptCaching::Auto
+            ]
+        );
+        // `auto` on a route with no Anthropic target does nothing: `check` says so.
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes[3].prompt_caching: auto has no effect"),
+            "{w:?}"
+        );
+        assert_eq!(t.prompt_cache_min_tokens["claude-3-5-haiku*"], 4096);
+        // GET /config shows what was written, no inferred provider.
+        let shown = serde_json::to_string(&*t.sections).unwrap();
+        assert!(shown.contains(r#""prompt_caching":"auto""#), "{shown}");
+        assert!(shown.contains(r#""provider":"anthropic""#), "{shown}");
+    }
+
+    #[test]
+    fn a_prefix_kept_in_front_of_a_url_ending_in_it_is_warned_about() {
+        // docs/routing.md once shipped this: /v1/chat/completions went to Ollama's /v1/v1/….
+        let t = ok(r#"
+upstreams:
+  openai: {url: "https://api.openai.com"}
+  local: {url: "http://127.0.0.1:11434/v1/"}
+  stripped: {url: "http://127.0.0.1:11434/v1"}
+routes:
+  - {name: small, match: {path_prefix: /v1, model: "gpt-4o-mini*"}, targets: [{upstream: local, model: llama3.2}, openai]}
+  - {name: ok, match: {path_prefix: /v1}, strip_prefix: true, targets: [stripped]}
+  - {name: other, match: {path_prefix: /v1beta}, targets: [stripped]}
+  - {name: openai, match: {path_prefix: /v1}, targets: [openai]}
+"#);
+        let w = t.sections.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("routes[0].match.path_prefix: /v1 is kept"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("upstream local"), "{w:?}");
+        assert!(w[0].contains("/v1/v1/chat/completions"), "{w:?}");
     }
 
     #[test]

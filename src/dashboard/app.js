@@ -149,12 +149,16 @@ function render(s) {
   const cost = s.cost_usd;
   const t = s.tokens;
   $("saved").textContent = usd(cost.saved);
+  const promptTokens = (side) =>
+    t.input[side] + (t.cache_read ? t.cache_read[side] + t.cache_write[side] : 0);
   $("saved-detail").textContent =
-    int(t.input.saved) + " input + " + int(t.output.saved) + " output tokens not paid again" +
-    " · prompt caching " + usd(cost.saved_prompt_cache);
+    "response cache " + usd(cost.saved_response_cache) + " (" + int(promptTokens("saved")) +
+    " input + " + int(t.output.saved) + " output tokens not paid again) · prompt caching " +
+    usd(cost.saved_prompt_cache);
   $("spent").textContent = usd(cost.spent);
   $("spent-detail").textContent =
-    int(t.input.paid) + " input + " + int(t.output.paid) + " output tokens upstream";
+    int(promptTokens("paid")) + " input (" + int(t.cache_read ? t.cache_read.paid : 0) +
+    " read from prompt caches) + " + int(t.output.paid) + " output tokens upstream";
 
   const lat = s.latency_seconds;
   const latRows = [["hit", lat.hit], ["miss", lat.miss], ["bypass", lat.bypass], ["uncached", lat.none]]
@@ -195,7 +199,7 @@ function render(s) {
   fill($("routes"), s.routes.map((r) => {
     const asked = r.hits + r.semantic_hits + r.coalesced + r.misses + r.errors;
     return row([r.name, int(r.requests), asked ? pct(r.hit_ratio) : "–", int(r.hits + r.semantic_hits + r.coalesced),
-      int(r.misses), int(r.bypasses), secs(r.p95_seconds), usd(r.cost_usd), usd(r.saved_usd)]);
+      int(r.misses), int(r.bypasses), secs(r.p95_seconds), usd(r.cost_usd), usd(r.saved_usd + (r.saved_prompt_cache_usd || 0))]);
   }), 9, "no routes");
 
   fill($("upstreams"), s.upstreams.map((u) => {

@@ -1,5 +1,5 @@
 //! Line framing shared by the stream readers: lines split across chunk boundaries (bounded),
-//! SSE field lines, byte search.
+//! SSE field lines.
 
 /// Lines longer than this are not inspected (no end marker or usage line is that long); bounds
 /// memory.
@@ -50,8 +50,4 @@ impl LineSplitter {
 pub(super) fn sse_field<'l>(line: &'l [u8], name: &[u8]) -> Option<&'l [u8]> {
     let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
     Some(rest.strip_prefix(b" ").unwrap_or(rest))
-}
-
-pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -1,14 +1,25 @@
-//! What differs per provider in a response, one file per question:
+//! What differs per provider, one file per question:
 //! - [`format`]: what a body is, from its `Content-Type` ([`BodyFormat::of`]);
-//! - [`stream_end`]: whether a stream reached its end marker ([`StreamEnd`]);
-//! - [`usage`]: the tokens a response used ([`UsageObserver`]);
-//! - `lines`: the line framing the stream readers share.
+//! - [`verdict`]: whether it is a whole answer the provider vouches for ([`Verdict`]), per
+//!   format: what a successful end looks like, and what an error or a refusal looks like;
+//! - [`usage`]: the tokens a response used ([`Usage`]), prompt-cache reads and writes apart;
+//! - [`reader`]: reads a body once as it passes, for both ([`ResponseReader`]);
+//! - `doc`: the fields of a provider document those two read, parsed in one pass;
+//! - `decode`: `Content-Encoding`, decoded for reading only, bounded;
+//! - `lines`: the line framing the stream readers share;
+//! - [`anthropic`]: the request side of Anthropic's prompt caching (`cache_control`
+//!   breakpoints, [`anthropic::with_breakpoints`]).
 
+pub mod anthropic;
+mod decode;
+mod doc;
 mod format;
 mod lines;
-mod stream_end;
+mod reader;
 mod usage;
+mod verdict;
 
 pub use format::{BodyFormat, StreamFormat};
-pub use stream_end::StreamEnd;
-pub use usage::{Usage, UsageObserver};
+pub use reader::{ResponseReader, DEFAULT_JSON_LIMIT};
+pub use usage::Usage;
+pub use verdict::{Failure, Verdict};

@@ -1,210 +1,137 @@
-//! How each provider reports the tokens a response used ([`Usage`]), read from the body as it
-//! passes ([`UsageObserver`]).
+//! How each provider reports the tokens a response used ([`Usage`]), merged from the documents
+//! of a body as [`super::ResponseReader`] reads them.
 
-use super::format::{BodyFormat, StreamFormat};
-use super::lines::{contains, sse_field, LineSplitter};
-use bytes::Bytes;
-use serde::Deserialize;
+use super::doc::{CachedDetails, Counts, Doc};
 
-/// Tokens one response used, as the provider reported them.
+/// Tokens one response used, as the provider reported them, in kinds that do not overlap:
+/// the prompt is `input + cache_read + cache_write` tokens, each kind billed at its own price.
+///
+/// Providers count the prompt differently: OpenAI's `prompt_tokens` (Responses'
+/// `input_tokens`) and Gemini's `promptTokenCount` *include* the cached tokens they report
+/// apart, Anthropic's `input_tokens` *excludes* its cache reads and writes. Both are read into
+/// this one shape, so nothing is counted twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Prompt tokens (OpenAI `prompt_tokens`, Anthropic `input_tokens`, Gemini
-    /// `promptTokenCount`, Ollama `prompt_eval_count`).
+    /// Prompt tokens neither read from nor written to the provider's prompt cache (OpenAI
+    /// `prompt_tokens` less `cached_tokens`, Anthropic `input_tokens`, Gemini
+    /// `promptTokenCount` less `cachedContentTokenCount`, Ollama `prompt_eval_count`).
     pub input: u64,
     /// Generated tokens (`completion_tokens`, `output_tokens`, `candidatesTokenCount` plus
     /// `thoughtsTokenCount`, `eval_count`).
     pub output: u64,
+    /// Prompt tokens read from the provider's prompt cache (OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Responses `input_tokens_details.cached_tokens`,
+    /// Anthropic `cache_read_input_tokens`, Gemini `cachedContentTokenCount`).
+    pub cache_read: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; the others bill no writes).
+    pub cache_write: u64,
     /// The model the provider says answered, when it says (pricing falls back to the request's).
     pub model: Option<String>,
 }
 
-/// Largest non-streamed body parsed for its usage (the default `cache.max_entry_bytes`); the
-/// usage of a larger one is not counted.
-const MAX_USAGE_BODY: usize = 8 << 20;
-
-/// Reads the usage out of a response body fed chunk by chunk: streams line by line (only the
-/// lines that can carry usage or the model are parsed), other JSON bodies whole at the end, up
-/// to [`MAX_USAGE_BODY`] (the chunks are kept by reference, not copied, until then).
-#[derive(Debug)]
-pub struct UsageObserver {
-    mode: ObserveMode,
-    usage: Option<Usage>,
+impl Usage {
+    /// Every prompt token, however billed.
+    pub fn prompt(&self) -> u64 {
+        self.input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write)
+    }
 }
 
-#[derive(Debug)]
-enum ObserveMode {
-    Lines(StreamFormat, LineSplitter),
-    Json { chunks: Vec<Bytes>, size: usize },
-    Off,
+/// Counts one document reports; `None`: not reported here (an earlier value stands).
+#[derive(Default)]
+struct Reported {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
 }
 
-impl UsageObserver {
-    /// An observer for a response with this content type; non-JSON bodies are ignored.
-    pub fn for_content_type(content_type: &str) -> UsageObserver {
-        let mode = match BodyFormat::of(content_type) {
-            BodyFormat::Stream(format) => ObserveMode::Lines(format, LineSplitter::default()),
-            BodyFormat::Json => ObserveMode::Json {
-                chunks: Vec::new(),
-                size: 0,
-            },
-            BodyFormat::Other => ObserveMode::Off,
+impl Reported {
+    /// A prompt count that includes `cached` tokens: the uncached rest, and the cached.
+    fn including_cached(&mut self, prompt: Option<u64>, cached: Option<u64>) {
+        if let Some(prompt) = prompt {
+            let cached = cached.unwrap_or(0).min(prompt);
+            self.input = Some(prompt - cached);
+            self.cache_read = Some(cached);
+        }
+    }
+}
+
+impl Counts {
+    /// OpenAI chat's `prompt_tokens` and Responses' `input_tokens` (told apart from
+    /// Anthropic's by its `input_tokens_details`) include their cached tokens; Anthropic's
+    /// `input_tokens` excludes its cache reads and writes.
+    fn reported(&self) -> Reported {
+        let mut r = Reported {
+            output: self.completion_tokens.0.or(self.output_tokens.0),
+            ..Reported::default()
         };
-        UsageObserver { mode, usage: None }
-    }
-
-    /// The usage of a complete body (a cache hit's stored response).
-    pub fn of_body(content_type: &str, body: &Bytes) -> Option<Usage> {
-        let mut o = UsageObserver::for_content_type(content_type);
-        o.observe(body);
-        o.finish()
-    }
-
-    pub fn observe(&mut self, chunk: &Bytes) {
-        match &mut self.mode {
-            ObserveMode::Lines(format, lines) => {
-                let (format, usage) = (*format, &mut self.usage);
-                lines.feed(chunk, |line| observe_line(format, line, usage));
-            }
-            ObserveMode::Json { chunks, size } => {
-                *size += chunk.len();
-                if *size > MAX_USAGE_BODY {
-                    self.mode = ObserveMode::Off;
-                } else {
-                    chunks.push(chunk.clone());
-                }
-            }
-            ObserveMode::Off => {}
+        let cached = |d: Option<&CachedDetails>| d.and_then(|d| d.cached_tokens.0);
+        if self.prompt_tokens.0.is_some() {
+            r.including_cached(
+                self.prompt_tokens.0,
+                cached(self.prompt_tokens_details.get()),
+            );
+        } else if let Some(details) = self.input_tokens_details.get() {
+            r.including_cached(self.input_tokens.0, cached(Some(details)));
+        } else {
+            r.input = self.input_tokens.0;
+            r.cache_read = self.cache_read_input_tokens.0;
+            r.cache_write = self.cache_creation_input_tokens.0;
         }
-    }
-
-    /// The usage seen, if the body reported any.
-    pub fn finish(self) -> Option<Usage> {
-        let mut usage = self.usage;
-        if let ObserveMode::Lines(format @ StreamFormat::Ndjson, lines) = &self.mode {
-            // The last NDJSON object (Ollama's, with the counts) may lack its newline.
-            if let Some(line) = lines.pending() {
-                observe_line(*format, line, &mut usage);
-            }
-        }
-        if let ObserveMode::Json { chunks, size } = self.mode {
-            let body = match chunks.len() {
-                0 => return None,
-                1 => chunks[0].to_vec(),
-                _ => {
-                    let mut buf = Vec::with_capacity(size);
-                    chunks.iter().for_each(|c| buf.extend_from_slice(c));
-                    buf
-                }
-            };
-            // Gemini's streamed (non-SSE) answers are one JSON array of responses.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                for doc in serde_json::from_slice::<Vec<UsageDoc>>(&body).ok()? {
-                    doc.merge_into(&mut usage);
-                }
-            } else {
-                serde_json::from_slice::<UsageDoc>(&body)
-                    .ok()?
-                    .merge_into(&mut usage);
-            }
-        }
-        usage
+        r
     }
 }
 
-/// Parses one stream line if it can carry usage (or the model, until it is known).
-fn observe_line(format: StreamFormat, line: &[u8], usage: &mut Option<Usage>) {
-    let json = match format {
-        StreamFormat::Sse => match sse_field(line, b"data") {
-            Some(data) => data,
-            None => return,
-        },
-        StreamFormat::Ndjson => line,
-    };
-    let wanted = usage.as_ref().is_none_or(|u| u.model.is_none())
-        || contains(json, b"usage")
-        || contains(json, b"eval_count");
-    if !wanted {
-        return;
-    }
-    if let Ok(doc) = serde_json::from_slice::<UsageDoc>(json) {
-        doc.merge_into(usage);
-    }
-}
-
-/// The fields of a provider response (or stream event) that report usage; everything else is
-/// skipped unparsed.
-#[derive(Debug, Default, Deserialize)]
-struct UsageDoc {
-    model: Option<String>,
-    /// Gemini.
-    #[serde(rename = "modelVersion")]
-    model_version: Option<String>,
-    /// OpenAI, Anthropic.
-    usage: Option<TokenCounts>,
-    /// Gemini.
-    #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<GeminiCounts>,
-    /// Ollama.
-    prompt_eval_count: Option<u64>,
-    eval_count: Option<u64>,
-    /// Anthropic's `message_start` event wraps the message (model and input usage); an Ollama
-    /// chat's `message` has neither, which is fine.
-    message: Option<Box<UsageDoc>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct TokenCounts {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GeminiCounts {
-    prompt_token_count: Option<u64>,
-    candidates_token_count: Option<u64>,
-    thoughts_token_count: Option<u64>,
-}
-
-impl UsageDoc {
+impl Doc<'_> {
     /// Adds what this document reports to `usage`. Counts a provider repeats during a stream
     /// are running totals (Anthropic's `message_delta`, Gemini's chunks), so a later value
     /// replaces an earlier one; the first model named is kept.
-    fn merge_into(self, usage: &mut Option<Usage>) {
-        if let Some(message) = self.message {
-            message.merge_into(usage);
+    pub(super) fn merge_usage(&self, usage: &mut Option<Usage>) {
+        // Anthropic's `message_start` wraps the message; Responses events wrap the response.
+        for inner in [self.message.get(), self.response.get()]
+            .into_iter()
+            .flatten()
+        {
+            inner.merge_usage(usage);
         }
-        let mut input = None;
-        let mut output = None;
-        if let Some(u) = self.usage {
-            input = u.prompt_tokens.or(u.input_tokens);
-            output = u.completion_tokens.or(u.output_tokens);
-        }
-        if let Some(g) = self.usage_metadata {
-            input = g.prompt_token_count.or(input);
-            output = match (g.candidates_token_count, g.thoughts_token_count) {
-                (None, None) => output,
+        let mut r = self
+            .usage
+            .get()
+            .map_or_else(Reported::default, Counts::reported);
+        if let Some(g) = self.usage_metadata.get() {
+            r.including_cached(g.prompt_token_count.0, g.cached_content_token_count.0);
+            r.output = match (g.candidates_token_count.0, g.thoughts_token_count.0) {
+                (None, None) => r.output,
                 (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
             };
         }
-        input = self.prompt_eval_count.or(input);
-        output = self.eval_count.or(output);
-        let model = self.model.or(self.model_version).filter(|m| !m.is_empty());
-        if input.is_none() && output.is_none() && model.is_none() {
+        r.input = self.prompt_eval_count.0.or(r.input);
+        r.output = self.eval_count.0.or(r.output);
+        let model = self
+            .model
+            .get()
+            .or(self.model_version.get())
+            .filter(|m| !m.is_empty());
+        let counts = [r.input, r.output, r.cache_read, r.cache_write];
+        if counts.iter().all(Option::is_none) && model.is_none() {
             return;
         }
         let u = usage.get_or_insert_with(Usage::default);
-        if let Some(n) = input {
-            u.input = n;
-        }
-        if let Some(n) = output {
-            u.output = n;
+        for (field, value) in [
+            (&mut u.input, r.input),
+            (&mut u.output, r.output),
+            (&mut u.cache_read, r.cache_read),
+            (&mut u.cache_write, r.cache_write),
+        ] {
+            if let Some(n) = value {
+                *field = n;
+            }
         }
         if u.model.is_none() {
-            u.model = model;
+            u.model = model.map(str::to_owned);
         }
     }
 }
@@ -212,13 +139,16 @@ impl UsageDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ResponseReader;
+    use bytes::Bytes;
 
     fn usage(content_type: &str, chunks: &[&str]) -> Option<Usage> {
-        let mut o = UsageObserver::for_content_type(content_type);
+        let mut r = ResponseReader::new(content_type, None);
         for c in chunks {
-            o.observe(&Bytes::copy_from_slice(c.as_bytes()));
+            r.observe(&Bytes::copy_from_slice(c.as_bytes()));
         }
-        o.finish()
+        r.finish();
+        r.into_usage()
     }
 
     fn counts(u: Option<Usage>) -> (u64, u64, Option<String>) {
@@ -320,6 +250,15 @@ mod tests {
             ])),
             (8, 3, Some("llama3.2".into()))
         );
+        // OpenAI Responses: the model in response.created, the counts in response.completed
+        assert_eq!(
+            counts(usage(sse, &[
+                "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"object\":\"response\",\"model\":\"gpt-4.1-mini\",\"usage\":null}}\n\n",
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-4.1-mini\",\"usage\":{\"input_tokens\":21,\"output_tokens\":6,\"total_tokens\":27}}}\n\n",
+            ])),
+            (21, 6, Some("gpt-4.1-mini".into()))
+        );
         // a stream without usage reports the model only
         let u = usage(
             sse,
@@ -327,5 +266,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!((u.input, u.output), (0, 0));
+    }
+
+    /// (input, cache_read, cache_write, output)
+    fn cached(u: Option<Usage>) -> (u64, u64, u64, u64) {
+        let u = u.expect("usage found");
+        (u.input, u.cache_read, u.cache_write, u.output)
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_counted_once_whichever_way_a_provider_reports_them() {
+        let json = "application/json";
+        // OpenAI chat: prompt_tokens includes cached_tokens.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"model":"gpt-4o","usage":{"prompt_tokens":2006,"completion_tokens":300,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0}}}"#
+                ]
+            )),
+            (86, 1920, 0, 300)
+        );
+        // A cached count above the prompt (a broken report) cannot make input negative.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":9}}}"#
+                ]
+            )),
+            (0, 5, 0, 1)
+        );
+        // Responses: input_tokens includes input_tokens_details.cached_tokens.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"object":"response","model":"gpt-4.1","usage":{"input_tokens":1500,"input_tokens_details":{"cached_tokens":1024},"output_tokens":20,"output_tokens_details":{"reasoning_tokens":0}}}"#
+                ]
+            )),
+            (476, 1024, 0, 20)
+        );
+        // Anthropic: input_tokens excludes the cache reads and writes.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"type":"message","model":"claude-sonnet-4-5","usage":{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":1500,"output_tokens":393}}"#
+                ]
+            )),
+            (21, 1500, 188, 393)
+        );
+        // Gemini: promptTokenCount includes cachedContentTokenCount.
+        assert_eq!(
+            cached(usage(
+                json,
+                &[
+                    r#"{"modelVersion":"gemini-2.5-flash","usageMetadata":{"promptTokenCount":3000,"cachedContentTokenCount":2048,"candidatesTokenCount":7}}"#
+                ]
+            )),
+            (952, 2048, 0, 7)
+        );
+        let sse = "text/event-stream";
+        // Anthropic stream: the cache counts come in message_start, the output in message_delta.
+        assert_eq!(
+            cached(usage(sse, &[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-0\",\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":4000,\"output_tokens\":1}}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n",
+            ])),
+            (12, 4000, 0, 9)
+        );
+        // OpenAI stream with include_usage.
+        assert_eq!(
+            cached(usage(sse, &[
+                "data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":1152}}}\n\ndata: [DONE]\n\n",
+            ])),
+            (48, 1152, 0, 3)
+        );
+        // Without cache fields nothing changes: every prompt token is plain input.
+        let u = usage(
+            json,
+            &[r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#],
+        )
+        .unwrap();
+        assert_eq!(
+            (u.input, u.cache_read, u.cache_write, u.prompt()),
+            (12, 0, 0, 12)
+        );
     }
 }

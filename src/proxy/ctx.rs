@@ -2,8 +2,10 @@
 
 use super::client_gone::Waiting;
 use super::limit::LimitStep;
+use super::tunnel::Tunnelled;
 use crate::cache::{CacheStatus, Lookup};
 use crate::limits::headers::Headers;
+use crate::metrics::SemanticRecord;
 use crate::providers::Usage;
 use crate::runtime::Runtime;
 use crate::server::inflight::InflightGuard;
@@ -22,7 +24,9 @@ pub struct Ctx {
     pub route: Option<String>,
     /// Set by `request_filter` when an upstream was chosen.
     pub upstream: Option<String>,
-    /// Set by `request_filter` on cacheable routes: where the answer came from.
+    /// Set by `request_filter` on cached routes, as soon as the route candidates are known:
+    /// where the answer came from (`HIT`), or would have (`MISS` for a cache candidate,
+    /// `BYPASS` otherwise) — an error answer carries it too (see [`Stamp`]).
     pub cache: Option<CacheStatus>,
     /// Set by `request_filter` when the answer came from an identical request in flight.
     pub coalesced: bool,
@@ -32,13 +36,17 @@ pub struct Ctx {
     /// next target.
     pub retries: u32,
     pub failovers: u32,
+    /// Set by the failover loop: prompt-cache breakpoints promptgate added to the body sent to
+    /// the last target tried (the answering one).
+    pub prompt_cache_breakpoints: usize,
     /// Set by the failover loop: time from sending the answering attempt to its response head.
     pub ttfb: Option<Duration>,
     /// Set when the client closed its connection while promptgate waited for it: what it was
     /// waiting for. From then on the upstream call goes on only for the cache or for followers.
     pub client_left: Option<Waiting>,
     /// Set when the answer went out before the request's work ended (a 413 whose body is then
-    /// drained): the request's duration for metrics and the access log.
+    /// drained, a WebSocket's 101 before its tunnel): the request's duration for metrics and
+    /// the access log.
     pub answered_in: Option<Duration>,
     /// Set by `request_filter` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
@@ -49,21 +57,49 @@ pub struct Ctx {
     pub lookup: Option<Lookup>,
     /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
+    /// Set by `request_filter` on semantic routes: what the semantic cache did (for metrics).
+    pub semantic: Option<SemanticRecord>,
+    /// Set by `request_filter` when a WebSocket tunnel ended: the bytes it carried.
+    pub tunnel: Option<Tunnelled>,
     /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
     /// the bucket to charge the answer's usage to (in `logging`).
     pub limit: Option<LimitStep>,
 }
 
+/// What every response promptgate writes for a request carries, whoever writes it (an error,
+/// a hit, a follower's answer, a relayed upstream answer): `x-promptgate-cache` on a cached
+/// route, and a rate-limited route's `x-ratelimit-*`. Every writer takes one, made from the ctx
+/// as the head is written, so no answer can miss what the request has learnt by then.
+#[derive(Clone, Copy)]
+pub struct Stamp<'a> {
+    pub cache: Option<CacheStatus>,
+    /// `x-ratelimit-*` (and on a refusal `retry-after`), replacing an upstream's own.
+    pub limit: &'a Headers,
+}
+
+impl Stamp<'_> {
+    /// Nothing to add: a response outside any request's ctx.
+    pub fn none() -> Stamp<'static> {
+        Stamp {
+            cache: None,
+            limit: &NO_HEADERS,
+        }
+    }
+}
+
 impl Ctx {
-    /// Headers every response of this request carries: a rate-limited route's `x-ratelimit-*`.
-    pub fn extra_headers(&self) -> &Headers {
-        self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers)
+    /// What every response of this request carries, as of now.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            cache: self.cache,
+            limit: self.limit.as_ref().map_or(&NO_HEADERS, |l| &l.headers),
+        }
     }
 
     /// The tokens of the answer: the upstream's, or on a hit those of the entry it replayed.
     pub fn answer_usage(&self) -> Option<&Usage> {
         self.usage.as_ref().or_else(|| match &self.lookup {
-            Some(Lookup::Hit(entry)) => entry.usage(),
+            Some(Lookup::Hit(entry) | Lookup::SemanticHit(entry)) => entry.usage(),
             _ => None,
         })
     }
@@ -80,6 +116,7 @@ impl Default for Ctx {
             coalesced: false,
             retries: 0,
             failovers: 0,
+            prompt_cache_breakpoints: 0,
             ttfb: None,
             status: 0,
             client_left: None,
@@ -88,6 +125,8 @@ impl Default for Ctx {
             inflight: None,
             lookup: None,
             usage: None,
+            semantic: None,
+            tunnel: None,
             limit: None,
         }
     }

@@ -1,32 +1,33 @@
 //! The upstream exchange: build the upstream request, send it with its buffered body,
 //! and relay the response to the client chunk by chunk as it arrives.
 
-use super::errors::ProxyError;
-use super::respond::{self, CACHE_STATUS_HEADER};
+use super::ctx::Stamp;
+use super::errors::{self, Named, ProxyError};
+use super::respond;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
-use crate::cache::CacheStatus;
+use crate::config::schema::Provider;
 use crate::headers;
-use crate::limits::headers::Headers;
-use crate::providers::UsageObserver;
-use crate::routing::upstream::Upstream;
+use crate::providers::anthropic::{self, CacheMinimums};
+use crate::providers::ResponseReader;
+use crate::routing::pool::Opening;
+use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, RetryType};
 
 /// Attempts on pooled connections that turn out to be closed by the upstream while idle.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
 /// `Connection` header nominates.
-fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
     headers::is_hop_by_hop(name.as_str())
         || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.split(',')
@@ -89,6 +90,31 @@ pub fn build_request(
     Ok(req)
 }
 
+/// The body `target` gets, and how many prompt-cache breakpoints promptgate added to it: the
+/// client's body with the target's model rewrite ([`rewrite_model`]); with `caching` (a route
+/// with `prompt_caching: auto`) and a Messages call to an `anthropic` upstream, also the
+/// breakpoints [`anthropic::with_breakpoints`] places. `parsed` is `body`'s tree; the
+/// response-cache key was computed from it before, so it is the client's body that is keyed.
+pub fn body_for(
+    target: &Target,
+    forward: &str,
+    body: &Bytes,
+    parsed: &ParsedBody<'_>,
+    caching: Option<&CacheMinimums>,
+) -> (Bytes, usize) {
+    let up = &target.upstream;
+    let marked = caching
+        .filter(|_| up.provider == Provider::Anthropic)
+        .filter(|_| anthropic::is_messages_path(&up.path_for(forward)))
+        .and_then(|minimums| {
+            anthropic::with_breakpoints(parsed, target.model.as_deref(), minimums)
+        });
+    match marked {
+        Some(m) => (Bytes::from(m.body), m.breakpoints),
+        None => (rewrite_model(target, body, parsed), 0),
+    }
+}
+
 /// Replaces the JSON body's `model` when the target asks for it. Other fields keep their order
 /// and values; the body length changes, which `build_request` accounts for. A body that is not
 /// a JSON object with a `model` is sent untouched: the upstream decides what to make of it.
@@ -113,69 +139,144 @@ impl UpstreamResponse {
             .expect("send() returns only after the response head was read")
     }
 
-    /// The `Content-Type`, or `""`.
-    pub fn content_type(&self) -> &str {
-        self.header()
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+    /// The upstream session, for a tunnel after a `101` (it is never returned to the pool).
+    pub fn into_session(self) -> UpstreamSession {
+        self.session
+    }
+
+    /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
+    pub fn reader(&self) -> ResponseReader {
+        ResponseReader::for_headers(&self.header().headers)
+    }
+
+    /// Reads the whole body (for promptgate's own calls, such as embeddings), up to `limit`
+    /// bytes, and returns the connection to the pool.
+    pub async fn read_body(mut self, upstream: &Upstream, limit: usize) -> pingora::Result<Bytes> {
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match self.session.read_response_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                    abandon(upstream, self).await;
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        format!("response body over {limit} bytes"),
+                    );
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    abandon(upstream, self).await;
+                    return Err(e);
+                }
+            }
+        }
+        release(upstream, self).await;
+        Ok(body.freeze())
     }
 }
 
-/// Sends `req` and `body` to `upstream` and reads the response head.
-/// A pooled connection found dead is replaced by a fresh one; the body is buffered, so
-/// sending it again is safe.
+/// Sends `req` and `body` to `upstream` and reads the response head, over HTTP/1.1 or h2
+/// (whichever the connection speaks; `h1` offers only HTTP/1.1, as a WebSocket upgrade needs).
+/// A pooled connection found dead is replaced by a fresh one, and so is an h2 stream the
+/// server refused before processing it (GOAWAY, `REFUSED_STREAM`, `HTTP_1_1_REQUIRED`); the
+/// body is buffered, so sending it again is safe.
 pub async fn send(
-    connector: &Connector,
     upstream: &Upstream,
     req: &RequestHeader,
     body: &Bytes,
+    h1: bool,
+    slot: &mut Slot,
 ) -> Result<UpstreamResponse, ProxyError> {
-    let peer = upstream.peer().await.map_err(|e| ProxyError::Resolve {
-        upstream: upstream.name.clone(),
+    let peer = upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
+        upstream: Named::of(upstream),
         detail: e.reason,
     })?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (mut session, reused) = connector
-            .get_http_session(&peer)
+        let (mut session, reused) = upstream
+            .pool
+            .session(&peer, slot.connection(), upstream.queue_timeout)
             .await
-            .map_err(|e| ProxyError::from_upstream(&upstream.name, &e))?;
+            .map_err(|e| match e {
+                Opening::Busy => ProxyError::Busy {
+                    upstream: Named::of(upstream),
+                    limit: "pool.max_connections",
+                },
+                Opening::Failed(e) => ProxyError::from_upstream(upstream, &e),
+            })?;
         session.set_read_timeout(Some(upstream.timeouts.first_byte));
         session.set_write_timeout(Some(upstream.timeouts.write));
-        match exchange_head(&mut session, req, body).await {
+        let h2 = matches!(session, UpstreamSession::H2(_));
+        let head = if h2 {
+            h2_request(req, upstream.tls).map_err(|e| ProxyError::from_upstream(upstream, &e))?
+        } else {
+            req.clone()
+        };
+        match exchange_head(&mut session, head, body).await {
             Ok(()) => {
                 // From here on the wait is for the next body chunk.
                 session.set_read_timeout(Some(upstream.timeouts.idle));
                 return Ok(UpstreamResponse { session, peer });
             }
-            Err(e) if reused && attempt < STALE_CONNECTION_ATTEMPTS && is_stale(&e) => {
+            Err(e) if attempt < STALE_CONNECTION_ATTEMPTS && resendable(&e, reused, h2) => {
+                if e.etype() == &ErrorType::H2Downgrade {
+                    upstream.pool.prefer_h1(&peer);
+                }
                 log::debug!(
-                    "pooled connection to {} was closed; reconnecting",
-                    upstream.name
+                    "{} connection to {} could not take the request ({}); trying another",
+                    if reused { "pooled" } else { "new" },
+                    upstream.name,
+                    e.etype().as_str()
                 );
             }
-            Err(e) => return Err(ProxyError::from_upstream(&upstream.name, &e)),
+            Err(e) => return Err(ProxyError::from_upstream(upstream, &e)),
         }
     }
 }
 
-/// Errors that mean an idle pooled connection had been closed by the upstream.
-fn is_stale(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
-    )
+/// Whether a request that failed before its response head may be sent again on another
+/// connection: an idle pooled connection the upstream had closed, or (h2) a stream the
+/// server turned down before processing it, which Pingora marks as retryable.
+fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
+    let stale = reused
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+        );
+    if stale {
+        return true;
+    }
+    h2 && match e.retry {
+        RetryType::Decided(retry) => retry,
+        RetryType::ReusedOnly => reused,
+    }
+}
+
+/// The h2 form of an upstream request: the target in absolute form (`:scheme` and
+/// `:authority` from the `Host` header), no `Host` header (some h2 servers refuse one).
+fn h2_request(req: &RequestHeader, tls: bool) -> pingora::Result<RequestHeader> {
+    let mut h2 = req.clone();
+    let Some(host) = h2.remove_header(&header::HOST) else {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "no Host for :authority");
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = http::Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(host.as_bytes())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "h2 request target", e))?;
+    h2.set_uri(uri);
+    Ok(h2)
 }
 
 async fn exchange_head(
     session: &mut UpstreamSession,
-    req: &RequestHeader,
+    req: RequestHeader,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req.clone())).await?;
+    session.write_request_header(Box::new(req)).await?;
     if !body.is_empty() {
         session.write_request_body(body.clone(), true).await?;
     }
@@ -184,9 +285,20 @@ async fn exchange_head(
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());
         // Skip informational heads (100 Continue, 103 Early Hints); 101 is not expected here.
-        if !matches!(status, Some(100..=199)) || status == Some(101) {
+        // (h2 skips them itself: its head is read once.)
+        let informational = matches!(status, Some(100..=199)) && status != Some(101);
+        if !informational || matches!(session, UpstreamSession::H2(_)) {
             return Ok(());
         }
+    }
+}
+
+/// True when the upstream has sent its whole response. For h2, a stream that ended with an
+/// error (a reset) is an error here, not a complete answer.
+fn response_complete(session: &mut UpstreamSession) -> pingora::Result<bool> {
+    match session {
+        UpstreamSession::H2(h2) => h2.check_response_end_or_error(),
+        other => Ok(other.response_done()),
     }
 }
 
@@ -211,166 +323,180 @@ pub fn client_header(
     Ok(resp)
 }
 
-/// What promptgate adds to the upstream's response head for the client.
-pub struct Additions<'a> {
-    /// `x-promptgate-cache`, on cached routes.
-    pub cache_status: Option<CacheStatus>,
-    /// A rate-limited route's `x-ratelimit-*`, which replace the upstream's and are never
-    /// stored with an entry (they are per exchange).
-    pub extra: &'a Headers,
-}
-
 /// Writes the response to the client as it arrives, then returns the connection to the pool.
 ///
 /// With a `record` plan, a storable response is recorded on the way and stored as soon as the
 /// upstream has delivered its last byte — before that byte is passed on, so a client that
 /// repeats the request as soon as it has the answer finds it cached.
 ///
-/// Every body chunk also goes to `usage`, which reads the provider's token counts.
+/// Every body chunk also goes to `reader`, which reads the provider's token counts and judges
+/// whether the answer is whole (only a [`crate::providers::Verdict::Complete`] one is stored).
 ///
 /// An error here happens after the head went out: the caller must cut the client connection
 /// so a truncated body can never look complete (and nothing is stored).
 pub async fn relay(
-    connector: &Connector,
     upstream: &Upstream,
     mut response: UpstreamResponse,
     session: &mut Session,
-    additions: Additions<'_>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
-    let mut head = relayed_head(&response, session, additions.cache_status)?;
-    respond::add(&mut head, additions.extra)?;
-    let mut recorder = recorder(record, session, &head);
+    let head = relayed_head(&response, session, stamp)?;
+    let mut recorder = recorder(record, session, &head, reader);
     session.write_response_header(Box::new(head), false).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
-                if response.session.response_done() {
-                    if let Some(r) = recorder.take() {
-                        r.commit();
+                match response_complete(&mut response.session) {
+                    Ok(true) => {
+                        reader.finish();
+                        if let Some(r) = recorder.take() {
+                            r.commit(reader.verdict());
+                        }
+                        // Back to the pool before the client has its last byte, so a request
+                        // it sends right after finds the connection free instead of opening
+                        // another.
+                        release(upstream, response).await;
+                        session.write_response_body(Some(chunk), false).await?;
+                        return session.write_response_body(None, true).await;
                     }
-                    // Back to the pool before the client has its last byte, so a request it
-                    // sends right after finds the connection idle instead of opening another.
-                    release(connector, upstream, response).await;
-                    session.write_response_body(Some(chunk), false).await?;
-                    return session.write_response_body(None, true).await;
+                    Ok(false) => {}
+                    Err(e) => {
+                        abandon(upstream, response).await;
+                        return Err(broken_off(upstream, e));
+                    }
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
-                    match recorder.filter(Recorder::worth_finishing) {
-                        Some(r) => {
-                            finish_without_client(connector, upstream, response, r, usage).await
-                        }
-                        None => response.session.shutdown().await,
+                    match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
+                        Some(r) => finish_without_client(upstream, response, r, reader).await,
+                        None => abandon(upstream, response).await,
                     }
                     return Err(e);
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                response.session.shutdown().await;
-                return Err(
-                    e.more_context(format!("upstream {} broke off the response", upstream.name))
-                );
+                abandon(upstream, response).await;
+                return Err(broken_off(upstream, e));
             }
         }
     }
+    reader.finish();
     if let Some(r) = recorder.take() {
-        r.commit();
+        r.commit(reader.verdict());
     }
-    release(connector, upstream, response).await;
+    release(upstream, response).await;
     session.write_response_body(None, true).await
 }
 
-/// The client's head for an upstream response, with `x-promptgate-cache`.
+/// The error of a response broken off after its head: marked as the upstream's doing, with
+/// what the log line says about it (see `request_filter`).
+fn broken_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
+    let why = errors::broke_off(upstream, &e);
+    e.more_context(why).into_up()
+}
+
+/// The client's head for an upstream response, with what `stamp` adds (`x-promptgate-cache`,
+/// `x-ratelimit-*`: per exchange, so never stored with an entry).
 fn relayed_head(
     response: &UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = client_header(response.header(), session)?;
-    if let Some(status) = cache_status {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
-    }
+    respond::add(&mut head, stamp)?;
     Ok(head)
 }
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
-/// allow it (a `HEAD` request's empty body is never stored).
+/// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
+/// as large as the route may store, to judge them.
 fn recorder(
     record: Option<RecordPlan>,
     session: &Session,
     head: &ResponseHeader,
+    reader: &mut ResponseReader,
 ) -> Option<Recorder> {
-    record
+    let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head))
+        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers))?;
+    reader.read_json_up_to(recorder.limit());
+    Some(recorder)
 }
 
 /// After the client left before the response head, reads the answer into the cache (and to
 /// followers) when it is storable; otherwise drops the upstream connection. Writes nothing
 /// to the client.
 pub async fn finish_detached(
-    connector: &Connector,
     upstream: &Upstream,
-    mut response: UpstreamResponse,
+    response: UpstreamResponse,
     session: &Session,
-    cache_status: Option<CacheStatus>,
+    stamp: Stamp<'_>,
     record: Option<RecordPlan>,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
-    let recorder = relayed_head(&response, session, cache_status)
+    let recorder = relayed_head(&response, session, stamp)
         .ok()
-        .and_then(|head| recorder(record, session, &head));
+        .and_then(|head| recorder(record, session, &head, reader));
     match recorder {
-        Some(r) => finish_without_client(connector, upstream, response, r, usage).await,
-        None => response.session.shutdown().await,
+        Some(r) => finish_without_client(upstream, response, r, reader).await,
+        None => abandon(upstream, response).await,
     }
 }
 
-/// Returns a finished upstream connection to the pool (an unfinished one is dropped).
-async fn release(connector: &Connector, upstream: &Upstream, mut response: UpstreamResponse) {
-    if response.session.response_done() {
-        connector
-            .release_http_session(
+/// Returns a finished upstream connection to the pool (an unfinished HTTP/1.1 one is dropped,
+/// closing it; an h2 stream always goes back, freeing its place on the shared connection).
+async fn release(upstream: &Upstream, mut response: UpstreamResponse) {
+    if response.session.response_done() || matches!(response.session, UpstreamSession::H2(_)) {
+        upstream
+            .pool
+            .release(
                 response.session,
                 &response.peer,
-                Some(upstream.timeouts.pool_idle),
+                upstream.timeouts.pool_idle,
             )
             .await;
     }
 }
 
+/// Gives up an unfinished response: closes an HTTP/1.1 connection, resets an h2 stream (its
+/// connection goes on carrying the others).
+async fn abandon(upstream: &Upstream, mut response: UpstreamResponse) {
+    response.session.shutdown().await;
+    release(upstream, response).await;
+}
+
 /// Reads the rest of the upstream response into `recorder` after the client left, and stores
 /// it if it completes.
 async fn finish_without_client(
-    connector: &Connector,
     upstream: &Upstream,
     mut response: UpstreamResponse,
     mut recorder: Recorder,
-    usage: &mut UsageObserver,
+    reader: &mut ResponseReader,
 ) {
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
-                usage.observe(&chunk);
+                reader.observe(&chunk);
                 recorder.push(&chunk);
             }
             Ok(None) => break,
             Err(_) => {
-                response.session.shutdown().await;
+                abandon(upstream, response).await;
                 return;
             }
         }
     }
-    recorder.commit();
-    release(connector, upstream, response).await;
+    reader.finish();
+    recorder.commit(reader.verdict());
+    release(upstream, response).await;
 }
 
 #[cfg(test)]
@@ -393,6 +519,11 @@ mod tests {
             health: Default::default(),
             max_concurrent: 0,
             queue_timeout: std::time::Duration::from_secs(5),
+            pool: Default::default(),
+            http_version: Default::default(),
+            ca: None,
+            sni: None,
+            provider: crate::config::schema::Provider::Openai,
         };
         Upstream::new("openai".into(), &spec)
     }

@@ -2,20 +2,22 @@
 //! jitter (honouring `Retry-After`), failover to the next target, passive health.
 //!
 //! All of it happens before anything is sent to the client, and every attempt sends the same
-//! buffered body, intact (each target applying its own model rewrite). Every wait watches the
+//! buffered body, intact (each target applying its own model rewrite, and an Anthropic target
+//! on a `prompt_caching: auto` route its breakpoints). Every wait watches the
 //! client: one that leaves cancels the call (see [`watched`]).
 
 use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
-use super::errors::ProxyError;
+use super::errors::{Named, ProxyError};
 use super::exchange::{self, UpstreamResponse};
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use http::HeaderValue;
 use pingora::proxy::Session;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -89,8 +91,13 @@ pub struct Outgoing<'a, 'b> {
     /// The upstream path and query (the route's prefix rewriting applied).
     pub forward: &'a str,
     pub body: &'a Bytes,
-    /// `body`'s tree, for the model rewrites.
+    /// `body`'s tree, for the model rewrites and prompt-cache breakpoints.
     pub parsed: &'a ParsedBody<'b>,
+    /// With `prompt_caching: auto`: the minimum prefix per model for a breakpoint.
+    pub prompt_caching: Option<&'a CacheMinimums>,
+    /// For a WebSocket upgrade, the client's `Upgrade` value: sent on with
+    /// `Connection: upgrade` (both hop-by-hop, so `build_request` leaves them out).
+    pub upgrade: Option<&'a HeaderValue>,
     /// How the answer would be recorded: it decides whether the call goes on when the client
     /// leaves (see [`RecordPlan::wanted_without_client`]).
     pub record: Option<&'a RecordPlan>,
@@ -104,7 +111,6 @@ pub struct Outgoing<'a, 'b> {
 /// attempt), unless the answer is still wanted without it: then `ctx.client_left` is set and
 /// the call goes on, no longer watched.
 pub async fn exchange<'r>(
-    connector: &Connector,
     route: &Route,
     targets: &[&'r Target],
     session: &mut Session,
@@ -120,25 +126,42 @@ pub async fn exchange<'r>(
             ctx.failovers += 1;
         }
         let up = &target.upstream;
-        let body = exchange::rewrite_model(target, outgoing.body, outgoing.parsed);
-        let req = exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
+        let (body, breakpoints) = exchange::body_for(
+            target,
+            outgoing.forward,
+            outgoing.body,
+            outgoing.parsed,
+            outgoing.prompt_caching,
+        );
+        ctx.prompt_cache_breakpoints = breakpoints;
+        let mut req =
+            exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
+        if let Some(upgrade) = outgoing.upgrade {
+            let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
+            req.insert_header(http::header::UPGRADE, upgrade.clone())
+                .map_err(invalid)?;
+            req.insert_header(http::header::CONNECTION, "upgrade")
+                .map_err(invalid)?;
+        }
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
             }
-            let slot =
-                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot()).await? {
+            let h1 = outgoing.upgrade.is_some();
+            let mut slot =
+                match watched(session, ctx, outgoing.record, Waiting::Slot, up.slot(h1)).await? {
                     Ok(slot) => slot,
-                    Err(_) => {
+                    Err(busy) => {
                         tried.push(format!("{} busy", up.name));
                         last_error = Some(ProxyError::Busy {
-                            upstream: up.name.clone(),
+                            upstream: Named::of(up),
+                            limit: busy.limit,
                         });
                         break; // a full upstream: try the next target now
                     }
                 };
             let started = Instant::now();
-            let sent = exchange::send(connector, up, &req, &body);
+            let sent = exchange::send(up, &req, &body, h1, &mut slot);
             let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
             {
                 Ok(response) => {
@@ -162,6 +185,13 @@ pub async fn exchange<'r>(
                         slot,
                     });
                     after
+                }
+                Err(e @ ProxyError::Busy { .. }) => {
+                    // No connection freed up (it turned out HTTP/1.1): like a full slot.
+                    drop(slot);
+                    tried.push(format!("{} busy", up.name));
+                    last_error = Some(e);
+                    break;
                 }
                 Err(e) => {
                     drop(slot);
@@ -188,10 +218,10 @@ pub async fn exchange<'r>(
     match (last_response, last_error) {
         (Some(answer), _) => Ok(answer),
         (None, Some(e)) => Err(exhausted(e, route, &tried)),
-        (None, None) => Err(ProxyError::Upstream {
-            upstream: route.name.clone(),
-            detail: "the route has no targets".into(),
-        }),
+        (None, None) => Err(ProxyError::Internal(format!(
+            "route {} has no targets",
+            route.name
+        ))),
     }
 }
 

@@ -1,11 +1,13 @@
 //! Serving a request from an identical one already in flight (single-flight follower).
 
 use super::client_gone::unless_gone;
+use super::ctx::Stamp;
 use super::respond;
 use crate::cache::flight::{Follower, Tail};
+use crate::cache::key::CacheKey;
+use crate::cache::vary;
 use crate::config::schema::Replay;
-use crate::limits::headers::Headers;
-use crate::providers::{Usage, UsageObserver};
+use crate::providers::{ResponseReader, Usage};
 use pingora::proxy::Session;
 use std::time::Duration;
 
@@ -21,12 +23,19 @@ pub enum Followed {
 }
 
 /// Answers from the leader's flight: a plain response once it is complete, a stream chunk by
-/// chunk as the leader receives it. Errors happen only after the response started.
+/// chunk as the leader receives it — every byte the leader's client gets, stored or not.
+/// `timeout` bounds the wait for the leader's head (and for a plain answer, its body: nothing
+/// was written yet, so falling through is still possible). Errors happen only after the
+/// response started.
+///
+/// `key` is this request's cache key: when the leader's answer varies on request headers
+/// (`Vary`), a follower whose values of them select another variant makes its own call.
 pub async fn serve(
     session: &mut Session,
     mut follower: Follower,
+    key: CacheKey,
     timeout: Duration,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<Followed> {
     // Leaving drops the follower: the leader goes on only if others still wait on it.
     let Some(head) = unless_gone(session, follower.head(timeout)).await else {
@@ -35,29 +44,28 @@ pub async fn serve(
     let Some(head) = head else {
         return Ok(Followed::FallThrough);
     };
+    if let Some(v) = &head.variant {
+        if vary::variant_key(&key, &v.names, &session.req_header().headers) != v.key {
+            return Ok(Followed::FallThrough);
+        }
+    }
     if !head.streaming {
         return match unless_gone(session, follower.complete(timeout)).await {
             None => Ok(Followed::ClientLeft),
-            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, extra)
+            Some(Some(entry)) => respond::cached(session, &entry, Replay::Instant, stamp)
                 .await
                 .map(|()| Followed::Served(entry.status, entry.usage().cloned())),
             Some(None) => Ok(Followed::FallThrough),
         };
     }
-    let content_type = head
-        .headers
-        .iter()
-        .find(|(n, _)| n == http::header::CONTENT_TYPE)
-        .and_then(|(_, v)| v.to_str().ok())
-        .unwrap_or("");
-    let mut usage = UsageObserver::for_content_type(content_type);
-    let reply = respond::replay_head(session, head.status, &head.headers, None, extra)?;
+    let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
+    let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
     session
         .write_response_header(Box::new(reply), false)
         .await?;
     let mut seen = 0;
     loop {
-        match follower.tail(seen, timeout).await {
+        match follower.tail(seen).await {
             Tail::Chunks(chunks) => {
                 seen += chunks.len();
                 for chunk in chunks {
@@ -67,9 +75,11 @@ pub async fn serve(
             }
             Tail::Complete => {
                 session.write_response_body(None, true).await?;
-                return Ok(Followed::Served(head.status, usage.finish()));
+                usage.finish();
+                return Ok(Followed::Served(head.status, usage.into_usage()));
             }
-            // The leader's stream broke: this one breaks too, never looking complete.
+            // The leader's upstream broke off: this one breaks too, never looking complete
+            // (exactly as the leader's own client is cut).
             Tail::Failed => {
                 return Err(pingora::Error::explain(
                     pingora::ErrorType::ConnectionClosed,

@@ -86,13 +86,13 @@ pub fn settle(limiter: &Limiter, metrics: &Metrics, ctx: &Ctx) {
                 .as_deref()
                 .zip(usage.model.as_deref())
                 .and_then(|(r, m)| r.pricing.lookup(m))
-                .map_or(0.0, |price| price.cost(usage.input, usage.output))
+                .map_or(0.0, |price| price.cost(usage))
         };
         limiter.charge(
             route,
             &step.limit,
             &step.who,
-            usage.input.saturating_add(usage.output),
+            usage.prompt().saturating_add(usage.output),
             usd,
         );
     }

@@ -5,14 +5,15 @@ use super::client_gone::Waiting;
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
-use super::{respond, Failure};
+use super::{respond, semantic, Failure};
 use crate::body::ParsedBody;
 use crate::cache::flight::Role;
 use crate::cache::key::CacheKey;
-use crate::cache::policy;
 use crate::cache::record::RecordPlan;
+use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ pub(super) struct CacheDecision {
     status: CacheStatus,
     lookup: Option<CacheKey>,
     record: Option<RecordPlan>,
+    /// False for a request that is not a cacheable operation: the cache had no part in it,
+    /// so no lookup is counted (its answer still says `BYPASS`).
+    counted: bool,
 }
 
 /// Whether the cache answered, or what to do with the upstream's answer.
@@ -34,7 +38,36 @@ pub(super) enum CacheStep {
     },
 }
 
-/// The cache's part in this request, or `None` when the route or method is not cached.
+/// `x-promptgate-cache` for an answer on one of `routes` (the route, or before the body chose
+/// it, its candidates) that the cache step has not decided — an error on the way: `MISS` when
+/// the request is a cache candidate (one of the route's cacheable operations, no request control
+/// skipping the lookup), `BYPASS` when it is not; none unless every one of `routes` is cached.
+/// Without the `body` (not read yet), an operation's body condition is taken as met.
+pub(super) fn unreached(
+    routes: &[&Route],
+    req: &RequestHeader,
+    path: &str,
+    body: Option<&ParsedBody<'_>>,
+) -> Option<CacheStatus> {
+    if routes.is_empty() || !routes.iter().all(|r| r.cache.enabled) {
+        return None;
+    }
+    let operation = |route: &&Route| {
+        let (ops, forward) = (&route.cache.operations, route.forward_path(path));
+        match body {
+            Some(body) => operations::cacheable(ops, &req.method, forward, body),
+            None => operations::named(ops, &req.method, forward),
+        }
+    };
+    let candidate = routes.iter().all(operation) && policy::controls(req).is_ok_and(|c| c.lookup);
+    Some(if candidate {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Bypass
+    })
+}
+
+/// The cache's part in this request, or `None` when the route is not cached.
 pub(super) fn decide(
     cache: &Arc<Cache>,
     session: &Session,
@@ -43,8 +76,33 @@ pub(super) fn decide(
     body: &ParsedBody<'_>,
 ) -> Result<Option<CacheDecision>, ProxyError> {
     let req = session.req_header();
-    if !route.cache.enabled || !policy::cacheable_method(&req.method) {
+    if !route.cache.enabled {
         return Ok(None);
+    }
+    // Only pure generations are cached; state reads and calls that create, change or delete
+    // something are forwarded untouched (no lookup to count, nothing stored).
+    if !operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(path),
+        body,
+    ) {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+            counted: false,
+        }));
+    }
+    // A body sent as JSON that does not parse as a JSON object or array: the upstream's answer
+    // to it is an error or something promptgate cannot judge, so it is never stored or served.
+    if declared_json(req) && body.tree().is_none() && !body.raw().trim_ascii().is_empty() {
+        return Ok(Some(CacheDecision {
+            status: CacheStatus::Bypass,
+            lookup: None,
+            record: None,
+            counted: false,
+        }));
     }
     let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if !controls.lookup && !controls.store {
@@ -52,6 +110,7 @@ pub(super) fn decide(
             status: CacheStatus::Bypass,
             lookup: None,
             record: None,
+            counted: true,
         }));
     }
     let key = policy::request_key(
@@ -69,6 +128,7 @@ pub(super) fn decide(
             CacheStatus::Bypass
         },
         lookup: controls.lookup.then_some(key),
+        counted: true,
         record: controls.store.then(|| RecordPlan {
             cache: cache.clone(),
             route: route.name.clone(),
@@ -77,8 +137,32 @@ pub(super) fn decide(
             limit: route.cache.max_entry_bytes,
             complete_on_disconnect: route.cache.complete_on_disconnect,
             leader: None,
+            semantic: None,
         }),
     }))
+}
+
+/// Whether the request's `Content-Type` says JSON (`application/json`, or any `…+json`).
+fn declared_json(req: &RequestHeader) -> bool {
+    let Some(value) = req.headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let essence = essence.trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
+/// The request as the cache step reads it.
+pub(super) struct Asked<'r, 'b> {
+    pub route: &'r Route,
+    /// The request path, as the cache key has it.
+    pub path: &'r str,
+    pub body: &'r ParsedBody<'b>,
 }
 
 /// Answers from the cache, or from an identical request already in flight, when possible;
@@ -87,30 +171,50 @@ pub(super) async fn answer(
     cache: &Cache,
     session: &mut Session,
     ctx: &mut Ctx,
-    route: &Route,
+    asked: Asked<'_, '_>,
     decision: CacheDecision,
 ) -> Result<CacheStep, Failure> {
+    let Asked { route, path, body } = asked;
     let CacheDecision {
         status,
         lookup,
         mut record,
+        counted,
     } = decision;
     let Some(key) = lookup else {
-        ctx.lookup = Some(Lookup::Bypass);
+        ctx.lookup = counted.then_some(Lookup::Bypass);
         return Ok(CacheStep::GoUpstream { status, record });
     };
-    let found = cache.lookup_traced(&route.name, &key).await;
+    let found = cache
+        .lookup_traced(&route.name, &key, &session.req_header().headers)
+        .await;
     if let Lookup::Hit(entry) = &found {
         ctx.cache = Some(CacheStatus::Hit);
         ctx.status = entry.status;
-        let replayed =
-            respond::cached(session, entry, route.cache.replay, ctx.extra_headers()).await;
+        let replayed = respond::cached(session, entry, route.cache.replay, ctx.stamp()).await;
         // Kept in the ctx: the entry's usage is what the hit saved (read in `logging`).
         ctx.lookup = Some(found);
         replayed.map_err(Failure::AfterResponse)?;
         return Ok(CacheStep::Answered);
     }
     ctx.lookup = Some(found);
+    if route.cache.semantic.is_some() {
+        let request = semantic::Request {
+            route,
+            path,
+            body: body.raw(),
+            key,
+            store_for: record.as_ref().map(|plan| plan.ttl),
+        };
+        match semantic::lookup(cache, session, ctx, request).await? {
+            semantic::Step::Answered => return Ok(CacheStep::Answered),
+            semantic::Step::Miss(indexing) => {
+                if let Some(plan) = record.as_mut() {
+                    plan.semantic = indexing;
+                }
+            }
+        }
+    }
     if let Some(plan) = record.as_mut().filter(|_| route.cache.coalesce) {
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
@@ -118,8 +222,9 @@ pub(super) async fn answer(
                 let followed = follow::serve(
                     session,
                     follower,
+                    key,
                     route.cache.coalesce_timeout,
-                    ctx.extra_headers(),
+                    ctx.stamp(),
                 )
                 .await
                 .map_err(Failure::AfterResponse)?;

@@ -8,9 +8,11 @@
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
 //!    (`lookup`) — with the rate-limit step (`limit`) after it, or before it with `count_hits`,
 //!    the upstream exchange with retries and failover (`failover`), and the relay of the
-//!    answer, recording it for the cache (`exchange`). Returns `Ok(true)`: the response has
-//!    been sent — or, when the client left while promptgate waited for it (`client_gone`),
-//!    nothing is, and the request is logged as 499.
+//!    answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the route
+//!    allows, no cache step (the limit step still counts it) and a tunnel after the upstream's
+//!    `101` (`tunnel`). Returns `Ok(true)`: the response has been sent — or, when the client
+//!    left while promptgate waited for it (`client_gone`), nothing is, and the request is
+//!    logged as 499.
 //! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
 //! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
 //!    the access log line, from the ctx (`report`).
@@ -21,6 +23,7 @@
 mod choose;
 mod client_gone;
 mod ctx;
+mod embed;
 mod errors;
 mod exchange;
 mod failover;
@@ -33,6 +36,8 @@ mod request_body;
 pub mod request_framing;
 pub mod request_path;
 mod respond;
+pub mod semantic;
+mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
@@ -41,11 +46,10 @@ pub use exchange::build_request;
 
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
-use crate::cache::{Cache, CacheStatus};
-use crate::config::schema::PriorityGroup;
+use crate::cache::Cache;
+use crate::config::schema::{PriorityGroup, PromptCaching};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::providers::UsageObserver;
 use crate::routing::balance;
 use crate::routing::Route;
 use crate::runtime::Runtime;
@@ -54,19 +58,17 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use lookup::CacheStep;
-use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// State shared by every request: the swappable routing table, the response cache and the
-/// upstream connection pool.
+/// State shared by every request: the swappable routing table (whose upstreams hold their
+/// connection pools) and the response cache.
 pub struct Proxy {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub cache: Arc<Cache>,
-    pub connector: Connector,
     pub inflight: Arc<Inflight>,
     /// Set on SIGTERM: responses then close their connections so clients move on.
     pub draining: Arc<AtomicBool>,
@@ -96,7 +98,8 @@ struct Upstream<'r, 'b> {
     path: &'r str,
     body: &'r Bytes,
     parsed: &'r ParsedBody<'b>,
-    cache_status: Option<CacheStatus>,
+    /// A WebSocket upgrade's `Upgrade` header value.
+    upgrade: Option<&'r http::HeaderValue>,
     record: Option<RecordPlan>,
 }
 
@@ -104,14 +107,12 @@ impl Proxy {
     pub fn new(
         runtime: Arc<ArcSwap<Runtime>>,
         cache: Arc<Cache>,
-        connector: Connector,
         metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
     ) -> Proxy {
         Proxy {
             runtime,
             cache,
-            connector,
             inflight: Arc::default(),
             draining: Arc::default(),
             metrics,
@@ -128,27 +129,56 @@ impl Proxy {
     ) -> Result<(), Failure> {
         let path = inbound::vet(session)?;
         let candidates = choose::candidates(runtime, session.req_header(), &path)?;
+        // A WebSocket upgrade is never a cache answer: its answers carry no cache status.
+        let upgrade = tunnel::websocket(session).cloned();
+        // From here on every other answer, an error too, says what the cache did
+        // (`Ctx::stamp`); before the body is read, by what its head says.
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&candidates, session.req_header(), &path, None);
+        }
         let body = request_body::read(session, runtime.max_body_bytes).await?;
         // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
         let parsed = ParsedBody::new(&body);
-        let (route, group) = choose::route(session.req_header(), &path, &candidates, &parsed)?;
+        let chosen = choose::route(session.req_header(), &path, &candidates, &parsed);
+        if let Err(ProxyError::NoRoute { .. }) = chosen {
+            ctx.cache = None; // on no route at all
+        }
+        let (route, group) = chosen?;
         ctx.route = Some(route.name.clone());
+        if upgrade.is_none() {
+            ctx.cache = lookup::unreached(&[route], session.req_header(), &path, Some(&parsed));
+        }
+        if upgrade.is_some() && !route.websocket {
+            return Err(ProxyError::WebSocketRefused {
+                route: route.name.clone(),
+            }
+            .into());
+        }
 
         // With count_hits, every request counts: checked before the cache may answer it.
         let limited = route.rate_limit.as_ref();
         if let Some(l) = limited.filter(|l| l.count_hits) {
             limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
         }
-        let (cache_status, record) =
-            match lookup::decide(&self.cache, session, route, &path, &parsed)? {
-                None => (None, None),
-                Some(decision) => {
-                    match lookup::answer(&self.cache, session, ctx, route, decision).await? {
-                        CacheStep::Answered => return Ok(()),
-                        CacheStep::GoUpstream { status, record } => (Some(status), record),
-                    }
+        let decision = match upgrade {
+            // A tunnel is never cached.
+            Some(_) => None,
+            None => lookup::decide(&self.cache, session, route, &path, &parsed)?,
+        };
+        let (cache_status, record) = match decision {
+            None => (None, None),
+            Some(decision) => {
+                let asked = lookup::Asked {
+                    route,
+                    path: &path,
+                    body: &parsed,
+                };
+                match lookup::answer(&self.cache, session, ctx, asked, decision).await? {
+                    CacheStep::Answered => return Ok(()),
+                    CacheStep::GoUpstream { status, record } => (Some(status), record),
                 }
-            };
+            }
+        };
         ctx.cache = cache_status;
         // Boxed: the upstream call's state (connect, send, relay) is large, and inline it would
         // make every request's future that large, hits included, copied whole when Pingora
@@ -156,13 +186,14 @@ impl Proxy {
         Box::pin(self.upstream(
             session,
             ctx,
+            runtime,
             Upstream {
                 route,
                 group,
                 path: &path,
                 body: &body,
                 parsed: &parsed,
-                cache_status,
+                upgrade: upgrade.as_ref(),
                 record,
             },
         ))
@@ -170,11 +201,12 @@ impl Proxy {
     }
 
     /// The request's way upstream, once the cache did not answer: the rate limit (unless it
-    /// counted hits too), targets in order, the exchange, relaying the answer.
+    /// counted hits too), targets in order, the exchange, relaying the answer (or the tunnel).
     async fn upstream(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        runtime: &Runtime,
         up: Upstream<'_, '_>,
     ) -> Result<(), Failure> {
         let Upstream {
@@ -183,7 +215,7 @@ impl Proxy {
             path,
             body,
             parsed,
-            cache_status,
+            upgrade,
             record,
         } = up;
         let limited = route.rate_limit.as_ref();
@@ -198,7 +230,6 @@ impl Proxy {
             None => route.forward_path(path).to_string(),
         };
         let answer = failover::exchange(
-            &self.connector,
             route,
             &targets,
             session,
@@ -206,6 +237,9 @@ impl Proxy {
                 forward: &forward,
                 body,
                 parsed,
+                prompt_caching: (route.prompt_caching == PromptCaching::Auto)
+                    .then_some(&*runtime.prompt_cache_minimums),
+                upgrade,
                 record: record.as_ref(),
             },
             ctx,
@@ -213,38 +247,44 @@ impl Proxy {
         .await?;
         ctx.upstream = Some(answer.target.upstream.name.clone());
         ctx.status = answer.response.header().status.as_u16();
-        let mut usage = UsageObserver::for_content_type(answer.response.content_type());
+        let mut reader = answer.response.reader();
         if ctx.client_left.is_some() {
             // The call went on without its client, for the cache or for followers.
             exchange::finish_detached(
-                &self.connector,
                 &answer.target.upstream,
                 answer.response,
                 session,
-                cache_status,
+                ctx.stamp(),
                 record,
-                &mut usage,
+                &mut reader,
             )
             .await;
-            ctx.usage = usage.finish();
+            reader.finish();
+            ctx.usage = reader.into_usage();
             return Err(ProxyError::ClientClosed.into());
         }
+        if upgrade.is_some() && ctx.status == 101 {
+            // The request's time ends with the 101: a tunnel's lifetime is not a latency.
+            ctx.answered_in = Some(ctx.started.elapsed());
+            let mut counted = tunnel::Tunnelled::default();
+            let tunnelled = tunnel::run(session, answer.response, &mut counted, ctx.stamp()).await;
+            drop(answer.slot);
+            ctx.tunnel = Some(counted);
+            return tunnelled.map_err(Failure::AfterResponse);
+        }
         let relayed = exchange::relay(
-            &self.connector,
             &answer.target.upstream,
             answer.response,
             session,
-            exchange::Additions {
-                cache_status,
-                extra: ctx.extra_headers(),
-            },
+            ctx.stamp(),
             record,
-            &mut usage,
+            &mut reader,
         )
         .await;
         drop(answer.slot);
         // Counted even when the client left early: the upstream call was made (and billed).
-        ctx.usage = usage.finish();
+        reader.finish();
+        ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
     }
 }
@@ -286,7 +326,7 @@ impl ProxyHttp for Proxy {
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
-                respond::error(session, &e, ctx.extra_headers()).await?;
+                respond::error(session, &e, ctx.stamp()).await?;
                 if matches!(e, ProxyError::BodyTooLarge { .. }) {
                     // The answer is out: the request's time ends here, not after the linger.
                     ctx.answered_in = Some(ctx.started.elapsed());
@@ -296,9 +336,29 @@ impl ProxyHttp for Proxy {
             }
             Err(Failure::AfterResponse(e)) => {
                 ctx.error = Some("response_interrupted");
+                // Said here instead of Pingora's "Fail to filter request" line (suppressed
+                // below): an upstream that broke off is a warning naming it; a client that left
+                // is its own business.
+                let req = session.req_header();
+                match (e.esource(), e.context.as_ref()) {
+                    (ErrorSource::Upstream, Some(why)) => log::warn!(
+                        "{} {}: {why}; the answer had started, so the client's connection is cut",
+                        req.method,
+                        req.uri.path()
+                    ),
+                    _ => log::debug!(
+                        "{} {}: the answer could not be completed: {e}",
+                        req.method,
+                        req.uri.path()
+                    ),
+                }
                 Err(e)
             }
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.error == Some("response_interrupted")
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
@@ -316,17 +376,14 @@ impl ProxyHttp for Proxy {
         )
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // Reached only when the response was under way (see `Failure`), or for Pingora's own
         // early errors. Never write a second head into a started response.
         let code = if session.response_written().is_some() {
             0
         } else {
-            let err = ProxyError::Upstream {
-                upstream: "-".into(),
-                detail: e.etype().as_str().to_string(),
-            };
-            let _ = respond::error(session, &err, &Vec::new()).await;
+            let err = ProxyError::Internal(e.etype().as_str().to_string());
+            let _ = respond::error(session, &err, ctx.stamp()).await;
             502
         };
         FailToProxy {

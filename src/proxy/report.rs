@@ -32,7 +32,14 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         ttfb: ctx.ttfb,
         usage,
         pricing: ctx.runtime.as_deref().map(|t| &*t.pricing),
+        prompt_cache_breakpoints: ctx.prompt_cache_breakpoints,
     });
+    if let (Some(route), Some(semantic)) = (route, &ctx.semantic) {
+        metrics.semantic(route, semantic);
+    }
+    if let (Some(route), Some(t)) = (route, ctx.tunnel) {
+        metrics.tunnel_done(route, t.sent, t.received);
+    }
     let error = match (ctx.error, e) {
         (Some(label), _) => Some(label),
         (None, Some(e)) => Some(e.etype().as_str()),
@@ -48,8 +55,10 @@ pub(super) fn report(metrics: &Metrics, session: &Session, e: Option<&Error>, ct
         cache: ctx.cache.map(CacheStatus::as_str),
         coalesced: ctx.coalesced,
         duration_ms: duration.as_secs_f64() * 1000.0,
-        input_tokens: usage.map(|u| u.input),
+        input_tokens: usage.map(|u| u.prompt()),
         output_tokens: usage.map(|u| u.output),
+        cache_read_tokens: usage.map(|u| u.cache_read),
+        cache_write_tokens: usage.map(|u| u.cache_write),
         retries: ctx.retries,
         failovers: ctx.failovers,
         error,

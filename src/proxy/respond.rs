@@ -1,10 +1,10 @@
 //! Responses promptgate writes itself: JSON errors and cache hits.
 
+use super::ctx::Stamp;
 use super::errors::ProxyError;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::config::schema::Replay;
-use crate::limits::headers::Headers;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -12,21 +12,25 @@ use std::time::Duration;
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
 pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
 
-/// Sets `extra` on `head`, replacing any value of the same name (an upstream's own
-/// `x-ratelimit-*` say nothing about promptgate's limits).
-pub fn add(head: &mut ResponseHeader, extra: &Headers) -> pingora::Result<()> {
-    for (name, value) in extra {
+/// Sets what `stamp` says every response of the request carries on `head`, replacing any
+/// value of the same name (an upstream's own `x-ratelimit-*` say nothing about promptgate's
+/// limits). Every response head promptgate writes goes through here.
+pub fn add(head: &mut ResponseHeader, stamp: Stamp<'_>) -> pingora::Result<()> {
+    for (name, value) in stamp.limit {
         head.insert_header(*name, value.clone())?;
+    }
+    if let Some(status) = stamp.cache {
+        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
     }
     Ok(())
 }
 
-/// Writes `{"error":{"type":…,"message":…}}` with the error's status, and `extra` headers
-/// (a rate-limited route's).
-pub async fn error(session: &mut Session, e: &ProxyError, extra: &Headers) -> pingora::Result<()> {
+/// Writes `{"error":{"type":…,"message":…}}` with the error's status, and what `stamp` adds
+/// (`x-promptgate-cache` on a cached route, a rate-limited route's headers).
+pub async fn error(session: &mut Session, e: &ProxyError, stamp: Stamp<'_>) -> pingora::Result<()> {
     let body = e.body();
-    let mut head = ResponseHeader::build(e.status(), Some(3 + extra.len()))?;
-    add(&mut head, extra)?;
+    let mut head = ResponseHeader::build(e.status(), Some(4 + stamp.limit.len()))?;
+    add(&mut head, stamp)?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session.write_response_header(Box::new(head), false).await?;
@@ -35,20 +39,27 @@ pub async fn error(session: &mut Session, e: &ProxyError, extra: &Headers) -> pi
 
 /// The head of a response served without an upstream call (a hit, or a coalesced request):
 /// the stored status and headers, `x-promptgate-cache: HIT`, and framing — `Content-Length`
-/// for a plain body, chunked for a stream (so a replayed stream is still a stream). `extra`
-/// headers (a rate-limited route's) replace stored ones of the same name.
+/// for a plain body, chunked for a stream (so a replayed stream is still a stream). What
+/// `stamp` adds (a rate-limited route's headers) replaces stored headers of the same name.
 pub fn replay_head(
     session: &Session,
     status: u16,
     headers: &[(http::HeaderName, http::HeaderValue)],
     body_len: Option<usize>,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(status, Some(headers.len() + extra.len() + 3))?;
+    let mut head = ResponseHeader::build(status, Some(headers.len() + stamp.limit.len() + 3))?;
     for (name, value) in headers {
         head.append_header(name.clone(), value.clone())?;
     }
-    add(&mut head, extra)?;
+    // A replay is a hit, whatever the request expected.
+    add(
+        &mut head,
+        Stamp {
+            cache: Some(CacheStatus::Hit),
+            ..stamp
+        },
+    )?;
     match body_len {
         Some(len) => head.insert_header(http::header::CONTENT_LENGTH, len)?,
         None if !session.is_http2() => {
@@ -56,7 +67,6 @@ pub fn replay_head(
         }
         None => {}
     }
-    head.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str())?;
     Ok(head)
 }
 
@@ -66,10 +76,10 @@ pub async fn cached(
     session: &mut Session,
     entry: &Entry,
     replay: Replay,
-    extra: &Headers,
+    stamp: Stamp<'_>,
 ) -> pingora::Result<()> {
     let body_len = (!entry.is_stream()).then_some(entry.body.len());
-    let mut head = replay_head(session, entry.status, &entry.headers, body_len, extra)?;
+    let mut head = replay_head(session, entry.status, &entry.headers, body_len, stamp)?;
     head.insert_header(http::header::AGE, entry.age())?;
     session.write_response_header(Box::new(head), false).await?;
     if session.req_header().method == http::Method::HEAD {

@@ -1,9 +1,10 @@
 //! Routes and route matching: which route a request belongs to, and where it may go.
 
 pub mod balance;
+pub mod pool;
 pub mod upstream;
 
-use crate::config::schema::{PriorityGroup, RetrySpec, Strategy};
+use crate::config::schema::{PriorityGroup, PromptCaching, RetrySpec, Strategy};
 use crate::config::RouteCache;
 use crate::limits::RouteLimit;
 use http::{HeaderName, HeaderValue};
@@ -24,11 +25,17 @@ pub struct Route {
     pub strategy: Strategy,
     pub retry: RetrySpec,
     pub cache: RouteCache,
+    /// The upstream named by `cache.semantic.upstream`, when the route has a semantic cache.
+    pub embedder: Option<Arc<Upstream>>,
     /// What the cache key calls this route: its name, plus its targets' model rewrites, so a
     /// route re-targeted to another model never serves the old model's answers.
     pub key_name: String,
+    /// Tunnel WebSocket upgrades (`routes[N].websocket`); refused when false.
+    pub websocket: bool,
     /// `rate_limit:`, when set.
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// `prompt_caching:`: whether Anthropic targets get cache breakpoints.
+    pub prompt_caching: PromptCaching,
 }
 
 #[derive(Debug, Default)]
@@ -147,8 +154,11 @@ mod tests {
             strategy: Strategy::Failover,
             retry: RetrySpec::default(),
             cache: RouteCache::resolve(&CacheSpec::default(), &Default::default()).unwrap(),
+            embedder: None,
             key_name: "r".into(),
+            websocket: true,
             rate_limit: None,
+            prompt_caching: PromptCaching::Off,
         }
     }
 

@@ -1,11 +1,12 @@
 //! An upstream as the proxy uses it: where it is, how to reach it, what to inject, and how
 //! it has been doing (passive health, latency, concurrency).
 
-use crate::config::schema::{HealthSpec, TimeoutsSpec};
+use super::pool::{self, Pool, Reserved};
+use crate::config::schema::{HealthSpec, HttpVersion, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
 use http::{HeaderName, HeaderValue};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, ALPN};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,6 +31,8 @@ pub struct Upstream {
     /// Injected headers, replacing the client's (credentials, usually).
     pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
     pub timeouts: TimeoutsSpec,
+    /// Whose API this is (`upstreams.NAME.provider`, or told from the host).
+    pub provider: Provider,
     resolved: Mutex<Option<(SocketAddr, Instant)>>,
     health: Health,
     /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
@@ -38,6 +41,13 @@ pub struct Upstream {
     slots: Option<(Arc<Semaphore>, usize, Duration)>,
     /// Exchanges with this upstream under way (each holds a [`Slot`]), for the dashboard.
     inflight: Arc<AtomicUsize>,
+    /// Its connections (kept across reloads while its connection settings are unchanged).
+    pub pool: Arc<Pool>,
+    pub http_version: HttpVersion,
+    /// `tls.sni`: the name sent and verified instead of the URL's host.
+    sni: Option<String>,
+    /// How long a request waits for a free connection.
+    pub queue_timeout: Duration,
 }
 
 /// Passive health: consecutive failures, and until when the upstream is skipped.
@@ -60,17 +70,29 @@ fn epoch_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// No slot for this upstream freed up within its `queue_timeout`.
+/// No slot for this upstream freed up within its `queue_timeout`; `limit` names the setting
+/// that was full (`max_concurrent` or `pool.max_connections`).
 #[derive(Debug, thiserror::Error)]
-#[error("upstream is at its max_concurrent limit")]
-pub struct Busy;
+#[error("upstream is at its {limit} limit")]
+pub struct Busy {
+    pub limit: &'static str,
+}
 
-/// One exchange with an upstream under way: its `max_concurrent` slot (when capped) and its
-/// place in the upstream's in-flight count, both given back when dropped.
+/// One exchange with an upstream under way: its `max_concurrent` slot (when capped), its
+/// connection capacity under `pool.max_connections` and its place in the upstream's in-flight
+/// count, all given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
+    connection: Reserved,
     inflight: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    /// The connection capacity this exchange holds (an HTTP/1.1 session tops it up).
+    pub fn connection(&mut self) -> &mut Reserved {
+        &mut self.connection
+    }
 }
 
 impl Drop for Slot {
@@ -109,7 +131,6 @@ impl Upstream {
     /// DNS answer yet, and `max_concurrent` slots when capped.
     pub fn new(name: String, spec: &spec::Upstream) -> Upstream {
         Upstream {
-            name,
             tls: spec.tls,
             host: spec.host.clone(),
             port: spec.port,
@@ -117,6 +138,7 @@ impl Upstream {
             host_header: spec.host_header.clone(),
             headers: spec.headers.clone(),
             timeouts: spec.timeouts.clone(),
+            provider: spec.provider,
             resolved: Mutex::new(None),
             health: Health {
                 spec: spec.health.clone(),
@@ -133,6 +155,11 @@ impl Upstream {
                 )
             }),
             inflight: Arc::default(),
+            pool: Pool::shared(&name, spec),
+            http_version: spec.http_version,
+            sni: spec.sni.clone(),
+            queue_timeout: spec.queue_timeout,
+            name,
         }
     }
 
@@ -180,21 +207,35 @@ impl Upstream {
         f64::from_bits(self.latency_ewma.load(Ordering::Acquire))
     }
 
-    /// A slot under `max_concurrent` (always granted without a cap), waiting up to
-    /// `queue_timeout`. Held for as long as the exchange lasts.
-    pub async fn slot(&self) -> Result<Slot, Busy> {
+    /// A slot under `max_concurrent` (always granted without a cap) and the connection
+    /// capacity of one exchange under `pool.max_connections` (a whole connection with `h1`,
+    /// which a WebSocket upgrade needs), waiting up to `queue_timeout` for both together. Held
+    /// for as long as the exchange lasts.
+    pub async fn slot(&self, h1: bool) -> Result<Slot, Busy> {
+        let started = tokio::time::Instant::now();
         let permit = match &self.slots {
             None => None,
             Some((slots, _, wait)) => {
                 match tokio::time::timeout(*wait, slots.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => Some(permit),
-                    _ => return Err(Busy),
+                    _ => {
+                        return Err(Busy {
+                            limit: "max_concurrent",
+                        })
+                    }
                 }
             }
+        };
+        let left = self.queue_timeout.saturating_sub(started.elapsed());
+        let Some(connection) = self.pool.reserve(h1, left).await else {
+            return Err(Busy {
+                limit: "pool.max_connections",
+            });
         };
         self.inflight.fetch_add(1, Ordering::AcqRel);
         Ok(Slot {
             _permit: permit,
+            connection,
             inflight: self.inflight.clone(),
         })
     }
@@ -225,15 +266,25 @@ impl Upstream {
 
     /// A Pingora peer for this upstream, with DNS resolved asynchronously and cached.
     /// (`HttpPeer::new` with a host name would resolve blocking, and panic on failure.)
-    pub async fn peer(&self) -> Result<HttpPeer, ResolveError> {
+    /// With `h1`, only HTTP/1.1 is offered (a WebSocket upgrade needs it).
+    pub async fn peer(&self, h1: bool) -> Result<HttpPeer, ResolveError> {
         let addr = self.resolve().await?;
-        let sni = if self.tls {
-            self.host.trim_matches(['[', ']']).to_string()
-        } else {
-            String::new()
+        let sni = match (&self.sni, self.tls) {
+            (Some(sni), true) => sni.clone(),
+            (None, true) => self.host.trim_matches(['[', ']']).to_string(),
+            (_, false) => String::new(),
         };
         let mut peer = HttpPeer::new(addr, self.tls, sni);
         let o = &mut peer.options;
+        o.alpn = if h1 || !pool::may_speak_h2(self.tls, self.http_version) {
+            ALPN::H1
+        } else if self.http_version == HttpVersion::H2 {
+            ALPN::H2
+        } else {
+            ALPN::H2H1
+        };
+        o.max_h2_streams = self.pool.max_streams();
+        o.ca = self.pool.ca();
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = Some(self.timeouts.connect);
         // Per-read timeouts are set on each exchange (first_byte for the head, idle after).
@@ -287,6 +338,11 @@ mod tests {
             },
             max_concurrent,
             queue_timeout: Duration::from_millis(10),
+            pool: Default::default(),
+            http_version: Default::default(),
+            ca: None,
+            sni: None,
+            provider: Provider::Other,
         };
         Upstream::new("u".into(), &spec)
     }
@@ -294,9 +350,9 @@ mod tests {
     #[tokio::test]
     async fn state_counts_exchanges_slots_and_failures() {
         let up = upstream(2);
-        let first = up.slot().await.unwrap();
-        let second = up.slot().await.unwrap();
-        assert!(up.slot().await.is_err(), "both slots taken");
+        let first = up.slot(false).await.unwrap();
+        let second = up.slot(false).await.unwrap();
+        assert!(up.slot(false).await.is_err(), "both slots taken");
         let s = up.state();
         assert_eq!((s.inflight, s.slots), (2, Some((0, 2))));
         drop(first);
@@ -318,7 +374,7 @@ mod tests {
         let up = upstream(0);
         let mut slots = Vec::new();
         for _ in 0..3 {
-            slots.push(up.slot().await.unwrap());
+            slots.push(up.slot(false).await.unwrap());
         }
         assert_eq!((up.state().inflight, up.state().slots), (3, None));
         drop(slots);

@@ -1,5 +1,6 @@
 //! Builds the running state from a validated config: upstreams (with their health, DNS cache
-//! and concurrency slots), the routes that point at them, the price table.
+//! and concurrency slots), the routes that point at them, the price table, the prompt-cache
+//! minimums.
 //!
 //! Validation happened in [`crate::config`]; building cannot fail. [`load`] is the one entry
 //! for a config file (start-up, `check`, `warm`, reload); [`build`] for a spec in hand.
@@ -8,6 +9,7 @@ use super::Runtime;
 use crate::config::{self, spec, ConfigError, Spec};
 use crate::limits::RouteLimit;
 use crate::pricing::Pricing;
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::upstream::Upstream;
 use crate::routing::{Matcher, Route, Target};
 use std::collections::BTreeMap;
@@ -61,8 +63,16 @@ pub fn build(spec: &Spec) -> Runtime {
             strategy: r.strategy,
             retry: r.retry.clone(),
             cache: r.cache.clone(),
+            embedder: r.cache.semantic.as_ref().map(|sem| {
+                upstreams
+                    .get(sem.upstream.as_str())
+                    .expect("a validated spec's semantic upstream is defined")
+                    .clone()
+            }),
             key_name: r.key_name.clone(),
+            websocket: r.websocket,
             rate_limit: r.rate_limit.as_ref().map(|l| Arc::new(RouteLimit::new(l))),
+            prompt_caching: r.prompt_caching,
         })
         .collect();
     Runtime {
@@ -80,6 +90,7 @@ pub fn build(spec: &Spec) -> Runtime {
         cache: spec.cache.clone(),
         reload: spec.reload.clone(),
         pricing: Arc::new(Pricing::new(&spec.pricing)),
+        prompt_cache_minimums: Arc::new(CacheMinimums::new(&spec.prompt_cache_min_tokens)),
         log: spec.log,
         admin_token: spec.admin_token.clone(),
         sections: spec.sections.clone(),
@@ -138,6 +149,29 @@ routes:
         assert!(
             !format!("{t:?}").contains("sk-test-build"),
             "secret in Debug"
+        );
+    }
+
+    #[test]
+    fn the_summary_names_routes_and_the_cache_store_without_passwords() {
+        assert_eq!(runtime(ROUTE).summary(), "1 route, cache: memory");
+        let two = ROUTE.replace("targets: [u]}]", "targets: [u]}, {name: s, targets: [u]}]");
+        assert_eq!(runtime(&two).summary(), "2 routes, cache: memory");
+        let off = format!("{ROUTE}cache: {{enabled: false}}\n");
+        assert_eq!(runtime(&off).summary(), "1 route, cache: off");
+        let redis = format!(
+            "{ROUTE}cache: {{backend: redis, redis: {{url: \"redis://:hunter2@10.0.0.5:6380/2\"}}}}\n"
+        );
+        assert_eq!(
+            runtime(&redis).summary(),
+            "1 route, cache: redis 10.0.0.5:6380"
+        );
+        let cluster = format!(
+            "{ROUTE}cache: {{backend: redis, redis: {{cluster: [\"redis://:pw@10.0.0.1:7000\", \"redis://:pw@10.0.0.2:7000\", \"redis://:pw@10.0.0.3:7000\"]}}}}\n"
+        );
+        assert_eq!(
+            runtime(&cluster).summary(),
+            "1 route, cache: redis cluster, 3 nodes"
         );
     }
 

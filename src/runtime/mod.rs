@@ -8,9 +8,11 @@ mod build;
 
 pub use build::{build, load};
 
-use crate::config::schema::{CacheSpec, ConfigSpec, LogSpec, ReloadSpec};
+use crate::config::redis_url;
+use crate::config::schema::{CacheBackend, CacheSpec, ConfigSpec, LogSpec, ReloadSpec};
 use crate::config::secret::Secret;
 use crate::pricing::Pricing;
+use crate::providers::anthropic::CacheMinimums;
 use crate::routing::Route;
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ pub struct Runtime {
     pub reload: ReloadSpec,
     /// Token prices (`pricing:` merged over the defaults), for the cost metrics.
     pub pricing: Arc<Pricing>,
+    /// Shortest prefix worth a prompt-cache breakpoint, per model (`prompt_cache_min_tokens:`
+    /// merged over the defaults).
+    pub prompt_cache_minimums: Arc<CacheMinimums>,
     pub log: LogSpec,
     /// `admin_token`: required (as `Authorization: Bearer …`) by mutating admin endpoints.
     pub admin_token: Option<Secret<String>>,
@@ -47,5 +52,31 @@ impl Runtime {
             .iter()
             .filter(|r| r.matcher.matches_head(req, path))
             .collect()
+    }
+
+    /// What the start-up and reload lines say about this config: `4 routes, cache: memory`.
+    pub fn summary(&self) -> String {
+        let n = self.routes.len();
+        let routes = if n == 1 { "route" } else { "routes" };
+        let cache = if self.routes.iter().any(|r| r.cache.enabled) {
+            describe_cache(&self.cache)
+        } else {
+            "off".into()
+        };
+        format!("{n} {routes}, cache: {cache}")
+    }
+}
+
+/// The cache store in a few words: `memory`, `redis HOST:PORT` or `redis cluster, N nodes`.
+/// Never a password: only the address is shown.
+pub fn describe_cache(cache: &CacheSpec) -> String {
+    match cache.backend {
+        CacheBackend::Memory => "memory".into(),
+        CacheBackend::Redis => match redis_url::parse(&cache.redis) {
+            Ok(urls) if urls.cluster => format!("redis cluster, {} nodes", urls.nodes.len()),
+            Ok(urls) => format!("redis {}", urls.nodes[0].addr),
+            // Validation parsed it already; not expected.
+            Err(_) => "redis".into(),
+        },
     }
 }

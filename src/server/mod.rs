@@ -21,8 +21,6 @@ use async_trait::async_trait;
 use inflight::Inflight;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::ProxyServiceBuilder;
@@ -73,12 +71,7 @@ fn ensure_bindable(addr: SocketAddr, field: &str) -> anyhow::Result<()> {
 /// SIGHUP and `POST /reload`. With `upgrade`, the listening sockets are taken over from the
 /// running process instead of bound. Returns once every listener is closed.
 pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
-    if upgrade {
-        log::info!(
-            "upgrade: waiting for the running process's listening sockets on {} (send it SIGQUIT)",
-            runtime.upgrade_sock
-        );
-    } else {
+    if !upgrade {
         // Taken over on upgrade, so only a fresh start checks that the ports are free.
         ensure_bindable(runtime.listen, "listen")?;
         ensure_bindable(runtime.admin, "admin")?;
@@ -106,12 +99,12 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // With `upgrade`, this blocks until the old process sends its sockets (Pingora waits about
-    // 5 s, then exits the process with status 1).
+    // 5 s, then exits the process with status 1). Said only if it takes a while: with SIGUSR2
+    // the old process sends them at once.
+    let waiting = upgrade.then(|| upgrade::WaitHint::after(Duration::from_secs(1), &upgrade_sock));
     server.bootstrap();
+    drop(waiting);
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded();
     let cache = Arc::new(Cache::new(&runtime.cache).context("cannot set up the cache")?);
@@ -140,7 +133,6 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let proxy = Proxy::new(
         runtime.clone(),
         cache.clone(),
-        connector,
         metrics.clone(),
         limiter.clone(),
     );
@@ -173,19 +165,17 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let admin_handle = server.add_service(handover.wrap(admin_service));
     admin_handle.add_dependency(&reload);
 
+    let started = started_line(&runtime.load(), &config_path, upgrade);
     let ready = server.add_service(background_service(
         "promptgate ready",
         ReadyNotifier {
             addrs: vec![listen, admin],
             upgrade,
+            line: started,
         },
     ));
     ready.add_dependencies([&proxy_handle, &admin_handle]);
 
-    log::info!(
-        "promptgate {} listening on {listen} (admin {admin})",
-        env!("CARGO_PKG_VERSION")
-    );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown {
             cache: shutdown_cache,
@@ -198,7 +188,32 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
             config_path,
         }),
     });
+    log::info!("promptgate stopped");
     Ok(())
+}
+
+/// The one line start-up logs at `info`, once both listeners accept connections:
+/// `promptgate 0.1.0 listening on 127.0.0.1:8080 (admin 127.0.0.1:9090), 4 routes, cache: memory,
+/// config conf/promptgate.yaml (watched)`.
+fn started_line(runtime: &Runtime, config_path: &Path, upgrade: bool) -> String {
+    let watched = if runtime.reload.watch {
+        "watched"
+    } else {
+        "not watched: reload with SIGHUP or POST /reload"
+    };
+    let taken_over = if upgrade {
+        "; listening sockets taken over from the previous process"
+    } else {
+        ""
+    };
+    format!(
+        "promptgate {} listening on {} (admin {}), {}, config {} ({watched}){taken_over}",
+        env!("CARGO_PKG_VERSION"),
+        runtime.listen,
+        runtime.admin,
+        runtime.summary(),
+        config_path.display(),
+    )
 }
 
 /// SIGTERM: stop keeping connections alive, wait until no request is in flight (at most the
@@ -234,24 +249,22 @@ impl ShutdownSignalWatch for DrainingShutdown {
         };
         loop {
             tokio::select! {
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = int.recv() => return self.stop_now("SIGINT"),
                 _ = term.recv() => {
                     systemd::notify(&[sd_notify::NotifyState::Stopping]);
                     self.draining.store(true, Ordering::Relaxed);
-                    log::info!("SIGTERM: draining {} in-flight request(s)", self.inflight.count());
+                    log::info!("SIGTERM: {}", self.draining_line());
                     return self.drain(&mut int, Duration::ZERO).await;
                 }
                 _ = quit.recv() => {
-                    log::info!("SIGQUIT: handing the listening sockets to the new process");
-                    if let Some(signal) = self.hand_over(&mut int).await {
+                    if let Some(signal) = self.hand_over(&mut int, "SIGQUIT", None).await {
                         return signal;
                     }
                 }
                 _ = usr2.recv() => {
-                    log::info!("SIGUSR2: starting a new process to take over the listening sockets");
                     match self.spawn_successor() {
-                        Ok(()) => {
-                            if let Some(signal) = self.hand_over(&mut int).await {
+                        Ok(pid) => {
+                            if let Some(signal) = self.hand_over(&mut int, "SIGUSR2", Some(pid)).await {
                                 return signal;
                             }
                         }
@@ -264,18 +277,43 @@ impl ShutdownSignalWatch for DrainingShutdown {
 }
 
 impl DrainingShutdown {
+    /// `draining N in-flight request(s), at most 10s (shutdown_grace)`: what a drain about to
+    /// start will do, with the grace in force (a reload may have changed it).
+    fn draining_line(&self) -> String {
+        format!(
+            "draining {} in-flight request(s), at most {} (shutdown_grace)",
+            self.inflight.count(),
+            humantime::format_duration(self.runtime.load().shutdown_grace)
+        )
+    }
+
+    /// SIGINT: no drain, the requests in flight are cut.
+    fn stop_now(&self, signal: &str) -> ShutdownSignal {
+        match self.inflight.count() {
+            0 => log::info!("{signal}: stopping now"),
+            n => log::warn!("{signal}: stopping now, cutting {n} in-flight request(s)"),
+        }
+        ShutdownSignal::FastShutdown
+    }
+
     /// Sends the sockets, keeps accepting for [`HANDOVER_OVERLAP`], stops accepting and drains.
     /// `None` when no process took the sockets: this one keeps serving, nothing is lost.
-    async fn hand_over(&self, int: &mut Signal) -> Option<ShutdownSignal> {
+    /// `signal` and the new process's `pid` (when we started it) are for the one line it logs.
+    async fn hand_over(
+        &self,
+        int: &mut Signal,
+        signal: &str,
+        pid: Option<u32>,
+    ) -> Option<ShutdownSignal> {
         match self.handover.send(&self.upgrade_sock).await {
-            Ok(_) => log::info!("listening sockets handed over via {}", self.upgrade_sock),
+            Ok(_) => {}
             Err(UpgradeError::NoSockets) => {
                 // Cannot happen once the listeners run; Pingora's own path is the fallback.
                 log::warn!("no listening sockets registered; falling back to Pingora's upgrade");
                 return Some(ShutdownSignal::GracefulUpgrade);
             }
             Err(e) => {
-                log::error!("{e}; still serving");
+                log::error!("{signal}: {e}; still serving");
                 return None;
             }
         }
@@ -286,12 +324,17 @@ impl DrainingShutdown {
         self.draining.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(HANDOVER_OVERLAP) => {}
-            _ = int.recv() => return Some(ShutdownSignal::FastShutdown),
+            _ = int.recv() => return Some(self.stop_now("SIGINT")),
         }
         self.handover.stop_accepting();
+        let new_process = match pid {
+            Some(pid) => format!("the new process (pid {pid})"),
+            None => "the new process".into(),
+        };
         log::info!(
-            "stopped accepting; draining {} in-flight request(s)",
-            self.inflight.count()
+            "{signal}: listening sockets handed to {new_process} via {}; {}",
+            self.upgrade_sock,
+            self.draining_line()
         );
         Some(self.drain(int, SETTLE).await)
     }
@@ -312,14 +355,15 @@ impl DrainingShutdown {
         while (self.outstanding() > 0 || started.elapsed() < settle) && Instant::now() < deadline {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = int.recv() => return self.stop_now("SIGINT"),
             }
         }
-        if self.inflight.count() > 0 {
-            log::warn!(
-                "grace period ({grace:?}) over with {} request(s) in flight",
-                self.inflight.count()
-            );
+        match self.inflight.count() {
+            0 => log::debug!("drained in {:?}", started.elapsed()),
+            n => log::warn!(
+                "shutdown_grace ({}) is over with {n} request(s) still in flight: cutting them",
+                humantime::format_duration(grace)
+            ),
         }
         ShutdownSignal::GracefulTerminate
     }
@@ -327,7 +371,7 @@ impl DrainingShutdown {
     /// Starts `promptgate run --config <ours> --upgrade` from the path of our own binary (which
     /// an upgrade has replaced), inheriting our environment (`NOTIFY_SOCKET` included, so it can
     /// tell systemd it is the new main process), stdout and stderr.
-    fn spawn_successor(&self) -> anyhow::Result<()> {
+    fn spawn_successor(&self) -> anyhow::Result<u32> {
         let exe = own_path().context("cannot find our own binary")?;
         let mut child = Command::new(&exe)
             .arg("run")
@@ -337,15 +381,16 @@ impl DrainingShutdown {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
-        log::info!("started {} (pid {})", exe.display(), child.id());
+        let pid = child.id();
+        log::debug!("started {} (pid {pid})", exe.display());
         // Reap it if it fails while we still run (e.g. an invalid config), so it is logged and
         // leaves no zombie; once it has taken over it outlives us and this thread.
         std::thread::spawn(move || {
             if let Ok(status) = child.wait() {
-                log::warn!("the upgrade process exited: {status}");
+                log::warn!("the upgrade process (pid {pid}) exited: {status}");
             }
         });
-        Ok(())
+        Ok(pid)
     }
 }
 

@@ -12,9 +12,10 @@
 //! listener or thread count that is not in force. Everything else, `shutdown_grace` included
 //! (SIGTERM reads it from the current table), applies at once.
 //!
-//! Upstream connection pools survive a reload: they live in the proxy's one Pingora connector,
-//! keyed by peer (address, scheme, SNI, TLS options), not by table, so an upstream whose
-//! address is unchanged keeps its pooled connections.
+//! Upstream connection pools survive a reload: each upstream's pool (its own Pingora connector)
+//! is found again by the new table while the upstream's connection settings (`pool`, `tls`,
+//! `http_version`, scheme) are unchanged, and Pingora keys the pooled connections by peer
+//! (address, SNI, TLS options), so an upstream whose address is unchanged keeps them.
 
 use super::watch::FileWatch;
 use crate::cache::Cache;
@@ -194,13 +195,14 @@ impl Reloader {
         }
         crate::logging::set_format(next.log.format);
         let watch_file = next.reload.watch;
+        let summary = next.summary();
         self.runtime.store(Arc::new(next));
         self.watch_file
             .send_if_modified(|w| std::mem::replace(w, watch_file) != watch_file);
         self.metrics.config_reloaded(ReloadResult::Success);
         self.remember(trigger, None);
         log::info!(
-            "config {} reloaded ({trigger}): {routes} route(s)",
+            "config {} reloaded ({trigger}): {summary}",
             self.path.display()
         );
         Ok(Reloaded {
@@ -263,12 +265,15 @@ impl ReloadService {
         ReloadService { reloader }
     }
 
-    /// Starts or stops the file watcher to match `wanted`; changes go to `signals`.
+    /// Starts or stops the file watcher to match `wanted`; changes go to `signals`. At start
+    /// (`at_start`) the start-up line says whether the file is watched; later, a reload that
+    /// turns watching on or off is followed by a line saying so.
     fn follow(
         &self,
         watcher: &mut Option<FileWatch>,
         wanted: bool,
         signals: &mpsc::Sender<Trigger>,
+        at_start: bool,
     ) {
         let path = self.reloader.path();
         match (wanted, watcher.is_some()) {
@@ -277,7 +282,12 @@ impl ReloadService {
                 signals.clone(),
                 self.reloader.metrics.config_watch_counters(),
             ) {
-                Ok(w) => *watcher = Some(w),
+                Ok(w) => {
+                    *watcher = Some(w);
+                    if !at_start {
+                        log::info!("watching {} for config changes", path.display());
+                    }
+                }
                 Err(e) => log::warn!(
                     "cannot watch {} for changes ({e}); reload with SIGHUP or POST /reload",
                     path.display()
@@ -290,7 +300,7 @@ impl ReloadService {
                     path.display()
                 );
             }
-            (false, false) => log::info!(
+            (false, false) => log::debug!(
                 "reload.watch is false: {} is not watched; reload with SIGHUP or POST /reload",
                 path.display()
             ),
@@ -320,7 +330,12 @@ impl BackgroundService for ReloadService {
         let (signal_tx, mut signals) = mpsc::channel(1);
         let mut watch_file = self.reloader.watch_file();
         let mut watcher = None;
-        self.follow(&mut watcher, *watch_file.borrow_and_update(), &signal_tx);
+        self.follow(
+            &mut watcher,
+            *watch_file.borrow_and_update(),
+            &signal_tx,
+            true,
+        );
         ready.notify_ready();
 
         loop {
@@ -343,7 +358,7 @@ impl BackgroundService for ReloadService {
                 }
                 Ok(()) = watch_file.changed() => {
                     let wanted = *watch_file.borrow_and_update();
-                    self.follow(&mut watcher, wanted, &signal_tx);
+                    self.follow(&mut watcher, wanted, &signal_tx, false);
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! systemd's readiness protocol (`Type=notify`): tell the service manager `READY=1` once both
-//! listeners accept connections, `MAINPID` after an upgrade, `STOPPING=1` on SIGTERM.
+//! listeners accept connections, `MAINPID` after an upgrade, `STOPPING=1` on SIGTERM; and the
+//! start-up line, logged at the same moment.
 //!
 //! Every message is a no-op unless `NOTIFY_SOCKET` is set, so nothing changes outside systemd.
 
@@ -28,32 +29,34 @@ pub fn notify(states: &[NotifyState]) {
 }
 
 /// Background service, started after the listeners: waits until each address accepts a TCP
-/// connection, then reports ready. Pingora marks a listening service ready before it binds, so
-/// the probe is what tells us the sockets are really there.
+/// connection, then logs the start-up line and reports ready. Pingora marks a listening service
+/// ready before it binds, so the probe is what tells us the sockets are really there.
 pub struct ReadyNotifier {
     pub addrs: Vec<SocketAddr>,
     /// Started with `--upgrade`: also tell systemd this process is now the main one.
     pub upgrade: bool,
+    /// Logged at `info` once every address accepts connections.
+    pub line: String,
 }
 
 #[async_trait]
 impl BackgroundService for ReadyNotifier {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        if !under_systemd() {
-            return;
-        }
         let deadline = Instant::now() + PROBE_FOR;
         for addr in &self.addrs {
             let target = Target::admin(*addr).addr;
             while tokio::net::TcpStream::connect(target).await.is_err() {
                 if Instant::now() > deadline {
-                    log::error!(
-                        "{addr} does not accept connections; not reporting ready to systemd"
-                    );
+                    log::error!("{addr} does not accept connections after {PROBE_FOR:?}");
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        // Under the server's name: the line is about the server, not about systemd.
+        log::info!(target: "promptgate::server", "{}", self.line);
+        if !under_systemd() {
+            return;
         }
         let pid = std::process::id();
         let status = format!("serving on {}", self.addrs[0]);
@@ -66,6 +69,6 @@ impl BackgroundService for ReadyNotifier {
         } else {
             notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
-        log::info!("reported ready to systemd (pid {pid})");
+        log::debug!("reported ready to systemd (pid {pid})");
     }
 }

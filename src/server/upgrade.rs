@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use pingora::server::RuntimeOpts;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -123,5 +124,28 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Listening<S> {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         self.inner.listen_addresses()
+    }
+}
+
+/// The new process's side: a hint logged when the old process's sockets take a while to come,
+/// and nothing when they come at once. Dropping it (the sockets came) cancels the hint.
+pub struct WaitHint {
+    _cancel: mpsc::Sender<()>,
+}
+
+impl WaitHint {
+    /// Logs, after `delay` unless dropped first, that this process waits on `sock`.
+    pub fn after(delay: Duration, sock: &str) -> WaitHint {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let sock = sock.to_string();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(delay) {
+                log::info!(
+                    "upgrade: waiting for the running process's listening sockets on {sock}; \
+                     send it SIGQUIT (this process gives up after about 5 s)"
+                );
+            }
+        });
+        WaitHint { _cancel: cancel }
     }
 }

@@ -60,7 +60,7 @@ impl FileWatch {
             .chain([OsString::from(CONFIGMAP_DATA_LINK)])
             .collect();
         let events = DirEvents::open(&dir, names, counters)?;
-        log::info!(
+        log::debug!(
             "watching {} for config changes (in {})",
             path.display(),
             dir.display()

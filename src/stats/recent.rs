@@ -141,6 +141,7 @@ mod tests {
             ttfb: None,
             usage: None,
             pricing: None,
+            prompt_cache_breakpoints: 0,
         }
     }
 

@@ -97,8 +97,8 @@ impl Totals {
             at,
             wall,
             requests: reading.count("promptgate_requests_total", |_| true),
-            served: lookups(&["hit", "coalesced"]),
-            asked: lookups(&["hit", "coalesced", "miss", "error"]),
+            served: lookups(&["hit", "coalesced", "semantic_hit"]),
+            asked: lookups(&["hit", "coalesced", "semantic_hit", "miss", "error"]),
             hit: duration("hit"),
             miss: duration("miss"),
         }
@@ -193,6 +193,7 @@ mod tests {
             ttfb: None,
             usage: None,
             pricing: None,
+            prompt_cache_breakpoints: 0,
         });
     }
 

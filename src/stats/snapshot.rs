@@ -70,7 +70,7 @@ pub struct Requests {
 pub struct Lookups {
     /// Answered from the cache by exact key.
     pub hits: u64,
-    /// Answered from the cache by meaning (0 until promptgate has a semantic cache).
+    /// Answered from the cache by meaning (the semantic cache).
     pub semantic_hits: u64,
     pub misses: u64,
     pub bypasses: u64,
@@ -85,7 +85,7 @@ impl From<&LookupCounts> for Lookups {
     fn from(c: &LookupCounts) -> Lookups {
         Lookups {
             hits: c.hits,
-            semantic_hits: 0,
+            semantic_hits: c.semantic_hits,
             misses: c.misses,
             bypasses: c.bypasses,
             coalesced: c.coalesced,
@@ -148,10 +148,16 @@ pub struct TokenCounts {
     pub saved: u64,
 }
 
+/// By kind, as `promptgate_tokens_total` counts them (the kinds do not overlap).
 #[derive(Debug, Serialize)]
 pub struct Tokens {
+    /// Prompt tokens not from or to the provider's prompt cache.
     pub input: TokenCounts,
     pub output: TokenCounts,
+    /// Prompt tokens read from the provider's prompt cache.
+    pub cache_read: TokenCounts,
+    /// Prompt tokens written to the provider's prompt cache.
+    pub cache_write: TokenCounts,
 }
 
 /// US dollars, by the price table.
@@ -163,7 +169,8 @@ pub struct Cost {
     pub saved: f64,
     /// What the cache hits would have cost upstream.
     pub saved_response_cache: f64,
-    /// Discounts from the providers' own prompt caching (0 until promptgate measures it).
+    /// What the providers' own prompt caching saved, net: reads at their discount, less the
+    /// premium paid on writes (negative while writes outweigh reads).
     pub saved_prompt_cache: f64,
 }
 
@@ -176,7 +183,10 @@ pub struct RouteStats {
     /// 95th percentile of all its requests' latency, seconds.
     pub p95_seconds: Option<f64>,
     pub cost_usd: f64,
+    /// What the response cache saved.
     pub saved_usd: f64,
+    /// What the providers' prompt caching saved, net of the write premium.
+    pub saved_prompt_cache_usd: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -195,6 +205,11 @@ pub struct UpstreamStats {
     pub free_slots: Option<usize>,
     /// Smoothed time to first byte, `null` before the first answer.
     pub ttfb_ms: Option<f64>,
+    /// What the newest connection speaks: `h1` or `h2`; `null` before the first.
+    pub protocol: Option<&'static str>,
+    /// Connections opened since the upstream's pool was created (it is kept across reloads
+    /// while the upstream's connection settings are unchanged).
+    pub connections_opened: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -256,6 +271,7 @@ fn lookup_counts(reading: &Reading, keep: impl Fn(&Metric) -> bool) -> LookupCou
         bypasses: c("bypass"),
         coalesced: c("coalesced"),
         errors: c("error"),
+        semantic_hits: c("semantic_hit"),
     }
 }
 
@@ -279,6 +295,12 @@ fn tokens(reading: &Reading, kind: &str) -> TokenCounts {
         paid: sum(false),
         saved: sum(true),
     }
+}
+
+/// What prompt caching saved, net of the write premium, over the series `keep` selects.
+fn prompt_cache_saved(reading: &Reading, keep: impl Fn(&Metric) -> bool) -> f64 {
+    reading.sum("promptgate_prompt_cache_saved_usd_total", &keep)
+        - reading.sum("promptgate_prompt_cache_write_premium_usd_total", &keep)
 }
 
 /// The route names to list: the table's, then the others the metrics know, sorted.
@@ -306,6 +328,7 @@ fn route_stats(reading: &Reading, name: &str) -> RouteStats {
             .quantile(0.95),
         cost_usd: reading.sum("promptgate_cost_usd_total", here),
         saved_usd: reading.sum("promptgate_cost_saved_usd_total", here),
+        saved_prompt_cache_usd: prompt_cache_saved(reading, here),
     }
 }
 
@@ -338,6 +361,11 @@ fn upstream_stats(up: &Upstream) -> UpstreamStats {
         max_concurrent: s.slots.map(|(_, all)| all),
         free_slots: s.slots.map(|(free, _)| free),
         ttfb_ms: (s.latency_micros > 0.0).then_some(s.latency_micros / 1000.0),
+        protocol: Some(up.pool.protocol()).filter(|p| !p.is_empty()),
+        connections_opened: {
+            let (h1, h2) = up.pool.opened();
+            h1 + h2
+        },
     }
 }
 
@@ -372,6 +400,7 @@ pub fn snapshot(s: &Sources) -> Snapshot {
     let samples = activity.series.samples();
     let cache_label = |c: &'static str| move |m: &Metric| label(m, "cache") == c;
     let saved = reading.sum("promptgate_cost_saved_usd_total", |_| true);
+    let saved_prompt_cache = prompt_cache_saved(&reading, |_| true);
     let (entries, bytes) = s.cache.memory_usage();
     let reloads = |result: &str| {
         reading.count("promptgate_config_reloads_total", |m| {
@@ -413,12 +442,14 @@ pub fn snapshot(s: &Sources) -> Snapshot {
         tokens: Tokens {
             input: tokens(&reading, "input"),
             output: tokens(&reading, "output"),
+            cache_read: tokens(&reading, "cache_read"),
+            cache_write: tokens(&reading, "cache_write"),
         },
         cost_usd: Cost {
             spent: reading.sum("promptgate_cost_usd_total", |_| true),
-            saved,
+            saved: saved + saved_prompt_cache,
             saved_response_cache: saved,
-            saved_prompt_cache: 0.0,
+            saved_prompt_cache,
         },
         routes: route_names(s.runtime, &reading)
             .iter()
@@ -502,6 +533,8 @@ routes:
         let usage = Usage {
             input: 1000,
             output: 500,
+            cache_read: 2000,
+            cache_write: 0,
             model: Some("gpt-4o-mini".into()),
         };
         let done = |cache, lookup: Lookup, upstream, ms| {
@@ -519,6 +552,7 @@ routes:
                 ttfb: None,
                 usage: Some(&usage),
                 pricing: Some(&pricing),
+                prompt_cache_breakpoints: 0,
             });
         };
         done(CacheStatus::Miss, Lookup::Miss, Some("mock"), 300);
@@ -552,10 +586,19 @@ routes:
                 saved: 3000
             }
         );
-        let one = (1000.0 * 0.15 + 500.0 * 0.60) / 1e6;
+        assert_eq!(
+            snap.tokens.cache_read,
+            TokenCounts {
+                paid: 2000,
+                saved: 6000
+            }
+        );
+        let one = (1000.0 * 0.15 + 2000.0 * 0.075 + 500.0 * 0.60) / 1e6;
+        let prompt_saved = 2000.0 * (0.15 - 0.075) / 1e6;
         assert!((snap.cost_usd.spent - one).abs() < 1e-12);
-        assert!((snap.cost_usd.saved - 3.0 * one).abs() < 1e-12);
-        assert_eq!(snap.cost_usd.saved_prompt_cache, 0.0);
+        assert!((snap.cost_usd.saved_response_cache - 3.0 * one).abs() < 1e-12);
+        assert!((snap.cost_usd.saved_prompt_cache - prompt_saved).abs() < 1e-12);
+        assert!((snap.cost_usd.saved - 3.0 * one - prompt_saved).abs() < 1e-12);
         let names: Vec<_> = snap.routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["openai", "quiet"]);
         assert_eq!(snap.routes[0].requests, 4);

@@ -213,3 +213,48 @@ async fn oversized_entries_and_disabled_routes_go_upstream() {
     }
     assert_eq!(mock.hits(), 4);
 }
+
+/// An audio upload as an SDK sends it: `multipart/form-data` with this boundary.
+fn upload(boundary: &str, file: &[u8]) -> (String, Vec<u8>) {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+         Content-Type: audio/wav\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_keyed_by_their_parts_not_their_random_boundary() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(Config::providers(&mock.url()));
+    let send = |(content_type, body): (String, Vec<u8>)| {
+        let req = client()
+            .post(gw.url("/openai/v1/audio/transcriptions"))
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            Reply {
+                status: resp.status().as_u16(),
+                headers: resp.headers().clone(),
+                body: resp.text().await.unwrap(),
+            }
+        }
+    };
+    let first = send(upload("4f1c2a", b"RIFF audio")).await;
+    let second = send(upload("9b8e7d6c5b4a", b"RIFF audio")).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"));
+    assert_eq!((second.status, second.cache()), (200, "HIT"));
+    assert_eq!(second.body, first.body);
+    // another file is another answer, whatever the boundary
+    let other = send(upload("4f1c2a", b"RIFF other")).await;
+    assert_eq!(other.cache(), "MISS");
+    assert_eq!(mock.hits(), 2);
+    // the upstream got the upload byte for byte
+    let (_, sent) = upload("4f1c2a", b"RIFF other");
+    assert_eq!(mock.last_request().unwrap().body, sent);
+}

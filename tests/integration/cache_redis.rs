@@ -1,7 +1,7 @@
 //! The response cache with `backend: redis`: entries outlive the proxy process, a dead or slow
 //! Redis never fails a request (fail open), and caching resumes when Redis returns.
 
-use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::redis::{cli, RedisCluster, RedisServer};
 use crate::support::{client, Config, Gateway, MockUpstream, Route};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -73,6 +73,25 @@ async fn entries_outlive_the_proxy_process() {
     assert_eq!((status, cache.as_str()), (200, "HIT"));
     assert_eq!(body, first);
     assert_eq!(mock.hits(), 1);
+    drop(gw);
+
+    // An entry written by a version from before provider verdicts (encoding PGE1) may hold an
+    // error inside a 200: it is a miss, never served, and the next store replaces it.
+    let out = cli(redis.port, &["setrange", key, "0", "PGE1"]);
+    assert!(out.status.success(), "{out:?}");
+    let gw = Gateway::start(&cfg);
+    let (status, cache, _) = ask(&gw, "hi").await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (200, "MISS"),
+        "log:\n{}",
+        gw.logs()
+    );
+    assert_eq!(mock.hits(), 2);
+    assert!(
+        !gw.logs().contains("unreadable"),
+        "an outdated entry is not an error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

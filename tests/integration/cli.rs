@@ -1,4 +1,4 @@
-//! `promptgate check`, `promptgate key` and `promptgate warm` against real processes.
+//! `promptgate check`, `promptgate key`, `promptgate warm` and `--help` against real processes.
 
 use crate::support::gateway::binary;
 use crate::support::redis::RedisServer;
@@ -72,6 +72,11 @@ async fn key_matches_what_the_proxy_stores() {
     let reordered = r#"{ "messages": [{"content":"hi","role":"user"}], "model": "gpt-4o" }"#;
     let out = key(&cfg, &args, reordered);
     let redis_key = key_line(&out, "redis key:");
+    assert_eq!(
+        key_line(&out, "scope:"),
+        "credential",
+        "the scope is written as the config writes it"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while redis.keys("promptgate:*").is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -89,6 +94,23 @@ async fn key_matches_what_the_proxy_stores() {
     assert!(
         !stdout.contains("sk-test"),
         "the credential is hashed, never printed"
+    );
+    assert!(!stdout.contains("not a cacheable operation"), "{stdout}");
+    let batches = key(
+        &cfg,
+        &["--route", "openai", "--path", "/openai/v1/batches"],
+        "{}",
+    );
+    let stdout = String::from_utf8_lossy(&batches.stdout);
+    assert!(stdout.contains("not a cacheable operation"), "{stdout}");
+    assert!(!stdout.contains("hint:"), "a path was given: {stdout}");
+    // Without --path the route's prefix is keyed: never cacheable, and the output says why.
+    let no_path = key(&cfg, &["--route", "openai"], body);
+    let stdout = String::from_utf8_lossy(&no_path.stdout);
+    assert!(
+        stdout.contains("hint:      no --path given, so /openai was keyed")
+            && stdout.contains("--path /openai/v1/chat/completions"),
+        "{stdout}"
     );
 
     let other = key(
@@ -159,6 +181,20 @@ async fn warm_fills_the_cache_and_reports_each_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("line 1") && stderr.contains("404"),
+        "{stderr}"
+    );
+
+    // A line that is not a cacheable operation stores nothing: a failure, not "warmed".
+    std::fs::write(
+        &file,
+        "{\"path\": \"/openai/v1/batches\", \"body\": {\"input_file_id\": \"file-1\"}}\n",
+    )
+    .unwrap();
+    let out = warm(&file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("not a cacheable operation"),
         "{stderr}"
     );
 }
@@ -237,4 +273,30 @@ cache:
         err.contains("c.yaml: routes: no routes are configured"),
         "{err}"
     );
+}
+
+/// `--help` (the long description) says what `-h` (the short one) says: it caches.
+#[test]
+fn help_says_it_caches_short_and_long() {
+    let help = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [["-h"], ["--help"]] {
+        let text = help(&args);
+        let first = text.lines().next().unwrap();
+        assert!(first.contains("caching reverse proxy"), "{args:?}: {first}");
+    }
+    let long = help(&["--help"]);
+    assert!(long.contains("from its cache"), "{long}");
+    assert!(long.contains("RUST_LOG"), "{long}");
+    for args in [["run", "-h"], ["run", "--help"]] {
+        let text = help(&args);
+        assert!(
+            text.lines().next().unwrap().contains("caching proxy"),
+            "{text}"
+        );
+    }
+    assert!(help(&["run", "--help"]).contains("shutdown_grace"));
 }

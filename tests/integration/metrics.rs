@@ -1,7 +1,7 @@
 //! Metrics, admin endpoints, token and cost accounting, and the promise that no credential
 //! ever shows up in logs, metrics or `/config`.
 
-use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, get_json, get_text, metric, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -9,13 +9,6 @@ use std::time::Duration;
 
 const CHAT: &str = "/openai/v1/chat/completions";
 const ADMIN_TOKEN: &str = "adm-TOKEN-9c1f";
-
-/// The value of one exact series (`name{labels}`) in a metrics text, if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
 
 /// Checks each line of `expected`, written as `/metrics` writes it (`name{labels} value`):
 /// `text` has that exact series with exactly that value.
@@ -28,25 +21,6 @@ fn assert_metrics(text: &str, expected: &str) {
         checked += 1;
     }
     assert!(checked > 0, "no series in {expected:?}");
-}
-
-async fn scrape(gw: &Gateway) -> String {
-    let resp = client().get(gw.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.text().await.unwrap()
-}
-
-/// Scrapes until `series` reaches `want` (the logging phase runs just after each response).
-async fn scrape_until(gw: &Gateway, series: &str, want: f64) -> String {
-    for _ in 0..100 {
-        let text = scrape(gw).await;
-        if metric(&text, series) == Some(want) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let text = scrape(gw).await;
-    panic!("{series} never reached {want}:\n{text}");
 }
 
 async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
@@ -149,12 +123,12 @@ async fn a_scripted_mix_is_counted_exactly() {
         }
     }
     assert_eq!(mock.hits(), 3);
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#,
-        9.0,
-    )
-    .await;
+    let text = gw
+        .metrics_until(
+            r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#,
+            9.0,
+        )
+        .await;
     assert_metrics(
         &text,
         r#"
@@ -248,9 +222,7 @@ async fn streamed_answers_report_their_tokens() {
         post(&gw, "/ollama/api/chat", &[], &ollama).await,
         (200, "MISS".into())
     );
-    let text = scrape_until(
-        &gw,
-        r#"promptgate_tokens_total{cache="hit",kind="output",model="claude-sonnet-4",route="anthropic"}"#,
+    let text = gw.metrics_until(r#"promptgate_tokens_total{cache="hit",kind="output",model="claude-sonnet-4",route="anthropic"}"#,
         6.0,
     )
     .await;
@@ -271,11 +243,50 @@ async fn streamed_answers_report_their_tokens() {
     let ollama_input = (ollama.len() / 4) as f64;
     let series =
         r#"promptgate_tokens_total{cache="miss",kind="input",model="llama",route="ollama"}"#;
-    let text = scrape_until(&gw, series, ollama_input).await;
+    let text = gw.metrics_until(series, ollama_input).await;
     assert_metrics(
         &text,
         r#"promptgate_cost_usd_total{model="llama",route="ollama"} 0"#,
     );
+}
+
+/// Streamed Responses answers carry their usage in `response.completed`; an encoded body is
+/// decoded to read it (the client still gets the encoded bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_streams_and_encoded_bodies_report_their_tokens() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(Config::providers(&mock.url()));
+    let responses =
+        serde_json::to_vec(&json!({"model": "gpt-4o-mini", "stream": true, "input": "stream it"}))
+            .unwrap();
+    let events = [("x-mock-events", "5")];
+    assert_eq!(
+        post(&gw, "/openai/v1/responses", &events, &responses).await,
+        (200, "MISS".into())
+    );
+    let series = |kind: &str| {
+        format!(
+            r#"promptgate_tokens_total{{cache="miss",kind="{kind}",model="gpt-4o-mini",route="openai"}}"#
+        )
+    };
+    let input = (responses.len() / 4) as f64;
+    gw.metrics_until(&series("input"), input).await;
+    gw.metrics_until(&series("output"), 5.0).await;
+
+    let mut chats = 0.0;
+    for encoding in ["gzip", "br"] {
+        let body = serde_json::to_vec(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": encoding}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            post(&gw, CHAT, &[("x-mock-encoding", encoding)], &body).await,
+            (200, "MISS".into())
+        );
+        chats += (body.len() / 4) as f64;
+    }
+    gw.metrics_until(&series("input"), input + chats).await;
+    gw.metrics_until(&series("output"), 5.0 + 2.0 * 4.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,12 +508,12 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
         .await
         .unwrap();
 
-    let metrics = scrape_until(
-        &gw,
-        r#"promptgate_requests_total{cache="none",route="none",status="404",upstream="none"}"#,
-        1.0,
-    )
-    .await;
+    let metrics = gw
+        .metrics_until(
+            r#"promptgate_requests_total{cache="none",route="none",status="404",upstream="none"}"#,
+            1.0,
+        )
+        .await;
     let config = get_text(&gw.admin_url("/config")).await;
     let stats = get_text(&gw.admin_url("/cache/stats")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;

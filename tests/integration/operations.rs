@@ -270,6 +270,31 @@ async fn sigquit_upgrade_under_load_fails_no_request() {
     );
     let out = health(&["--url", &gw.admin_url("/healthz")]);
     assert!(out.status.success(), "new process healthy: {out:?}");
+    // One line each: the old process says where the sockets went and what it drains...
+    let old = gw.logs();
+    let handed = format!(
+        "SIGQUIT: listening sockets handed to the new process via {}; draining ",
+        sock.display()
+    );
+    assert_eq!(old.matches(&handed).count(), 1, "{old}");
+    assert!(
+        old.contains("in-flight request(s), at most 5s (shutdown_grace)"),
+        "{old}"
+    );
+    assert!(old.ends_with("promptgate stopped\n"), "{old}");
+    // ...and the new one that it listens, on sockets taken over.
+    let new_log = std::fs::read_to_string(&new_log).unwrap_or_default();
+    let started = format!(
+        "promptgate {} listening on {} (admin {})",
+        env!("CARGO_PKG_VERSION"),
+        gw.addr,
+        gw.admin
+    );
+    assert!(
+        new_log.lines().any(|l| l.contains(&started)
+            && l.ends_with("; listening sockets taken over from the previous process")),
+        "{new_log}"
+    );
     drop(new);
 }
 
@@ -309,6 +334,19 @@ async fn systemd_ready_and_sigusr2_self_upgrade() {
         Path::new(&format!("/proc/{pid}")).exists(),
         "successor runs"
     );
+    // The successor logs to the same stderr.
+    let logs = gw.logs();
+    assert!(
+        logs.contains(&format!(
+            "SIGUSR2: listening sockets handed to the new process (pid {pid}) via {}; draining ",
+            sock.display()
+        )),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("; listening sockets taken over from the previous process"),
+        "{logs}"
+    );
 
     let before = load.ok.load(Ordering::Relaxed);
     load.wait_for_ok(before + 30).await;
@@ -329,4 +367,36 @@ async fn systemd_ready_and_sigusr2_self_upgrade() {
         .unwrap();
     let third = notify.recv();
     assert!(third.lines().any(|l| l == "STOPPING=1"), "{third:?}");
+}
+
+#[test]
+fn an_upgrade_with_no_process_to_take_over_from_says_it_waits_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("promptgate.yaml");
+    let sock = dir.path().join("upgrade.sock");
+    let body = Config::providers("http://127.0.0.1:9").section(format!(
+        "listen: \"127.0.0.1:{}\"\nadmin: \"127.0.0.1:{}\"\nupgrade_sock: \"{}\"",
+        free_port(),
+        free_port(),
+        sock.display()
+    ));
+    std::fs::write(&config, body.to_string()).unwrap();
+    let log = dir.path().join("new.log");
+    let mut new = start_upgrade(&config, &log);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = new.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still waiting");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let hint = format!(
+        "upgrade: waiting for the running process's listening sockets on {}; send it SIGQUIT",
+        sock.display()
+    );
+    assert_eq!(text.matches(&hint).count(), 1, "{text}");
+    assert!(!text.contains("listening on"), "{text}");
 }

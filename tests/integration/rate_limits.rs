@@ -3,7 +3,7 @@
 //! across reloads, and failing open when Redis is gone.
 
 use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{client, get_json, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, get_json, metric, Config, Gateway, MockUpstream, Route};
 use promptgate::cache::redis::RedisStore;
 use promptgate::config::schema::RedisSpec;
 use promptgate::config::secret::Secret;
@@ -54,13 +54,6 @@ fn limited(mock: &MockUpstream, rate_limit: &str) -> Config {
             .with("retry: { attempts: 1 }")
             .with(&format!("rate_limit: {{ {rate_limit} }}")),
     )
-}
-
-/// The value of the metric line starting with `series` (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Waits (bounded) until `GET /limits` satisfies `done`; returns the last answer.
@@ -117,20 +110,25 @@ async fn six_per_minute_refuses_the_seventh_and_eighth_of_one_credential_only() 
     assert_eq!(bob.header("x-ratelimit-remaining-requests"), Some("5"));
     assert_eq!(mock.hits(), 7, "refused requests never reach the upstream");
 
-    let m = get_text(&gw.admin_url("/metrics")).await;
+    let m = gw
+        .metrics_until(
+            r#"promptgate_requests_total{cache="miss",route="openai",status="429",upstream="none"}"#,
+            2.0,
+        )
+        .await;
     assert_eq!(
         metric(
             &m,
             r#"promptgate_rate_limited_total{limit="requests_per_minute",route="openai"}"#
         ),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         metric(
             &m,
             r#"promptgate_requests_total{cache="miss",route="openai",status="429",upstream="none"}"#
         ),
-        2.0,
+        Some(2.0),
         "{m}"
     );
     let limits = get_json(&gw.admin_url("/limits")).await;
@@ -242,13 +240,18 @@ async fn tokens_per_minute_counts_the_answers_usage() {
     assert_eq!(next.status, 429, "{}", next.body);
     assert_eq!(next.json()["error"]["limit"], "tokens_per_minute");
     assert_eq!(next.header("x-ratelimit-remaining-tokens"), Some("0"));
-    let m = get_text(&gw.admin_url("/metrics")).await;
+    let m = gw
+        .metrics_until(
+            r#"promptgate_rate_limit_remaining{limit="requests_per_minute",route="openai"}"#,
+            99.0,
+        )
+        .await;
     assert_eq!(
         metric(
             &m,
             r#"promptgate_rate_limit_remaining{limit="requests_per_minute",route="openai"}"#
         ),
-        99.0,
+        Some(99.0),
         "{m}"
     );
     crate::metrics::promtool_check(&m);
@@ -352,13 +355,21 @@ async fn redis_down_admits_and_counts_or_refuses_when_told() {
     assert_eq!(strict.headers()["retry-after"], "1");
     let body: Value = strict.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_unavailable");
-    let m = get_text(&gw.admin_url("/metrics")).await;
+    gw.metrics_after(
+        r#"promptgate_rate_limit_store_errors_total{decision="admitted",route="openai"} 3"#,
+    )
+    .await;
+    let m = gw
+        .metrics_after(
+            r#"promptgate_rate_limit_store_errors_total{decision="refused",route="strict"} 1"#,
+        )
+        .await;
     assert_eq!(
         metric(
             &m,
             r#"promptgate_rate_limit_store_errors_total{decision="admitted",route="openai"}"#
         ),
-        3.0,
+        Some(3.0),
         "{m}"
     );
     assert_eq!(
@@ -366,7 +377,7 @@ async fn redis_down_admits_and_counts_or_refuses_when_told() {
             &m,
             r#"promptgate_rate_limit_store_errors_total{decision="refused",route="strict"}"#
         ),
-        1.0
+        Some(1.0)
     );
 }
 

@@ -1,7 +1,7 @@
 //! Retries with backoff, failover, priority routing, passive health, concurrency caps and bad
 //! input — everything an upstream or a client can throw before the response starts.
 
-use crate::support::{client, free_port, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, free_port, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -71,23 +71,13 @@ async fn two_500s_then_a_200_is_a_200() {
         .iter()
         .all(|r| r.body == mock.requests()[0].body));
     assert!(!mock.requests()[0].body.is_empty());
-    let metrics = metrics_after(&gw, "promptgate_upstream_retries_total{route=\"chat\"} 2").await;
+    let metrics = gw
+        .metrics_after("promptgate_upstream_retries_total{route=\"chat\"} 2")
+        .await;
     assert!(
         metrics.contains("promptgate_upstream_retries_total{route=\"chat\"} 2"),
         "{metrics}"
     );
-}
-
-/// `/metrics` once `needle` appears in it (the request is counted just after its response).
-async fn metrics_after(gw: &Gateway, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let text = get_text(&gw.admin_url("/metrics")).await;
-        if text.contains(needle) || Instant::now() > deadline {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +132,9 @@ async fn a_dead_first_target_fails_over_to_the_second_at_once() {
     );
     assert_eq!(mock.hits(), 1);
     assert!(gw.wait_for_log("failovers=1").await, "{}", gw.logs());
-    let metrics = metrics_after(&gw, "promptgate_upstream_failovers_total{route=\"chat\"} 1").await;
+    let metrics = gw
+        .metrics_after("promptgate_upstream_failovers_total{route=\"chat\"} 1")
+        .await;
     assert!(
         metrics.contains("promptgate_upstream_failovers_total{route=\"chat\"} 1"),
         "{metrics}"

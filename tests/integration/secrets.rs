@@ -118,7 +118,11 @@ async fn keys_never_appear_in_output_errors_or_metrics() {
     let dead_port = free_port();
     let gw = Gateway::start_with_env(
         config(&mock.url(), dead_port),
-        &[("PG_SECRET_KEY", ENV_KEY), ("RUST_LOG", "debug")],
+        // Everything an operator can ask for without naming Pingora's request crates.
+        &[
+            ("PG_SECRET_KEY", ENV_KEY),
+            ("RUST_LOG", "debug,pingora=debug"),
+        ],
     );
     let post = reqwest::Method::POST;
     let mut seen = String::new();

@@ -67,8 +67,9 @@ async fn every_stream_format_is_replayed_byte_for_byte() {
             json!({"contents": []}),
         ),
         (
+            // (with no messages it would only load the model: not cacheable)
             "/ollama/api/chat",
-            json!({"model": "llama3.2", "messages": []}),
+            json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}),
         ),
     ];
     for (i, (path, body)) in cases.iter().enumerate() {
@@ -275,4 +276,173 @@ async fn streams_over_the_entry_limit_are_relayed_but_not_stored() {
         assert!(r.body.len() > 500 && String::from_utf8_lossy(&r.body).contains("[DONE]"));
     }
     assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_whole_answer_even_when_it_is_too_large_to_store() {
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(
+        Config::providers(&mock.url()).section("cache: { max_entry_bytes: 100 }"),
+    ));
+    for streaming in [false, true] {
+        let before = mock.hits();
+        let body = chat(streaming, "too large to store");
+        let headers = [
+            ("x-mock-delay-ms", "300"),
+            ("x-mock-chunk-delay-ms", "20"),
+            ("x-mock-events", "30"),
+        ];
+        let path = "/openai/v1/chat/completions";
+        let follower = {
+            let (gw, body) = (gw.clone(), body.clone());
+            tokio::spawn(async move {
+                // joins while the leader waits for the upstream's head
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stream(&gw, path, &headers, &body).await
+            })
+        };
+        let leader = stream(&gw, path, &headers, &body).await;
+        let follower = follower.await.unwrap();
+        assert_eq!((leader.status, follower.status), (200, 200));
+        assert!(leader.body.len() > 100, "the answer is over the limit");
+        assert_eq!(leader.body, follower.body, "streaming: {streaming}");
+        if streaming {
+            assert!(String::from_utf8_lossy(&follower.body).contains("[DONE]"));
+        }
+        assert_eq!(
+            mock.hits() - before,
+            1,
+            "one upstream call (streaming: {streaming})"
+        );
+    }
+}
+
+/// An upstream whose SSE answer ends cleanly (the last chunk of a chunked body) but without
+/// the provider's end marker (`data: [DONE]`) at all: complete as HTTP, not as an answer.
+/// Counts the requests it answers. (The mock's `partial` outcome still sends `[DONE]`.)
+async fn unfinished_stream_upstream(
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then the body its content-length announces.
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+                    .await;
+                for word in ["Hello", " from", " a", " cut", " answer"] {
+                    let event = format!(
+                        "data: {}\n\n",
+                        json!({"choices": [{"index": 0, "delta": {"content": word}}]})
+                    );
+                    let framed = format!("{:x}\r\n{event}\r\n", event.len());
+                    let _ = stream.write_all(framed.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_whole_answer_when_the_stream_is_not_storable() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = unfinished_stream_upstream(hits.clone()).await;
+    let gw = std::sync::Arc::new(Gateway::start(Config::providers(&url)));
+    let path = "/openai/v1/chat/completions";
+    let body = chat(true, "never finished");
+    let follower = {
+        let (gw, body) = (gw.clone(), body.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream(&gw, path, &[], &body).await
+        })
+    };
+    let leader = stream(&gw, path, &[], &body).await;
+    // `stream` fails the test on a broken body: both ended cleanly.
+    let follower = follower.await.unwrap();
+    assert_eq!((leader.status, follower.status), (200, 200));
+    assert_eq!(leader.body, follower.body, "every byte the leader got");
+    assert!(String::from_utf8_lossy(&follower.body).contains("answer"));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one upstream call"
+    );
+    // Not stored: without its end marker the answer is not known to be whole.
+    let again = stream(&gw, path, &[], &body).await;
+    assert_eq!(again.cache, "MISS");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_whole_answer_the_provider_did_not_finish_well() {
+    // An error inside the 200, a partial answer, a refusal: ended cleanly by the upstream but
+    // never stored. The follower still gets every byte its leader got, and a clean end.
+    let mock = MockUpstream::start().await;
+    let gw = std::sync::Arc::new(Gateway::start(Config::providers(&mock.url())));
+    let path = "/openai/v1/chat/completions";
+    for outcome in ["error", "partial", "refusal"] {
+        for streaming in [false, true] {
+            if outcome == "partial" && !streaming {
+                continue; // a partial answer is a stream's
+            }
+            let before = mock.hits();
+            let body = chat(streaming, &format!("{outcome} {streaming}"));
+            let headers = [("x-mock-outcome", outcome), ("x-mock-delay-ms", "300")];
+            let follower = {
+                let (gw, body) = (gw.clone(), body.clone());
+                tokio::spawn(async move {
+                    // joins while the leader waits for the upstream's head
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    stream(&gw, path, &headers, &body).await
+                })
+            };
+            // `stream` fails the test on a broken body: both end cleanly.
+            let leader = stream(&gw, path, &headers, &body).await;
+            let follower = follower.await.unwrap();
+            let case = format!("{outcome}, streaming: {streaming}");
+            assert_eq!((leader.status, follower.status), (200, 200), "{case}");
+            assert!(!leader.body.is_empty(), "{case}");
+            assert_eq!(
+                leader.body, follower.body,
+                "every byte the leader got: {case}"
+            );
+            assert_eq!(mock.hits() - before, 1, "one upstream call: {case}");
+
+            let again = stream(&gw, path, &headers, &body).await;
+            assert_eq!(again.cache, "MISS", "not stored: {case}");
+            assert_eq!(mock.hits() - before, 2, "{case}");
+        }
+    }
 }

@@ -25,8 +25,42 @@ fn chat(stream: bool) -> Value {
 }
 
 async fn error_type(resp: reqwest::Response) -> String {
+    error_of(resp).await.0
+}
+
+/// The JSON error's `type` and `message`.
+async fn error_of(resp: reqwest::Response) -> (String, String) {
     let body: Value = resp.json().await.unwrap();
-    body["error"]["type"].as_str().unwrap().to_string()
+    let field = |f: &str| body["error"][f].as_str().unwrap().to_string();
+    (field("type"), field("message"))
+}
+
+/// Sends one plain chat request with `headers`; returns the status and the JSON error's type
+/// and message.
+async fn failing(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut req = client().post(gw.url("/openai/v1/chat/completions"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.json(&chat(false)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let (kind, message) = error_of(resp).await;
+    (status, kind, message)
+}
+
+/// The client's message is the log's too (the warning line of the failed request).
+async fn logged(gw: &Gateway, message: &str) {
+    assert!(
+        gw.wait_for_log(&format!("POST /openai/v1/chat/completions: {message}"))
+            .await,
+        "{}",
+        gw.logs()
+    );
+}
+
+/// `127.0.0.1:PORT` of a URL.
+fn address(url: &str) -> &str {
+    url.trim_start_matches("http://")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +76,16 @@ async fn first_byte_timeout_is_a_504() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 504);
-    assert_eq!(error_type(resp).await, "upstream_timeout");
+    let (kind, message) = error_of(resp).await;
+    assert_eq!(kind, "upstream_timeout");
+    assert_eq!(
+        message,
+        format!(
+            "upstream mock ({}) timed out after 300ms (first_byte timeout)",
+            address(&mock.url())
+        )
+    );
+    logged(&gw, &message).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "timed out by the first_byte timeout"
@@ -50,19 +93,124 @@ async fn first_byte_timeout_is_a_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connection_is_a_502() {
+async fn refused_connection_is_a_502_naming_the_upstream_and_its_address() {
+    let port = free_port();
+    // Credentials in the URL are the upstream's business: never in a message.
     let gw = Gateway::start(routes(
-        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("http://user:s3cret-userinfo@127.0.0.1:{port}/base"),
         "first_byte: 1s",
     ));
-    let resp = client()
-        .post(gw.url("/openai/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    assert_eq!(error_type(resp).await, "upstream_unreachable");
+    let (status, kind, message) = failing(&gw, &[]).await;
+    assert_eq!((status, kind.as_str()), (502, "upstream_unreachable"));
+    assert_eq!(
+        message,
+        format!("cannot connect to upstream mock (127.0.0.1:{port}): connection refused")
+    );
+    logged(&gw, &message).await;
+    assert!(!gw.logs().contains("s3cret"), "{}", gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_upstream_is_named_with_its_address() {
+    // .invalid never resolves (RFC 6761).
+    let gw = Gateway::start(routes(
+        "http://no-such-upstream.invalid:8443",
+        "first_byte: 1s",
+    ));
+    let (status, kind, message) = failing(&gw, &[]).await;
+    assert_eq!((status, kind.as_str()), (502, "upstream_unresolvable"));
+    let named = "cannot resolve upstream mock (no-such-upstream.invalid:8443): ";
+    assert!(message.starts_with(named), "{message}");
+    logged(&gw, &message).await;
+}
+
+/// A loopback port that never completes a TCP handshake: its accept queue (backlog 1) is full
+/// and nothing accepts, so the kernel drops further SYNs. Keep the returned values alive.
+async fn unanswered_port() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(300), connect).await {
+            Ok(stream) => queued.push(stream.unwrap()),
+            Err(_) => break, // the queue is full
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    (listener, queued, addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_is_a_504_naming_the_upstream_and_the_timeout() {
+    let (_listener, _queued, port) = unanswered_port().await;
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                "mock",
+                &format!("http://127.0.0.1:{port}"),
+                "timeouts: { connect: 300ms }",
+            )
+            .route(
+                Route::prefixed("openai")
+                    .targets("[mock]")
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
+    let started = Instant::now();
+    let (status, kind, message) = failing(&gw, &[]).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (504, "upstream_timeout"),
+        "{message}"
+    );
+    assert_eq!(
+        message,
+        format!("upstream mock (127.0.0.1:{port}) timed out after 300ms (connect timeout)")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    logged(&gw, &message).await;
+}
+
+/// A loopback port that answers whatever it is sent with a plain-HTTP 400 and closes, as an
+/// HTTP server does to a TLS client hello (an `https://` URL pointed at an `http://` port).
+async fn plain_http_port() -> (tokio::task::JoinHandle<()>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    (task, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_names_the_upstream_and_why() {
+    let (server, addr) = plain_http_port().await;
+    let gw = Gateway::start(routes(&format!("https://{addr}"), "first_byte: 1s"));
+    let (status, kind, message) = failing(&gw, &[]).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (502, "upstream_unreachable"),
+        "{message}"
+    );
+    let named = format!("cannot connect to upstream mock ({addr}): TLS handshake failed: ");
+    assert!(
+        message.starts_with(&format!("{named}received corrupt message")),
+        "{message}"
+    );
+    logged(&gw, &message).await;
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +226,16 @@ async fn reset_is_a_502_and_upstream_errors_pass_through() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
-    assert_eq!(error_type(resp).await, "upstream_error");
+    let (kind, message) = error_of(resp).await;
+    assert_eq!(kind, "upstream_error");
+    assert_eq!(
+        message,
+        format!(
+            "upstream mock ({}) closed the connection before answering",
+            address(&mock.url())
+        )
+    );
+    logged(&gw, &message).await;
     // The upstream's own errors are the upstream's answer: passed through as they are.
     let resp = c
         .post(gw.url("/openai/v1/chat/completions"))
@@ -127,6 +284,18 @@ async fn truncated_stream_is_never_presented_as_complete() {
     }
     assert!(failed, "the client must see an error, not a clean end");
     assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
+    // Too late for a JSON error: the log names the upstream that broke off.
+    let broke_off = format!(
+        "WARN  promptgate::proxy] POST /openai/v1/chat/completions: upstream mock ({}) broke off \
+         the response (connection closed); the answer had started, so the client's connection is cut",
+        address(&mock.url())
+    );
+    assert!(gw.wait_for_log(&broke_off).await, "{}", gw.logs());
+    assert!(
+        !gw.logs().contains("Fail to"),
+        "Pingora's line too: {}",
+        gw.logs()
+    );
 
     // Same for a JSON body cut short of its Content-Length.
     let resp = client()
@@ -159,6 +328,11 @@ async fn a_stream_that_stalls_past_idle_is_cut() {
         started.elapsed() < Duration::from_millis(1400),
         "cut by idle"
     );
+    let stalled = format!(
+        "POST /openai/v1/chat/completions: upstream mock ({}) sent nothing for 300ms (idle timeout)",
+        address(&mock.url())
+    );
+    assert!(gw.wait_for_log(&stalled).await, "{}", gw.logs());
 }
 
 /// A reasoning model that thinks 35 s before its first byte, behind the defaults (no

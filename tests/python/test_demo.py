@@ -92,3 +92,41 @@ def test_demo_stops_everything_when_interrupted():
         time.sleep(0.1)
     for port in (listen, admin, upstream):
         assert not listening(port), f"port {port} still served after Ctrl-C"
+
+
+def test_mock_upstream_help_says_how_to_use_it_and_its_paths_are_answered():
+    """A user building their own config around the mock reads its --help: exit 0, how to point
+    an upstream at it, its x-mock-* headers, and paths that it really answers (not echoes)."""
+    help_run = subprocess.run([binary(MOCK_BIN), "--help"], capture_output=True, text=True, timeout=10)
+    assert help_run.returncode == 0, help_run.stderr
+    text = help_run.stdout
+    for words in ["upstreams: { mock: { url:", "x-mock-delay-ms", "Hello from mock #N"]:
+        assert words in text, text
+    mock = subprocess.Popen([binary(MOCK_BIN), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(mock.stdout.readline())
+        body = (
+            b'{"model":"m","input":"hi","prompt":"hi","messages":[{"role":"user","content":"hi"}],'
+            b'"contents":[{"parts":[{"text":"hi"}]}],"max_tokens":5,"stream":false}'
+        )
+        answered = {  # as --help names it: a path to send
+            "/v1/chat/completions": "/v1/chat/completions",
+            "/v1/embeddings": "/v1/embeddings",
+            "/v1/responses": "/v1/responses",
+            "/v1/messages": "/v1/messages",
+            "/v1beta/models/MODEL:generateContent": "/v1beta/models/m:generateContent",
+            "/api/chat": "/api/chat",
+            "/api/generate": "/api/generate",
+        }
+        for named, path in answered.items():
+            assert named in text, named
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                          b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            assert b" 200 " in answer.split(b"\r\n")[0] and b"body_blake3" not in answer, (path, answer[:300])
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)

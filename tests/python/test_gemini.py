@@ -77,3 +77,44 @@ def test_rate_limit_reaches_the_sdk_as_client_error(client, prompt):
 
     assert raised.value.code == 429
     assert raised.value.message == "mock status 429"
+
+
+def outcome(kind):
+    """A config asking the mock for an answer of this kind (x-mock-outcome)."""
+    return types.GenerateContentConfig(
+        http_options=types.HttpOptions(headers={"x-mock-outcome": kind})
+    )
+
+
+@pytest.mark.parametrize("kind", ["refusal", "prompt-blocked"])
+def test_a_safety_blocked_answer_is_not_stored(client, prompt, kind):
+    first = client.models.generate_content(model=MODEL, contents=prompt, config=outcome(kind))
+    second = client.models.generate_content(model=MODEL, contents=prompt, config=outcome(kind))
+
+    assert (cache_header(first), cache_header(second)) == ("MISS", "MISS")
+    if kind == "refusal":
+        assert first.candidates[0].finish_reason == types.FinishReason.SAFETY
+    else:
+        assert first.prompt_feedback.block_reason == types.BlockedReason.SAFETY
+    assert first.text is None
+
+
+@pytest.mark.parametrize("kind", ["refusal", "prompt-blocked", "partial"])
+def test_a_safety_blocked_or_unfinished_stream_is_not_stored(client, prompt, kind):
+    def blocked_stream():
+        return list(
+            client.models.generate_content_stream(
+                model=MODEL, contents=prompt, config=outcome(kind)
+            )
+        )
+
+    first, second = blocked_stream(), blocked_stream()
+
+    assert (cache_header(first[0]), cache_header(second[0])) == ("MISS", "MISS")
+    last = first[-1]
+    if kind == "refusal":
+        assert last.candidates[0].finish_reason == types.FinishReason.SAFETY
+    elif kind == "prompt-blocked":
+        assert last.prompt_feedback.block_reason == types.BlockedReason.SAFETY
+    else:
+        assert last.candidates[0].finish_reason is None

@@ -148,6 +148,59 @@ impl RedisStore {
     /// [`MAX_BACKGROUND_WRITES`] writes in flight — past that, the write is dropped and counted
     /// as an error.
     pub fn set_in_background(self: &Arc<Self>, key: String, value: Bytes, ttl: Duration) {
+        self.write_in_background(move |store| async move { store.set(&key, value, ttl).await });
+    }
+
+    /// LRANGE key 0 -1 (the whole list), bounded by spec.timeout, behind the circuit breaker.
+    pub async fn list(&self, key: &str) -> Result<Vec<Bytes>, RedisError> {
+        let cmd = redis::cmd("LRANGE").arg(key).arg(0).arg(-1).clone();
+        let items: Vec<Vec<u8>> = self
+            .guarded(self.read_timeout, |mut conn| async move {
+                conn.query(&cmd).await
+            })
+            .await?;
+        Ok(items.into_iter().map(Bytes::from).collect())
+    }
+
+    /// In the background (as [`RedisStore::set_in_background`]): pushes `value` at the head of
+    /// list `key`, trims the list to its `max` newest items and extends its expiry to at least
+    /// `ttl` — one atomic script on one key, so it also works on a cluster.
+    pub fn push_bounded_in_background(
+        self: &Arc<Self>,
+        key: String,
+        value: Bytes,
+        max: usize,
+        ttl: Duration,
+    ) {
+        const PUSH_BOUNDED: &str = "redis.call('LPUSH', KEYS[1], ARGV[1]) \
+            redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1) \
+            if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then \
+            redis.call('EXPIRE', KEYS[1], ARGV[3]) end return 1";
+        let cmd = redis::cmd("EVAL")
+            .arg(PUSH_BOUNDED)
+            .arg(1)
+            .arg(&key)
+            .arg(value.as_ref())
+            .arg(max.max(1))
+            .arg(ttl.as_secs().max(1))
+            .clone();
+        self.write_in_background(move |store| async move {
+            store
+                .guarded(store.write_timeout, |mut conn| async move {
+                    conn.query::<()>(&cmd).await
+                })
+                .await
+        });
+    }
+
+    /// Spawns the write `op` on the current runtime, off the request path; at most
+    /// [`MAX_BACKGROUND_WRITES`] writes in flight — past that, the write is dropped and counted
+    /// as an error.
+    fn write_in_background<F, Fut>(self: &Arc<Self>, op: F)
+    where
+        F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), RedisError>> + Send,
+    {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.drop_write("no tokio runtime");
             return;
@@ -161,7 +214,7 @@ impl RedisStore {
         let slot = WriteSlot(Arc::clone(self));
         runtime.spawn(async move {
             // Failures are already counted and logged (once) by the breaker.
-            let _ = slot.0.set(&key, value, ttl).await;
+            let _ = op(Arc::clone(&slot.0)).await;
             drop(slot);
         });
     }

@@ -1,19 +1,33 @@
 //! Runs the real `promptgate` binary on free loopback ports with a config written for the test,
 //! and stops it (SIGKILL) when dropped.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no earlier call in this test process returned:
+/// the kernel may hand the same ephemeral port to two binds in a row once the first listener is
+/// closed, and a gateway given it for both `listen` and `admin` would refuse to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -49,6 +63,16 @@ impl Gateway {
     }
 
     pub fn start_with_env(body: impl fmt::Display, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(body, env, Some("info"))
+    }
+
+    /// Starts promptgate with `RUST_LOG` set to `rust_log`, or unset (`None`): the default
+    /// levels, as a user who sets nothing gets them.
+    pub fn start_with_rust_log(body: impl fmt::Display, rust_log: Option<&str>) -> Gateway {
+        Self::spawn(body, &[], rust_log)
+    }
+
+    fn spawn(body: impl fmt::Display, env: &[(&str, &str)], rust_log: Option<&str>) -> Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -60,11 +84,16 @@ impl Gateway {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("promptgate.log")).unwrap();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "--config"])
             .arg(dir.path().join("promptgate.yaml"))
-            .env("RUST_LOG", "info")
-            .env_remove("PROMPTGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("PROMPTGATE_CONFIG");
+        if let Some(level) = rust_log {
+            command.env("RUST_LOG", level);
+        }
+        let child = command
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

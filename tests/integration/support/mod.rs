@@ -6,10 +6,14 @@ pub mod config;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod redis;
+pub mod scrape;
+pub mod tls_upstream;
 
 pub use config::{Config, Route};
 pub use gateway::{free_port, Gateway};
 pub use mock_upstream::MockUpstream;
+pub use scrape::metric;
+pub use tls_upstream::TlsUpstream;
 
 /// An HTTP client that does not pool, so each test sees its own connections.
 pub fn client() -> reqwest::Client {

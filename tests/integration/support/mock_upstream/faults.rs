@@ -14,6 +14,11 @@
 //! | `x-mock-fault-first: N` + `x-mock-id` | `x-mock-fault` hits only the first N requests with that id |
 //! | `x-mock-hold: 1` | hold the answer until `MockUpstream::release` (a stream: after its first chunk) |
 //! | `x-mock-events: N` | content events per stream (default 4) |
+//! | `x-mock-vary: V` | answer with `vary: V` |
+//! | `x-mock-cache-control: V` | answer with `cache-control: V` |
+//! | `origin: O` | answer with `vary: Origin` and `access-control-allow-origin: O` |
+//! | `x-mock-outcome: O` | a 200 that is not a whole answer, in the provider's shape (see [`Outcome`]) |
+//! | `x-mock-encoding: E` | send the body `gzip`- or `br`-encoded (a stream: encoded whole, cut into as many chunks); `compress`: labelled only |
 
 use std::time::Duration;
 
@@ -33,6 +38,64 @@ pub(super) enum Fault {
     Close,
 }
 
+/// What kind of 200 answer `x-mock-outcome` asks for; each provider file shapes it its way,
+/// streamed and not (a provider without such an answer gives its normal one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// A whole answer.
+    #[default]
+    Answer,
+    /// `error`: an error object or event inside the 200 (a stream carries it partway, then
+    /// its end marker where the format has one).
+    Error,
+    /// `partial`: a stream that ends cleanly without the provider finishing its answer.
+    Partial,
+    /// `refusal`: a refusal or a safety block of the answer.
+    Refusal,
+    /// `prompt-blocked`: Gemini's `promptFeedback.blockReason` (the prompt itself was blocked).
+    PromptBlocked,
+}
+
+/// The `Content-Encoding` `x-mock-encoding` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Encoding {
+    Gzip,
+    Brotli,
+    /// The label without the encoding: a coding promptgate does not read, to see it refused.
+    CompressLabel,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Brotli => "br",
+            Encoding::CompressLabel => "compress",
+        }
+    }
+
+    pub fn encode(self, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match self {
+            Encoding::Gzip => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).expect("writing to a Vec");
+                e.finish().expect("writing to a Vec")
+            }
+            Encoding::Brotli => {
+                let mut out = Vec::new();
+                {
+                    let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                    e.write_all(data).expect("writing to a Vec");
+                }
+                out
+            }
+            Encoding::CompressLabel => data.to_vec(),
+        }
+    }
+}
+
 /// The `x-mock-*` request headers, parsed.
 pub(super) struct Controls {
     pub delay: Duration,
@@ -41,6 +104,8 @@ pub(super) struct Controls {
     pub fault: Option<Fault>,
     pub hold: bool,
     pub events: usize,
+    pub outcome: Outcome,
+    pub encoding: Option<Encoding>,
 }
 
 impl Controls {
@@ -71,6 +136,19 @@ impl Controls {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_EVENTS)
                 .max(1),
+            outcome: match req.header("x-mock-outcome") {
+                Some("error") => Outcome::Error,
+                Some("partial") => Outcome::Partial,
+                Some("refusal") => Outcome::Refusal,
+                Some("prompt-blocked") => Outcome::PromptBlocked,
+                _ => Outcome::Answer,
+            },
+            encoding: match req.header("x-mock-encoding") {
+                Some("gzip") => Some(Encoding::Gzip),
+                Some("br") => Some(Encoding::Brotli),
+                Some("compress") => Some(Encoding::CompressLabel),
+                _ => None,
+            },
         }
     }
 }

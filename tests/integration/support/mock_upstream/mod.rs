@@ -4,7 +4,9 @@
 //!
 //! Every answer's text is `"Hello from mock #N"` (N = 1-based hit number), so a test can tell a
 //! fresh upstream answer from a cached one; in OpenAI JSON mode it is `{"text":"Hello from mock
-//! #N"}`. Faults are driven by `x-mock-*` request headers, listed in [`faults`].
+//! #N"}`. Faults are driven by `x-mock-*` request headers, listed in [`faults`]. Prompt
+//! caching is billed as the providers bill it: Anthropic's from `cache_control` breakpoints,
+//! OpenAI's automatically on repeated prefixes (the caches live in [`providers::State`]).
 //!
 //! Layout, one seam a file:
 //! - [`http`]: reading a request off the socket (head, content-length or chunked body);
@@ -12,7 +14,8 @@
 //! - [`providers`]: one file per wire format, each answering the paths it owns;
 //! - [`reply`]: what a provider returns ([`reply::Reply`]) and the JSON/SSE builders;
 //! - [`server`]: accept loop, keep-alive, and writing a reply with the faults applied;
-//! - [`dates`]: HTTP and RFC 3339 dates without a date crate.
+//! - [`dates`]: HTTP and RFC 3339 dates without a date crate;
+//! - [`websocket`]: a Realtime-like WebSocket endpoint for `Upgrade: websocket` requests.
 //!
 //! To answer a new endpoint, add a match arm (and a function) to its provider's `answer`; a
 //! new provider is a new file plus one line in [`providers::PROVIDERS`]. To add a fault, add a
@@ -28,6 +31,7 @@ mod http;
 mod providers;
 mod reply;
 mod server;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,6 +93,7 @@ impl MockUpstream {
             per_id: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(Vec::new()),
             released: watch::Sender::new(false),
+            providers: providers::State::default(),
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared)));
         MockUpstream {
@@ -160,6 +165,8 @@ struct Shared {
     /// See [`MockUpstream::abandoned`].
     abandoned: Mutex<Vec<Instant>>,
     released: watch::Sender<bool>,
+    /// The providers' prompt caches.
+    providers: providers::State,
 }
 
 impl Shared {

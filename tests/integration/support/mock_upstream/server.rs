@@ -12,10 +12,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::dates::{http_date, unix_now};
-use super::faults::{error_reply, forced_status, Controls, Fault};
+use super::faults::{error_reply, forced_status, Controls, Encoding, Fault};
 use super::http::{chunk, read_request, reason, LAST_CHUNK};
 use super::providers;
 use super::reply::{Body, Reply};
+use super::websocket;
 use super::{RecordedRequest, Shared};
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -50,6 +51,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         };
         let hit = shared.record(req.clone());
+        if websocket::is_upgrade(&req) {
+            let _ = websocket::serve(&mut stream, &mut buf, &req).await;
+            return;
+        }
         match respond(&mut stream, &shared, &req, hit, client_close).await {
             Ok(After::KeepAlive) => {}
             Ok(After::Close) => {
@@ -92,12 +97,17 @@ async fn respond(
     }
     let reply = match forced_status(req, shared) {
         Some(status) => error_reply(req, status),
-        None => providers::answer(req, hit, ctl.events),
+        None => providers::answer(req, hit, ctl.events, ctl.outcome, &shared.providers),
+    };
+    let reply = match ctl.encoding {
+        Some(encoding) => encode(reply, encoding),
+        None => reply,
     };
     let truncate = ctl.fault == Some(Fault::Truncate);
     let close = client_close || ctl.fault == Some(Fault::Close);
 
     let mut head = response_head(&reply, hit, close);
+    head.push_str(&caching_headers(req));
     match reply.body {
         Body::Full(body) => {
             if ctl.hold {
@@ -133,6 +143,47 @@ async fn respond(
     } else {
         After::KeepAlive
     })
+}
+
+/// The caching headers a request asks for: like a CORS-aware server, a request with `Origin`
+/// gets `Vary: Origin` and its own `Access-Control-Allow-Origin` (one without gets neither);
+/// `x-mock-vary` and `x-mock-cache-control` set those headers.
+fn caching_headers(req: &RecordedRequest) -> String {
+    let mut head = String::new();
+    if let Some(origin) = req.header("origin") {
+        head.push_str(&format!(
+            "vary: Origin\r\naccess-control-allow-origin: {origin}\r\n"
+        ));
+    }
+    if let Some(vary) = req.header("x-mock-vary") {
+        head.push_str(&format!("vary: {vary}\r\n"));
+    }
+    if let Some(cc) = req.header("x-mock-cache-control") {
+        head.push_str(&format!("cache-control: {cc}\r\n"));
+    }
+    head
+}
+
+/// The reply with its body encoded (`x-mock-encoding`): a stream is encoded whole and cut into
+/// as many chunks as it had events.
+fn encode(mut reply: Reply, encoding: Encoding) -> Reply {
+    reply.body = match reply.body {
+        Body::Full(body) => Body::Full(encoding.encode(&body)),
+        Body::Stream(events) => {
+            let encoded = Bytes::from(encoding.encode(&events.concat()));
+            let size = encoded.len().div_ceil(events.len().max(1)).max(1);
+            Body::Stream(
+                (0..encoded.len())
+                    .step_by(size)
+                    .map(|at| encoded.slice(at..(at + size).min(encoded.len())))
+                    .collect(),
+            )
+        }
+    };
+    reply
+        .extra_headers
+        .push(("content-encoding", encoding.name().to_owned()));
+    reply
 }
 
 /// Resolves when the client closes the connection (or it breaks) before the answer; stays

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::super::faults::Outcome;
 use super::super::reply::{json_reply, stream_reply, Reply};
 use super::Ctx;
 
@@ -31,6 +32,9 @@ fn target(path: &str) -> Option<(&str, &str)> {
 }
 
 /// `stream`: `None` = generateContent, `Some(true)` = SSE, `Some(false)` = streamed JSON array.
+/// Outcomes: `error` puts Gemini's error object in the 200 (a stream: as its last chunk),
+/// `partial` leaves the last chunk without `finishReason`, `refusal` ends the candidate with
+/// `SAFETY` (and no text), `prompt-blocked` answers only `promptFeedback.blockReason`.
 fn generate(c: &Ctx, model: &str, stream: Option<bool>) -> Reply {
     let (prompt, completion) = (c.prompt_tokens(), c.completion_tokens());
     let usage = json!({
@@ -38,31 +42,59 @@ fn generate(c: &Ctx, model: &str, stream: Option<bool>) -> Reply {
         "candidatesTokenCount": completion,
         "totalTokenCount": prompt + completion,
     });
+    let safety = json!([
+        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": true},
+    ]);
     let response = |text: &str, last: bool| {
-        let mut candidate = json!({
-            "content": {"parts": [{"text": text}], "role": "model"},
-            "index": 0,
-        });
         let mut response = json!({
             "modelVersion": model,
             "responseId": format!("mock-{}", c.hit),
         });
+        if c.outcome == Outcome::PromptBlocked {
+            response["promptFeedback"] = json!({"blockReason": "SAFETY", "safetyRatings": safety});
+            response["usageMetadata"] =
+                json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
+            return response;
+        }
+        let mut candidate = json!({
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "index": 0,
+        });
         if last {
-            candidate["finishReason"] = json!("STOP");
+            match c.outcome {
+                Outcome::Partial => {}
+                Outcome::Refusal => {
+                    candidate =
+                        json!({"finishReason": "SAFETY", "index": 0, "safetyRatings": safety});
+                }
+                _ => candidate["finishReason"] = json!("STOP"),
+            }
             response["usageMetadata"] = usage.clone();
         }
         response["candidates"] = json!([candidate]);
         response
     };
+    let error =
+        json!({"error": {"code": 500, "message": "mock internal error", "status": "INTERNAL"}});
     let Some(sse) = stream else {
+        if c.outcome == Outcome::Error {
+            return json_reply(200, &error);
+        }
         return json_reply(200, &response(&c.text, true));
     };
     let last = c.pieces.len() - 1;
-    let chunks = c
+    let mut chunks: Vec<Value> = c
         .pieces
         .iter()
         .enumerate()
-        .map(|(i, p)| response(p, i == last));
+        .map(|(i, p)| response(p, i == last))
+        .collect();
+    match c.outcome {
+        Outcome::Error => *chunks.last_mut().expect("one chunk at least") = error,
+        Outcome::PromptBlocked => chunks.truncate(1),
+        _ => {}
+    }
+    let chunks = chunks.into_iter();
     if sse {
         let events = chunks.map(|r| format!("data: {r}\r\n\r\n")).collect();
         stream_reply("text/event-stream", events)

@@ -11,8 +11,16 @@ mod openai;
 
 use serde_json::{json, Value};
 
+use super::faults::Outcome;
 use super::reply::{json_reply, Reply};
 use super::RecordedRequest;
+
+/// What the providers remember between requests: their prompt caches.
+#[derive(Default)]
+pub(super) struct State {
+    pub anthropic: anthropic::PromptCache,
+    pub openai: openai::PromptCache,
+}
 
 /// Asked in this order; the first `Some` answers. Anthropic comes before OpenAI because both
 /// serve `GET /v1/models` (Anthropic's is told apart by its `anthropic-version` header).
@@ -37,6 +45,9 @@ struct Ctx<'a> {
     text: String,
     /// `text` split over the stream's content events.
     pieces: Vec<String>,
+    /// The kind of answer asked for (`x-mock-outcome`).
+    outcome: Outcome,
+    state: &'a State,
 }
 
 impl Ctx<'_> {
@@ -62,8 +73,15 @@ impl Ctx<'_> {
 }
 
 /// The reply to `req`, the `hit`-th request, streamed (where it streams) over `events` content
-/// events.
-pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply {
+/// events, of the kind `outcome` asks for; `state` is what the providers remember (their prompt
+/// caches).
+pub(super) fn answer(
+    req: &RecordedRequest,
+    hit: usize,
+    events: usize,
+    outcome: Outcome,
+    state: &State,
+) -> Reply {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     let mut text = format!("Hello from mock #{hit}");
@@ -79,6 +97,8 @@ pub(super) fn answer(req: &RecordedRequest, hit: usize, events: usize) -> Reply 
         json,
         pieces: split_text(&text, events),
         text,
+        outcome,
+        state,
     };
     PROVIDERS
         .iter()

@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::super::dates::{rfc3339, unix_now};
+use super::super::faults::Outcome;
 use super::super::reply::{json_reply, stream_reply, Reply};
 use super::Ctx;
 
@@ -38,7 +39,12 @@ fn generate(c: &Ctx, chat: bool) -> Reply {
         }
         o
     };
+    // Ollama's runner dying: an `error` object (a stream: its last line).
+    let error = json!({"error": "model runner has unexpectedly stopped"});
     if !c.stream(true) {
+        if c.outcome == Outcome::Error {
+            return json_reply(200, &error);
+        }
         return json_reply(200, &object(&c.text, true));
     }
     let mut events: Vec<String> = c
@@ -46,7 +52,12 @@ fn generate(c: &Ctx, chat: bool) -> Reply {
         .iter()
         .map(|p| format!("{}\n", object(p, false)))
         .collect();
-    events.push(format!("{}\n", object("", true)));
+    match c.outcome {
+        Outcome::Error => events.push(format!("{error}\n")),
+        // Cut short between objects: no `"done": true`.
+        Outcome::Partial => {}
+        _ => events.push(format!("{}\n", object("", true))),
+    }
     stream_reply("application/x-ndjson", events)
 }
 

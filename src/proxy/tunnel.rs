@@ -1,0 +1,114 @@
+//! WebSocket (and any other HTTP/1.1 `Upgrade`) tunnels: the upgrade request goes to the routed
+//! upstream with its `Upgrade` and `Connection` headers; after the upstream's `101 Switching
+//! Protocols` the bytes are copied both ways, untouched, until either side closes. Never cached.
+
+use super::ctx::Stamp;
+use super::exchange::UpstreamResponse;
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+
+/// Bytes copied through a tunnel, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tunnelled {
+    /// From the client to the upstream.
+    pub sent: u64,
+    /// From the upstream to the client.
+    pub received: u64,
+}
+
+/// The `Upgrade` header of an HTTP/1.1 request to switch to WebSocket, if this is one.
+/// HTTP/2 has no `Upgrade`. Other upgrades (`h2c`, …) are served as ordinary requests: a
+/// server may ignore `Upgrade`, and their `Upgrade` header is not forwarded.
+pub fn websocket(session: &Session) -> Option<&http::HeaderValue> {
+    if session.as_http1().is_none() || !session.is_upgrade_req() {
+        return None;
+    }
+    session
+        .req_header()
+        .headers
+        .get(header::UPGRADE)
+        .filter(|v| {
+            v.to_str().unwrap_or("").split(',').any(|p| {
+                p.trim()
+                    .split('/')
+                    .next()
+                    .is_some_and(|name| name.eq_ignore_ascii_case("websocket"))
+            })
+        })
+}
+
+/// The client's `101` head: the upstream's end-to-end headers, plus the `Upgrade` it agreed to
+/// and `Connection: upgrade` (hop-by-hop headers, which the relay of ordinary responses drops).
+fn switching_head(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(101, Some(upstream.headers.len() + 2))?;
+    for (name, value) in upstream.headers.iter() {
+        if !super::exchange::is_hop_by_hop(name, upstream.headers.get(header::CONNECTION)) {
+            head.append_header(name.clone(), value.clone())?;
+        }
+    }
+    if let Some(upgrade) = upstream.headers.get(header::UPGRADE) {
+        head.insert_header(header::UPGRADE, upgrade.clone())?;
+    }
+    head.insert_header(header::CONNECTION, "upgrade")?;
+    Ok(head)
+}
+
+/// Sends the client the upstream's `101`, then copies bytes both ways until one side closes
+/// or fails. `counted` is kept up to date as bytes pass, so it is right however this ends.
+/// `extra` headers (a rate-limited route's `x-ratelimit-*`) are added to the `101`.
+///
+/// Both sessions stay in Pingora's hands: after a `101` each one reads and writes raw bytes
+/// (its body reader and writer switch to "until close"), and bytes either one had read past
+/// the heads are handed out first.
+pub async fn run(
+    session: &mut Session,
+    response: UpstreamResponse,
+    counted: &mut Tunnelled,
+    stamp: Stamp<'_>,
+) -> pingora::Result<()> {
+    let mut head = switching_head(response.header())?;
+    super::respond::add(&mut head, stamp)?;
+    let mut upstream = response.into_session();
+    // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs):
+    // neither side's read timeout (the client's is Pingora's 60 s default) may cut it.
+    upstream.set_read_timeout(None);
+    session.set_read_timeout(None);
+    if let UpstreamSession::H1(h1) = &mut upstream {
+        h1.maybe_upgrade_body_writer();
+    }
+    session.write_response_header(Box::new(head), false).await?;
+    let result = copy_both_ways(session, &mut upstream, counted).await;
+    // Not returned to the pool: the connection now speaks another protocol.
+    upstream.shutdown().await;
+    result
+}
+
+async fn copy_both_ways(
+    session: &mut Session,
+    upstream: &mut UpstreamSession,
+    counted: &mut Tunnelled,
+) -> pingora::Result<()> {
+    loop {
+        // Both reads are cancel-safe: the one not chosen has consumed nothing.
+        tokio::select! {
+            from_client = session.read_request_body() => match from_client? {
+                Some(bytes) => {
+                    counted.sent += bytes.len() as u64;
+                    upstream.write_request_body(bytes, false).await?;
+                }
+                // The client closed: the upstream connection is closed after us.
+                None => return Ok(()),
+            },
+            from_upstream = upstream.read_response_body() => match from_upstream? {
+                Some(bytes) => {
+                    counted.received += bytes.len() as u64;
+                    session.write_response_body(Some(bytes), false).await?;
+                }
+                None => return session.write_response_body(None::<Bytes>, true).await,
+            },
+        }
+    }
+}

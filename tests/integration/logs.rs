@@ -1,0 +1,136 @@
+//! What promptgate logs about itself at the default level: one line at start-up, one per
+//! reload, and shutdown lines that state the grace in force; Pingora's own lines only when
+//! `RUST_LOG` asks for them.
+
+use crate::support::{Config, Gateway, MockUpstream};
+use std::time::{Duration, Instant};
+
+/// The log's lines without their `[timestamp LEVEL target] ` prefix, as `(level target, msg)`.
+fn lines(logs: &str) -> Vec<(String, String)> {
+    logs.lines()
+        .map(|line| {
+            let (head, msg) = line.split_once("] ").unwrap_or(("", line));
+            let head = head
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(" ");
+            (head, msg.to_string())
+        })
+        .collect()
+}
+
+async fn wait_for_exit(mut gw: Gateway) -> (std::process::ExitStatus, String) {
+    tokio::task::spawn_blocking(move || {
+        let status = gw.wait_exit(Duration::from_secs(10)).expect("exits");
+        (status, gw.logs())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_level_says_start_reload_and_stop_in_one_line_each() {
+    let mock = MockUpstream::start().await;
+    let config = Config::providers(&mock.url());
+    let gw = Gateway::start_with_rust_log(config.clone(), None);
+    assert!(gw.wait_for_log("listening on").await, "{}", gw.logs());
+    let started = lines(&gw.logs());
+    assert_eq!(
+        started,
+        vec![(
+            "INFO promptgate::server".to_string(),
+            format!(
+                "promptgate {} listening on {} (admin {}), 4 routes, cache: memory, config {} (watched)",
+                env!("CARGO_PKG_VERSION"),
+                gw.addr,
+                gw.admin,
+                gw.config_path().display()
+            )
+        )],
+        "{}",
+        gw.logs()
+    );
+
+    // A reload (here by a file change) that sets another shutdown_grace: one line.
+    let text = gw
+        .config_text(&config.to_string())
+        .replace("shutdown_grace: 5s", "shutdown_grace: 7s");
+    assert!(text.contains("shutdown_grace: 7s"));
+    let tmp = gw.config_path().with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, gw.config_path()).unwrap();
+    assert!(gw.wait_for_log("reloaded").await, "{}", gw.logs());
+    let reloaded = lines(&gw.logs());
+    assert_eq!(reloaded.len(), 2, "{}", gw.logs());
+    assert_eq!(
+        reloaded[1].1,
+        format!(
+            "config {} reloaded (file changed): 4 routes, cache: memory",
+            gw.config_path().display()
+        )
+    );
+
+    // SIGTERM: the grace in force (the reloaded one), not Pingora's internal 0 s.
+    gw.signal("TERM");
+    let (status, logs) = wait_for_exit(gw).await;
+    assert!(status.success(), "{status:?}");
+    let all = lines(&logs);
+    let messages: Vec<&str> = all.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(
+        messages[2..],
+        [
+            "SIGTERM: draining 0 in-flight request(s), at most 7s (shutdown_grace)",
+            "promptgate stopped"
+        ],
+        "{logs}"
+    );
+    assert!(!logs.contains("pingora"), "{logs}");
+    assert!(!logs.contains("exited"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_pingora_info_adds_pingoras_lines_to_ours() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start_with_rust_log(
+        Config::providers(&mock.url()).section("reload: { watch: false }"),
+        Some("pingora=info"),
+    );
+    assert!(gw.wait_for_log("listening on").await, "{}", gw.logs());
+    let logs = gw.logs();
+    assert!(logs.contains("INFO  pingora_core::server"), "{logs}");
+    assert!(
+        logs.contains("config ")
+            && logs.contains("(not watched: reload with SIGHUP or POST /reload)"),
+        "{logs}"
+    );
+    gw.signal("TERM");
+    let (status, logs) = wait_for_exit(gw).await;
+    assert!(status.success(), "{status:?}");
+    // Ours first, with the real grace; Pingora's own (zero) grace period follows the drain.
+    let ours = logs
+        .find("SIGTERM: draining 0 in-flight request(s), at most 5s (shutdown_grace)")
+        .unwrap_or_else(|| panic!("{logs}"));
+    let pingoras = logs
+        .find("Graceful shutdown: grace period")
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(ours < pingoras, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_says_it_does_not_drain() {
+    let mock = MockUpstream::start().await;
+    let mut gw = Gateway::start_with_rust_log(Config::providers(&mock.url()), None);
+    assert!(gw.wait_for_log("listening on").await, "{}", gw.logs());
+    let started = Instant::now();
+    gw.signal("INT");
+    assert!(gw.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let logs = gw.logs();
+    let messages: Vec<String> = lines(&logs).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        messages[1..],
+        ["SIGINT: stopping now", "promptgate stopped"],
+        "{logs}"
+    );
+}
