@@ -49,20 +49,26 @@ def instructions(binary, mode, path, n, config, body_file):
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                  binary, "run", "--config", str(config)],
                                 stdout=log, stderr=log, env=env)
-    wait_port(PORT)
-    body = body_file.read_bytes()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-    conn = http.client.HTTPConnection("127.0.0.1", PORT)
-    for i in range(n + 2):
-        conn.request("POST", path, body, headers)
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 200:
-            sys.exit(f"request {i}: status {resp.status}")
-    conn.close()
-    time.sleep(0.5)
-    proc.send_signal(2)
-    proc.wait()
+    try:
+        wait_port(PORT)
+        body = body_file.read_bytes()
+        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        for i in range(n + 2):
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"request {i}: status {resp.status}")
+        conn.close()
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     text = out.read_text()
     return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
 

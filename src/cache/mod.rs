@@ -249,7 +249,9 @@ impl Cache {
         let (Some(redis), Some(spec)) = (&backend.redis, &backend.spec) else {
             return Lookup::Miss;
         };
-        let bytes = match redis.get(&redis_key(&spec.prefix, route, key)).await {
+        // Boxed: the Redis client's state is large, and inline it would be carried (and
+        // copied) by every request's future, memory hits included.
+        let bytes = match Box::pin(redis.get(&redis_key(&spec.prefix, route, key))).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Lookup::Miss,
             Err(_) => return Lookup::Error,

@@ -206,7 +206,9 @@ pub(super) async fn answer(
             key,
             store_for: record.as_ref().map(|plan| plan.ttl),
         };
-        match semantic::lookup(cache, session, ctx, request).await? {
+        // Boxed: the embedding call's state is large; inline it would make every request's
+        // future (exact hits included) that large.
+        match Box::pin(semantic::lookup(cache, session, ctx, request)).await? {
             semantic::Step::Answered => return Ok(CacheStep::Answered),
             semantic::Step::Miss(indexing) => {
                 if let Some(plan) = record.as_mut() {

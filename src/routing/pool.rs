@@ -254,7 +254,9 @@ impl Pool {
     /// only HTTP/1.1 on an upstream that may speak h2 (a WebSocket upgrade's HTTP/1.1 says
     /// nothing about what the upstream speaks); counts a new connection.
     async fn connect(&self, peer: &HttpPeer, may_h2: bool) -> pingora::Result<(HttpSession, bool)> {
-        let (session, reused) = self.connector.get_http_session(peer).await?;
+        // Boxed: Pingora's connect state (TCP, TLS, h2 handshake) is large, and inline it would
+        // be moved with every request's send future, a pooled connection's too (BENCHMARKS.md).
+        let (session, reused) = Box::pin(self.connector.get_http_session(peer)).await?;
         let protocol = match session {
             HttpSession::H2(_) => H2,
             _ => H1,
