@@ -154,16 +154,17 @@ impl std::fmt::Debug for Decoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
+    /// Encoders for tests here and in the reader's tests.
+    pub(in crate::providers) fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
     }
 
-    fn brotli(data: &[u8]) -> Vec<u8> {
+    pub(in crate::providers) fn brotli(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         {
             let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);

@@ -278,23 +278,8 @@ fn read_line(
 
 #[cfg(test)]
 mod tests {
+    use super::super::decode::tests::{brotli, gzip};
     use super::*;
-    use std::io::Write;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn brotli(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-            e.write_all(data).unwrap();
-        }
-        out
-    }
 
     fn read(
         content_type: &str,
