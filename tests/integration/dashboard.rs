@@ -18,24 +18,6 @@ fn chat(prompt: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// Sends `body` to `path` on the proxy; returns the status and `x-promptgate-cache`.
-async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut req = client()
-        .post(gw.url(path))
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let resp = req.body(body.to_vec()).send().await.unwrap();
-    let cache = resp
-        .headers()
-        .get("x-promptgate-cache")
-        .map_or("-".to_string(), |v| v.to_str().unwrap().to_string());
-    let status = resp.status().as_u16();
-    resp.bytes().await.unwrap();
-    (status, cache)
-}
-
 async fn stats_with(gw: &Gateway, token: Option<&str>) -> reqwest::Response {
     let mut req = client().get(gw.admin_url("/stats"));
     if let Some(t) = token {
@@ -93,24 +75,27 @@ async fn stats_equal_the_metrics_after_hits_and_misses() {
     // query string; one request no route matches.
     for prompt in ["first prompt", "second prompt"] {
         assert_eq!(
-            post(&gw, CHAT, &[], &chat(prompt)).await,
+            gw.post_json(CHAT, &[], &chat(prompt)).await,
             (200, "MISS".into())
         );
         for _ in 0..3 {
             assert_eq!(
-                post(&gw, CHAT, &[], &chat(prompt)).await,
+                gw.post_json(CHAT, &[], &chat(prompt)).await,
                 (200, "HIT".into())
             );
         }
     }
     let bypass = [("x-promptgate-cache", "bypass")];
     assert_eq!(
-        post(&gw, CHAT, &bypass, &chat("first prompt")).await.1,
+        gw.post_json(CHAT, &bypass, &chat("first prompt")).await.1,
         "BYPASS"
     );
     let gemini = format!("/gemini/v1beta/models/gemini-2.0-flash:generateContent?key={QUERY_KEY}");
-    assert_eq!(post(&gw, &gemini, &[], b"{}").await, (200, "MISS".into()));
-    assert_eq!(post(&gw, "/nowhere?key=x", &[], b"{}").await.0, 404);
+    assert_eq!(
+        gw.post_json(&gemini, &[], b"{}").await,
+        (200, "MISS".into())
+    );
+    assert_eq!(gw.post_json("/nowhere?key=x", &[], b"{}").await.0, 404);
     assert_eq!(mock.hits(), 4);
 
     let s = stats_until(&gw, Duration::from_secs(5), |s| {
@@ -255,14 +240,14 @@ async fn stats_equal_the_metrics_after_hits_and_misses() {
 async fn the_time_series_is_sampled_every_two_seconds() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(Config::providers(&mock.url()));
-    post(&gw, CHAT, &[], &chat("series")).await;
+    gw.post_json(CHAT, &[], &chat("series")).await;
     // Once a sample exists, the sampler has its baseline: hits sent now land in a later one.
     stats_until(&gw, Duration::from_secs(8), |s| {
         !s["series"]["time"].as_array().unwrap().is_empty()
     })
     .await;
     for _ in 0..4 {
-        assert_eq!(post(&gw, CHAT, &[], &chat("series")).await.1, "HIT");
+        assert_eq!(gw.post_json(CHAT, &[], &chat("series")).await.1, "HIT");
     }
     let s = stats_until(&gw, Duration::from_secs(8), |s| {
         let series = &s["series"];
@@ -315,7 +300,7 @@ async fn stats_need_the_admin_token_when_one_is_set() {
         Config::providers(&mock.url())
     );
     let gw = Gateway::start_with_env(&body, &[("PG_DASH_TOKEN", ADMIN_TOKEN)]);
-    post(&gw, CHAT, &[], &chat("needs a token")).await;
+    gw.post_json(CHAT, &[], &chat("needs a token")).await;
 
     for token in [None, Some("wrong"), Some(&ADMIN_TOKEN[1..])] {
         let resp = stats_with(&gw, token).await;
@@ -436,9 +421,9 @@ async fn the_page_shows_the_hit_rate_and_savings_in_headless_chromium() {
     let pricing = "pricing:\n  gpt-4o-mini*: {input_per_mtok: 100000, output_per_mtok: 100000}\n";
     let gw = Gateway::start(format!("{}{pricing}", Config::providers(&mock.url())));
     let body = chat("show me on the dashboard");
-    assert_eq!(post(&gw, CHAT, &[], &body).await.1, "MISS");
+    assert_eq!(gw.post_json(CHAT, &[], &body).await.1, "MISS");
     for _ in 0..3 {
-        assert_eq!(post(&gw, CHAT, &[], &body).await.1, "HIT");
+        assert_eq!(gw.post_json(CHAT, &[], &body).await.1, "HIT");
     }
     let s = stats_until(&gw, Duration::from_secs(5), |s| s["requests"]["total"] == 4).await;
     // The mock reports body bytes / 4 input tokens and 4 output tokens per answer.

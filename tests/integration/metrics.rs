@@ -23,23 +23,6 @@ fn assert_metrics(text: &str, expected: &str) {
     assert!(checked > 0, "no series in {expected:?}");
 }
 
-async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut req = client()
-        .post(gw.url(path))
-        .header("content-type", "application/json");
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let resp = req.body(body.to_vec()).send().await.unwrap();
-    let cache = resp
-        .headers()
-        .get("x-promptgate-cache")
-        .map_or("-".to_string(), |v| v.to_str().unwrap().to_string());
-    let status = resp.status().as_u16();
-    resp.text().await.unwrap();
-    (status, cache)
-}
-
 /// `promtool check metrics` on `text`: no errors, no lint warnings.
 pub(crate) fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
@@ -115,11 +98,11 @@ async fn a_scripted_mix_is_counted_exactly() {
         })
         .collect();
     for body in &bodies {
-        assert_eq!(post(&gw, CHAT, &[], body).await, (200, "MISS".into()));
+        assert_eq!(gw.post_json(CHAT, &[], body).await, (200, "MISS".into()));
     }
     for _ in 0..3 {
         for body in &bodies {
-            assert_eq!(post(&gw, CHAT, &[], body).await, (200, "HIT".into()));
+            assert_eq!(gw.post_json(CHAT, &[], body).await, (200, "HIT".into()));
         }
     }
     assert_eq!(mock.hits(), 3);
@@ -207,11 +190,13 @@ async fn streamed_answers_report_their_tokens() {
     let body = serde_json::to_vec(&json!({"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "stream please"}]})).unwrap();
     let headers = [("anthropic-version", "2023-06-01"), ("x-mock-events", "6")];
     assert_eq!(
-        post(&gw, "/anthropic/v1/messages", &headers, &body).await,
+        gw.post_json("/anthropic/v1/messages", &headers, &body)
+            .await,
         (200, "MISS".into())
     );
     assert_eq!(
-        post(&gw, "/anthropic/v1/messages", &headers, &body).await,
+        gw.post_json("/anthropic/v1/messages", &headers, &body)
+            .await,
         (200, "HIT".into())
     );
     let ollama = serde_json::to_vec(
@@ -219,7 +204,7 @@ async fn streamed_answers_report_their_tokens() {
     )
     .unwrap();
     assert_eq!(
-        post(&gw, "/ollama/api/chat", &[], &ollama).await,
+        gw.post_json("/ollama/api/chat", &[], &ollama).await,
         (200, "MISS".into())
     );
     let text = gw.metrics_until(r#"promptgate_tokens_total{cache="hit",kind="output",model="claude-sonnet-4",route="anthropic"}"#,
@@ -261,7 +246,8 @@ async fn responses_streams_and_encoded_bodies_report_their_tokens() {
             .unwrap();
     let events = [("x-mock-events", "5")];
     assert_eq!(
-        post(&gw, "/openai/v1/responses", &events, &responses).await,
+        gw.post_json("/openai/v1/responses", &events, &responses)
+            .await,
         (200, "MISS".into())
     );
     let series = |kind: &str| {
@@ -280,7 +266,8 @@ async fn responses_streams_and_encoded_bodies_report_their_tokens() {
         )
         .unwrap();
         assert_eq!(
-            post(&gw, CHAT, &[("x-mock-encoding", encoding)], &body).await,
+            gw.post_json(CHAT, &[("x-mock-encoding", encoding)], &body)
+                .await,
             (200, "MISS".into())
         );
         chats += (body.len() / 4) as f64;
@@ -308,8 +295,8 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "purge me"}]}),
     )
     .unwrap();
-    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS");
-    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "HIT");
+    assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS");
+    assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "HIT");
 
     let purge = |token: Option<&str>, body: Value| {
         let mut req = client().post(gw.admin_url("/cache/purge")).json(&body);
@@ -329,7 +316,7 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         401
     );
     assert_eq!(
-        post(&gw, CHAT, &[], &chat).await.1,
+        gw.post_json(CHAT, &[], &chat).await.1,
         "HIT",
         "a refused purge purges nothing"
     );
@@ -353,7 +340,7 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         .unwrap();
     assert_eq!(done.status(), 200);
     assert_eq!(done.json::<Value>().await.unwrap()["purged"]["memory"], 1);
-    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS", "purged");
+    assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS", "purged");
     // by key prefix, as `promptgate key` prints keys: {prefix}:{route}:{hex}
     let by_prefix: Value = purge(
         Some(ADMIN_TOKEN),
@@ -365,7 +352,7 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
     .await
     .unwrap();
     assert_eq!(by_prefix["purged"]["memory"], 1);
-    assert_eq!(post(&gw, CHAT, &[], &chat).await.1, "MISS");
+    assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS");
 
     let reload = |token: Option<&str>| {
         let mut req = client().post(gw.admin_url("/reload"));
@@ -442,10 +429,11 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
     let bearer = format!("Bearer {CLIENT_KEY}");
     for _ in 0..2 {
         // a miss, then a hit
-        post(&gw, CHAT, &[("authorization", &bearer)], &chat).await;
-        post(&gw, "/injected/v1/chat/completions", &[], &chat).await;
-        post(
-            &gw,
+        gw.post_json(CHAT, &[("authorization", &bearer)], &chat)
+            .await;
+        gw.post_json("/injected/v1/chat/completions", &[], &chat)
+            .await;
+        gw.post_json(
             "/anthropic/v1/messages",
             &[
                 ("x-api-key", ANTHROPIC_KEY),
@@ -454,8 +442,7 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
             &chat,
         )
         .await;
-        post(
-            &gw,
+        gw.post_json(
             &format!("/gemini/v1beta/models/gemini-2.0-flash:generateContent?key={QUERY_KEY}"),
             &[("x-goog-api-key", GOOG_KEY)],
             b"{}",
@@ -463,36 +450,35 @@ async fn no_credential_ever_appears_in_logs_metrics_or_config() {
         .await;
     }
     // errors: upstream 500, 429, no route, a malformed rewrite target
-    let (status, _) = post(
-        &gw,
-        CHAT,
-        &[("authorization", &bearer), ("x-mock-status", "500")],
-        b"{\"x\":1}",
-    )
-    .await;
+    let (status, _) = gw
+        .post_json(
+            CHAT,
+            &[("authorization", &bearer), ("x-mock-status", "500")],
+            b"{\"x\":1}",
+        )
+        .await;
     assert_eq!(status, 500);
-    post(
-        &gw,
+    gw.post_json(
         CHAT,
         &[("authorization", &bearer), ("x-mock-status", "429")],
         b"{\"x\":2}",
     )
     .await;
-    let (status, _) = post(
-        &gw,
-        &format!("/nowhere?key={QUERY_KEY}"),
-        &[("authorization", &bearer)],
-        b"{}",
-    )
-    .await;
+    let (status, _) = gw
+        .post_json(
+            &format!("/nowhere?key={QUERY_KEY}"),
+            &[("authorization", &bearer)],
+            b"{}",
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = post(
-        &gw,
-        CHAT,
-        &[("authorization", &bearer), ("x-mock-fault", "reset")],
-        b"{\"x\":3}",
-    )
-    .await;
+    let (status, _) = gw
+        .post_json(
+            CHAT,
+            &[("authorization", &bearer), ("x-mock-fault", "reset")],
+            b"{\"x\":3}",
+        )
+        .await;
     assert_eq!(status, 502);
     // admin, with wrong and right tokens
     client()

@@ -164,6 +164,30 @@ impl Gateway {
         true
     }
 
+    /// POSTs `body` (as JSON, with `headers`) to `path` on the proxy and reads the whole answer;
+    /// returns the status and `x-promptgate-cache` (`-` when absent).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut req = super::client()
+            .post(self.url(path))
+            .header("content-type", "application/json");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let resp = req.body(body.to_vec()).send().await.unwrap();
+        let cache = resp
+            .headers()
+            .get("x-promptgate-cache")
+            .map_or("-".to_string(), |v| v.to_str().unwrap().to_string());
+        let status = resp.status().as_u16();
+        resp.bytes().await.unwrap();
+        (status, cache)
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         read_to_string(&self.dir.path().join("promptgate.log"))
