@@ -116,6 +116,19 @@ fn part(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// A part that may be absent, tagged so that absent and empty differ (`0`, or `1` and the part).
+fn optional_part(h: &mut blake3::Hasher, text: Option<&str>) {
+    match text {
+        Some(t) => {
+            h.update(&[1]);
+            part(h, t.as_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+}
+
 /// The query with its `&`-separated pairs sorted; the `key` parameter (a credential) left out.
 pub fn canonical_query(query: Option<&str>) -> String {
     let Some(q) = query else {
@@ -278,29 +291,13 @@ fn memo_id(input: &KeyInput<'_, '_>) -> [u8; 32] {
     part(&mut h, input.path.as_bytes());
     // Tagged: no query and an empty one are different inputs here (the key's canonical query
     // makes them equal, which the memo need not know).
-    match input.query {
-        Some(q) => {
-            h.update(&[1]);
-            part(&mut h, q.as_bytes());
-        }
-        None => {
-            h.update(&[0]);
-        }
-    }
+    optional_part(&mut h, input.query);
     h.update(&(input.vary.len() as u64).to_le_bytes());
     for (name, value) in input.vary {
         part(&mut h, name.as_bytes());
         part(&mut h, value);
     }
-    match input.content_type {
-        Some(t) => {
-            h.update(&[1]);
-            part(&mut h, t.as_bytes());
-        }
-        None => {
-            h.update(&[0]);
-        }
-    }
+    optional_part(&mut h, input.content_type);
     h.update(&(input.ignore_fields.len() as u64).to_le_bytes());
     for field in input.ignore_fields {
         part(&mut h, field.as_bytes());
