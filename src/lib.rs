@@ -11,8 +11,9 @@
 //!   watch, SIGHUP, `POST /reload`), zero-downtime upgrade, systemd readiness, requests in flight.
 //! - [`admin`] — the admin listener: health, readiness, metrics, cache stats and purge, config,
 //!   reload. Fed shared state; never reaches into the proxy.
-//! - [`proxy`] — the Pingora `ProxyHttp` phases for one request, hostile-input checks, the
-//!   upstream exchange, retries and failover, relaying.
+//! - [`proxy`] — one request from its head to its log line (served on Pingora's
+//!   `HttpServerApp`): hostile-input checks, the cache step, the upstream exchange, retries and
+//!   failover, relaying.
 //! - [`runtime`] — the running state built from one validated config (routes, upstreams,
 //!   prices, …): [`runtime::load`] for a file, [`runtime::build`] for a spec.
 //! - [`routing`] — routes and matching; [`routing::balance`] (target order: groups, strategy,

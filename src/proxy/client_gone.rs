@@ -8,7 +8,7 @@
 //! A client that half-closes its side after sending the request is taken as gone, as nginx
 //! and Pingora do.
 
-use pingora::proxy::Session;
+use super::session::Session;
 use pingora::ErrorType;
 use std::future::Future;
 

@@ -1,4 +1,4 @@
-//! Per-request state, carried from `request_filter` to `logging`.
+//! Per-request state, carried from answering a request to logging it.
 
 use super::client_gone::Waiting;
 use super::limit::LimitStep;
@@ -16,21 +16,21 @@ use std::time::{Duration, Instant};
 static NO_HEADERS: Headers = Vec::new();
 
 pub struct Ctx {
-    /// Set by `new_ctx`.
+    /// Set when the request head has been read.
     pub started: Instant,
-    /// Set at the start of `request_filter`: the table this request uses to its end.
+    /// Set at the start of `answer`: the table this request uses to its end.
     pub runtime: Option<Arc<Runtime>>,
-    /// Set by `request_filter` once a route matched.
+    /// Set by `answer` once a route matched.
     pub route: Option<String>,
-    /// Set by `request_filter` when an upstream was chosen.
+    /// Set by `answer` when an upstream was chosen.
     pub upstream: Option<String>,
-    /// Set by `request_filter` on cached routes, as soon as the route candidates are known:
+    /// Set by `answer` on cached routes, as soon as the route candidates are known:
     /// where the answer came from (`HIT`), or would have (`MISS` for a cache candidate,
     /// `BYPASS` otherwise) — an error answer carries it too (see [`Stamp`]).
     pub cache: Option<CacheStatus>,
-    /// Set by `request_filter` when the answer came from an identical request in flight.
+    /// Set by `answer` when the answer came from an identical request in flight.
     pub coalesced: bool,
-    /// Set by `request_filter` when the response head was written.
+    /// Set by `answer` when the response head was written.
     pub status: u16,
     /// Set by the failover loop: attempts beyond the first on one target, and moves to the
     /// next target.
@@ -48,18 +48,18 @@ pub struct Ctx {
     /// drained, a WebSocket's 101 before its tunnel): the request's duration for metrics and
     /// the access log.
     pub answered_in: Option<Duration>,
-    /// Set by `request_filter` on failure: the error label, for the access log.
+    /// Set by `answer` on failure: the error label, for the access log.
     pub error: Option<&'static str>,
-    /// Set by `request_filter`; dropped with the ctx.
+    /// Set by `answer`; dropped with the ctx.
     pub inflight: Option<InflightGuard>,
-    /// Set by `request_filter` on cached routes: what the cache did. A hit keeps the entry it
+    /// Set by `answer` on cached routes: what the cache did. A hit keeps the entry it
     /// served: its usage is what the hit saved (read in `logging`, after the answer went out).
     pub lookup: Option<Lookup>,
-    /// Set by `request_filter` after relaying an upstream answer: the tokens it reports.
+    /// Set by `answer` after relaying an upstream answer: the tokens it reports.
     pub usage: Option<Usage>,
-    /// Set by `request_filter` on semantic routes: what the semantic cache did (for metrics).
+    /// Set by `answer` on semantic routes: what the semantic cache did (for metrics).
     pub semantic: Option<SemanticRecord>,
-    /// Set by `request_filter` when a WebSocket tunnel ended: the bytes it carried.
+    /// Set by `answer` when a WebSocket tunnel ended: the bytes it carried.
     pub tunnel: Option<Tunnelled>,
     /// Set by the limit step on rate-limited routes: the verdict, its response headers, and
     /// the bucket to charge the answer's usage to (in `logging`).

@@ -4,6 +4,7 @@
 use super::ctx::Stamp;
 use super::errors::{self, Named, ProxyError};
 use super::respond;
+use super::session::Session;
 use crate::body::ParsedBody;
 use crate::cache::record::{RecordPlan, Recorder};
 use crate::config::schema::Provider;
@@ -18,7 +19,6 @@ use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, RetryType};
 
@@ -344,7 +344,7 @@ pub async fn relay(
 ) -> pingora::Result<()> {
     let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, session, &head, reader);
-    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_header(Box::new(head)).await?;
     loop {
         match response.session.read_response_body().await {
             Ok(Some(chunk)) => {
@@ -397,7 +397,7 @@ pub async fn relay(
 }
 
 /// The error of a response broken off after its head: marked as the upstream's doing, with
-/// what the log line says about it (see `request_filter`).
+/// what the log line says about it (see `serve::answer`).
 fn broken_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
     let why = errors::broke_off(upstream, &e);
     e.more_context(why).into_up()

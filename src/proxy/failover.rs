@@ -10,6 +10,7 @@ use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
 use super::errors::{Named, ProxyError};
 use super::exchange::{self, UpstreamResponse};
+use super::session::Session;
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
@@ -18,7 +19,6 @@ use crate::routing::upstream::Slot;
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora::proxy::Session;
 use std::future::Future;
 use std::time::{Duration, Instant};
 

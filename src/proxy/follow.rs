@@ -3,12 +3,12 @@
 use super::client_gone::unless_gone;
 use super::ctx::Stamp;
 use super::respond;
+use super::session::Session;
 use crate::cache::flight::{Follower, Tail};
 use crate::cache::key::CacheKey;
 use crate::cache::vary;
 use crate::config::schema::Replay;
 use crate::providers::{ResponseReader, Usage};
-use pingora::proxy::Session;
 use std::time::Duration;
 
 /// How following went.
@@ -60,9 +60,7 @@ pub async fn serve(
     }
     let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
     let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
-    session
-        .write_response_header(Box::new(reply), false)
-        .await?;
+    session.write_response_header(Box::new(reply)).await?;
     let mut seen = 0;
     loop {
         match follower.tail(seen).await {

@@ -2,8 +2,8 @@
 //! path. A request that fails them is answered 400 and its connection closed.
 
 use super::errors::ProxyError;
+use super::session::Session;
 use super::{request_framing, request_path};
-use pingora::proxy::Session;
 
 /// The normalised request path to route, cache and forward on, or a 400.
 ///

@@ -5,6 +5,7 @@ use super::client_gone::Waiting;
 use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
+use super::session::Session;
 use super::{respond, semantic, Failure};
 use crate::body::ParsedBody;
 use crate::cache::flight::Role;
@@ -14,7 +15,6 @@ use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::routing::Route;
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use std::sync::Arc;
 
 /// The cache's part in one request, decided before going upstream.

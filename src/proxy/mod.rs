@@ -1,8 +1,8 @@
-//! The `ProxyHttp` implementation: every request is answered in `request_filter`.
+//! One request, from its head to its log line: every request is answered by promptgate itself.
 //!
-//! Phase order for one request:
-//! 1. `new_ctx` — start the clock.
-//! 2. `request_filter` — load the runtime snapshot, then [`Proxy::handle`]:
+//! Steps for one request (`serve.rs` drives them on Pingora's `HttpServerApp`):
+//! 1. `serve` — read the request head off the client connection; start the clock (`Ctx`).
+//! 2. `Proxy::answer` — load the runtime snapshot, then [`Proxy::handle`]:
 //!    vet the head (`inbound`), find the candidate routes (`choose`), read the body (bounded,
 //!    `request_body`; its JSON tree is parsed at most once, on first use, `crate::body`), choose
 //!    the route on the body's model (`choose`), the cache step — bypass, lookup, single-flight
@@ -10,15 +10,15 @@
 //!    the upstream exchange with retries and failover (`failover`), and the relay of the
 //!    answer, recording it for the cache (`exchange`) — or, for a WebSocket upgrade the route
 //!    allows, no cache step (the limit step still counts it) and a tunnel after the upstream's
-//!    `101` (`tunnel`). Returns `Ok(true)`: the response has been sent — or, when the client
-//!    left while promptgate waited for it (`client_gone`), nothing is, and the request is
-//!    logged as 499.
-//! 3. `fail_to_proxy` — only for failures after the response head went out: cut the connection.
-//! 4. `logging` — charge the answer's usage to its rate-limit bucket (`limit`), then metrics and
-//!    the access log line, from the ctx (`report`).
+//!    `101` (`tunnel`). `Ok`: the response has been sent — or, when the client left while
+//!    promptgate waited for it (`client_gone`), nothing is, and the request is logged as 499.
+//!    `Err`: the answer broke off after its head went out: the connection is cut.
+//! 3. `Proxy::logging` — charge the answer's usage to its rate-limit bucket (`limit`), then
+//!    metrics and the access log line, from the ctx (`report`).
+//! 4. The connection goes back to Pingora for the client's next request (HTTP/1.1 keep-alive).
 //!
-//! Pingora's own upstream phases (`upstream_peer` onward) are never reached. See
-//! `request_body.rs` for why promptgate owns the upstream exchange.
+//! See `request_body.rs` for why promptgate owns the upstream exchange, and `serve.rs` for why
+//! it is not a Pingora `ProxyHttp`.
 
 mod choose;
 mod client_gone;
@@ -37,6 +37,8 @@ pub mod request_framing;
 pub mod request_path;
 mod respond;
 pub mod semantic;
+mod serve;
+mod session;
 mod tunnel;
 
 pub use ctx::Ctx;
@@ -53,15 +55,14 @@ use crate::metrics::Metrics;
 use crate::routing::balance;
 use crate::routing::Route;
 use crate::runtime::Runtime;
-use crate::server::inflight::{Inflight, InflightGuard};
+use crate::server::inflight::Inflight;
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::Bytes;
 use lookup::CacheStep;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType};
-use std::sync::atomic::{AtomicBool, Ordering};
+use pingora::apps::HttpServerOptions;
+use pingora::Error;
+use session::Session;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// State shared by every request: the swappable routing table (whose upstreams hold their
@@ -75,6 +76,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Rate-limit counters, kept across reloads.
     pub limiter: Arc<Limiter>,
+    /// How Pingora serves client connections (`serve::server_options`).
+    server_options: HttpServerOptions,
 }
 
 /// Why a request did not complete normally.
@@ -117,6 +120,7 @@ impl Proxy {
             draining: Arc::default(),
             metrics,
             limiter,
+            server_options: serve::server_options(),
         }
     }
 
@@ -181,8 +185,8 @@ impl Proxy {
         };
         ctx.cache = cache_status;
         // Boxed: the upstream call's state (connect, send, relay) is large, and inline it would
-        // make every request's future that large, hits included, copied whole when Pingora
-        // boxes `request_filter` (a quarter of a hit's instructions; BENCHMARKS.md).
+        // make every request's future that large, hits included, copied whole when the request
+        // is boxed (`serve.rs`; a quarter of a hit's instructions, BENCHMARKS.md).
         Box::pin(self.upstream(
             session,
             ctx,
@@ -286,114 +290,5 @@ impl Proxy {
         reader.finish();
         ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        ctx.inflight = Some(InflightGuard::new(&self.inflight));
-        if self.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
-        let runtime = self.runtime.load_full();
-        ctx.runtime = Some(runtime.clone());
-        match self.handle(session, ctx, &runtime).await {
-            Ok(()) => Ok(true),
-            // Whatever happened after the client left, there is no one to answer.
-            Err(Failure::BeforeResponse(_)) if ctx.client_left.is_some() => {
-                ctx.status = ProxyError::ClientClosed.status();
-                ctx.error = Some(ProxyError::ClientClosed.kind());
-                log::debug!(
-                    "{} {}: the client closed its connection while waiting ({})",
-                    session.req_header().method,
-                    session.req_header().uri.path(),
-                    ctx.client_left.map_or("-", client_gone::Waiting::as_str)
-                );
-                Ok(true)
-            }
-            Err(Failure::BeforeResponse(e)) => {
-                ctx.status = e.status();
-                ctx.error = Some(e.kind());
-                log::warn!(
-                    "{} {}: {e}",
-                    session.req_header().method,
-                    session.req_header().uri.path()
-                );
-                respond::error(session, &e, ctx.stamp()).await?;
-                if matches!(e, ProxyError::BodyTooLarge { .. }) {
-                    // The answer is out: the request's time ends here, not after the linger.
-                    ctx.answered_in = Some(ctx.started.elapsed());
-                    request_body::linger(session).await;
-                }
-                Ok(true)
-            }
-            Err(Failure::AfterResponse(e)) => {
-                ctx.error = Some("response_interrupted");
-                // Said here instead of Pingora's "Fail to filter request" line (suppressed
-                // below): an upstream that broke off is a warning naming it; a client that left
-                // is its own business.
-                let req = session.req_header();
-                match (e.esource(), e.context.as_ref()) {
-                    (ErrorSource::Upstream, Some(why)) => log::warn!(
-                        "{} {}: {why}; the answer had started, so the client's connection is cut",
-                        req.method,
-                        req.uri.path()
-                    ),
-                    _ => log::debug!(
-                        "{} {}: the answer could not be completed: {e}",
-                        req.method,
-                        req.uri.path()
-                    ),
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
-        ctx.error == Some("response_interrupted")
-    }
-
-    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
-        inbound::summary(session)
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Ctx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "every request is answered in request_filter",
-        )
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        // Reached only when the response was under way (see `Failure`), or for Pingora's own
-        // early errors. Never write a second head into a started response.
-        let code = if session.response_written().is_some() {
-            0
-        } else {
-            let err = ProxyError::Internal(e.etype().as_str().to_string());
-            let _ = respond::error(session, &err, ctx.stamp()).await;
-            502
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        limit::settle(&self.limiter, &self.metrics, ctx);
-        report::report(&self.metrics, session, e, ctx);
     }
 }

@@ -1,10 +1,10 @@
 //! The `logging` phase: a finished request's metrics and access log line, read from its ctx.
 
 use super::ctx::Ctx;
+use super::session::Session;
 use crate::cache::CacheStatus;
 use crate::logging::{self, Access};
 use crate::metrics::{Metrics, RequestRecord};
-use pingora::proxy::Session;
 use pingora::Error;
 
 /// Feeds `metrics` and writes the access log line for the request `ctx` describes; `e` is

@@ -6,9 +6,9 @@
 //! forwarding path, which loses a body over 64 KiB once it has been read.
 
 use super::errors::ProxyError;
+use super::session::Session;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use std::time::Duration;
 
 /// After a 413, what the client still sends is read and thrown away for at most this long and

@@ -2,11 +2,11 @@
 
 use super::ctx::Stamp;
 use super::errors::ProxyError;
+use super::session::Session;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::config::schema::Replay;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use std::time::Duration;
 
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
@@ -33,7 +33,7 @@ pub async fn error(session: &mut Session, e: &ProxyError, stamp: Stamp<'_>) -> p
     add(&mut head, stamp)?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_header(Box::new(head)).await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -81,7 +81,7 @@ pub async fn cached(
     let body_len = (!entry.is_stream()).then_some(entry.body.len());
     let mut head = replay_head(session, entry.status, &entry.headers, body_len, stamp)?;
     head.insert_header(http::header::AGE, entry.age())?;
-    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_header(Box::new(head)).await?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_body(None, true).await;
     }

@@ -5,6 +5,7 @@
 use super::ctx::{Ctx, Stamp};
 use super::embed;
 use super::respond;
+use super::session::Session;
 use super::Failure;
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
@@ -17,7 +18,6 @@ use crate::metrics::SemanticRecord;
 use crate::routing::upstream::Upstream;
 use crate::routing::Route;
 use http::HeaderValue;
-use pingora::proxy::Session;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,11 +4,11 @@
 
 use super::ctx::Stamp;
 use super::exchange::UpstreamResponse;
+use super::session::Session;
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::proxy::Session;
 
 /// Bytes copied through a tunnel, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub async fn run(
     if let UpstreamSession::H1(h1) = &mut upstream {
         h1.maybe_upgrade_body_writer();
     }
-    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_header(Box::new(head)).await?;
     let result = copy_both_ways(session, &mut upstream, counted).await;
     // Not returned to the pool: the connection now speaks another protocol.
     upstream.shutdown().await;

@@ -20,10 +20,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use inflight::Inflight;
 use pingora::apps::http_app::HttpServer;
-use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -139,12 +137,7 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
-    let mut server_options = HttpServerOptions::default();
-    server_options.h2c = true; // HTTP/1.1 and h2 prior-knowledge on one plaintext port
-    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
-        .name("promptgate proxy")
-        .server_options(server_options)
-        .build();
+    let mut service = Service::new("promptgate proxy".to_string(), proxy);
     service.add_listener(ListenerConfig::tcp(listen.to_string()).l4_buffer(client_buffers()));
     let handover = Handover::new();
     let proxy_handle = server.add_service(handover.wrap(service));

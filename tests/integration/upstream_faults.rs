@@ -286,7 +286,7 @@ async fn truncated_stream_is_never_presented_as_complete() {
     assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
     // Too late for a JSON error: the log names the upstream that broke off.
     let broke_off = format!(
-        "WARN  promptgate::proxy] POST /openai/v1/chat/completions: upstream mock ({}) broke off \
+        "WARN  promptgate::proxy::serve] POST /openai/v1/chat/completions: upstream mock ({}) broke off \
          the response (connection closed); the answer had started, so the client's connection is cut",
         address(&mock.url())
     );
