@@ -417,7 +417,8 @@ fn relayed_head(
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
 /// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
-/// as large as the route may store, to judge them.
+/// as large as the route may store, to judge them. Otherwise nothing is stored, so nothing
+/// needs judging: `reader` reads only the usage.
 fn recorder(
     record: Option<RecordPlan>,
     session: &Session,
@@ -426,9 +427,12 @@ fn recorder(
 ) -> Option<Recorder> {
     let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers))?;
-    reader.read_json_up_to(recorder.limit());
-    Some(recorder)
+        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers));
+    match &recorder {
+        Some(r) => reader.read_json_up_to(r.limit()),
+        None => reader.usage_only(),
+    }
+    recorder
 }
 
 /// After the client left before the response head, reads the answer into the cache (and to
