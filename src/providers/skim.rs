@@ -16,7 +16,7 @@
 //! control character in a string) may still report the usage a whole parse would have refused.
 //! A usage field given twice is refused, as the whole parse refuses it.
 
-use super::doc::{Doc, Obj};
+use super::doc::{CachedDetails, Counts, Doc, Num, Obj};
 use serde::Deserialize;
 
 /// How deep `message`/`response` wrappers are read by skimming; deeper ones are parsed whole.
@@ -34,6 +34,29 @@ const FIELDS: [&[u8]; 8] = [
     b"message",
     b"response",
 ];
+
+/// The fields of a `usage` object ([`Counts`]), in the order of their bits.
+const COUNTS: [&[u8]; 8] = [
+    b"prompt_tokens",
+    b"completion_tokens",
+    b"input_tokens",
+    b"output_tokens",
+    b"cache_creation_input_tokens",
+    b"cache_read_input_tokens",
+    b"prompt_tokens_details",
+    b"input_tokens_details",
+];
+
+/// Bytes that start or end something the skimmer must see: a string, an object, an array.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
 
 /// The usage fields of one JSON object document, every other field left at its default;
 /// `None` when `json` is not one whole object (whitespace around it aside), or a usage field
@@ -108,6 +131,10 @@ impl<'a> Skim<'a> {
         let mut open: u128 = 0;
         let mut depth = 0u32;
         loop {
+            // Numbers, literals, commas and colons need no look.
+            while !STRUCTURAL[usize::from(self.peek()?)] {
+                self.i += 1;
+            }
             match self.peek()? {
                 b'"' => {
                     self.string()?;
@@ -137,15 +164,20 @@ impl<'a> Skim<'a> {
         }
     }
 
-    /// The object opening at the cursor, with its usage fields read.
-    fn object(&mut self, wrappers: usize) -> Option<Doc<'a>> {
-        let mut doc = Doc::default();
-        let mut seen = 0u8;
+    /// Walks the object opening at the cursor: `read` reads the value of each field named in
+    /// `names` (by its index there), every other value is skimmed. A named field given twice
+    /// refuses the object, as a whole parse into a struct refuses it.
+    fn fields(
+        &mut self,
+        names: &[&[u8]],
+        mut read: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = 0u32;
         self.i += 1;
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
-            return Some(doc);
+            return Some(());
         }
         loop {
             if self.peek()? != b'"' {
@@ -155,9 +187,9 @@ impl<'a> Skim<'a> {
             let field = if escaped {
                 // A key spelled with escapes is still that key.
                 let key: String = serde_json::from_slice(&self.b[start - 1..end + 1]).ok()?;
-                FIELDS.iter().position(|f| *f == key.as_bytes())
+                names.iter().position(|f| *f == key.as_bytes())
             } else {
-                FIELDS.iter().position(|f| *f == &self.b[start..end])
+                names.iter().position(|f| *f == &self.b[start..end])
             };
             self.ws();
             if self.peek()? != b':' {
@@ -172,7 +204,7 @@ impl<'a> Skim<'a> {
                         return None;
                     }
                     seen |= 1 << n;
-                    self.field(&mut doc, n, wrappers)?;
+                    read(self, n)?;
                 }
             }
             self.ws();
@@ -183,11 +215,18 @@ impl<'a> Skim<'a> {
                 }
                 b'}' => {
                     self.i += 1;
-                    return Some(doc);
+                    return Some(());
                 }
                 _ => return None,
             }
         }
+    }
+
+    /// The object opening at the cursor, with its usage fields read.
+    fn object(&mut self, wrappers: usize) -> Option<Doc<'a>> {
+        let mut doc = Doc::default();
+        self.fields(&FIELDS, |s, n| s.field(&mut doc, n, wrappers))?;
+        Some(doc)
     }
 
     /// Reads the value at the cursor into `doc`'s field number `n` of [`FIELDS`].
@@ -207,6 +246,10 @@ impl<'a> Skim<'a> {
             }
             return Some(());
         }
+        if n == 2 && self.peek()? == b'{' {
+            doc.usage = Obj(Some(self.counts()?));
+            return Some(());
+        }
         let start = self.i;
         self.value()?;
         let v = &self.b[start..self.i];
@@ -221,6 +264,60 @@ impl<'a> Skim<'a> {
             _ => doc.response = parse(v)?,
         }
         Some(())
+    }
+
+    /// The `usage` object opening at the cursor, read field by field (serde's derived parser
+    /// was most of what remained of reading an answer's usage).
+    fn counts(&mut self) -> Option<Counts> {
+        let mut c = Counts::default();
+        self.fields(&COUNTS, |s, n| {
+            if n >= 6 {
+                let details = if s.peek()? == b'{' {
+                    let mut d = CachedDetails::default();
+                    s.fields(&[b"cached_tokens"], |s, _| {
+                        d.cached_tokens = s.num()?;
+                        Some(())
+                    })?;
+                    Obj(Some(d))
+                } else {
+                    let start = s.i;
+                    s.value()?;
+                    parse(&s.b[start..s.i])?
+                };
+                match n {
+                    6 => c.prompt_tokens_details = details,
+                    _ => c.input_tokens_details = details,
+                }
+                return Some(());
+            }
+            let num = s.num()?;
+            match n {
+                0 => c.prompt_tokens = num,
+                1 => c.completion_tokens = num,
+                2 => c.input_tokens = num,
+                3 => c.output_tokens = num,
+                4 => c.cache_creation_input_tokens = num,
+                _ => c.cache_read_input_tokens = num,
+            }
+            Some(())
+        })?;
+        Some(c)
+    }
+
+    /// The count at the cursor: a plain integer read here, anything else (a sign, a fraction,
+    /// an exponent, another type, a malformed number) as [`Num`] reads it.
+    fn num(&mut self) -> Option<Num> {
+        let start = self.i;
+        self.value()?;
+        let v = &self.b[start..self.i];
+        // 19 digits always fit in a u64; JSON allows no leading zero.
+        let plain =
+            v.len() <= 19 && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
+        if plain {
+            let n = v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(Num(Some(n)));
+        }
+        parse(v)
     }
 }
 
@@ -322,6 +419,31 @@ mod tests {
             "}".repeat(6)
         );
         assert_eq!(skim(&deep), Some((8, 0, None)));
+    }
+
+    #[test]
+    fn counts_read_as_a_whole_parse_reads_them() {
+        for counts in [
+            r#"{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}"#,
+            r#"{"input_tokens":1500,"input_tokens_details":{"cached_tokens":1024},"output_tokens":20}"#,
+            r#"{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":1500,"output_tokens":393}"#,
+            r#"{ "prompt_tokens" : 0 , "completion_tokens" : 18446744073709551615 }"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":9999999999999999999}"#,
+            r#"{"prompt_tokens":-3,"completion_tokens":1.0,"input_tokens":1e2,"output_tokens":"7"}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":[1],"input_tokens":{"a":1},"output_tokens":true}"#,
+            r#"{"prompt_tokens_details":[1],"input_tokens_details":null,"prompt_tokens":5}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":"1"},"prompt_tokens":5}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":9,"cached_tokens":8},"prompt_tokens":5}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":1,}"#,
+            r#"{"prompt_tokens":1 "completion_tokens":2}"#,
+            r#"{"prompt_tok\u0065ns":4,"completion_tokens":2}"#,
+            r#"{}"#,
+        ] {
+            let doc = format!(r#"{{"model":"m","usage":{counts}}}"#);
+            skim(&doc);
+        }
     }
 
     #[test]
