@@ -18,6 +18,7 @@ use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, RetryType};
@@ -276,8 +277,6 @@ pub async fn send_once(
             });
         }
     };
-    session.set_read_timeout(Some(upstream.timeouts.first_byte));
-    session.set_write_timeout(Some(upstream.timeouts.write));
     let h2 = matches!(session, UpstreamSession::H2(_));
     let head = if h2 {
         match h2_request(req, upstream.tls) {
@@ -293,7 +292,33 @@ pub async fn send_once(
     } else {
         req
     };
-    match exchange_head(&mut session, head, body).await {
+    let written = match session {
+        UpstreamSession::H1(h1) if one_write(&head) => {
+            // Boxed: inline, the session and the write's state would enlarge every request's
+            // send future, which is copied whole where it is boxed (BENCHMARKS.md).
+            let write = write_whole(h1, &head, body, &peer, upstream.timeouts.write);
+            match Box::pin(write).await {
+                Ok(h1) => session = UpstreamSession::H1(h1),
+                Err(e) => {
+                    // The connection is dropped (closed) with the session that held it.
+                    return Err(Unsent {
+                        error: ProxyError::from_upstream(upstream, &e),
+                        resend: resendable(&e, reused, false),
+                        peer,
+                    });
+                }
+            }
+            true
+        }
+        other => {
+            session = other;
+            false
+        }
+    };
+    // On the session that reads the answer (a whole write made a new one).
+    session.set_read_timeout(Some(upstream.timeouts.first_byte));
+    session.set_write_timeout(Some(upstream.timeouts.write));
+    match exchange_head(&mut session, (!written).then_some(head), body).await {
         Ok(()) => {
             // From here on the wait is for the next body chunk.
             session.set_read_timeout(Some(upstream.timeouts.idle));
@@ -356,16 +381,74 @@ fn h2_request(mut h2: RequestHeader, tls: bool) -> pingora::Result<RequestHeader
     Ok(h2)
 }
 
+/// Whether a request goes out head and body in one write ([`write_whole`]) on an HTTP/1.1
+/// connection: not a `HEAD` and not an upgrade, whose answers Pingora reads right (bodiless, a
+/// `101`) only when it wrote the head itself.
+fn one_write(req: &RequestHeader) -> bool {
+    req.method != http::Method::HEAD && !req.headers.contains_key(header::UPGRADE)
+}
+
+/// Writes `req` and `body` on `h1`'s connection in one write — one `sendto` while both fit its
+/// write buffer, else one `writev` — and gives back a Pingora session on that connection to
+/// read the answer with. Pingora's own `write_request_header` flushes the head by itself, so
+/// head and body would leave in two writes (and, with `TCP_NODELAY`, two packets).
+async fn write_whole(
+    h1: Http1Session,
+    req: &RequestHeader,
+    body: &[u8],
+    peer: &HttpPeer,
+    timeout: std::time::Duration,
+) -> pingora::Result<Http1Session> {
+    let Some(head) = http_req_header_to_wire(req) else {
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "request-line contains forbidden delimiter bytes",
+        );
+    };
+    let mut stream = h1.into_inner();
+    match tokio::time::timeout(timeout, write_both(&mut stream, &head, body)).await {
+        Ok(Ok(())) => Ok(Http1Session::new_with_options(stream, peer)),
+        Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "while writing the request", e),
+        Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing the request (timeout)"),
+    }
+}
+
+/// `head` then `body`, vectored (a stream that writes one buffer at a time writes two).
+async fn write_both(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut written = 0;
+    while written < head.len() {
+        let bufs = [
+            std::io::IoSlice::new(&head[written..]),
+            std::io::IoSlice::new(body),
+        ];
+        match stream.write_vectored(&bufs).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => written += n,
+        }
+    }
+    stream.write_all(&body[written - head.len()..]).await?;
+    stream.flush().await
+}
+
+/// Sends the request unless `req` is `None` (already written whole), then reads the head of
+/// the answer.
 async fn exchange_head(
     session: &mut UpstreamSession,
-    req: RequestHeader,
+    req: Option<RequestHeader>,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req)).await?;
-    if !body.is_empty() {
-        session.write_request_body(body.clone(), true).await?;
+    if let Some(req) = req {
+        session.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body.clone(), true).await?;
+        }
+        session.finish_request_body().await?;
     }
-    session.finish_request_body().await?;
     loop {
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());
@@ -654,6 +737,101 @@ mod tests {
         ] {
             assert!(h(gone).is_none(), "{gone} was forwarded");
         }
+    }
+
+    /// A connection that takes at most `limit` bytes per write, vectored or not.
+    struct Partial {
+        out: Vec<u8>,
+        limit: usize,
+        writes: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Partial {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.out.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.limit - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn head_and_body_go_out_in_one_write_and_whole_after_partial_ones() {
+        let head = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+        let body = b"0123456789";
+        let whole = [&head[..], &body[..]].concat();
+        let mut conn = Partial {
+            out: Vec::new(),
+            limit: usize::MAX,
+            writes: 0,
+        };
+        write_both(&mut conn, head, body).await.unwrap();
+        assert_eq!((conn.out.as_slice(), conn.writes), (whole.as_slice(), 1));
+        for limit in [1, 7, head.len(), head.len() + 3] {
+            let mut conn = Partial {
+                out: Vec::new(),
+                limit,
+                writes: 0,
+            };
+            write_both(&mut conn, head, body).await.unwrap();
+            assert_eq!(conn.out, whole, "at most {limit} bytes per write");
+        }
+        // no body: the head alone
+        let mut conn = Partial {
+            out: Vec::new(),
+            limit: 5,
+            writes: 0,
+        };
+        write_both(&mut conn, head, b"").await.unwrap();
+        assert_eq!(conn.out, head);
+    }
+
+    #[test]
+    fn head_and_upgrade_requests_are_written_by_pingora() {
+        let post = RequestHeader::build_no_case("POST", b"/v1/chat", None).unwrap();
+        assert!(one_write(&post));
+        let head = RequestHeader::build_no_case("HEAD", b"/v1/models", None).unwrap();
+        assert!(!one_write(&head));
+        let mut upgrade = RequestHeader::build_no_case("GET", b"/ws", None).unwrap();
+        upgrade.insert_header("upgrade", "websocket").unwrap();
+        assert!(!one_write(&upgrade));
     }
 
     #[test]
