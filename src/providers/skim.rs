@@ -446,6 +446,69 @@ mod tests {
         }
     }
 
+    /// Documents made of random top-level fields (each at most once, in any order, with any
+    /// whitespace), decoys among them: the skim reads what the whole parse reads.
+    #[test]
+    fn random_documents_read_as_a_whole_parse_reads_them() {
+        let fields = [
+            r#""model":"gpt-4o""#,
+            r#""modelVersion":"gemini-2.5-flash""#,
+            r#""usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}"#,
+            r#""usage":{"input_tokens":7,"cache_read_input_tokens":100,"output_tokens":3}"#,
+            r#""usage":null"#,
+            r#""usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":6,"thoughtsTokenCount":2}"#,
+            r#""prompt_eval_count":9"#,
+            r#""eval_count":4"#,
+            r#""choices":[{"index":0,"message":{"role":"assistant","content":"a \"usage\":{\"prompt_tokens\":99} \\ [{"},"finish_reason":"stop"}]"#,
+            r#""message":{"role":"assistant","content":"]}\"model\":\"x\"","usage":{"input_tokens":1}}"#,
+            r#""response":{"model":"gpt-4.1","usage":{"input_tokens":21,"output_tokens":6}}"#,
+            r#""x":{"usage":{"prompt_tokens":50},"model":"nested","a":[[{}],[],{"b":[1,2.5e3,-1,true,null]}]}"#,
+            r#""created":1732500000"#,
+            r#""note":"usage","usage_hint":{"prompt_tokens":1}"#,
+            r#""esc\u0061ped":"\ud83d\ude00 \n \/""#,
+        ];
+        let spaces = ["", " ", "\n", "\t ", "\r\n  "];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..2000 {
+            let mut order: Vec<usize> = (0..fields.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, next(i + 1));
+            }
+            // Only one `usage` of the three.
+            let mut usage_seen = false;
+            let mut chosen = Vec::new();
+            for &f in order.iter().take(next(fields.len()) + 1) {
+                if fields[f].starts_with(r#""usage":"#) {
+                    if usage_seen {
+                        continue;
+                    }
+                    usage_seen = true;
+                }
+                chosen.push(fields[f]);
+            }
+            let mut doc = String::from(spaces[next(spaces.len())]);
+            doc.push('{');
+            for (i, f) in chosen.iter().enumerate() {
+                if i > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(spaces[next(spaces.len())]);
+                doc.push_str(f);
+                doc.push_str(spaces[next(spaces.len())]);
+            }
+            doc.push('}');
+            doc.push_str(spaces[next(spaces.len())]);
+            let valid = serde_json::from_str::<serde_json::Value>(&doc).is_ok();
+            assert!(valid, "the generator made invalid JSON: {doc}");
+            let (skimmed, parsed) = both(&doc);
+            assert_eq!(skimmed, parsed, "{doc}");
+        }
+    }
+
     #[test]
     fn missing_or_unreadable_usage() {
         assert_eq!(skim(r#"{"choices":[],"object":"chat.completion"}"#), None);
