@@ -28,6 +28,8 @@ pub(crate) const CONNECTION_SPECIFIC: &[&str] = &[
 /// hop-by-hop as well and never forwarded from a client. Unlike [`CONNECTION_SPECIFIC`] an
 /// operator may inject them: credentials for a proxy in front of an upstream are what
 /// injection is for.
+/// (Read by the tests only: [`is_hop_by_hop`] spells the names out in its `match`.)
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const PROXY_AUTH: &[&str] = &["proxy-authenticate", "proxy-authorization"];
 
 /// Request headers promptgate writes itself on every upstream request; an injected value would
@@ -73,9 +75,45 @@ pub(crate) const PER_EXCHANGE_PREFIXES: &[&str] =
     &["x-ratelimit-", "anthropic-ratelimit-", "x-promptgate-"];
 
 /// True for hop-by-hop headers ([`CONNECTION_SPECIFIC`] and [`PROXY_AUTH`]); the caller also
-/// drops any header the message's `Connection` names.
+/// drops any header the message's `Connection` names. One `match` the compiler turns into a
+/// switch on the length, then one comparison, instead of a scan of both lists per header
+/// (`every_match_agrees_with_its_lists` keeps it equal to them).
 pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    CONNECTION_SPECIFIC.contains(&name) || PROXY_AUTH.contains(&name)
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// True for client request headers never forwarded upstream as they came: hop-by-hop ones,
+/// those promptgate sets itself on every upstream request ([`SET_PER_REQUEST`]) and
+/// `accept-encoding` (promptgate asks for `identity`: it reads, stores and replays plain
+/// bodies). One `match`, as [`is_hop_by_hop`].
+pub(crate) fn is_replaced_upstream(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "host"
+            | "content-length"
+            | "expect"
+            | "accept-encoding"
+    )
 }
 
 /// True for headers an operator may configure to be injected into upstream requests.
@@ -115,6 +153,18 @@ mod tests {
             }
         }
         all
+    }
+
+    #[test]
+    fn every_match_agrees_with_its_lists() {
+        let mut names = known();
+        names.extend(["accept-encoding", "x-connection", "hosts", "t", "", "Host"]);
+        for name in names {
+            let hop = CONNECTION_SPECIFIC.contains(&name) || PROXY_AUTH.contains(&name);
+            assert_eq!(is_hop_by_hop(name), hop, "{name}");
+            let replaced = hop || SET_PER_REQUEST.contains(&name) || name == "accept-encoding";
+            assert_eq!(is_replaced_upstream(name), replaced, "{name}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Entry {
         self.usage
             .get_or_init(|| {
                 let headers = self.headers.iter().map(|(n, v)| (n, v));
-                ResponseReader::of_body(headers, &self.body).into_usage()
+                ResponseReader::usage_of_body(headers, &self.body)
             })
             .as_ref()
     }

@@ -5,6 +5,7 @@
 //! - [`usage`]: the tokens a response used ([`Usage`]), prompt-cache reads and writes apart;
 //! - [`reader`]: reads a body once as it passes, for both ([`ResponseReader`]);
 //! - `doc`: the fields of a provider document those two read, parsed in one pass;
+//! - `skim`: only the usage fields of a document, the rest skimmed (an answer not judged);
 //! - `decode`: `Content-Encoding`, decoded for reading only, bounded;
 //! - `lines`: the line framing the stream readers share;
 //! - [`anthropic`]: the request side of Anthropic's prompt caching (`cache_control`
@@ -16,6 +17,7 @@ mod doc;
 mod format;
 mod lines;
 mod reader;
+mod skim;
 mod usage;
 mod verdict;
 

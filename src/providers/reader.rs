@@ -1,11 +1,14 @@
 //! Reading a response body once as it passes, for both questions promptgate asks of it: is it
 //! a whole answer ([`Verdict`]), and what did it cost ([`Usage`]). Encoded bodies are decoded
-//! for reading only; streams are read line by line, other JSON bodies whole at the end.
+//! for reading only; streams are read line by line, other JSON bodies whole at the end. An
+//! answer that will not be stored needs no verdict: [`ResponseReader::usage_only`] then reads
+//! just its usage, skimming past the rest ([`super::skim`]).
 
 use super::decode::{Coding, Decoder};
 use super::doc::{parse_body, parse_doc};
 use super::format::{BodyFormat, StreamFormat};
 use super::lines::{sse_field, LineSplitter};
+use super::skim::usage_doc;
 use super::usage::Usage;
 use super::verdict::{judge_body, StreamJudge, Verdict};
 use bytes::{Bytes, BytesMut};
@@ -30,6 +33,8 @@ pub struct ResponseReader {
     /// Set by `finish`.
     verdict: Option<Verdict>,
     json_limit: usize,
+    /// Set by [`ResponseReader::usage_only`]: read the usage, judge nothing.
+    usage_only: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +93,7 @@ impl ResponseReader {
             usage: None,
             verdict: None,
             json_limit: DEFAULT_JSON_LIMIT,
+            usage_only: false,
         }
     }
 
@@ -117,6 +123,14 @@ impl ResponseReader {
         }
     }
 
+    /// Reads only the usage from here on (call it before the first chunk): the body is not
+    /// judged, and its verdict reads [`Verdict::Incomplete`], so nothing can be stored on it.
+    /// For an answer that will not be recorded, whose body then is skimmed for its top-level
+    /// usage fields instead of parsed whole ([`super::skim`]); the usage read is the same.
+    pub fn usage_only(&mut self) {
+        self.usage_only = true;
+    }
+
     /// The complete body of a stored response.
     pub fn of_body<'h>(
         headers: impl IntoIterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
@@ -126,6 +140,18 @@ impl ResponseReader {
         r.observe(body);
         r.finish();
         r
+    }
+
+    /// The usage of the complete body of a stored response ([`ResponseReader::usage_only`]).
+    pub fn usage_of_body<'h>(
+        headers: impl IntoIterator<Item = (&'h http::HeaderName, &'h http::HeaderValue)>,
+        body: &Bytes,
+    ) -> Option<Usage> {
+        let mut r = ResponseReader::for_headers(headers);
+        r.usage_only();
+        r.observe(body);
+        r.finish();
+        r.into_usage()
     }
 
     /// Reads one chunk of the body as it arrives.
@@ -163,6 +189,7 @@ impl ResponseReader {
                 // The last NDJSON object (Ollama's, with the counts) may lack its newline.
                 if *format == StreamFormat::Ndjson && readable {
                     if let Some(line) = lines.pending() {
+                        let judge = (!self.usage_only).then_some(&mut *judge);
                         read_line(*format, line, judge, &mut self.usage);
                     }
                 }
@@ -179,6 +206,13 @@ impl ResponseReader {
                     }
                 };
                 *chunks = Vec::new();
+                if self.usage_only && !starts_array(&whole) {
+                    if let Some(doc) = usage_doc(&whole) {
+                        doc.merge_usage(&mut self.usage);
+                    }
+                    self.verdict = Some(Verdict::Incomplete);
+                    return;
+                }
                 let parsed = parse_body(&whole);
                 if let Some(body) = &parsed {
                     for doc in body.docs() {
@@ -189,7 +223,7 @@ impl ResponseReader {
             }
             Body::Other => Verdict::Complete,
         };
-        self.verdict = Some(if readable {
+        self.verdict = Some(if readable && !self.usage_only {
             verdict
         } else {
             Verdict::Incomplete
@@ -203,6 +237,7 @@ impl ResponseReader {
             return v;
         }
         match (&self.input, &self.body) {
+            _ if self.usage_only => Verdict::Incomplete,
             (Input::Unreadable, _) => Verdict::Incomplete,
             (_, Body::Lines(_, _, judge)) => judge.verdict(),
             _ => Verdict::Incomplete,
@@ -223,7 +258,10 @@ impl ResponseReader {
         match &mut self.body {
             Body::Lines(format, lines, judge) => {
                 let (format, usage) = (*format, &mut self.usage);
-                lines.feed(&bytes, |line| read_line(format, line, judge, usage));
+                let mut judge = (!self.usage_only).then_some(judge);
+                lines.feed(&bytes, |line| {
+                    read_line(format, line, judge.as_deref_mut(), usage)
+                });
             }
             Body::Json { chunks, size, over } => {
                 if *over {
@@ -242,22 +280,32 @@ impl ResponseReader {
     }
 }
 
-/// Reads one stream line: an SSE field or an NDJSON object.
+/// True when a JSON body is an array (Gemini's non-SSE stream): parsed whole even for usage.
+fn starts_array(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// Reads one stream line: an SSE field or an NDJSON object. Without a `judge` (usage only),
+/// the usage is skimmed from the line ([`usage_doc`]).
 fn read_line(
     format: StreamFormat,
     line: &[u8],
-    judge: &mut StreamJudge,
+    judge: Option<&mut StreamJudge>,
     usage: &mut Option<Usage>,
 ) {
     let json = match format {
         StreamFormat::Sse => {
             if let Some(name) = sse_field(line, b"event") {
-                judge.event_name(name);
+                if let Some(judge) = judge {
+                    judge.event_name(name);
+                }
                 return;
             }
             match sse_field(line, b"data") {
                 Some(b"[DONE]") => {
-                    judge.done_marker();
+                    if let Some(judge) = judge {
+                        judge.done_marker();
+                    }
                     return;
                 }
                 Some(data) => data,
@@ -265,6 +313,12 @@ fn read_line(
             }
         }
         StreamFormat::Ndjson => line,
+    };
+    let Some(judge) = judge else {
+        if let Some(doc) = usage_doc(json) {
+            doc.merge_usage(usage);
+        }
+        return;
     };
     let Some(doc) = parse_doc(json) else {
         return;
@@ -287,7 +341,21 @@ mod tests {
         body: &[u8],
         piece: usize,
     ) -> (Verdict, Option<(u64, u64, Option<String>)>) {
+        read_as(false, content_type, encoding, body, piece)
+    }
+
+    /// `read`, or with `usage_only` only the usage read.
+    fn read_as(
+        usage_only: bool,
+        content_type: &str,
+        encoding: Option<&str>,
+        body: &[u8],
+        piece: usize,
+    ) -> (Verdict, Option<(u64, u64, Option<String>)>) {
         let mut r = ResponseReader::new(content_type, encoding);
+        if usage_only {
+            r.usage_only();
+        }
         for chunk in body.chunks(piece) {
             r.observe(&Bytes::copy_from_slice(chunk));
         }
@@ -297,6 +365,63 @@ mod tests {
             verdict,
             r.into_usage().map(|u| (u.input, u.output, u.model)),
         )
+    }
+
+    #[test]
+    fn usage_only_reads_the_same_usage_and_never_a_complete_verdict() {
+        let chat = Some((12, 5, Some("gpt-4o".to_owned())));
+        for (encoding, body) in [
+            (None, CHAT.to_vec()),
+            (Some("gzip"), gzip(CHAT)),
+            (Some("br"), brotli(CHAT)),
+        ] {
+            for piece in [1, 7, body.len()] {
+                assert_eq!(
+                    read_as(true, "application/json", encoding, &body, piece),
+                    (Verdict::Incomplete, chat.clone()),
+                    "{encoding:?} in pieces of {piece}"
+                );
+            }
+        }
+        // the usage before the choices, and a decoy "usage" in the content
+        let early = br#"{"usage":{"prompt_tokens":2,"completion_tokens":1},"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":50}"},"finish_reason":"stop"}]}"#;
+        assert_eq!(
+            read_as(true, "application/json", Some("gzip"), &gzip(early), 5),
+            (Verdict::Incomplete, Some((2, 1, None)))
+        );
+        assert_eq!(
+            read("application/json", None, early, 5),
+            (Verdict::Complete, Some((2, 1, None)))
+        );
+        // an error document: no usage, and nothing to store either way
+        let error = br#"{"error":{"message":"no"}}"#;
+        assert_eq!(
+            read_as(true, "application/json", None, error, 3),
+            (Verdict::Incomplete, None)
+        );
+        // a stream: the same usage, no verdict judged (it had its [DONE])
+        let stream = b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{}\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        let usage = Some((7, 2, Some("gpt-4o".to_owned())));
+        assert_eq!(
+            read("text/event-stream", None, stream, 4),
+            (Verdict::Complete, usage.clone())
+        );
+        assert_eq!(
+            read_as(true, "text/event-stream", Some("gzip"), &gzip(stream), 4),
+            (Verdict::Incomplete, usage)
+        );
+        // a Gemini array is parsed whole: the same usage
+        let array = br#"[{"modelVersion":"g"},{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}]"#;
+        assert_eq!(
+            read_as(true, "application/json", None, array, 8).1,
+            Some((3, 2, Some("g".to_owned())))
+        );
+        // a truncated body has no usage
+        assert_eq!(
+            read_as(true, "application/json", None, &CHAT[..CHAT.len() - 1], 8),
+            (Verdict::Incomplete, None)
+        );
     }
 
     const CHAT: &[u8] = br#"{"model":"gpt-4o","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;

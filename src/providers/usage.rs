@@ -142,13 +142,23 @@ mod tests {
     use crate::providers::ResponseReader;
     use bytes::Bytes;
 
+    /// The usage read from `chunks`, after checking that reading only the usage
+    /// ([`ResponseReader::usage_only`], which skims) reads the same as judging the body does.
     fn usage(content_type: &str, chunks: &[&str]) -> Option<Usage> {
-        let mut r = ResponseReader::new(content_type, None);
-        for c in chunks {
-            r.observe(&Bytes::copy_from_slice(c.as_bytes()));
-        }
-        r.finish();
-        r.into_usage()
+        let read = |usage_only: bool| {
+            let mut r = ResponseReader::new(content_type, None);
+            if usage_only {
+                r.usage_only();
+            }
+            for c in chunks {
+                r.observe(&Bytes::copy_from_slice(c.as_bytes()));
+            }
+            r.finish();
+            r.into_usage()
+        };
+        let judged = read(false);
+        assert_eq!(read(true), judged, "usage only: {chunks:?}");
+        judged
     }
 
     fn counts(u: Option<Usage>) -> (u64, u64, Option<String>) {

@@ -70,7 +70,8 @@ pub async fn embed(
                 limit: busy.limit,
             })
         })?;
-        let response = exchange::send(upstream, &req, &body, false, &mut slot)
+        // A head per try (rarely more than one): the embedder's small request, copied.
+        let response = exchange::send(upstream, || Ok(req.clone()), &body, false, &mut slot)
             .await
             .map_err(EmbedError::Upstream)?;
         let status = response.header().status.as_u16();

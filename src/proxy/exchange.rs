@@ -19,24 +19,54 @@ use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, RetryType};
 
-/// Attempts on pooled connections that turn out to be closed by the upstream while idle.
-const STALE_CONNECTION_ATTEMPTS: usize = 3;
+/// Tries on pooled connections that turn out to be closed by the upstream while idle.
+pub const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// The header names a message's `Connection` header nominates as hop-by-hop besides the fixed
+/// ones (RFC 9110 §7.6.1), read once per message instead of once per header. Usually none:
+/// `keep-alive` and `close`, the common values, name no other header.
+pub(super) struct Nominated<'a>(Vec<&'a str>);
+
+impl<'a> Nominated<'a> {
+    pub(super) fn of(headers: &'a http::HeaderMap) -> Nominated<'a> {
+        let value = headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok());
+        Nominated(
+            value
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| {
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case("keep-alive")
+                        && !t.eq_ignore_ascii_case("close")
+                })
+                .collect(),
+        )
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+    }
+}
 
 /// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
 /// `Connection` header nominates.
-pub(super) fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
-    headers::is_hop_by_hop(name.as_str())
-        || connection.and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            v.split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-        })
+pub(super) fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated) -> bool {
+    headers::is_hop_by_hop(name.as_str()) || nominated.contains(name)
 }
 
 /// The request to send upstream: the client's method and headers, minus hop-by-hop and
 /// framing headers, plus `Host`, `Content-Length` and the upstream's injected headers.
+///
+/// Built without Pingora's header-case map: the names are `http` names either way, which
+/// Pingora writes in the same (title) case with or without the map, so the bytes on the wire
+/// are the same without a second map to fill and copy.
 pub fn build_request(
     client: &RequestHeader,
     upstream: &Upstream,
@@ -45,20 +75,18 @@ pub fn build_request(
 ) -> Result<RequestHeader, ProxyError> {
     let invalid = |_| ProxyError::ClientBody("request target is not valid".into());
     let path = upstream.path_for(path_and_query);
-    let mut req = RequestHeader::build(
+    let mut req = RequestHeader::build_no_case(
         client.method.clone(),
         path.as_bytes(),
         Some(client.headers.len() + 4),
     )
     .map_err(invalid)?;
-    let connection = client.headers.get(header::CONNECTION);
+    let nominated = Nominated::of(&client.headers);
     for (name, value) in client.headers.iter() {
-        let replaced = name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::EXPECT
-            || name == header::ACCEPT_ENCODING
-            || upstream.headers.iter().any(|(n, _)| n == name);
-        if replaced || is_hop_by_hop(name, connection) {
+        if headers::is_replaced_upstream(name.as_str())
+            || upstream.headers.iter().any(|(n, _)| n == name)
+            || nominated.contains(name)
+        {
             continue;
         }
         req.append_header(name.clone(), value.clone())
@@ -175,51 +203,130 @@ impl UpstreamResponse {
     }
 }
 
-/// Sends `req` and `body` to `upstream` and reads the response head, over HTTP/1.1 or h2
-/// (whichever the connection speaks; `h1` offers only HTTP/1.1, as a WebSocket upgrade needs).
-/// A pooled connection found dead is replaced by a fresh one, and so is an h2 stream the
-/// server refused before processing it (GOAWAY, `REFUSED_STREAM`, `HTTP_1_1_REQUIRED`); the
-/// body is buffered, so sending it again is safe.
+/// Sends a request to `upstream` and reads the response head: [`send_once`] on a connection
+/// to its [`peer`], again on another while a try is [`Unsent::resend`] (at most
+/// [`STALE_CONNECTION_ATTEMPTS`] tries). `head` makes each try's request head: the connection
+/// keeps the head it sends, so one try takes one head, and the common single try copies none.
 pub async fn send(
     upstream: &Upstream,
-    req: &RequestHeader,
+    mut head: impl FnMut() -> Result<RequestHeader, ProxyError>,
     body: &Bytes,
     h1: bool,
     slot: &mut Slot,
 ) -> Result<UpstreamResponse, ProxyError> {
-    let peer = upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
+    let mut peer = peer(upstream, h1).await?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match send_once(upstream, peer, head()?, body, slot).await {
+            Ok(response) => return Ok(response),
+            Err(u) if u.resend && tries < STALE_CONNECTION_ATTEMPTS => peer = u.peer,
+            Err(u) => return Err(u.error),
+        }
+    }
+}
+
+/// The address (resolved) and connection options of `upstream`; `h1` offers only HTTP/1.1,
+/// as a WebSocket upgrade needs.
+pub async fn peer(upstream: &Upstream, h1: bool) -> Result<HttpPeer, ProxyError> {
+    upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
         upstream: Named::of(upstream),
         detail: e.reason,
-    })?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (mut session, reused) = upstream
-            .pool
-            .session(&peer, slot.connection(), upstream.queue_timeout)
-            .await
-            .map_err(|e| match e {
+    })
+}
+
+/// A try at sending that got no response head.
+pub struct Unsent {
+    pub error: ProxyError,
+    /// The peer tried, for the next try.
+    pub peer: HttpPeer,
+    /// The same request may go at once on another connection: a pooled one was found dead, or
+    /// the h2 server refused the stream before processing it (GOAWAY, `REFUSED_STREAM`,
+    /// `HTTP_1_1_REQUIRED`). The body is buffered, so sending it again is safe.
+    pub resend: bool,
+}
+
+/// Sends `req` and `body` on one connection to `peer` (pooled, else new) and reads the response
+/// head, over HTTP/1.1 or h2 (whichever the connection speaks). `req` is handed to the
+/// connection whole (Pingora keeps the head it sent), not copied.
+pub async fn send_once(
+    upstream: &Upstream,
+    peer: HttpPeer,
+    req: RequestHeader,
+    body: &Bytes,
+    slot: &mut Slot,
+) -> Result<UpstreamResponse, Unsent> {
+    let opened = upstream
+        .pool
+        .session(&peer, slot.connection(), upstream.queue_timeout)
+        .await;
+    let (mut session, reused) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let error = match e {
                 Opening::Busy => ProxyError::Busy {
                     upstream: Named::of(upstream),
                     limit: "pool.max_connections",
                 },
                 Opening::Failed(e) => ProxyError::from_upstream(upstream, &e),
-            })?;
-        session.set_read_timeout(Some(upstream.timeouts.first_byte));
-        session.set_write_timeout(Some(upstream.timeouts.write));
-        let h2 = matches!(session, UpstreamSession::H2(_));
-        let head = if h2 {
-            h2_request(req, upstream.tls).map_err(|e| ProxyError::from_upstream(upstream, &e))?
-        } else {
-            req.clone()
-        };
-        match exchange_head(&mut session, head, body).await {
-            Ok(()) => {
-                // From here on the wait is for the next body chunk.
-                session.set_read_timeout(Some(upstream.timeouts.idle));
-                return Ok(UpstreamResponse { session, peer });
+            };
+            return Err(Unsent {
+                error,
+                peer,
+                resend: false,
+            });
+        }
+    };
+    let h2 = matches!(session, UpstreamSession::H2(_));
+    let head = if h2 {
+        match h2_request(req, upstream.tls) {
+            Ok(head) => head,
+            Err(e) => {
+                return Err(Unsent {
+                    error: ProxyError::from_upstream(upstream, &e),
+                    peer,
+                    resend: false,
+                })
             }
-            Err(e) if attempt < STALE_CONNECTION_ATTEMPTS && resendable(&e, reused, h2) => {
+        }
+    } else {
+        req
+    };
+    let written = match session {
+        UpstreamSession::H1(h1) if one_write(&head) => {
+            // Boxed: inline, the session and the write's state would enlarge every request's
+            // send future, which is copied whole where it is boxed (BENCHMARKS.md).
+            let write = write_whole(h1, &head, body, &peer, upstream.timeouts.write);
+            match Box::pin(write).await {
+                Ok(h1) => session = UpstreamSession::H1(h1),
+                Err(e) => {
+                    // The connection is dropped (closed) with the session that held it.
+                    return Err(Unsent {
+                        error: ProxyError::from_upstream(upstream, &e),
+                        resend: resendable(&e, reused, false),
+                        peer,
+                    });
+                }
+            }
+            true
+        }
+        other => {
+            session = other;
+            false
+        }
+    };
+    // On the session that reads the answer (a whole write made a new one).
+    session.set_read_timeout(Some(upstream.timeouts.first_byte));
+    session.set_write_timeout(Some(upstream.timeouts.write));
+    match exchange_head(&mut session, (!written).then_some(head), body).await {
+        Ok(()) => {
+            // From here on the wait is for the next body chunk.
+            session.set_read_timeout(Some(upstream.timeouts.idle));
+            Ok(UpstreamResponse { session, peer })
+        }
+        Err(e) => {
+            let resend = resendable(&e, reused, h2);
+            if resend {
                 if e.etype() == &ErrorType::H2Downgrade {
                     upstream.pool.prefer_h1(&peer);
                 }
@@ -230,7 +337,11 @@ pub async fn send(
                     e.etype().as_str()
                 );
             }
-            Err(e) => return Err(ProxyError::from_upstream(upstream, &e)),
+            Err(Unsent {
+                error: ProxyError::from_upstream(upstream, &e),
+                peer,
+                resend,
+            })
         }
     }
 }
@@ -255,12 +366,11 @@ fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
 
 /// The h2 form of an upstream request: the target in absolute form (`:scheme` and
 /// `:authority` from the `Host` header), no `Host` header (some h2 servers refuse one).
-fn h2_request(req: &RequestHeader, tls: bool) -> pingora::Result<RequestHeader> {
-    let mut h2 = req.clone();
+fn h2_request(mut h2: RequestHeader, tls: bool) -> pingora::Result<RequestHeader> {
     let Some(host) = h2.remove_header(&header::HOST) else {
         return Error::e_explain(ErrorType::InvalidHTTPHeader, "no Host for :authority");
     };
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = h2.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = http::Uri::builder()
         .scheme(if tls { "https" } else { "http" })
         .authority(host.as_bytes())
@@ -271,16 +381,74 @@ fn h2_request(req: &RequestHeader, tls: bool) -> pingora::Result<RequestHeader> 
     Ok(h2)
 }
 
+/// Whether a request goes out head and body in one write ([`write_whole`]) on an HTTP/1.1
+/// connection: not a `HEAD` and not an upgrade, whose answers Pingora reads right (bodiless, a
+/// `101`) only when it wrote the head itself.
+fn one_write(req: &RequestHeader) -> bool {
+    req.method != http::Method::HEAD && !req.headers.contains_key(header::UPGRADE)
+}
+
+/// Writes `req` and `body` on `h1`'s connection in one write — one `sendto` while both fit its
+/// write buffer, else one `writev` — and gives back a Pingora session on that connection to
+/// read the answer with. Pingora's own `write_request_header` flushes the head by itself, so
+/// head and body would leave in two writes (and, with `TCP_NODELAY`, two packets).
+async fn write_whole(
+    h1: Http1Session,
+    req: &RequestHeader,
+    body: &[u8],
+    peer: &HttpPeer,
+    timeout: std::time::Duration,
+) -> pingora::Result<Http1Session> {
+    let Some(head) = http_req_header_to_wire(req) else {
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "request-line contains forbidden delimiter bytes",
+        );
+    };
+    let mut stream = h1.into_inner();
+    match tokio::time::timeout(timeout, write_both(&mut stream, &head, body)).await {
+        Ok(Ok(())) => Ok(Http1Session::new_with_options(stream, peer)),
+        Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "while writing the request", e),
+        Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing the request (timeout)"),
+    }
+}
+
+/// `head` then `body`, vectored (a stream that writes one buffer at a time writes two).
+async fn write_both(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut written = 0;
+    while written < head.len() {
+        let bufs = [
+            std::io::IoSlice::new(&head[written..]),
+            std::io::IoSlice::new(body),
+        ];
+        match stream.write_vectored(&bufs).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => written += n,
+        }
+    }
+    stream.write_all(&body[written - head.len()..]).await?;
+    stream.flush().await
+}
+
+/// Sends the request unless `req` is `None` (already written whole), then reads the head of
+/// the answer.
 async fn exchange_head(
     session: &mut UpstreamSession,
-    req: RequestHeader,
+    req: Option<RequestHeader>,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req)).await?;
-    if !body.is_empty() {
-        session.write_request_body(body.clone(), true).await?;
+    if let Some(req) = req {
+        session.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body.clone(), true).await?;
+        }
+        session.finish_request_body().await?;
     }
-    session.finish_request_body().await?;
     loop {
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());
@@ -308,10 +476,12 @@ pub fn client_header(
     upstream: &ResponseHeader,
     session: &Session,
 ) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2))?;
-    let connection = upstream.headers.get(header::CONNECTION);
+    // No header-case map, for the reason given at `build_request`: the same bytes.
+    let mut resp =
+        ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 2))?;
+    let nominated = Nominated::of(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
-        if !is_hop_by_hop(name, connection) {
+        if !is_hop_by_hop(name, &nominated) {
             resp.append_header(name.clone(), value.clone())?;
         }
     }
@@ -417,7 +587,8 @@ fn relayed_head(
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
 /// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
-/// as large as the route may store, to judge them.
+/// as large as the route may store, to judge them. Otherwise nothing is stored, so nothing
+/// needs judging: `reader` reads only the usage.
 fn recorder(
     record: Option<RecordPlan>,
     session: &Session,
@@ -426,9 +597,12 @@ fn recorder(
 ) -> Option<Recorder> {
     let recorder = record
         .filter(|_| session.req_header().method != http::Method::HEAD)
-        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers))?;
-    reader.read_json_up_to(recorder.limit());
-    Some(recorder)
+        .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers));
+    match &recorder {
+        Some(r) => reader.read_json_up_to(r.limit()),
+        None => reader.usage_only(),
+    }
+    recorder
 }
 
 /// After the client left before the response head, reads the answer into the cache (and to
@@ -563,6 +737,101 @@ mod tests {
         ] {
             assert!(h(gone).is_none(), "{gone} was forwarded");
         }
+    }
+
+    /// A connection that takes at most `limit` bytes per write, vectored or not.
+    struct Partial {
+        out: Vec<u8>,
+        limit: usize,
+        writes: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Partial {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.out.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.limit - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.writes += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn head_and_body_go_out_in_one_write_and_whole_after_partial_ones() {
+        let head = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+        let body = b"0123456789";
+        let whole = [&head[..], &body[..]].concat();
+        let mut conn = Partial {
+            out: Vec::new(),
+            limit: usize::MAX,
+            writes: 0,
+        };
+        write_both(&mut conn, head, body).await.unwrap();
+        assert_eq!((conn.out.as_slice(), conn.writes), (whole.as_slice(), 1));
+        for limit in [1, 7, head.len(), head.len() + 3] {
+            let mut conn = Partial {
+                out: Vec::new(),
+                limit,
+                writes: 0,
+            };
+            write_both(&mut conn, head, body).await.unwrap();
+            assert_eq!(conn.out, whole, "at most {limit} bytes per write");
+        }
+        // no body: the head alone
+        let mut conn = Partial {
+            out: Vec::new(),
+            limit: 5,
+            writes: 0,
+        };
+        write_both(&mut conn, head, b"").await.unwrap();
+        assert_eq!(conn.out, head);
+    }
+
+    #[test]
+    fn head_and_upgrade_requests_are_written_by_pingora() {
+        let post = RequestHeader::build_no_case("POST", b"/v1/chat", None).unwrap();
+        assert!(one_write(&post));
+        let head = RequestHeader::build_no_case("HEAD", b"/v1/models", None).unwrap();
+        assert!(!one_write(&head));
+        let mut upgrade = RequestHeader::build_no_case("GET", b"/ws", None).unwrap();
+        upgrade.insert_header("upgrade", "websocket").unwrap();
+        assert!(!one_write(&upgrade));
     }
 
     #[test]

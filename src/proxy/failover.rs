@@ -15,10 +15,11 @@ use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
 use crate::config::schema::{RetryCondition, RetryOn, RetrySpec};
 use crate::providers::anthropic::CacheMinimums;
-use crate::routing::upstream::Slot;
+use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::{Route, Target};
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::http::RequestHeader;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -134,15 +135,17 @@ pub async fn exchange<'r>(
             outgoing.prompt_caching,
         );
         ctx.prompt_cache_breakpoints = breakpoints;
-        let mut req =
-            exchange::build_request(session.req_header(), up, outgoing.forward, body.len())?;
-        if let Some(upgrade) = outgoing.upgrade {
-            let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
-            req.insert_header(http::header::UPGRADE, upgrade.clone())
-                .map_err(invalid)?;
-            req.insert_header(http::header::CONNECTION, "upgrade")
-                .map_err(invalid)?;
-        }
+        let (forward, upgrade, body_len) = (outgoing.forward, outgoing.upgrade, body.len());
+        let head = |client: &RequestHeader| target_head(client, up, forward, upgrade, body_len);
+        // Built here (a head that cannot be built fails the request before any attempt), and
+        // handed whole to the first try; a later try builds its own.
+        let mut first = Some(head(session.req_header())?);
+        let sending = Sending {
+            up,
+            h1: outgoing.upgrade.is_some(),
+            body: &body,
+            head: &head,
+        };
         for attempt in 1..=policy.attempts.max(1) {
             if attempt > 1 {
                 ctx.retries += 1;
@@ -161,9 +164,15 @@ pub async fn exchange<'r>(
                     }
                 };
             let started = Instant::now();
-            let sent = exchange::send(up, &req, &body, h1, &mut slot);
-            let wait = match watched(session, ctx, outgoing.record, Waiting::Upstream, sent).await?
-            {
+            let sent = send_watched(
+                session,
+                ctx,
+                outgoing.record,
+                &sending,
+                &mut first,
+                &mut slot,
+            );
+            let wait = match sent.await? {
                 Ok(response) => {
                     let status = response.header().status.as_u16();
                     if !retries_status(policy, status) {
@@ -222,6 +231,71 @@ pub async fn exchange<'r>(
             "route {} has no targets",
             route.name
         ))),
+    }
+}
+
+/// `up`'s request head ([`exchange::build_request`] of the client's), with the WebSocket
+/// `Upgrade` when there is one.
+fn target_head(
+    client: &RequestHeader,
+    up: &Upstream,
+    forward: &str,
+    upgrade: Option<&HeaderValue>,
+    body_len: usize,
+) -> Result<RequestHeader, ProxyError> {
+    let mut req = exchange::build_request(client, up, forward, body_len)?;
+    if let Some(upgrade) = upgrade {
+        let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
+        req.insert_header(http::header::UPGRADE, upgrade.clone())
+            .map_err(invalid)?;
+        req.insert_header(http::header::CONNECTION, "upgrade")
+            .map_err(invalid)?;
+    }
+    Ok(req)
+}
+
+/// What each try of an attempt sends.
+struct Sending<'a> {
+    up: &'a Upstream,
+    /// Offer only HTTP/1.1 (a WebSocket upgrade).
+    h1: bool,
+    body: &'a Bytes,
+    /// Builds the upstream head from the client's.
+    head: &'a (dyn Fn(&RequestHeader) -> Result<RequestHeader, ProxyError> + Sync),
+}
+
+/// One attempt: [`exchange::send`]'s tries (a pooled connection found dead is replaced, up to
+/// [`exchange::STALE_CONNECTION_ATTEMPTS`] tries), each wait [`watched`]. The first try sends
+/// `first` when it is still there; any other builds its head anew from the client's, between
+/// the waits (the client's head is in `session`, which the waits watch). A head goes whole to
+/// its connection: none is copied.
+async fn send_watched(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    record: Option<&RecordPlan>,
+    sending: &Sending<'_>,
+    first: &mut Option<RequestHeader>,
+    slot: &mut Slot,
+) -> Result<Result<UpstreamResponse, ProxyError>, ProxyError> {
+    let up = sending.up;
+    let peer = exchange::peer(up, sending.h1);
+    let mut peer = match watched(session, ctx, record, Waiting::Upstream, peer).await? {
+        Ok(peer) => peer,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let req = match first.take() {
+            Some(req) => req,
+            None => (sending.head)(session.req_header())?,
+        };
+        let sent = exchange::send_once(up, peer, req, sending.body, slot);
+        match watched(session, ctx, record, Waiting::Upstream, sent).await? {
+            Ok(response) => return Ok(Ok(response)),
+            Err(u) if u.resend && tries < exchange::STALE_CONNECTION_ATTEMPTS => peer = u.peer,
+            Err(u) => return Ok(Err(u.error)),
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub async fn serve(
         };
     }
     let mut usage = ResponseReader::for_headers(head.headers.iter().map(|(n, v)| (n, v)));
+    // A follower stores nothing (its leader does): only the usage is wanted.
+    usage.usage_only();
     let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
     session.write_response_header(Box::new(reply)).await?;
     let mut seen = 0;

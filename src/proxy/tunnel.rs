@@ -44,8 +44,9 @@ pub fn websocket(session: &Session) -> Option<&http::HeaderValue> {
 /// and `Connection: upgrade` (hop-by-hop headers, which the relay of ordinary responses drops).
 fn switching_head(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> {
     let mut head = ResponseHeader::build(101, Some(upstream.headers.len() + 2))?;
+    let nominated = super::exchange::Nominated::of(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
-        if !super::exchange::is_hop_by_hop(name, upstream.headers.get(header::CONNECTION)) {
+        if !super::exchange::is_hop_by_hop(name, &nominated) {
             head.append_header(name.clone(), value.clone())?;
         }
     }

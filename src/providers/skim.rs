@@ -1,0 +1,573 @@
+//! Reading only the usage of a provider document: its top-level fields that report tokens or
+//! the model (and those of a wrapped `message` or `response`), found by skimming past the rest
+//! of the document instead of parsing it. For an answer nobody judges (a pass-through, a miss
+//! that will not be stored), where parsing the whole body to find its `usage` was a tenth of
+//! the request's instructions.
+//!
+//! Skimming jumps strings with `memchr` (an answer is mostly the text of its content) and
+//! counts brackets; only the values of the fields usage reads are parsed, by the same lenient
+//! field types as [`super::doc`], so they read exactly as a whole parse reads them. A `"usage"`
+//! anywhere but at the top level (in a message's text, inside `choices`) is a string or a
+//! nested key, skipped like any other.
+//!
+//! What it checks of the skipped parts is their structure: every string closed, brackets
+//! balanced and matching, nothing after the document but whitespace. A truncated body has no
+//! usage, as before; a body whose skipped parts are otherwise malformed (a bad number, a
+//! control character in a string) may still report the usage a whole parse would have refused.
+//! A usage field given twice is refused, as the whole parse refuses it.
+
+use super::doc::{CachedDetails, Counts, Doc, Num, Obj};
+use serde::Deserialize;
+
+/// How deep `message`/`response` wrappers are read by skimming; deeper ones are parsed whole.
+const MAX_WRAPPERS: usize = 4;
+
+/// The fields [`Doc::merge_usage`] reads, in the order of the bit recording each one's
+/// presence (a second occurrence refuses the document).
+const FIELDS: [&[u8]; 8] = [
+    b"model",
+    b"modelVersion",
+    b"usage",
+    b"usageMetadata",
+    b"prompt_eval_count",
+    b"eval_count",
+    b"message",
+    b"response",
+];
+
+/// The fields of a `usage` object ([`Counts`]), in the order of their bits.
+const COUNTS: [&[u8]; 8] = [
+    b"prompt_tokens",
+    b"completion_tokens",
+    b"input_tokens",
+    b"output_tokens",
+    b"cache_creation_input_tokens",
+    b"cache_read_input_tokens",
+    b"prompt_tokens_details",
+    b"input_tokens_details",
+];
+
+/// Bytes that start or end something the skimmer must see: a string, an object, an array.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+/// The usage fields of one JSON object document, every other field left at its default;
+/// `None` when `json` is not one whole object (whitespace around it aside), or a usage field
+/// appears twice or does not parse.
+pub(super) fn usage_doc(json: &[u8]) -> Option<Doc<'_>> {
+    let mut s = Skim { b: json, i: 0 };
+    s.ws();
+    if s.peek()? != b'{' {
+        return None;
+    }
+    let doc = s.object(0)?;
+    s.ws();
+    (s.i == json.len()).then_some(doc)
+}
+
+/// A cursor over the bytes of a document.
+struct Skim<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Skim<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Past JSON whitespace.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// Past the string whose opening quote is at the cursor: the range of its raw content, and
+    /// whether it holds an escape.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        let start = self.i + 1;
+        let mut at = start;
+        let mut escaped = false;
+        loop {
+            let found = at + memchr::memchr2(b'"', b'\\', self.b.get(at..)?)?;
+            if self.b[found] == b'"' {
+                self.i = found + 1;
+                return Some((start, found, escaped));
+            }
+            escaped = true;
+            at = found + 2; // the escaped byte can be a quote; `\uXXXX` needs no care
+        }
+    }
+
+    /// Past one value of any type.
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => self.container(),
+            _ => {
+                let start = self.i;
+                while let Some(c) = self.peek() {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+
+    /// Past the object or array opening at the cursor, nested ones included.
+    fn container(&mut self) -> Option<()> {
+        // One bit per open bracket, 1 for `{`: at most 128 deep (serde_json's own limit).
+        let mut open: u128 = 0;
+        let mut depth = 0u32;
+        loop {
+            // Numbers, literals, commas and colons need no look.
+            while !STRUCTURAL[usize::from(self.peek()?)] {
+                self.i += 1;
+            }
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                    continue;
+                }
+                c @ (b'{' | b'[') => {
+                    if depth == 128 {
+                        return None;
+                    }
+                    open = open << 1 | u128::from(c == b'{');
+                    depth += 1;
+                }
+                c @ (b'}' | b']') => {
+                    if (open & 1 == 1) != (c == b'}') {
+                        return None;
+                    }
+                    open >>= 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i += 1;
+                        return Some(());
+                    }
+                }
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
+
+    /// Walks the object opening at the cursor: `read` reads the value of each field named in
+    /// `names` (by its index there), every other value is skimmed. A named field given twice
+    /// refuses the object, as a whole parse into a struct refuses it.
+    fn fields(
+        &mut self,
+        names: &[&[u8]],
+        mut read: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = 0u32;
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let (start, end, escaped) = self.string()?;
+            let field = if escaped {
+                // A key spelled with escapes is still that key.
+                let key: String = serde_json::from_slice(&self.b[start - 1..end + 1]).ok()?;
+                names.iter().position(|f| *f == key.as_bytes())
+            } else {
+                names.iter().position(|f| *f == &self.b[start..end])
+            };
+            self.ws();
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            match field {
+                None => self.value()?,
+                Some(n) => {
+                    if seen & 1 << n != 0 {
+                        return None;
+                    }
+                    seen |= 1 << n;
+                    read(self, n)?;
+                }
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The object opening at the cursor, with its usage fields read.
+    fn object(&mut self, wrappers: usize) -> Option<Doc<'a>> {
+        let mut doc = Doc::default();
+        self.fields(&FIELDS, |s, n| s.field(&mut doc, n, wrappers))?;
+        Some(doc)
+    }
+
+    /// Reads the value at the cursor into `doc`'s field number `n` of [`FIELDS`].
+    fn field(&mut self, doc: &mut Doc<'a>, n: usize, wrappers: usize) -> Option<()> {
+        let wrapper = n >= 6;
+        if wrapper && wrappers < MAX_WRAPPERS {
+            // A wrapped document is skimmed too: its content is most of it (Ollama's message).
+            let inner = if self.peek()? == b'{' {
+                Obj(Some(Box::new(self.object(wrappers + 1)?)))
+            } else {
+                self.value()?;
+                Obj(None)
+            };
+            match n {
+                6 => doc.message = inner,
+                _ => doc.response = inner,
+            }
+            return Some(());
+        }
+        if n == 2 && self.peek()? == b'{' {
+            doc.usage = Obj(Some(self.counts()?));
+            return Some(());
+        }
+        let start = self.i;
+        self.value()?;
+        let v = &self.b[start..self.i];
+        match n {
+            0 => doc.model = parse(v)?,
+            1 => doc.model_version = parse(v)?,
+            2 => doc.usage = parse(v)?,
+            3 => doc.usage_metadata = parse(v)?,
+            4 => doc.prompt_eval_count = parse(v)?,
+            5 => doc.eval_count = parse(v)?,
+            6 => doc.message = parse(v)?,
+            _ => doc.response = parse(v)?,
+        }
+        Some(())
+    }
+
+    /// The `usage` object opening at the cursor, read field by field (serde's derived parser
+    /// was most of what remained of reading an answer's usage).
+    fn counts(&mut self) -> Option<Counts> {
+        let mut c = Counts::default();
+        self.fields(&COUNTS, |s, n| {
+            if n >= 6 {
+                let details = if s.peek()? == b'{' {
+                    let mut d = CachedDetails::default();
+                    s.fields(&[b"cached_tokens"], |s, _| {
+                        d.cached_tokens = s.num()?;
+                        Some(())
+                    })?;
+                    Obj(Some(d))
+                } else {
+                    let start = s.i;
+                    s.value()?;
+                    parse(&s.b[start..s.i])?
+                };
+                match n {
+                    6 => c.prompt_tokens_details = details,
+                    _ => c.input_tokens_details = details,
+                }
+                return Some(());
+            }
+            let num = s.num()?;
+            match n {
+                0 => c.prompt_tokens = num,
+                1 => c.completion_tokens = num,
+                2 => c.input_tokens = num,
+                3 => c.output_tokens = num,
+                4 => c.cache_creation_input_tokens = num,
+                _ => c.cache_read_input_tokens = num,
+            }
+            Some(())
+        })?;
+        Some(c)
+    }
+
+    /// The count at the cursor: a plain integer read here, anything else (a sign, a fraction,
+    /// an exponent, another type, a malformed number) as [`Num`] reads it.
+    fn num(&mut self) -> Option<Num> {
+        let start = self.i;
+        self.value()?;
+        let v = &self.b[start..self.i];
+        // 19 digits always fit in a u64; JSON allows no leading zero.
+        let plain =
+            v.len() <= 19 && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
+        if plain {
+            let n = v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(Num(Some(n)));
+        }
+        parse(v)
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::doc::parse_doc;
+    use super::super::usage::Usage;
+    use super::*;
+
+    /// The usage `usage_doc` reads, and the usage a whole parse reads, of one document.
+    fn both(json: &str) -> (Option<Usage>, Option<Usage>) {
+        let mut skimmed = None;
+        if let Some(d) = usage_doc(json.as_bytes()) {
+            d.merge_usage(&mut skimmed);
+        }
+        let mut parsed = None;
+        if let Some(d) = parse_doc(json.as_bytes()) {
+            d.merge_usage(&mut parsed);
+        }
+        (skimmed, parsed)
+    }
+
+    /// (input, output, model) as skimmed, after checking a whole parse reads the same.
+    fn skim(json: &str) -> Option<(u64, u64, Option<String>)> {
+        let (skimmed, parsed) = both(json);
+        assert_eq!(skimmed, parsed, "{json}");
+        skimmed.map(|u| (u.input, u.output, u.model))
+    }
+
+    #[test]
+    fn a_usage_in_content_or_nested_objects_is_not_the_top_level_one() {
+        // in the message text, quoted, with escaped quotes around it
+        assert_eq!(
+            skim(
+                r#"{"model":"m","choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":99} and \\","usage":{"prompt_tokens":98}},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#
+            ),
+            Some((3, 4, Some("m".into())))
+        );
+        // only nested usages: none at the top level
+        assert_eq!(
+            skim(
+                r#"{"choices":[{"usage":{"prompt_tokens":5}}],"x":{"usage":{"prompt_tokens":6},"model":"nested"}}"#
+            ),
+            None
+        );
+        // a key that merely contains the word, and a string value "usage"
+        assert_eq!(
+            skim(r#"{"usage_hint":{"prompt_tokens":7},"note":"usage","usage":null}"#),
+            None
+        );
+        // a content string ending in a backslash before the real usage
+        assert_eq!(
+            skim(r#"{"content":"a\\","usage":{"input_tokens":1,"output_tokens":2}}"#),
+            Some((1, 2, None))
+        );
+    }
+
+    #[test]
+    fn usage_anywhere_among_the_top_level_fields_and_any_whitespace() {
+        assert_eq!(
+            skim(
+                " \r\n{ \"usage\" :\t{\"prompt_tokens\": 10 ,\"completion_tokens\":2 } ,\n \"model\" : \"gpt-4o\" , \"choices\" : [ { \"message\" : { \"content\" : \"hi\" } } ] }\n "
+            ),
+            Some((10, 2, Some("gpt-4o".into())))
+        );
+        // an escaped key is the same key; an escaped model reads unescaped
+        assert_eq!(
+            skim(r#"{"usag\u0065":{"prompt_tokens":1},"model":"a\/b"}"#),
+            Some((1, 0, Some("a/b".into())))
+        );
+        // Ollama's chat: the message (its text skimmed) wraps no usage
+        assert_eq!(
+            skim(
+                r#"{"model":"llama3.2","message":{"role":"assistant","content":"{\"eval_count\":1}"},"done":true,"prompt_eval_count":9,"eval_count":4}"#
+            ),
+            Some((9, 4, Some("llama3.2".into())))
+        );
+        // Anthropic's message_start and a Responses event wrap theirs
+        assert_eq!(
+            skim(
+                r#"{"type":"message_start","message":{"model":"claude","content":[],"usage":{"input_tokens":25,"output_tokens":1}}}"#
+            ),
+            Some((25, 1, Some("claude".into())))
+        );
+        assert_eq!(
+            skim(
+                r#"{"type":"response.completed","response":{"model":"gpt-4.1","output":[{"content":[{"text":"x"}]}],"usage":{"input_tokens":21,"output_tokens":6}}}"#
+            ),
+            Some((21, 6, Some("gpt-4.1".into())))
+        );
+        // deep wrappers past the skimmed depth are parsed whole, to the same result
+        let deep = format!(
+            "{}{{\"usage\":{{\"prompt_tokens\":8}}}}{}",
+            r#"{"message":"#.repeat(6),
+            "}".repeat(6)
+        );
+        assert_eq!(skim(&deep), Some((8, 0, None)));
+    }
+
+    #[test]
+    fn counts_read_as_a_whole_parse_reads_them() {
+        for counts in [
+            r#"{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}"#,
+            r#"{"input_tokens":1500,"input_tokens_details":{"cached_tokens":1024},"output_tokens":20}"#,
+            r#"{"input_tokens":21,"cache_creation_input_tokens":188,"cache_read_input_tokens":1500,"output_tokens":393}"#,
+            r#"{ "prompt_tokens" : 0 , "completion_tokens" : 18446744073709551615 }"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":9999999999999999999}"#,
+            r#"{"prompt_tokens":-3,"completion_tokens":1.0,"input_tokens":1e2,"output_tokens":"7"}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":[1],"input_tokens":{"a":1},"output_tokens":true}"#,
+            r#"{"prompt_tokens_details":[1],"input_tokens_details":null,"prompt_tokens":5}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":"1"},"prompt_tokens":5}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":9,"cached_tokens":8},"prompt_tokens":5}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":1,}"#,
+            r#"{"prompt_tokens":1 "completion_tokens":2}"#,
+            r#"{"prompt_tok\u0065ns":4,"completion_tokens":2}"#,
+            r#"{}"#,
+        ] {
+            let doc = format!(r#"{{"model":"m","usage":{counts}}}"#);
+            skim(&doc);
+        }
+    }
+
+    /// Documents made of random top-level fields (each at most once, in any order, with any
+    /// whitespace), decoys among them: the skim reads what the whole parse reads.
+    #[test]
+    fn random_documents_read_as_a_whole_parse_reads_them() {
+        let fields = [
+            r#""model":"gpt-4o""#,
+            r#""modelVersion":"gemini-2.5-flash""#,
+            r#""usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}"#,
+            r#""usage":{"input_tokens":7,"cache_read_input_tokens":100,"output_tokens":3}"#,
+            r#""usage":null"#,
+            r#""usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":6,"thoughtsTokenCount":2}"#,
+            r#""prompt_eval_count":9"#,
+            r#""eval_count":4"#,
+            r#""choices":[{"index":0,"message":{"role":"assistant","content":"a \"usage\":{\"prompt_tokens\":99} \\ [{"},"finish_reason":"stop"}]"#,
+            r#""message":{"role":"assistant","content":"]}\"model\":\"x\"","usage":{"input_tokens":1}}"#,
+            r#""response":{"model":"gpt-4.1","usage":{"input_tokens":21,"output_tokens":6}}"#,
+            r#""x":{"usage":{"prompt_tokens":50},"model":"nested","a":[[{}],[],{"b":[1,2.5e3,-1,true,null]}]}"#,
+            r#""created":1732500000"#,
+            r#""note":"usage","usage_hint":{"prompt_tokens":1}"#,
+            r#""esc\u0061ped":"\ud83d\ude00 \n \/""#,
+        ];
+        let spaces = ["", " ", "\n", "\t ", "\r\n  "];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..2000 {
+            let mut order: Vec<usize> = (0..fields.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, next(i + 1));
+            }
+            // Only one `usage` of the three.
+            let mut usage_seen = false;
+            let mut chosen = Vec::new();
+            for &f in order.iter().take(next(fields.len()) + 1) {
+                if fields[f].starts_with(r#""usage":"#) {
+                    if usage_seen {
+                        continue;
+                    }
+                    usage_seen = true;
+                }
+                chosen.push(fields[f]);
+            }
+            let mut doc = String::from(spaces[next(spaces.len())]);
+            doc.push('{');
+            for (i, f) in chosen.iter().enumerate() {
+                if i > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(spaces[next(spaces.len())]);
+                doc.push_str(f);
+                doc.push_str(spaces[next(spaces.len())]);
+            }
+            doc.push('}');
+            doc.push_str(spaces[next(spaces.len())]);
+            let valid = serde_json::from_str::<serde_json::Value>(&doc).is_ok();
+            assert!(valid, "the generator made invalid JSON: {doc}");
+            let (skimmed, parsed) = both(&doc);
+            assert_eq!(skimmed, parsed, "{doc}");
+        }
+    }
+
+    #[test]
+    fn missing_or_unreadable_usage() {
+        assert_eq!(skim(r#"{"choices":[],"object":"chat.completion"}"#), None);
+        assert_eq!(skim(r#"{}"#), None);
+        assert_eq!(skim(r#"{"error":{"message":"no"}}"#), None);
+        // fields of other types read as absent, as in a whole parse
+        assert_eq!(skim(r#"{"usage":[1,2],"model":7,"eval_count":"3"}"#), None);
+        assert_eq!(
+            skim(r#"{"usage":{"prompt_tokens":-1,"completion_tokens":3}}"#),
+            Some((0, 3, None))
+        );
+        // not one object
+        for json in [
+            "",
+            "[]",
+            "3",
+            "\"usage\"",
+            "{\"usage\":{\"prompt_tokens\":1}} x",
+            "{\"usage\":{\"prompt_tokens\":1}}}",
+        ] {
+            assert!(usage_doc(json.as_bytes()).is_none(), "{json:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_document_has_no_usage() {
+        let whole = r#"{"model":"m","choices":[{"message":{"content":"a \"quoted\" text"}}],"usage":{"prompt_tokens":3}}"#;
+        assert!(usage_doc(whole.as_bytes()).is_some());
+        // every truncation of it
+        for end in 0..whole.len() {
+            assert!(
+                usage_doc(&whole.as_bytes()[..end]).is_none(),
+                "{}",
+                &whole[..end]
+            );
+        }
+        for json in [
+            // brackets that do not match
+            r#"{"choices":[{"a":1]],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[1},"usage":{"prompt_tokens":3}}"#,
+            // a usage that does not parse
+            r#"{"usage":{"prompt_tokens":3,}}"#,
+            // a key without its colon, a missing comma
+            r#"{"choices" [],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[] "usage":{"prompt_tokens":3}}"#,
+            // a usage field twice (a whole parse refuses it too)
+            r#"{"usage":{"prompt_tokens":3},"usage":{"prompt_tokens":4}}"#,
+            r#"{"model":"a","choices":[],"model":"b"}"#,
+        ] {
+            assert!(usage_doc(json.as_bytes()).is_none(), "{json}");
+            let (skimmed, parsed) = both(json);
+            assert!(skimmed.is_none() && parsed.is_none(), "{json}");
+        }
+        // nesting past 128 levels is refused, as serde_json refuses it
+        let deep = format!(
+            "{{\"x\":{}{},\"usage\":{{}}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(usage_doc(deep.as_bytes()).is_none());
+    }
+}
