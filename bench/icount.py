@@ -3,6 +3,7 @@
 
     python3 bench/icount.py BINARY [on|off] [hit|pass|hit-1m|pass-1m] [N1 N2]
     python3 bench/icount.py --floor MODE[,FLAG...] FLOOR_BINARY [-] [hit|pass|...] [N1 N2]
+    python3 bench/icount.py --nginx nginx [on|off] pass [N1 N2]
 
 Runs the binary twice under valgrind's callgrind with the pinned rows' config of bench/run.py
 (`threads: 1`), sends N1 (default 300) and then N2 (default 2,300) sequential keep-alive requests
@@ -10,7 +11,8 @@ Runs the binary twice under valgrind's callgrind with the pinned rows' config of
 start-up and shutdown cancel out. `on` leaves RUST_LOG unset (access log on, to a file), `off`
 sets RUST_LOG=warn. `--floor MODE` measures a Pingora floor (bench/floors, e.g. `exchange` or
 `hyper`; extra flags after commas, `hyper,--h2`) on one thread instead, with the same requests
-(the on/off argument is ignored). Deterministic to a few hundred instructions, unlike CPU time on a busy
+(the on/off argument is ignored). `--nginx` measures bench/run.py's nginx `proxy_pass` (one
+worker, no master process; on/off: its access log). Deterministic to a few hundred instructions, unlike CPU time on a busy
 machine. Uses bench/run.py's fixtures, config and nginx upstream (127.0.0.1:28101, so not while
 bench/run.py runs); works in bench/.icount; promptgate listens on 127.0.0.1:28411/28491.
 """
@@ -47,7 +49,12 @@ def instructions(binary, mode, path, n, config, body_file, floor=None):
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     if mode == "off":
         env["RUST_LOG"] = "warn"
-    if floor:
+    if floor == "nginx":
+        px = OUT / "icount-nginx"
+        args = [binary, "-p", str(px), "-c", str(px / "nginx.conf"),
+                "-g", "daemon off; master_process off;"]
+        mode = f"nginx-{mode}"
+    elif floor:
         # The floor's mode and flags (after commas); it answers on the same port.
         fmode, *flags = floor.split(",")
         args = [binary, fmode, "--listen", f"127.0.0.1:{PORT}", "--threads", "1", *flags]
@@ -89,6 +96,8 @@ def main():
     floor = None
     if argv[:1] == ["--floor"] and len(argv) > 1:
         floor, argv = argv[1], argv[2:]
+    elif argv[:1] == ["--nginx"]:
+        floor, argv = "nginx", argv[1:]
     if not argv:
         sys.exit(__doc__)
     binary = argv[0]
@@ -98,6 +107,7 @@ def main():
     path = ("/openai" if kind.startswith("hit") else "/pass") + "/v1/chat/completions"
     if floor:
         path = "/v1/chat/completions"  # a floor has no routes: hit or pass is its mode's
+    if floor and floor != "nginx":
         mode = "-"
     OUT.mkdir(exist_ok=True)
     bench.RUN = OUT
@@ -107,6 +117,12 @@ def main():
     body_file.write_text(req_1m if kind.endswith("-1m") else req_1k)
     config = OUT / "promptgate.yaml"
     config.write_text(bench.promptgate_yaml(PORT, ADMIN, 1))
+    if floor == "nginx":
+        # run.py's nginx proxy (proxy_pass on PORT), one worker in the foreground process.
+        bench.define_nginx_proxy("icount-nginx", 1, PORT, ADMIN, None)
+        conf = OUT / "icount-nginx" / "nginx.conf"
+        if mode == "off":
+            conf.write_text(re.sub(r"access_log [^;]*;", "access_log off;", conf.read_text()))
     up = OUT / "nginx-up"
     subprocess.run(["nginx", "-c", str(up / "nginx.conf"), "-p", str(up)], check=True)
     try:
@@ -114,7 +130,8 @@ def main():
         b = instructions(binary, mode, path, n2, config, body_file, floor)
     finally:
         subprocess.run(["nginx", "-s", "stop", "-c", str(up / "nginx.conf"), "-p", str(up)])
-    what = f"floor {floor}" if floor else f"log {mode}, {kind}"
+    what = f"proxy_pass, access log {mode}" if floor == "nginx" else \
+        f"floor {floor}" if floor else f"log {mode}, {kind}"
     print(f"{binary} {what}: {(b - a) / (n2 - n1):,.0f} instructions/request")
 
 
