@@ -70,6 +70,7 @@ ALL_CPUS = f"0-{NCPU - 1}"
 SECTIONS = ["hit", "pass", "big", "redis", "sse", "fixed", "rss"]
 
 P_UP, P_UP_STATUS = 28101, 28109  # nginx upstream (JSON + SSE); its stub_status (request count)
+P_UP_H2 = 28108  # the same upstream's JSON over HTTP/2 by prior knowledge (h2c; floors' --h2)
 P_REDIS, P_LITELLM = 28379, 28120
 
 
@@ -404,6 +405,11 @@ def write_upstream(response_json, sse):
     location /sse/ {{ root {up}; default_type text/event-stream; error_page 405 =200 $uri; }}
   }}
   server {{ listen {HOST}:{P_UP_STATUS}; location / {{ stub_status; }} }}
+  # h2c (prior knowledge) for `bench/icount.py --floor MODE,--h2`: the same JSON answer
+  server {{
+    listen {HOST}:{P_UP_H2} http2;
+    location = {CHAT} {{ default_type application/json; return 200 '{response_json}'; }}
+  }}
 """, access_log=False))
     INSTANCES["nginx-up"] = Instance("nginx-up", P_UP, None,
                                      ["nginx", "-p", str(up), "-c", str(up / "nginx.conf"),
@@ -746,10 +752,12 @@ def main():
         define_floor("floor-static", "static", 28130, 0, None)
         define_floor("floor-proxy", "proxy", 28131, 0, None)
         define_floor("floor-exchange", "exchange", 28132, 0, None)
+        define_floor("floor-hyper", "hyper", 28136, 0, None)
         if pinned:
             define_floor("floor1-static", "static", 28133, 1, CPU_SUT)
             define_floor("floor1-proxy", "proxy", 28134, 1, CPU_SUT)
             define_floor("floor1-exchange", "exchange", 28135, 1, CPU_SUT)
+            define_floor("floor1-hyper", "hyper", 28137, 1, CPU_SUT)
     if want("redis"):
         INSTANCES["redis"] = Instance("redis", P_REDIS, None,
                                       ["redis-server", "--bind", HOST, "--port", str(P_REDIS),
@@ -763,7 +771,7 @@ def main():
         litellm_note = "LiteLLM not installed (bench/.venv missing): skipped"
         use_litellm = False
 
-    ports = [P_UP, P_UP_STATUS] + [i.port for i in INSTANCES.values()] + \
+    ports = [P_UP, P_UP_STATUS, P_UP_H2] + [i.port for i in INSTANCES.values()] + \
         [i.admin for i in INSTANCES.values() if i.admin] + \
         [p for n in NGINX.values() for p in n.values()] + ([P_LITELLM] if use_litellm else [])
     busy = [p for p in sorted(set(ports)) if not port_free(p)]
@@ -858,7 +866,9 @@ def main():
                 ("proxy", "Pingora floor: stock ProxyHttp pass-through", "floor-proxy",
                  "Pingora floor: stock ProxyHttp pass-through"),
                 ("exchange", "Pingora floor: own exchange on Connector (promptgate's design)",
-                 "floor", FLOOR_SERVER)]:
+                 "floor", FLOOR_SERVER),
+                ("hyper", "Pingora floor: own exchange on hyper-util's client", "floor-hyper",
+                 "Pingora floor: own exchange on hyper-util's client")]:
             if f"floor{s}-{mode}" in INSTANCES:
                 rows.append(Target(label, kind, f"floor{s}-{mode}",
                                    INSTANCES[f"floor{s}-{mode}"].port, CHAT, body,
@@ -1097,7 +1107,8 @@ def main():
 def side_by_side(S, hit_id, pass_id):
     """One line per server: hit and pass-through next to each other; then the ratios."""
     hit, pas = S.get(hit_id, []), S.get(pass_id, [])
-    rank = ["pg", "pgb", "other", "nginx", "floor", "floor-proxy", "direct", "litellm"]
+    rank = ["pg", "pgb", "other", "nginx", "floor", "floor-proxy", "floor-hyper", "direct",
+            "litellm"]
     order = []
     for t in sorted(hit + pas, key=lambda t: rank.index(t.kind)):
         if t.server not in order:
@@ -1132,7 +1143,9 @@ def side_by_side(S, hit_id, pass_id):
             ("pgb", "pg", "promptgate B / promptgate A"),
             ("pg", "litellm", "promptgate / LiteLLM"),
             ("floor", "nginx", "Pingora floor / nginx"),
-            ("floor-proxy", "nginx", "stock ProxyHttp floor / nginx")]:
+            ("floor-proxy", "nginx", "stock ProxyHttp floor / nginx"),
+            ("floor-hyper", "nginx", "hyper-client floor / nginx"),
+            ("floor-hyper", "floor", "hyper-client floor / Connector floor")]:
         h = pair(hit, find(hit, a_kind), find(hit, b_kind))
         p = pair(pas, find(pas, a_kind), find(pas, b_kind))
         if any(h + p):

@@ -2,7 +2,7 @@
 //! promptgate does, so `make bench` can show how far promptgate is from what its framework
 //! allows (reference rows, not products).
 //!
-//! One binary, three modes, each a `ProxyHttp` served exactly as promptgate serves its proxy
+//! One binary, four modes, each a `ProxyHttp` served exactly as promptgate serves its proxy
 //! (same `ServerConf` threads, h2c on, 16 KiB client socket buffers):
 //!
 //! - `static`: a cache hit with no cache: read the request body, answer a fixed body (the
@@ -12,19 +12,31 @@
 //! - `exchange`: promptgate's design, minus promptgate: read the body in `request_filter`, send
 //!   it upstream on Pingora's pooled `Connector`, relay the answer chunk by chunk, return the
 //!   connection to the pool.
+//! - `hyper`: `exchange` with hyper's client instead of Pingora's: the same request head and
+//!   body, sent on one `hyper_util` legacy `Client` per process (pooled keep-alive), the answer
+//!   relayed frame by frame (issue 22 item 5: which client is cheaper).
 //!
-//! Usage: `floor <static|proxy|exchange> --listen ADDR [--upstream ADDR] [--body FILE]
-//! [--threads N] [--no-work-stealing]`. Stops on SIGTERM.
+//! `--h2`: `exchange` and `hyper` speak HTTP/2 to the upstream by prior knowledge (h2c; the
+//! bench's upstream is plain HTTP on loopback) instead of HTTP/1.1 keep-alive.
+//!
+//! Usage: `floor <static|proxy|exchange|hyper> --listen ADDR [--upstream ADDR] [--body FILE]
+//! [--threads N] [--no-work-stealing] [--h2]`. Stops on SIGTERM.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -50,11 +62,19 @@ const HOP_BY_HOP: &[&str] = &[
 /// How long an idle upstream connection stays in the pool (seconds; the bench's runs are short).
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// Concurrent streams per upstream HTTP/2 connection (`--h2`) on Pingora's connector (hyper's
+/// takes the server's limit).
+const H2_STREAMS: usize = 100;
+
+/// hyper's pooled client, as promptgate would hold it: one per process, shared by every request.
+type HyperClient = Client<HttpConnector, Full<Bytes>>;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Static,
     Proxy,
     Exchange,
+    Hyper,
 }
 
 struct Args {
@@ -64,6 +84,8 @@ struct Args {
     body: Option<String>,
     threads: usize,
     work_stealing: bool,
+    /// HTTP/2 (h2c, prior knowledge) to the upstream instead of HTTP/1.1.
+    h2: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -72,14 +94,15 @@ fn parse_args() -> std::result::Result<Args, String> {
         Some("static") => Mode::Static,
         Some("proxy") => Mode::Proxy,
         Some("exchange") => Mode::Exchange,
+        Some("hyper") => Mode::Hyper,
         other => {
             return Err(format!(
-                "unknown mode {other:?} (static, proxy or exchange)"
+                "unknown mode {other:?} (static, proxy, exchange or hyper)"
             ))
         }
     };
-    let (mut listen, mut upstream, mut body, mut threads, mut work_stealing) =
-        (None, None, None, 1, true);
+    let (mut listen, mut upstream, mut body, mut threads, mut work_stealing, mut h2) =
+        (None, None, None, 1, true, false);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -88,6 +111,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--body" => body = Some(value()?),
             "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--no-work-stealing" => work_stealing = false,
+            "--h2" => h2 = true,
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -98,7 +122,7 @@ fn parse_args() -> std::result::Result<Args, String> {
     let listen = addr("--listen", listen.ok_or("--listen is required")?)?;
     let upstream = upstream.map(|u| addr("--upstream", u)).transpose()?;
     if mode != Mode::Static && upstream.is_none() {
-        return Err("--upstream is required for proxy and exchange".into());
+        return Err("--upstream is required for proxy, exchange and hyper".into());
     }
     if mode == Mode::Static && body.is_none() {
         return Err("--body is required for static".into());
@@ -114,6 +138,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         body,
         threads,
         work_stealing,
+        h2,
     })
 }
 
@@ -150,6 +175,12 @@ struct Floor {
     /// The fixed answer (static).
     body: Bytes,
     connector: Connector,
+    /// `hyper`: the client and the upstream's authority (`IP:port`, for the absolute URI).
+    hyper: HyperClient,
+    authority: Option<Authority>,
+    host_value: HeaderValue,
+    /// `--h2`: HTTP/2 (h2c) to the upstream on either client.
+    h2: bool,
 }
 
 impl Floor {
@@ -190,8 +221,14 @@ impl Floor {
             }
             req.append_header(name.clone(), value.clone())?;
         }
-        req.insert_header(header::HOST, &self.host)?;
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
+        if self.h2 {
+            // HTTP/2 names the authority in the URI (`:authority`); a `Host` header as well is a
+            // duplicate to nginx (400).
+            req.set_uri(self.absolute_uri(client.uri.path_and_query())?);
+        } else {
+            req.insert_header(header::HOST, &self.host)?;
+        }
 
         let (mut up, _reused) = self.connector.get_http_session(peer).await?;
         up.write_request_header(Box::new(req)).await?;
@@ -231,6 +268,75 @@ impl Floor {
         }
         session.write_response_body(None, true).await
     }
+
+    /// `http://IP:port/path?query` for the upstream: hyper's client routes (and pools) by the
+    /// URI's scheme and authority. Cheap: both parts are shared `Bytes`.
+    fn absolute_uri(&self, path: Option<&PathAndQuery>) -> Result<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = self.authority.clone();
+        parts.path_and_query = Some(
+            path.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts)
+            .or_else(|e| Error::e_because(ErrorType::InternalError, "upstream URI", e))
+    }
+
+    /// `hyper`: `exchange` with the upstream leg on hyper's pooled client. Same request head
+    /// (client headers minus hop-by-hop, `Host`, `Content-Length`), same relay chunk by chunk;
+    /// hyper returns the connection to its pool once the answer's body has been read.
+    async fn hyper_exchange(&self, session: &mut Session) -> Result<()> {
+        let body = read_body(session).await?;
+        let client = session.req_header();
+        let mut req = http::Request::new(Full::new(body.clone()));
+        *req.method_mut() = client.method.clone();
+        *req.uri_mut() = self.absolute_uri(client.uri.path_and_query())?;
+        let headers = req.headers_mut();
+        headers.reserve(client.headers.len() + 2);
+        let connection = client.headers.get(header::CONNECTION);
+        for (name, value) in client.headers.iter() {
+            if name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || is_hop_by_hop(name, connection)
+            {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if !self.h2 {
+            // HTTP/2: the URI's authority is `:authority` (see `exchange`).
+            headers.insert(header::HOST, self.host_value.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+
+        let answer = self
+            .hyper
+            .request(req)
+            .await
+            .or_else(|e| Error::e_because(ErrorType::ConnectError, "hyper request", e))?;
+        let (upstream_head, mut answer) = answer.into_parts();
+        let mut head =
+            ResponseHeader::build(upstream_head.status, Some(upstream_head.headers.len() + 1))?;
+        let connection = upstream_head.headers.get(header::CONNECTION);
+        for (name, value) in upstream_head.headers.iter() {
+            if !is_hop_by_hop(name, connection) {
+                head.append_header(name.clone(), value.clone())?;
+            }
+        }
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        while let Some(frame) = answer.frame().await {
+            let frame =
+                frame.or_else(|e| Error::e_because(ErrorType::ReadError, "hyper body", e))?;
+            if let Ok(chunk) = frame.into_data() {
+                session.write_response_body(Some(chunk), false).await?;
+            }
+        }
+        session.write_response_body(None, true).await
+    }
 }
 
 #[async_trait]
@@ -243,6 +349,7 @@ impl ProxyHttp for Floor {
         match self.mode {
             Mode::Static => self.answer(session).await.map(|()| true),
             Mode::Exchange => self.exchange(session).await.map(|()| true),
+            Mode::Hyper => self.hyper_exchange(session).await.map(|()| true),
             Mode::Proxy => Ok(false),
         }
     }
@@ -294,14 +401,35 @@ fn main() -> ExitCode {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
+    let peer = args.upstream.map(|a| {
+        let mut peer = HttpPeer::new(a, false, String::new());
+        if args.h2 {
+            // Plain text with min version 2: Pingora trusts the peer speaks h2c.
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
+        peer
+    });
+    let host = args.upstream.map(|a| a.to_string()).unwrap_or_default();
+    let mut http = HttpConnector::new();
+    // As Pingora's connector does for its upstream sockets.
+    http.set_nodelay(true);
+    let hyper = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(args.h2)
+        .build(http);
     let floor = Floor {
         mode: args.mode,
-        peer: args
-            .upstream
-            .map(|a| HttpPeer::new(a, false, String::new())),
-        host: args.upstream.map(|a| a.to_string()).unwrap_or_default(),
+        peer,
+        authority: host.parse().ok(),
+        host_value: HeaderValue::from_str(&host).expect("an IP:port is a valid header value"),
+        host,
         body,
         connector,
+        hyper,
+        h2: args.h2,
     };
     let mut options = HttpServerOptions::default();
     options.h2c = true;
