@@ -447,8 +447,10 @@ async fn exchange_head(
         if let Err(e) = send_body(session, body).await {
             // An h2 server may answer before it has read the whole request and then stop the
             // stream with NO_ERROR (RFC 9113 §8.1), so that sending the rest fails: its answer,
-            // already received, is the answer. Without one, the failed send is the error.
+            // already received, is the answer. Without one, the failed send is the error (and
+            // a send that timed out is one at once: a server not reading is not answering).
             let answered = matches!(session, UpstreamSession::H2(_))
+                && e.etype() != &ErrorType::WriteTimedout
                 && session.read_response_header().await.is_ok();
             return if answered { Ok(()) } else { Err(e) };
         }
