@@ -1,6 +1,6 @@
-//! The connections to one upstream: its own Pingora connector (so its keep-alive pool has its
-//! own size), the cap on connections open at once, and h2 connections set up once for many
-//! requests arriving together.
+//! The connections to one upstream: its own Pingora connectors (so their keep-alive pools have
+//! this upstream's size), the cap on connections open at once, and h2 connections set up once for
+//! many requests arriving together.
 //!
 //! What Pingora enforces and what promptgate adds:
 //! - **Idle connections** (`pool.max_idle`): Pingora's keep-alive pool is one LRU per connector,
@@ -25,13 +25,13 @@
 
 use crate::config::schema::{HttpVersion, PoolSpec};
 use crate::config::spec::{self, CaBundle};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::{v1, v2};
 use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -44,7 +44,13 @@ const H2: u8 = 2;
 /// The connections to one upstream (shared by the upstream's successive builds across reloads
 /// while its connection settings are unchanged).
 pub struct Pool {
-    connector: Connector,
+    /// Pingora's HTTP/1.1 and h2 connectors, each with its idle pool (its `Connector` holds the
+    /// same two, but hides them: see [`Pool::connect`] for why promptgate asks them itself).
+    h1: v1::Connector,
+    h2: v2::Connector,
+    /// The server refused h2 (`HTTP_1_1_REQUIRED`): HTTP/1.1 from now on (Pingora's own flag
+    /// for this is not public).
+    h1_preferred: AtomicBool,
     /// Connection capacity: `max_connections × per_connection` permits.
     capacity: Arc<Semaphore>,
     /// Permits one connection is worth: `max_streams` when h2 may be spoken, else 1.
@@ -111,6 +117,12 @@ fn registry() -> &'static Mutex<HashMap<Identity, Weak<Pool>>> {
     POOLS.get_or_init(Default::default)
 }
 
+/// `peer` is offered HTTP/1.1 only (no ALPN options, or at most HTTP/1.1).
+fn h1_only(peer: &HttpPeer) -> bool {
+    peer.get_peer_options()
+        .is_none_or(|o| o.alpn.get_max_http_version() == 1)
+}
+
 /// Whether exchanges with this upstream may speak h2 (what `http_version` allows).
 pub fn may_speak_h2(tls: bool, version: HttpVersion) -> bool {
     match version {
@@ -153,7 +165,9 @@ impl Pool {
             .saturating_mul(per_connection)
             .min(Semaphore::MAX_PERMITS);
         Pool {
-            connector: Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
+            h1: v1::Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
+            h2: v2::Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
+            h1_preferred: AtomicBool::new(false),
             capacity: Arc::new(Semaphore::new(permits)),
             per_connection: per_connection.min(u32::MAX as usize) as u32,
             may_h2,
@@ -254,9 +268,14 @@ impl Pool {
     /// only HTTP/1.1 on an upstream that may speak h2 (a WebSocket upgrade's HTTP/1.1 says
     /// nothing about what the upstream speaks); counts a new connection.
     async fn connect(&self, peer: &HttpPeer, may_h2: bool) -> pingora::Result<(HttpSession, bool)> {
-        // Boxed: Pingora's connect state (TCP, TLS, h2 handshake) is large, and inline it would
-        // be moved with every request's send future, a pooled connection's too (BENCHMARKS.md).
-        let (session, reused) = Box::pin(self.connector.get_http_session(peer)).await?;
+        // What Pingora's `Connector::get_http_session` does, in two steps: a pooled connection
+        // (or a free h2 stream) with small futures, else a new one. Opening's state (TCP, TLS,
+        // h2 handshake) is large: boxed, and only when a connection is opened, it is not moved
+        // with every request's send future (BENCHMARKS.md).
+        let (session, reused) = match self.reused(peer).await? {
+            Some(session) => (session, true),
+            None => Box::pin(self.open(peer)).await?,
+        };
         let protocol = match session {
             HttpSession::H2(_) => H2,
             _ => H1,
@@ -270,16 +289,52 @@ impl Pool {
         Ok((session, reused))
     }
 
+    /// An idle HTTP/1.1 connection or a free stream on an h2 one, looked for in Pingora's
+    /// order: h2 first when `peer` may speak it, HTTP/1.1 unless `peer` speaks only h2.
+    async fn reused(&self, peer: &HttpPeer) -> pingora::Result<Option<HttpSession>> {
+        if !h1_only(peer) {
+            if let Some(h2) = self.h2.reused_http_session(peer).await? {
+                return Ok(Some(HttpSession::H2(h2)));
+            }
+            if self.h2_only(peer) {
+                return Ok(None);
+            }
+        }
+        Ok(self.h1.reused_http_session(peer).await.map(HttpSession::H1))
+    }
+
+    /// A new connection (HTTP/1.1 may still find one freed meanwhile: then reused); one that
+    /// may speak h2 speaks what ALPN (or `h2` prior knowledge) decides.
+    async fn open(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+        if h1_only(peer) {
+            let (h1, reused) = self.h1.get_http_session(peer).await?;
+            Ok((HttpSession::H1(h1), reused))
+        } else {
+            Ok((self.h2.new_http_session::<_, ()>(peer).await?, false))
+        }
+    }
+
+    /// `peer` is offered h2 only (`http_version: h2`), unless the server refused it.
+    fn h2_only(&self, peer: &HttpPeer) -> bool {
+        peer.get_peer_options()
+            .is_some_and(|o| o.alpn.get_min_http_version() == 2)
+            && !self.h1_preferred.load(Ordering::Relaxed)
+    }
+
     /// Returns a finished session to the pool (an h2 stream frees its slot on the connection).
     pub async fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Duration) {
-        self.connector
-            .release_http_session(session, peer, Some(idle))
-            .await;
+        match session {
+            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, Some(idle)).await,
+            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, Some(idle)),
+            // Never made here: no custom protocol is offered.
+            HttpSession::Custom(_) => {}
+        }
     }
 
     /// The server refused h2 (`HTTP_1_1_REQUIRED`): offer only HTTP/1.1 to `peer` from now on.
     pub fn prefer_h1(&self, peer: &HttpPeer) {
-        self.connector.prefer_h1(peer);
+        self.h2.prefer_h1(peer);
+        self.h1_preferred.store(true, Ordering::Relaxed);
         self.protocol.store(H1, Ordering::Relaxed);
     }
 
