@@ -358,7 +358,10 @@ impl Floor {
     async fn respond(&self, session: &mut ServerSession) -> Result<()> {
         match self.mode {
             Mode::Static => self.answer(session).await,
-            Mode::Exchange => self.exchange(session).await,
+            // Boxed: Pingora's connector makes this future ≈ 10 KB, which would otherwise
+            // size (and be copied with) every request's future, hits included; promptgate
+            // boxes its upstream steps for the same reason.
+            Mode::Exchange => Box::pin(self.exchange(session)).await,
             Mode::Hyper => self.hyper_exchange(session).await,
             Mode::Proxy => Error::e_explain(ErrorType::InternalError, "proxy is a ProxyHttp"),
         }
