@@ -816,7 +816,9 @@ def main():
     pg_hit = check_hit("x-promptgate-cache")
     ng_hit = check_hit("x-cache")
 
-    FLOOR_SERVER = "Pingora floor (hit: static answer; pass: own exchange)"
+    # The floors are Pingora HttpServerApps, as promptgate is (bench/floors); `proxy` alone is
+    # stock ProxyHttp, the reference for what Pingora's own proxying costs.
+    FLOOR_SERVER = "Pingora floor, HttpServerApp (hit: static answer; pass: own exchange)"
 
     def hit_group(one_core, body):
         s = "1" if one_core else ""
@@ -839,7 +841,7 @@ def main():
         rows.append(Target("nginx proxy_cache hit", "nginx", ngx, NGINX[ngx]["cache"], CHAT,
                            body, check=ng_hit, server="nginx (proxy_cache / proxy_pass)"))
         if f"floor{s}-static" in INSTANCES:
-            rows.append(Target("Pingora floor: static 2 KB answer from request_filter",
+            rows.append(Target("Pingora floor: static 2 KB answer (HttpServerApp)",
                                "floor", f"floor{s}-static", INSTANCES[f"floor{s}-static"].port,
                                CHAT, body, check=check_answer, server=FLOOR_SERVER))
         if use_litellm and not one_core:
@@ -865,10 +867,12 @@ def main():
         for mode, label, kind, server in [
                 ("proxy", "Pingora floor: stock ProxyHttp pass-through", "floor-proxy",
                  "Pingora floor: stock ProxyHttp pass-through"),
-                ("exchange", "Pingora floor: own exchange on Connector (promptgate's design)",
+                ("exchange", "Pingora floor: own exchange on Connector (HttpServerApp; "
+                 "promptgate's design)",
                  "floor", FLOOR_SERVER),
-                ("hyper", "Pingora floor: own exchange on hyper-util's client", "floor-hyper",
-                 "Pingora floor: own exchange on hyper-util's client")]:
+                ("hyper", "Pingora floor: own exchange on hyper-util's client (HttpServerApp)",
+                 "floor-hyper",
+                 "Pingora floor: own exchange on hyper-util's client (HttpServerApp)")]:
             if f"floor{s}-{mode}" in INSTANCES:
                 rows.append(Target(label, kind, f"floor{s}-{mode}",
                                    INSTANCES[f"floor{s}-{mode}"].port, CHAT, body,
@@ -1138,6 +1142,7 @@ def side_by_side(S, hit_id, pass_id):
     for a_kind, b_kind, text in [
             ("pg", "nginx", "promptgate / nginx"),
             ("pg", "floor", "promptgate / Pingora floor (hit: static answer; pass: own exchange)"),
+            ("pg", "floor-hyper", "promptgate / hyper-client floor"),
             ("pgb", "nginx", "promptgate B / nginx"),
             ("pgb", "floor", "promptgate B / Pingora floor"),
             ("pgb", "pg", "promptgate B / promptgate A"),

@@ -2,25 +2,33 @@
 //! promptgate does, so `make bench` can show how far promptgate is from what its framework
 //! allows (reference rows, not products).
 //!
-//! One binary, four modes, each a `ProxyHttp` served exactly as promptgate serves its proxy
-//! (same `ServerConf` threads, h2c on, 16 KiB client socket buffers):
+//! One binary, four modes, served as promptgate serves its proxy (same `ServerConf` threads, h2c
+//! on, client socket buffers read 0 / write 8 KiB as `src/server/mod.rs`'s `client_buffers`):
 //!
 //! - `static`: a cache hit with no cache: read the request body, answer a fixed body (the
-//!   bench's 2 KB chat completion) from `request_filter` with `Content-Length`.
-//! - `proxy`: stock `ProxyHttp` pass-through: `upstream_peer` names the upstream, Pingora
-//!   forwards the request and the response (its own pooled keep-alive connections).
-//! - `exchange`: promptgate's design, minus promptgate: read the body in `request_filter`, send
-//!   it upstream on Pingora's pooled `Connector`, relay the answer chunk by chunk, return the
-//!   connection to the pool.
+//!   bench's 2 KB chat completion) with `Content-Length`.
+//! - `exchange`: promptgate's miss design, minus promptgate: read the body, send it upstream on
+//!   Pingora's pooled `Connector`, relay the answer chunk by chunk, return the connection to
+//!   the pool.
 //! - `hyper`: `exchange` with hyper's client instead of Pingora's: the same request head and
 //!   body, sent on one `hyper_util` legacy `Client` per process (pooled keep-alive), the answer
 //!   relayed frame by frame (issue 22 item 5: which client is cheaper).
+//! - `proxy`: stock `ProxyHttp` pass-through: `upstream_peer` names the upstream, Pingora
+//!   forwards the request and the response (its own pooled keep-alive connections): the
+//!   reference for what stock Pingora proxying costs.
+//!
+//! `static`, `exchange` and `hyper` are a Pingora `HttpServerApp`, as promptgate is since issue
+//! 22 (`src/proxy/serve.rs`): read the request head, box the request's work, answer, finish
+//! the session and hand the connection back for its next request. pingora-proxy's request
+//! driver (`ProxyHttp`) costs ≈ 15k instructions per request on top, which promptgate no longer
+//! pays; `--proxy-http` serves the same three modes from `ProxyHttp::request_filter` instead,
+//! as these floors did before, to show that cost.
 //!
 //! `--h2`: `exchange` and `hyper` speak HTTP/2 to the upstream by prior knowledge (h2c; the
 //! bench's upstream is plain HTTP on loopback) instead of HTTP/1.1 keep-alive.
 //!
 //! Usage: `floor <static|proxy|exchange|hyper> --listen ADDR [--upstream ADDR] [--body FILE]
-//! [--threads N] [--no-work-stealing] [--h2]`. Stops on SIGTERM.
+//! [--threads N] [--no-work-stealing] [--h2] [--proxy-http]`. Stops on SIGTERM.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -30,20 +38,23 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pingora::apps::HttpServerOptions;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::listeners::ListenerConfig;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): any proxy must drop these, so the floor does too.
@@ -86,6 +97,9 @@ struct Args {
     work_stealing: bool,
     /// HTTP/2 (h2c, prior knowledge) to the upstream instead of HTTP/1.1.
     h2: bool,
+    /// `static`, `exchange`, `hyper` from `ProxyHttp::request_filter` (the floors before issue
+    /// 22's `HttpServerApp`) instead of as an `HttpServerApp`.
+    proxy_http: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -103,6 +117,7 @@ fn parse_args() -> std::result::Result<Args, String> {
     };
     let (mut listen, mut upstream, mut body, mut threads, mut work_stealing, mut h2) =
         (None, None, None, 1, true, false);
+    let mut proxy_http = false;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -112,6 +127,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--no-work-stealing" => work_stealing = false,
             "--h2" => h2 = true,
+            "--proxy-http" => proxy_http = true,
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -139,6 +155,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         threads,
         work_stealing,
         h2,
+        proxy_http: proxy_http || mode == Mode::Proxy,
     })
 }
 
@@ -151,7 +168,7 @@ fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
 }
 
 /// Reads the whole request body into one buffer (one chunk, the usual case, without a copy).
-async fn read_body(session: &mut Session) -> Result<Bytes> {
+async fn read_body(session: &mut ServerSession) -> Result<Bytes> {
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
@@ -181,23 +198,23 @@ struct Floor {
     host_value: HeaderValue,
     /// `--h2`: HTTP/2 (h2c) to the upstream on either client.
     h2: bool,
+    /// h2c on, as promptgate's `serve::server_options`.
+    server_options: HttpServerOptions,
 }
 
 impl Floor {
     /// `static`: the fixed answer, after reading the request body as a cache lookup must.
-    async fn answer(&self, session: &mut Session) -> Result<()> {
+    async fn answer(&self, session: &mut ServerSession) -> Result<()> {
         read_body(session).await?;
         let mut head = ResponseHeader::build(200, Some(2))?;
         head.insert_header(header::CONTENT_TYPE, "application/json")?;
         head.insert_header(header::CONTENT_LENGTH, self.body.len())?;
-        session.write_response_header(Box::new(head), false).await?;
-        session
-            .write_response_body(Some(self.body.clone()), true)
-            .await
+        session.write_response_header(Box::new(head)).await?;
+        session.write_response_body(self.body.clone(), true).await
     }
 
     /// `exchange`: promptgate's miss path without promptgate (no routing, cache, metrics, log).
-    async fn exchange(&self, session: &mut Session) -> Result<()> {
+    async fn exchange(&self, session: &mut ServerSession) -> Result<()> {
         let body = read_body(session).await?;
         let peer = self.peer.as_ref().expect("exchange has an upstream");
         let client = session.req_header();
@@ -249,24 +266,23 @@ impl Floor {
         if !head.headers.contains_key(header::CONTENT_LENGTH) {
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_header(Box::new(head)).await?;
         while let Some(chunk) = up.read_response_body().await? {
             if up.response_done() {
                 // Back to the pool before the client's last byte, as promptgate does.
                 self.connector
                     .release_http_session(up, peer, Some(POOL_IDLE))
                     .await;
-                session.write_response_body(Some(chunk), false).await?;
-                return session.write_response_body(None, true).await;
+                return session.write_response_body(chunk, true).await;
             }
-            session.write_response_body(Some(chunk), false).await?;
+            session.write_response_body(chunk, false).await?;
         }
         if up.response_done() {
             self.connector
                 .release_http_session(up, peer, Some(POOL_IDLE))
                 .await;
         }
-        session.write_response_body(None, true).await
+        session.write_response_body(Bytes::new(), true).await
     }
 
     /// `http://IP:port/path?query` for the upstream: hyper's client routes (and pools) by the
@@ -286,7 +302,7 @@ impl Floor {
     /// `hyper`: `exchange` with the upstream leg on hyper's pooled client. Same request head
     /// (client headers minus hop-by-hop, `Host`, `Content-Length`), same relay chunk by chunk;
     /// hyper returns the connection to its pool once the answer's body has been read.
-    async fn hyper_exchange(&self, session: &mut Session) -> Result<()> {
+    async fn hyper_exchange(&self, session: &mut ServerSession) -> Result<()> {
         let body = read_body(session).await?;
         let client = session.req_header();
         let mut req = http::Request::new(Full::new(body.clone()));
@@ -327,15 +343,76 @@ impl Floor {
         if !head.headers.contains_key(header::CONTENT_LENGTH) {
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_header(Box::new(head)).await?;
         while let Some(frame) = answer.frame().await {
             let frame =
                 frame.or_else(|e| Error::e_because(ErrorType::ReadError, "hyper body", e))?;
             if let Ok(chunk) = frame.into_data() {
-                session.write_response_body(Some(chunk), false).await?;
+                session.write_response_body(chunk, false).await?;
             }
         }
-        session.write_response_body(None, true).await
+        session.write_response_body(Bytes::new(), true).await
+    }
+
+    /// One request of `static`, `exchange` or `hyper`, its head read.
+    async fn respond(&self, session: &mut ServerSession) -> Result<()> {
+        match self.mode {
+            Mode::Static => self.answer(session).await,
+            // Boxed: Pingora's connector makes this future ≈ 10 KB, which would otherwise
+            // size (and be copied with) every request's future, hits included; promptgate
+            // boxes its upstream steps for the same reason.
+            Mode::Exchange => Box::pin(self.exchange(session)).await,
+            Mode::Hyper => self.hyper_exchange(session).await,
+            Mode::Proxy => Error::e_explain(ErrorType::InternalError, "proxy is a ProxyHttp"),
+        }
+    }
+
+    /// One request, from its head to the connection handed back (as promptgate's
+    /// `Proxy::serve`): `None` when the connection cannot be reused.
+    async fn serve(&self, mut session: ServerSession) -> Option<ReusedHttpStream> {
+        if self.respond(&mut session).await.is_err() {
+            // An upstream that failed before the answer started gets a 502; after, the
+            // connection is cut so a truncated body cannot look complete.
+            if session.response_written().is_none() {
+                let _ = session.respond_error(502).await;
+            }
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    }
+}
+
+/// The server side promptgate has (`src/proxy/serve.rs`): a small future waits for the request
+/// head; the request's work is boxed once it has arrived.
+#[async_trait]
+impl HttpServerApp for Floor {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut closing = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // Shutting down: an idle keep-alive connection is closed instead of waited on.
+            _ = closing.wait_for(|closing| *closing) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed an idle connection, or sent no readable head.
+            Ok(false) | Err(_) => return None,
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        Box::pin(self.serve(session)).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
     }
 }
 
@@ -347,10 +424,12 @@ impl ProxyHttp for Floor {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         match self.mode {
-            Mode::Static => self.answer(session).await.map(|()| true),
-            Mode::Exchange => self.exchange(session).await.map(|()| true),
-            Mode::Hyper => self.hyper_exchange(session).await.map(|()| true),
             Mode::Proxy => Ok(false),
+            // `--proxy-http`: the same work on the proxy's client session.
+            _ => self
+                .respond(&mut session.downstream_session)
+                .await
+                .map(|()| true),
         }
     }
 
@@ -420,6 +499,8 @@ fn main() -> ExitCode {
         .timer(TokioTimer::new())
         .http2_only(args.h2)
         .build(http);
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
     let floor = Floor {
         mode: args.mode,
         peer,
@@ -430,17 +511,22 @@ fn main() -> ExitCode {
         connector,
         hyper,
         h2: args.h2,
+        server_options: server_options.clone(),
     };
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, floor)
-        .name("floor")
-        .server_options(options)
-        .build();
-    service.add_listener(
-        ListenerConfig::tcp(args.listen.to_string())
-            .l4_buffer(L4BufferSettings::new(16 * 1024, 16 * 1024)),
-    );
-    server.add_service(service);
+    // As promptgate's `client_buffers` (src/server/mod.rs): no read buffer, 8 KiB write buffer.
+    let listener =
+        ListenerConfig::tcp(args.listen.to_string()).l4_buffer(L4BufferSettings::new(0, 8 * 1024));
+    if args.proxy_http {
+        let mut service = ProxyServiceBuilder::new(&server.configuration, floor)
+            .name("floor")
+            .server_options(server_options)
+            .build();
+        service.add_listener(listener);
+        server.add_service(service);
+    } else {
+        let mut service = Service::new("floor".to_string(), floor);
+        service.add_listener(listener);
+        server.add_service(service);
+    }
     server.run_forever()
 }
