@@ -214,9 +214,34 @@ fn derive_with(input: &KeyInput<'_, '_>, stream_above: usize) -> CacheKey {
 /// Sound because a key is a function of exactly these inputs: equal ids mean equal inputs
 /// (short of a blake3 collision), so the memo answers what [`derive`] would. The id hashes the
 /// raw query and the `ignore_fields` too, so a reload that changes a route's settings cannot
-/// reuse an old key.
+/// reuse an old key. Each entry also remembers whether the body parsed as a JSON tree (a pure
+/// function of its raw bytes, which the id covers), so a repeated body need not be parsed
+/// again to learn that ([`Probe::parses`]).
 pub struct KeyMemo {
-    generations: Mutex<[HashMap<[u8; 32], CacheKey, IdHasher>; 2]>,
+    generations: Mutex<[HashMap<[u8; 32], Memoed, IdHasher>; 2]>,
+}
+
+/// What the memo holds for one id.
+#[derive(Clone, Copy)]
+struct Memoed {
+    key: CacheKey,
+    /// Whether the body parsed as a JSON object or array; `None`: not known (a form's key
+    /// never parses its body).
+    parses: Option<bool>,
+}
+
+/// A request's inputs looked up in the memo ([`KeyMemo::probe`]): its id, and what the memo
+/// knew. [`KeyMemo::key`] finishes it into the key.
+pub struct Probe {
+    id: [u8; 32],
+    found: Option<Memoed>,
+}
+
+impl Probe {
+    /// Whether the body parses as a JSON object or array, when the memo knows it.
+    pub fn parses(&self) -> Option<bool> {
+        self.found.and_then(|m| m.parses)
+    }
 }
 
 impl KeyMemo {
@@ -231,24 +256,36 @@ impl KeyMemo {
 
     /// [`derive`], from the memo when these inputs were seen recently.
     pub fn derive(&self, input: &KeyInput<'_, '_>) -> CacheKey {
+        let probe = self.probe(input);
+        self.key(probe, input)
+    }
+
+    /// Looks `input` up (one blake3 pass over it); a hit in the previous generation moves
+    /// forward.
+    pub fn probe(&self, input: &KeyInput<'_, '_>) -> Probe {
         let id = memo_id(input);
-        {
-            let mut g = self.lock();
-            if let Some(key) = g[0].get(&id).copied() {
-                return key;
-            }
-            if let Some(key) = g[1].remove(&id) {
-                insert(&mut g, id, key);
-                return key;
-            }
+        let mut g = self.lock();
+        let found = match g[0].get(&id).copied() {
+            Some(m) => Some(m),
+            None => g[1].remove(&id).inspect(|m| insert(&mut g, id, *m)),
+        };
+        Probe { id, found }
+    }
+
+    /// The key of the inputs `probe` looked up (`input`, the same): the memo's, or derived
+    /// and remembered.
+    pub fn key(&self, probe: Probe, input: &KeyInput<'_, '_>) -> CacheKey {
+        if let Some(m) = probe.found {
+            return m.key;
         }
         // Not under the lock: a large body takes a while.
         let key = derive(input);
-        insert(&mut self.lock(), id, key);
+        let parses = input.body.parsed().map(|tree| tree.is_some());
+        insert(&mut self.lock(), probe.id, Memoed { key, parses });
         key
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<[u8; 32], CacheKey, IdHasher>; 2]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<[u8; 32], Memoed, IdHasher>; 2]> {
         self.generations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -271,12 +308,12 @@ impl Default for KeyMemo {
     }
 }
 
-fn insert(g: &mut [HashMap<[u8; 32], CacheKey, IdHasher>; 2], id: [u8; 32], key: CacheKey) {
+fn insert(g: &mut [HashMap<[u8; 32], Memoed, IdHasher>; 2], id: [u8; 32], m: Memoed) {
     if g[0].len() >= KeyMemo::ENTRIES {
         g[1] = std::mem::take(&mut g[0]);
         g[0].reserve(KeyMemo::ENTRIES);
     }
-    g[0].insert(id, key);
+    g[0].insert(id, m);
 }
 
 /// The memo's id for `input`: everything [`derive`] reads (the content type too: a form is
@@ -622,6 +659,58 @@ mod tests {
         assert_eq!(memo.derive(&input), key);
         assert_eq!(memo.len(), 1);
         key
+    }
+
+    /// The memo remembers whether a body parsed, from a body it parsed itself: a repeat of
+    /// one that did not (to be a BYPASS when declared JSON) is never taken for one that did.
+    #[test]
+    fn the_memo_knows_whether_a_body_parsed() {
+        let memo = KeyMemo::new();
+        let ignore = ignore();
+        let form_type = "multipart/form-data; boundary=b";
+        let form = b"--b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--b--\r\n";
+        for (body, content_type, parses) in [
+            (&br#"{"model":"m","messages":[]}"#[..], None, Some(true)),
+            (&b"[1, 2]"[..], Some("application/json"), Some(true)),
+            (
+                &br#"{"model":"m","messages":["#[..],
+                Some("application/json"),
+                Some(false),
+            ),
+            (&b"not json"[..], Some("application/json"), Some(false)),
+            (&b"not json"[..], None, Some(false)),
+            // A form's key never parses its body: the memo does not know.
+            (&form[..], Some(form_type), None),
+        ] {
+            let parsed = ParsedBody::new(body);
+            let input = KeyInput {
+                scope: "shared",
+                route: "openai",
+                method: "POST",
+                path: "/v1/chat/completions",
+                query: None,
+                vary: &[],
+                content_type,
+                body: &parsed,
+                ignore_fields: &ignore,
+            };
+            let cold = memo.probe(&input);
+            assert_eq!(cold.parses(), None, "{body:?}");
+            let key = memo.key(cold, &input);
+            assert_eq!(key, derive(&input));
+            // A fresh parse of the same bytes agrees with what the memo says now.
+            let again = ParsedBody::new(body);
+            let warm = memo.probe(&KeyInput {
+                body: &again,
+                ..input
+            });
+            assert_eq!(warm.parses(), parses, "{body:?}");
+            if let Some(p) = warm.parses() {
+                assert_eq!(p, ParsedBody::new(body).tree().is_some(), "{body:?}");
+            }
+            assert!(again.parsed().is_none(), "the probe parsed {body:?}");
+            assert_eq!(memo.key(warm, &input), key);
+        }
     }
 
     #[test]

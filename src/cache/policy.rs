@@ -103,34 +103,71 @@ pub fn request_key(
     body: &ParsedBody<'_>,
     memo: Option<&KeyMemo>,
 ) -> CacheKey {
-    let vary: Vec<(&str, &[u8])> = policy
-        .vary
-        .iter()
-        .flat_map(|name| {
-            req.headers
-                .get_all(name)
-                .iter()
-                .map(move |v| (name.as_str(), v.as_bytes()))
-        })
-        .collect();
-    let scope = scope(req, policy.scope);
-    let input = KeyInput {
-        scope: &scope,
-        route,
-        method: req.method.as_str(),
-        path,
-        query: req.uri.query(),
-        vary: &vary,
-        content_type: req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        body,
-        ignore_fields: &policy.ignore_fields,
-    };
+    let inputs = KeyInputs::new(req, route, policy, path, body);
     match memo {
-        Some(memo) => memo.derive(&input),
-        None => key::derive(&input),
+        Some(memo) => memo.derive(&inputs.input()),
+        None => key::derive(&inputs.input()),
+    }
+}
+
+/// A request's cache key inputs, gathered from its head once: looked up in the key memo
+/// before the body is parsed ([`KeyMemo::probe`]), then finished into the key.
+pub struct KeyInputs<'r, 'b> {
+    req: &'r RequestHeader,
+    route: &'r str,
+    policy: &'r RouteCache,
+    path: &'r str,
+    body: &'r ParsedBody<'b>,
+    scope: String,
+    vary: Vec<(&'r str, &'r [u8])>,
+}
+
+impl<'r, 'b> KeyInputs<'r, 'b> {
+    pub fn new(
+        req: &'r RequestHeader,
+        route: &'r str,
+        policy: &'r RouteCache,
+        path: &'r str,
+        body: &'r ParsedBody<'b>,
+    ) -> KeyInputs<'r, 'b> {
+        let vary: Vec<(&str, &[u8])> = policy
+            .vary
+            .iter()
+            .flat_map(|name| {
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |v| (name.as_str(), v.as_bytes()))
+            })
+            .collect();
+        KeyInputs {
+            req,
+            route,
+            policy,
+            path,
+            body,
+            scope: scope(req, policy.scope),
+            vary,
+        }
+    }
+
+    /// The inputs as the key contract reads them.
+    pub fn input(&self) -> KeyInput<'_, 'b> {
+        KeyInput {
+            scope: &self.scope,
+            route: self.route,
+            method: self.req.method.as_str(),
+            path: self.path,
+            query: self.req.uri.query(),
+            vary: &self.vary,
+            content_type: self
+                .req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            body: self.body,
+            ignore_fields: &self.policy.ignore_fields,
+        }
     }
 }
 
