@@ -6,11 +6,23 @@ use super::key::{self, CacheKey, KeyInput, KeyMemo};
 use crate::body::ParsedBody;
 use crate::config::schema::CacheScope;
 use crate::config::RouteCache;
+use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::time::Duration;
 
 /// Headers (and the `key` query parameter) that carry a client credential.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+/// (Parsed names: a lookup by `&str` parses the name on every request.)
+const CREDENTIAL_HEADERS: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+/// `x-promptgate-cache: bypass` skips the cache.
+const CACHE_CONTROL_HEADER: HeaderName = HeaderName::from_static("x-promptgate-cache");
+/// `x-promptgate-ttl: SECONDS` sets the entry's TTL.
+const TTL_HEADER: HeaderName = HeaderName::from_static("x-promptgate-ttl");
 
 /// What the request itself allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +56,13 @@ pub fn controls(req: &RequestHeader) -> Result<RequestControls, BadTtl> {
             }
         }
     }
-    if let Some(v) = req.headers.get("x-promptgate-cache") {
+    if let Some(v) = req.headers.get(&CACHE_CONTROL_HEADER) {
         if v.as_bytes().eq_ignore_ascii_case(b"bypass") {
             c.lookup = false;
             c.store = false;
         }
     }
-    if let Some(v) = req.headers.get("x-promptgate-ttl") {
+    if let Some(v) = req.headers.get(&TTL_HEADER) {
         let text = v.to_str().unwrap_or("").trim();
         let secs: u64 = text.parse().map_err(|_| BadTtl(text.to_string()))?;
         if secs == 0 {
@@ -75,9 +87,9 @@ pub fn scope(req: &RequestHeader, scope: CacheScope) -> String {
 pub fn credential_hash(req: &RequestHeader) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(b"promptgate-scope-v1");
-    for name in CREDENTIAL_HEADERS {
-        for v in req.headers.get_all(*name) {
-            h.update(name.as_bytes());
+    for name in &CREDENTIAL_HEADERS {
+        for v in req.headers.get_all(name) {
+            h.update(name.as_str().as_bytes());
             h.update(b"\0");
             h.update(v.as_bytes());
             h.update(b"\0");
