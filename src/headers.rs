@@ -96,24 +96,13 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
 /// True for client request headers never forwarded upstream as they came: hop-by-hop ones,
 /// those promptgate sets itself on every upstream request ([`SET_PER_REQUEST`]) and
 /// `accept-encoding` (promptgate asks for `identity`: it reads, stores and replays plain
-/// bodies). One `match`, as [`is_hop_by_hop`].
+/// bodies). A `match` each, as [`is_hop_by_hop`].
 pub(crate) fn is_replaced_upstream(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "host"
-            | "content-length"
-            | "expect"
-            | "accept-encoding"
-    )
+    is_hop_by_hop(name)
+        || matches!(
+            name,
+            "host" | "content-length" | "expect" | "accept-encoding"
+        )
 }
 
 /// True for headers an operator may configure to be injected into upstream requests.

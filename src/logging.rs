@@ -27,7 +27,7 @@
 //! query string, `Authorization`, `x-api-key` and all — and a client can trigger that at will.
 //! `RUST_LOG=debug,pingora=debug` is how operators look at everything, so it must stay free of
 //! keys; whoever needs those crates' debug output asks for each by name
-//! (`RUST_LOG=debug,pingora_proxy=debug`).
+//! (`RUST_LOG=debug,pingora_core=debug`).
 
 use crate::config::schema::LogFormat;
 use log::kv::{self, VisitSource, VisitValue};

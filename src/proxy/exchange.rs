@@ -444,10 +444,16 @@ async fn exchange_head(
 ) -> pingora::Result<()> {
     if let Some(req) = req {
         session.write_request_header(Box::new(req)).await?;
-        if !body.is_empty() {
-            session.write_request_body(body.clone(), true).await?;
+        if let Err(e) = send_body(session, body).await {
+            // An h2 server may answer before it has read the whole request and then stop the
+            // stream with NO_ERROR (RFC 9113 §8.1), so that sending the rest fails: its answer,
+            // already received, is the answer. Without one, the failed send is the error (and
+            // a send that timed out is one at once: a server not reading is not answering).
+            let answered = matches!(session, UpstreamSession::H2(_))
+                && e.etype() != &ErrorType::WriteTimedout
+                && session.read_response_header().await.is_ok();
+            return if answered { Ok(()) } else { Err(e) };
         }
-        session.finish_request_body().await?;
     }
     loop {
         session.read_response_header().await?;
@@ -459,6 +465,14 @@ async fn exchange_head(
             return Ok(());
         }
     }
+}
+
+/// Sends the request body (if any) and ends the request.
+async fn send_body(session: &mut UpstreamSession, body: &Bytes) -> pingora::Result<()> {
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await
 }
 
 /// True when the upstream has sent its whole response. For h2, a stream that ended with an

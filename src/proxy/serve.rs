@@ -88,6 +88,9 @@ impl Proxy {
         match self.answer(&mut session, &mut ctx).await {
             Ok(()) => {
                 self.logging(&session, None, &ctx);
+                // The request is done once logged (it leaves the in-flight count); what follows
+                // is the connection's.
+                drop(ctx);
                 let settings = HttpPersistentSettings::for_session(&session);
                 let reusable = (*session.into_inner()).finish().await.ok().flatten()?;
                 Some(ReusedHttpStream::from_reusable_stream(reusable, settings))

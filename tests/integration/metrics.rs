@@ -106,12 +106,13 @@ async fn a_scripted_mix_is_counted_exactly() {
         }
     }
     assert_eq!(mock.hits(), 3);
-    let text = gw
-        .metrics_until(
-            r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#,
-            9.0,
-        )
-        .await;
+    gw.metrics_until(
+        r#"promptgate_requests_total{cache="hit",route="openai",status="200",upstream="none"}"#,
+        9.0,
+    )
+    .await;
+    // A request leaves the in-flight gauge just after it is counted: wait for that too.
+    let text = gw.metrics_until("promptgate_inflight_requests", 0.0).await;
     assert_metrics(
         &text,
         r#"

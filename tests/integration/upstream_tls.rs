@@ -407,3 +407,49 @@ async fn an_h2_stream_cut_short_is_not_cached_and_the_client_sees_the_cut() {
     assert_eq!(again.headers()["x-promptgate-cache"], "MISS");
     assert_eq!(mock.hits(), 2);
 }
+
+/// RFC 9113 §8.1: an h2 server may answer before it has read the whole request and stop the
+/// stream; nginx's `return` does. The answer is relayed (not a 502), and the upstream is not
+/// marked failing for it. A 512 KiB body cannot fit the stream's first 64 KiB window, so the
+/// answer always comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_answer_given_before_the_whole_body_was_read_is_relayed() {
+    let mock = MockUpstream::start().await;
+    let tls = TlsUpstream::start(mock.addr());
+    let h2c = Config::new()
+        .upstream_with(
+            "h2c",
+            &format!("{}/early", tls.h2c_url()),
+            "http_version: h2",
+        )
+        .route(
+            Route::prefixed("openai")
+                .targets("[h2c]")
+                .with("retry: { attempts: 1 }")
+                .with("cache: { enabled: false }"),
+        );
+    let h2 = config(&tls, &format!("{}/early", tls.h2_url()), "", false);
+    let big = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(512 << 10)}]});
+    for (protocol, config) in [("h2c", h2c), ("h2 over TLS", h2)] {
+        let gw = Gateway::start(config);
+        let c = client();
+        for round in 0..2 {
+            let calls = (0..8).map(|_| {
+                let req = c.post(gw.url("/openai/v1/chat/completions")).json(&big);
+                async move {
+                    let resp = req.send().await.unwrap();
+                    (resp.status().as_u16(), resp.text().await.unwrap())
+                }
+            });
+            for (status, text) in futures_util::future::join_all(calls).await {
+                assert_eq!(status, 400, "{protocol}, round {round}: {text}");
+                assert!(text.contains("answered early"), "{protocol}: {text}");
+            }
+        }
+        assert!(
+            !gw.logs().contains("skipping it"),
+            "{protocol}: {}",
+            gw.logs()
+        );
+    }
+}

@@ -128,6 +128,11 @@ impl TlsUpstream {
     ssl_certificate_key {p}/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     access_log {p}/access.log upstream;
+    # Answers at once, before reading the request body (an h2 stream is then stopped).
+    location /early/ {{
+      default_type application/json;
+      return 400 '{{\"error\":{{\"message\":\"answered early\"}}}}';
+    }}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
