@@ -244,6 +244,11 @@ impl Probe {
     pub fn parses(&self) -> Option<bool> {
         self.found.and_then(|m| m.parses)
     }
+
+    /// The key, when the memo had it.
+    pub fn known_key(&self) -> Option<CacheKey> {
+        self.found.map(|m| m.key)
+    }
 }
 
 impl KeyMemo {
@@ -265,7 +270,17 @@ impl KeyMemo {
     /// Looks `input` up (one blake3 pass over it); a hit in the previous generation moves
     /// forward.
     pub fn probe(&self, input: &KeyInput<'_, '_>) -> Probe {
-        let id = memo_id(input);
+        self.probe_id(memo_id(input, MemoScope::Scope(input.scope)))
+    }
+
+    /// [`KeyMemo::probe`] by what the scope is computed from (`scope_source`, in place of
+    /// `input.scope`, which is not read): equal sources give equal scopes, so the id still
+    /// determines the key. Its ids never meet [`KeyMemo::probe`]'s (tagged apart).
+    pub fn probe_by_scope_source(&self, input: &KeyInput<'_, '_>, scope_source: &[u8]) -> Probe {
+        self.probe_id(memo_id(input, MemoScope::Source(scope_source)))
+    }
+
+    fn probe_id(&self, id: [u8; 32]) -> Probe {
         let mut g = self.lock();
         let found = match g[0].get(&id).copied() {
             Some(m) => Some(m),
@@ -318,13 +333,22 @@ fn insert(g: &mut [HashMap<[u8; 32], Memoed, IdHasher>; 2], id: [u8; 32], m: Mem
     g[0].insert(id, m);
 }
 
+/// What a memo id takes for the key's scope.
+#[derive(Clone, Copy)]
+enum MemoScope<'a> {
+    /// The scope itself.
+    Scope(&'a str),
+    /// What the scope is computed from.
+    Source(&'a [u8]),
+}
+
 /// The memo's id for `input`: everything [`derive`] reads (the content type too: a form is
 /// keyed by its parts), the body as raw bytes.
 ///
 /// The small parts are gathered into one buffer and hashed with one call (blake3 hashes a
 /// byte stream the same however it is cut, so the id is what hashing each part on its own
 /// gave): many small updates cost more than the bytes they hash.
-fn memo_id(input: &KeyInput<'_, '_>) -> [u8; 32] {
+fn memo_id(input: &KeyInput<'_, '_>, scope: MemoScope<'_>) -> [u8; 32] {
     fn part(buf: &mut Vec<u8>, bytes: &[u8]) {
         buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         buf.extend_from_slice(bytes);
@@ -341,7 +365,15 @@ fn memo_id(input: &KeyInput<'_, '_>) -> [u8; 32] {
     let mut buf = Vec::with_capacity(256);
     part(&mut buf, b"promptgate-key-memo");
     part(&mut buf, KEY_VERSION.as_bytes());
-    part(&mut buf, input.scope.as_bytes());
+    match scope {
+        MemoScope::Scope(scope) => part(&mut buf, scope.as_bytes()),
+        MemoScope::Source(source) => {
+            // A length no scope string has (u64::MAX), then the source: never an id of the
+            // other kind.
+            buf.extend_from_slice(&u64::MAX.to_le_bytes());
+            part(&mut buf, source);
+        }
+    }
     part(&mut buf, input.route.as_bytes());
     part(&mut buf, input.method.as_bytes());
     part(&mut buf, input.path.as_bytes());
@@ -741,7 +773,10 @@ mod tests {
                     body: &parsed,
                     ignore_fields,
                 };
-                assert_eq!(memo_id(&input), memo_id_by_parts(&input));
+                assert_eq!(
+                    memo_id(&input, MemoScope::Scope(input.scope)),
+                    memo_id_by_parts(&input)
+                );
             }
         }
     }

@@ -142,7 +142,7 @@ pub(super) fn decide(
     let probe = controls
         .as_ref()
         .is_ok_and(|c| c.lookup || c.store)
-        .then(|| cache.key_memo().probe(&inputs.input()));
+        .then(|| inputs.probe(cache.key_memo()));
     // A body sent as JSON that does not parse as a JSON object or array: the upstream's answer
     // to it is an error or something promptgate cannot judge, so it is never stored or served.
     if declared_json(req)
@@ -169,7 +169,7 @@ pub(super) fn decide(
             counted: true,
         }));
     };
-    let key = cache.key_memo().key(probe, &inputs.input());
+    let key = inputs.key(cache.key_memo(), probe);
     Ok(Some(CacheDecision {
         status: if controls.lookup {
             CacheStatus::Miss
