@@ -70,6 +70,12 @@ impl<'a> ParsedBody<'a> {
         self.tree.get_or_init(|| parse(self.raw)).as_ref()
     }
 
+    /// The tree if the body was parsed already (`Some(None)`: it is not a JSON object or
+    /// array); `None` when nothing asked for it yet. Never parses.
+    pub fn parsed(&self) -> Option<Option<&Node<'a>>> {
+        self.tree.get().map(Option::as_ref)
+    }
+
     /// The `model` field, when the body is a JSON object with a string model.
     ///
     /// Kept exactly as the proxy has always read it (a serde struct with one optional

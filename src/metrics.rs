@@ -1080,6 +1080,7 @@ mod tests {
             stored_at: 0,
             ttl: Duration::from_secs(60),
             usage: Default::default(),
+            head: Default::default(),
         }));
         // Twice: the second finds the series (and its TTFB histogram) resolved by the first.
         for _ in 0..2 {

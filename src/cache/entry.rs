@@ -44,6 +44,48 @@ pub struct Entry {
     /// The tokens this answer used (what a hit saves), read from the body on the first hit
     /// and kept with the entry in memory; not part of the encoding.
     pub usage: OnceLock<Option<Usage>>,
+    /// The response head a hit replays, built on the entry's first hit (by
+    /// `proxy::respond::cached`) and kept with it in memory; not part of the encoding.
+    pub head: ReplayHead,
+}
+
+/// An entry's pre-built response head ([`Entry::head`]): derived from the entry, so it never
+/// makes two entries differ, and a copy of an entry starts without one.
+#[derive(Default)]
+pub struct ReplayHead(OnceLock<pingora::http::ResponseHeader>);
+
+impl ReplayHead {
+    /// The head, when built already.
+    pub fn get(&self) -> Option<&pingora::http::ResponseHeader> {
+        self.0.get()
+    }
+
+    /// Keeps `head` (the first one kept stays).
+    pub fn keep(&self, head: pingora::http::ResponseHeader) {
+        let _ = self.0.set(head);
+    }
+}
+
+impl Clone for ReplayHead {
+    fn clone(&self) -> ReplayHead {
+        ReplayHead::default()
+    }
+}
+
+impl PartialEq for ReplayHead {
+    fn eq(&self, _: &ReplayHead) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ReplayHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.get().is_some() {
+            "ReplayHead(built)"
+        } else {
+            "ReplayHead(-)"
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +156,7 @@ impl Entry {
             stored_at: unix_now(),
             ttl,
             usage: OnceLock::new(),
+            head: Default::default(),
         }
     }
 
@@ -218,6 +261,7 @@ impl Entry {
             stored_at,
             ttl,
             usage: OnceLock::new(),
+            head: Default::default(),
         })
     }
 }
@@ -238,6 +282,7 @@ mod tests {
             stored_at: 1_700_000_000,
             ttl: Duration::from_secs(3600),
             usage: OnceLock::new(),
+            head: Default::default(),
         }
     }
 

@@ -284,6 +284,7 @@ impl Follower {
                     stored_at: unix_now(),
                     ttl: Duration::ZERO,
                     usage: Default::default(),
+                    head: Default::default(),
                 })
             })),
             Some(Outcome::Failed) => Some(None),
@@ -334,6 +335,7 @@ mod tests {
             stored_at: 0,
             ttl: Duration::from_secs(60),
             usage: Default::default(),
+            head: Default::default(),
         })
     }
 

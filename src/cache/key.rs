@@ -117,6 +117,8 @@ fn part(h: &mut blake3::Hasher, bytes: &[u8]) {
 }
 
 /// A part that may be absent, tagged so that absent and empty differ (`0`, or `1` and the part).
+/// (The memo's id, which reads it, gathers its parts in a buffer: see [`memo_id`].)
+#[cfg(test)]
 fn optional_part(h: &mut blake3::Hasher, text: Option<&str>) {
     match text {
         Some(t) => {
@@ -214,9 +216,39 @@ fn derive_with(input: &KeyInput<'_, '_>, stream_above: usize) -> CacheKey {
 /// Sound because a key is a function of exactly these inputs: equal ids mean equal inputs
 /// (short of a blake3 collision), so the memo answers what [`derive`] would. The id hashes the
 /// raw query and the `ignore_fields` too, so a reload that changes a route's settings cannot
-/// reuse an old key.
+/// reuse an old key. Each entry also remembers whether the body parsed as a JSON tree (a pure
+/// function of its raw bytes, which the id covers), so a repeated body need not be parsed
+/// again to learn that ([`Probe::parses`]).
 pub struct KeyMemo {
-    generations: Mutex<[HashMap<[u8; 32], CacheKey, IdHasher>; 2]>,
+    generations: Mutex<[HashMap<[u8; 32], Memoed, IdHasher>; 2]>,
+}
+
+/// What the memo holds for one id.
+#[derive(Clone, Copy)]
+struct Memoed {
+    key: CacheKey,
+    /// Whether the body parsed as a JSON object or array; `None`: not known (a form's key
+    /// never parses its body).
+    parses: Option<bool>,
+}
+
+/// A request's inputs looked up in the memo ([`KeyMemo::probe`]): its id, and what the memo
+/// knew. [`KeyMemo::key`] finishes it into the key.
+pub struct Probe {
+    id: [u8; 32],
+    found: Option<Memoed>,
+}
+
+impl Probe {
+    /// Whether the body parses as a JSON object or array, when the memo knows it.
+    pub fn parses(&self) -> Option<bool> {
+        self.found.and_then(|m| m.parses)
+    }
+
+    /// The key, when the memo had it.
+    pub fn known_key(&self) -> Option<CacheKey> {
+        self.found.map(|m| m.key)
+    }
 }
 
 impl KeyMemo {
@@ -231,24 +263,46 @@ impl KeyMemo {
 
     /// [`derive`], from the memo when these inputs were seen recently.
     pub fn derive(&self, input: &KeyInput<'_, '_>) -> CacheKey {
-        let id = memo_id(input);
-        {
-            let mut g = self.lock();
-            if let Some(key) = g[0].get(&id).copied() {
-                return key;
-            }
-            if let Some(key) = g[1].remove(&id) {
-                insert(&mut g, id, key);
-                return key;
-            }
+        let probe = self.probe(input);
+        self.key(probe, input)
+    }
+
+    /// Looks `input` up (one blake3 pass over it); a hit in the previous generation moves
+    /// forward.
+    pub fn probe(&self, input: &KeyInput<'_, '_>) -> Probe {
+        self.probe_id(memo_id(input, MemoScope::Scope(input.scope)))
+    }
+
+    /// [`KeyMemo::probe`] by what the scope is computed from (`scope_source`, in place of
+    /// `input.scope`, which is not read): equal sources give equal scopes, so the id still
+    /// determines the key. Its ids never meet [`KeyMemo::probe`]'s (tagged apart).
+    pub fn probe_by_scope_source(&self, input: &KeyInput<'_, '_>, scope_source: &[u8]) -> Probe {
+        self.probe_id(memo_id(input, MemoScope::Source(scope_source)))
+    }
+
+    fn probe_id(&self, id: [u8; 32]) -> Probe {
+        let mut g = self.lock();
+        let found = match g[0].get(&id).copied() {
+            Some(m) => Some(m),
+            None => g[1].remove(&id).inspect(|m| insert(&mut g, id, *m)),
+        };
+        Probe { id, found }
+    }
+
+    /// The key of the inputs `probe` looked up (`input`, the same): the memo's, or derived
+    /// and remembered.
+    pub fn key(&self, probe: Probe, input: &KeyInput<'_, '_>) -> CacheKey {
+        if let Some(m) = probe.found {
+            return m.key;
         }
         // Not under the lock: a large body takes a while.
         let key = derive(input);
-        insert(&mut self.lock(), id, key);
+        let parses = input.body.parsed().map(|tree| tree.is_some());
+        insert(&mut self.lock(), probe.id, Memoed { key, parses });
         key
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<[u8; 32], CacheKey, IdHasher>; 2]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<[u8; 32], Memoed, IdHasher>; 2]> {
         self.generations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -271,38 +325,76 @@ impl Default for KeyMemo {
     }
 }
 
-fn insert(g: &mut [HashMap<[u8; 32], CacheKey, IdHasher>; 2], id: [u8; 32], key: CacheKey) {
+fn insert(g: &mut [HashMap<[u8; 32], Memoed, IdHasher>; 2], id: [u8; 32], m: Memoed) {
     if g[0].len() >= KeyMemo::ENTRIES {
         g[1] = std::mem::take(&mut g[0]);
         g[0].reserve(KeyMemo::ENTRIES);
     }
-    g[0].insert(id, key);
+    g[0].insert(id, m);
+}
+
+/// What a memo id takes for the key's scope.
+#[derive(Clone, Copy)]
+enum MemoScope<'a> {
+    /// The scope itself.
+    Scope(&'a str),
+    /// What the scope is computed from.
+    Source(&'a [u8]),
 }
 
 /// The memo's id for `input`: everything [`derive`] reads (the content type too: a form is
 /// keyed by its parts), the body as raw bytes.
-fn memo_id(input: &KeyInput<'_, '_>) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    part(&mut h, b"promptgate-key-memo");
-    part(&mut h, KEY_VERSION.as_bytes());
-    part(&mut h, input.scope.as_bytes());
-    part(&mut h, input.route.as_bytes());
-    part(&mut h, input.method.as_bytes());
-    part(&mut h, input.path.as_bytes());
+///
+/// The small parts are gathered into one buffer and hashed with one call (blake3 hashes a
+/// byte stream the same however it is cut, so the id is what hashing each part on its own
+/// gave): many small updates cost more than the bytes they hash.
+fn memo_id(input: &KeyInput<'_, '_>, scope: MemoScope<'_>) -> [u8; 32] {
+    fn part(buf: &mut Vec<u8>, bytes: &[u8]) {
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
+    fn optional_part(buf: &mut Vec<u8>, text: Option<&str>) {
+        match text {
+            Some(t) => {
+                buf.push(1);
+                part(buf, t.as_bytes());
+            }
+            None => buf.push(0),
+        }
+    }
+    let mut buf = Vec::with_capacity(256);
+    part(&mut buf, b"promptgate-key-memo");
+    part(&mut buf, KEY_VERSION.as_bytes());
+    match scope {
+        MemoScope::Scope(scope) => part(&mut buf, scope.as_bytes()),
+        MemoScope::Source(source) => {
+            // A length no scope string has (u64::MAX), then the source: never an id of the
+            // other kind.
+            buf.extend_from_slice(&u64::MAX.to_le_bytes());
+            part(&mut buf, source);
+        }
+    }
+    part(&mut buf, input.route.as_bytes());
+    part(&mut buf, input.method.as_bytes());
+    part(&mut buf, input.path.as_bytes());
     // Tagged: no query and an empty one are different inputs here (the key's canonical query
     // makes them equal, which the memo need not know).
-    optional_part(&mut h, input.query);
-    h.update(&(input.vary.len() as u64).to_le_bytes());
+    optional_part(&mut buf, input.query);
+    buf.extend_from_slice(&(input.vary.len() as u64).to_le_bytes());
     for (name, value) in input.vary {
-        part(&mut h, name.as_bytes());
-        part(&mut h, value);
+        part(&mut buf, name.as_bytes());
+        part(&mut buf, value);
     }
-    optional_part(&mut h, input.content_type);
-    h.update(&(input.ignore_fields.len() as u64).to_le_bytes());
+    optional_part(&mut buf, input.content_type);
+    buf.extend_from_slice(&(input.ignore_fields.len() as u64).to_le_bytes());
     for field in input.ignore_fields {
-        part(&mut h, field.as_bytes());
+        part(&mut buf, field.as_bytes());
     }
-    part(&mut h, input.body.raw());
+    let body = input.body.raw();
+    buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(&buf);
+    h.update(body);
     *h.finalize().as_bytes()
 }
 
@@ -622,6 +714,121 @@ mod tests {
         assert_eq!(memo.derive(&input), key);
         assert_eq!(memo.len(), 1);
         key
+    }
+
+    /// The memo remembers whether a body parsed, from a body it parsed itself: a repeat of
+    /// one that did not (to be a BYPASS when declared JSON) is never taken for one that did.
+    /// The memo's id as it was first written, one hash update per part: the buffered one
+    /// must give the same ids.
+    fn memo_id_by_parts(input: &KeyInput<'_, '_>) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        part(&mut h, b"promptgate-key-memo");
+        part(&mut h, KEY_VERSION.as_bytes());
+        part(&mut h, input.scope.as_bytes());
+        part(&mut h, input.route.as_bytes());
+        part(&mut h, input.method.as_bytes());
+        part(&mut h, input.path.as_bytes());
+        optional_part(&mut h, input.query);
+        h.update(&(input.vary.len() as u64).to_le_bytes());
+        for (name, value) in input.vary {
+            part(&mut h, name.as_bytes());
+            part(&mut h, value);
+        }
+        optional_part(&mut h, input.content_type);
+        h.update(&(input.ignore_fields.len() as u64).to_le_bytes());
+        for field in input.ignore_fields {
+            part(&mut h, field.as_bytes());
+        }
+        part(&mut h, input.body.raw());
+        *h.finalize().as_bytes()
+    }
+
+    #[test]
+    fn the_memo_id_is_the_same_buffered() {
+        let ignore = ignore();
+        let none: Vec<String> = Vec::new();
+        let long = "x".repeat(5000);
+        let bodies: [&[u8]; 4] = [
+            b"",
+            b"{}",
+            br#"{"model":"m","messages":[]}"#,
+            long.as_bytes(),
+        ];
+        let vary: &[(&str, &[u8])] = &[("x-tenant", b"a"), ("x-other", b"")];
+        for body in bodies {
+            let parsed = ParsedBody::new(body);
+            for (query, content_type, vary, ignore_fields) in [
+                (None, None, &[][..], &none),
+                (Some(""), Some("application/json"), vary, &ignore),
+                (Some("b=2&a=1"), Some(""), vary, &none),
+            ] {
+                let input = KeyInput {
+                    scope: "0123abcd",
+                    route: "openai",
+                    method: "POST",
+                    path: "/v1/chat/completions",
+                    query,
+                    vary,
+                    content_type,
+                    body: &parsed,
+                    ignore_fields,
+                };
+                assert_eq!(
+                    memo_id(&input, MemoScope::Scope(input.scope)),
+                    memo_id_by_parts(&input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_memo_knows_whether_a_body_parsed() {
+        let memo = KeyMemo::new();
+        let ignore = ignore();
+        let form_type = "multipart/form-data; boundary=b";
+        let form = b"--b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--b--\r\n";
+        for (body, content_type, parses) in [
+            (&br#"{"model":"m","messages":[]}"#[..], None, Some(true)),
+            (&b"[1, 2]"[..], Some("application/json"), Some(true)),
+            (
+                &br#"{"model":"m","messages":["#[..],
+                Some("application/json"),
+                Some(false),
+            ),
+            (&b"not json"[..], Some("application/json"), Some(false)),
+            (&b"not json"[..], None, Some(false)),
+            // A form's key never parses its body: the memo does not know.
+            (&form[..], Some(form_type), None),
+        ] {
+            let parsed = ParsedBody::new(body);
+            let input = KeyInput {
+                scope: "shared",
+                route: "openai",
+                method: "POST",
+                path: "/v1/chat/completions",
+                query: None,
+                vary: &[],
+                content_type,
+                body: &parsed,
+                ignore_fields: &ignore,
+            };
+            let cold = memo.probe(&input);
+            assert_eq!(cold.parses(), None, "{body:?}");
+            let key = memo.key(cold, &input);
+            assert_eq!(key, derive(&input));
+            // A fresh parse of the same bytes agrees with what the memo says now.
+            let again = ParsedBody::new(body);
+            let warm = memo.probe(&KeyInput {
+                body: &again,
+                ..input
+            });
+            assert_eq!(warm.parses(), parses, "{body:?}");
+            if let Some(p) = warm.parses() {
+                assert_eq!(p, ParsedBody::new(body).tree().is_some(), "{body:?}");
+            }
+            assert!(again.parsed().is_none(), "the probe parsed {body:?}");
+            assert_eq!(memo.key(warm, &input), key);
+        }
     }
 
     #[test]

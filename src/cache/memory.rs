@@ -89,6 +89,7 @@ mod tests {
             stored_at: unix_now(),
             ttl: Duration::from_secs(ttl),
             usage: Default::default(),
+            head: Default::default(),
         })
     }
 

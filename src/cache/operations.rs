@@ -25,9 +25,29 @@ pub fn named(ops: &[Operation], method: &http::Method, path: &str) -> bool {
 
 /// The first of `ops` whose method and path match.
 fn first<'o>(ops: &'o [Operation], method: &http::Method, path: &str) -> Option<&'o Operation> {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // On the stack for the usual few segments (no allocation per request).
+    const ON_STACK: usize = 16;
+    let mut stack = [""; ON_STACK];
+    let mut count = 0;
+    let mut heap: Vec<&str> = Vec::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if count < ON_STACK {
+            stack[count] = segment;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&stack);
+            }
+            heap.push(segment);
+        }
+        count += 1;
+    }
+    let segments: &[&str] = if count <= ON_STACK {
+        &stack[..count]
+    } else {
+        &heap
+    };
     ops.iter().find(|op| {
-        op.method.as_ref().is_none_or(|m| m == method) && ends_with(&segments, &op.segments)
+        op.method.as_ref().is_none_or(|m| m == method) && ends_with(segments, &op.segments)
     })
 }
 
@@ -46,7 +66,7 @@ fn ends_with(path: &[&str], pattern: &[String]) -> bool {
 }
 
 fn glob(pattern: &str, segment: &str) -> bool {
-    if pattern.contains(['*', '?']) {
+    if pattern.bytes().any(|b| b == b'*' || b == b'?') {
         WildMatch::new(pattern).matches(segment)
     } else {
         pattern == segment
@@ -204,6 +224,31 @@ mod tests {
         let everything = ops(&["* /**"]);
         assert!(allows(&everything, "DELETE", "/a/b", ""));
         assert!(!allows(&ops(&[]), "POST", "/v1/chat/completions", "{}"));
+    }
+
+    #[test]
+    fn paths_longer_than_the_stack_buffer_match_as_short_ones() {
+        let o = ops(&["POST /v1/**/run", "POST /models/*:generateContent"]);
+        let deep: String = (0..40).map(|i| format!("/s{i}")).collect();
+        for (prefix, want) in [("", true), ("/a", true), (deep.as_str(), true)] {
+            assert_eq!(
+                allows(&o, "POST", &format!("{prefix}/v1/x/y/run"), ""),
+                want
+            );
+            assert_eq!(
+                allows(
+                    &o,
+                    "POST",
+                    &format!("{prefix}/models/g:generateContent"),
+                    "{}"
+                ),
+                want
+            );
+            assert!(!allows(&o, "POST", &format!("{prefix}/v1/x/y/walk"), ""));
+        }
+        let exactly: String = (0..15).map(|i| format!("/s{i}")).collect();
+        assert!(allows(&o, "POST", &format!("/v1{exactly}/run"), ""));
+        assert!(allows(&o, "POST", &format!("/v1{exactly}/x/run"), ""));
     }
 
     #[test]

@@ -217,6 +217,7 @@ impl Recorder {
             stored_at: unix_now(),
             ttl: self.plan.ttl,
             usage: Default::default(),
+            head: Default::default(),
         });
         let cache = &self.plan.cache;
         match &self.variant {

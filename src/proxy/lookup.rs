@@ -67,36 +67,91 @@ pub(super) fn unreached(
     })
 }
 
-/// The cache's part in this request, or `None` when the route is not cached.
+/// What the request says of the cache on its (chosen) route, judged once for both its
+/// `x-promptgate-cache` before the lookup ([`Judged::unreached`]) and the lookup itself
+/// ([`decide`]).
+pub(super) struct Judged {
+    /// One of the route's cacheable operations (its body condition met).
+    cacheable: bool,
+    /// The request's own cache controls; read only for a cacheable operation.
+    controls: Option<Result<policy::RequestControls, policy::BadTtl>>,
+}
+
+/// Judges the request on `route`; `None` when the route is not cached.
+pub(super) fn judge(
+    route: &Route,
+    req: &RequestHeader,
+    path: &str,
+    body: &ParsedBody<'_>,
+) -> Option<Judged> {
+    if !route.cache.enabled {
+        return None;
+    }
+    let cacheable = operations::cacheable(
+        &route.cache.operations,
+        &req.method,
+        route.forward_path(path),
+        body,
+    );
+    Some(Judged {
+        cacheable,
+        controls: cacheable.then(|| policy::controls(req)),
+    })
+}
+
+impl Judged {
+    /// What [`unreached`] says of the request on its route alone, with its body.
+    pub(super) fn unreached(&self) -> CacheStatus {
+        let lookup = matches!(self.controls, Some(Ok(c)) if c.lookup);
+        if self.cacheable && lookup {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Bypass
+        }
+    }
+}
+
+/// The cache's part in this request, or `None` when the route is not cached (`judged`, from
+/// [`judge`] on the same route).
 pub(super) fn decide(
     cache: &Arc<Cache>,
     session: &Session,
     route: &Route,
     path: &str,
     body: &ParsedBody<'_>,
+    judged: Option<Judged>,
 ) -> Result<Option<CacheDecision>, ProxyError> {
     let req = session.req_header();
-    if !route.cache.enabled {
+    let Some(judged) = judged else {
         return Ok(None);
-    }
+    };
     // Only pure generations are cached; state reads and calls that create, change or delete
     // something are forwarded untouched (no lookup to count, nothing stored).
-    if !operations::cacheable(
-        &route.cache.operations,
-        &req.method,
-        route.forward_path(path),
-        body,
-    ) {
+    let Some(controls) = judged.controls else {
         return Ok(Some(CacheDecision {
             status: CacheStatus::Bypass,
             lookup: None,
             record: None,
             counted: false,
         }));
-    }
+    };
+    // Looked up in the key memo before the body is parsed: a body seen recently is known to
+    // parse (or not) without parsing it again. Not when the controls skip both the lookup and
+    // the store (no key is needed).
+    let inputs = policy::KeyInputs::new(req, &route.key_name, &route.cache, path, body);
+    let probe = controls
+        .as_ref()
+        .is_ok_and(|c| c.lookup || c.store)
+        .then(|| inputs.probe(cache.key_memo()));
     // A body sent as JSON that does not parse as a JSON object or array: the upstream's answer
     // to it is an error or something promptgate cannot judge, so it is never stored or served.
-    if declared_json(req) && body.tree().is_none() && !body.raw().trim_ascii().is_empty() {
+    if declared_json(req)
+        && !body.raw().trim_ascii().is_empty()
+        && !probe
+            .as_ref()
+            .and_then(|p| p.parses())
+            .unwrap_or_else(|| body.tree().is_some())
+    {
         return Ok(Some(CacheDecision {
             status: CacheStatus::Bypass,
             lookup: None,
@@ -104,23 +159,17 @@ pub(super) fn decide(
             counted: false,
         }));
     }
-    let controls = policy::controls(req).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    if !controls.lookup && !controls.store {
+    let controls = controls.map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let Some(probe) = probe else {
+        // Neither lookup nor store (`probe` is there whenever the controls allow either).
         return Ok(Some(CacheDecision {
             status: CacheStatus::Bypass,
             lookup: None,
             record: None,
             counted: true,
         }));
-    }
-    let key = policy::request_key(
-        req,
-        &route.key_name,
-        &route.cache,
-        path,
-        body,
-        Some(cache.key_memo()),
-    );
+    };
+    let key = inputs.key(cache.key_memo(), probe);
     Ok(Some(CacheDecision {
         status: if controls.lookup {
             CacheStatus::Miss

@@ -60,6 +60,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use lookup::CacheStep;
 use pingora::apps::HttpServerOptions;
+use pingora::http::RequestHeader;
 use pingora::Error;
 use session::Session;
 use std::sync::atomic::AtomicBool;
@@ -136,21 +137,40 @@ impl Proxy {
         // A WebSocket upgrade is never a cache answer: its answers carry no cache status.
         let upgrade = tunnel::websocket(session).cloned();
         // From here on every other answer, an error too, says what the cache did
-        // (`Ctx::stamp`); before the body is read, by what its head says.
-        if upgrade.is_none() {
-            ctx.cache = lookup::unreached(&candidates, session.req_header(), &path, None);
-        }
-        let body = request_body::read(session, runtime.max_body_bytes).await?;
+        // (`Ctx::stamp`); before the body is read, by what its head says (judged only when
+        // such an answer is due: nothing else reads it).
+        let before_body = |ctx: &mut Ctx, req: &RequestHeader| {
+            if upgrade.is_none() {
+                ctx.cache = lookup::unreached(&candidates, req, &path, None);
+            }
+        };
+        let body = match request_body::read(session, runtime.max_body_bytes).await {
+            Ok(body) => body,
+            Err(e) => {
+                before_body(ctx, session.req_header());
+                return Err(e.into());
+            }
+        };
         // Parsed on first use, at most once: for the model, the cache key, the model rewrites.
         let parsed = ParsedBody::new(&body);
-        let chosen = choose::route(session.req_header(), &path, &candidates, &parsed);
-        if let Err(ProxyError::NoRoute { .. }) = chosen {
-            ctx.cache = None; // on no route at all
-        }
-        let (route, group) = chosen?;
+        let (route, group) = match choose::route(session.req_header(), &path, &candidates, &parsed)
+        {
+            Ok(chosen) => chosen,
+            Err(e) => {
+                if !matches!(e, ProxyError::NoRoute { .. }) {
+                    before_body(ctx, session.req_header());
+                } // on no route at all, no cache status
+                return Err(e.into());
+            }
+        };
         ctx.route = Some(route.name.clone());
+        // Judged once, for the status of an answer before the lookup and for the lookup.
+        let judged = upgrade
+            .is_none()
+            .then(|| lookup::judge(route, session.req_header(), &path, &parsed))
+            .flatten();
         if upgrade.is_none() {
-            ctx.cache = lookup::unreached(&[route], session.req_header(), &path, Some(&parsed));
+            ctx.cache = judged.as_ref().map(lookup::Judged::unreached);
         }
         if upgrade.is_some() && !route.websocket {
             return Err(ProxyError::WebSocketRefused {
@@ -167,7 +187,7 @@ impl Proxy {
         let decision = match upgrade {
             // A tunnel is never cached.
             Some(_) => None,
-            None => lookup::decide(&self.cache, session, route, &path, &parsed)?,
+            None => lookup::decide(&self.cache, session, route, &path, &parsed, judged)?,
         };
         let (cache_status, record) = match decision {
             None => (None, None),

@@ -70,6 +70,22 @@ pub fn replay_head(
     Ok(head)
 }
 
+/// What every hit on `entry` answers with before its request's own headers: the stored status
+/// and headers, `x-promptgate-cache: HIT`, and a plain body's `Content-Length` (what
+/// [`replay_head`] gives without a stamp, less a stream's framing, which depends on the
+/// connection).
+fn hit_head(entry: &Entry) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(entry.status, Some(entry.headers.len() + 5))?;
+    for (name, value) in &entry.headers {
+        head.append_header(name.clone(), value.clone())?;
+    }
+    head.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str())?;
+    if !entry.is_stream() {
+        head.insert_header(http::header::CONTENT_LENGTH, entry.body.len())?;
+    }
+    Ok(head)
+}
+
 /// Writes a stored response with its `Age`: a plain body in one write (shared, not copied);
 /// a stream at once, or at its recorded pace with `Replay::Original`.
 pub async fn cached(
@@ -78,8 +94,22 @@ pub async fn cached(
     replay: Replay,
     stamp: Stamp<'_>,
 ) -> pingora::Result<()> {
-    let body_len = (!entry.is_stream()).then_some(entry.body.len());
-    let mut head = replay_head(session, entry.status, &entry.headers, body_len, stamp)?;
+    // Built once per entry (its stored headers, `x-promptgate-cache: HIT`, its length) and
+    // copied for each hit: only what differs per request is added to the copy.
+    let mut head = match entry.head.get() {
+        Some(head) => head.clone(),
+        None => {
+            let head = hit_head(entry)?;
+            entry.head.keep(head.clone());
+            head
+        }
+    };
+    for (name, value) in stamp.limit {
+        head.insert_header(*name, value.clone())?;
+    }
+    if entry.is_stream() && !session.is_http2() {
+        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
     head.insert_header(http::header::AGE, entry.age())?;
     session.write_response_header(Box::new(head)).await?;
     if session.req_header().method == http::Method::HEAD {

@@ -219,6 +219,7 @@ mod tests {
                     stored_at: 0,
                     ttl: Duration::from_secs(60),
                     usage: Default::default(),
+                    head: Default::default(),
                 })),
                 1,
             );

@@ -523,6 +523,7 @@ routes:
             stored_at: 0,
             ttl: Duration::from_secs(60),
             usage: Default::default(),
+            head: Default::default(),
         }))
     }
 

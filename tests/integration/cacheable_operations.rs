@@ -198,6 +198,40 @@ async fn a_body_sent_as_json_that_does_not_parse_is_never_stored() {
         }
     }
     assert_eq!(mock.hits(), 6, "every one reached the upstream");
+    // Sent without a content type, such a body is keyed as raw bytes (and cached); the key
+    // memo then knows those bytes, and that they do not parse. Declared JSON by a content type
+    // the key reads as absent (not UTF-8), the same bytes are still a BYPASS, never the raw
+    // bytes' entry (the mock upstream drops the connection on that header: the answer is a
+    // 502, which still says BYPASS).
+    let cut = &br#"{"model":"gpt-4o-mini","messages":[1"#[..];
+    let untyped = |_| async {
+        let resp = client()
+            .post(gw.url("/openai/v1/chat/completions"))
+            .body(cut.to_vec())
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["x-promptgate-cache"].clone()
+    };
+    assert_eq!(untyped(0).await, "MISS");
+    assert_eq!(untyped(1).await, "HIT");
+    for round in 0..2 {
+        let resp = client()
+            .post(gw.url("/openai/v1/chat/completions"))
+            .header(
+                "content-type",
+                reqwest::header::HeaderValue::from_bytes(b"application/json; x=\xff").unwrap(),
+            )
+            .body(cut.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["x-promptgate-cache"],
+            "BYPASS",
+            "round {round}"
+        );
+    }
     // The same bytes as well-formed JSON are cached as usual.
     let ok = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     let first = send(&gw, "POST", "/openai/v1/chat/completions", Some(ok.clone())).await;

@@ -170,11 +170,26 @@ async fn cache_hits_are_free_unless_count_hits() {
     assert_eq!(mock.hits(), 2);
     drop(gw);
 
-    let gw = Gateway::start(limited(&mock, "requests_per_minute: 2, count_hits: true"));
+    let gw = Gateway::start(limited(&mock, "requests_per_minute: 3, count_hits: true"));
     assert_eq!(ask(&gw, "sk-a", "same").await.status, 200);
-    let hit = ask(&gw, "sk-a", "same").await;
-    assert_eq!(hit.header("x-promptgate-cache"), Some("HIT"));
-    assert_eq!(hit.header("x-ratelimit-remaining-requests"), Some("0"));
+    // Each hit carries its own request's limit headers (a hit's head is built once per entry:
+    // the second must not repeat the first's).
+    for remaining in ["1", "0"] {
+        let hit = ask(&gw, "sk-a", "same").await;
+        assert_eq!(hit.header("x-promptgate-cache"), Some("HIT"));
+        assert_eq!(hit.headers.get_all("x-promptgate-cache").iter().count(), 1);
+        assert_eq!(
+            hit.header("x-ratelimit-remaining-requests"),
+            Some(remaining)
+        );
+        assert_eq!(
+            hit.headers
+                .get_all("x-ratelimit-remaining-requests")
+                .iter()
+                .count(),
+            1
+        );
+    }
     let refused = ask(&gw, "sk-a", "same").await;
     assert_eq!(refused.status, 429, "hits count with count_hits: true");
 }
