@@ -692,7 +692,6 @@ impl Metrics {
         if r.prompt_cache_breakpoints > 0 {
             route.breakpoints.inc_by(r.prompt_cache_breakpoints as u64);
         }
-        route.count_request(self, route_name, r);
         route.duration[cache_index(r.cache)].observe(r.duration.as_secs_f64());
         if let Some(usage) = r.usage {
             let price = r
@@ -723,6 +722,9 @@ impl Metrics {
                 }
             }
         }
+        // Counted last: whoever reads this request in `requests_total` (the dashboard's
+        // `/stats`, a scrape) reads its duration, tokens and cost too.
+        route.count_request(self, route_name, r);
     }
 
     fn upstream_ttfb(&self, upstream: &str) -> Histogram {

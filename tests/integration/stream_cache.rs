@@ -160,9 +160,11 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
     }
     let mut plain = Vec::new();
     let mut streamed = Vec::new();
+    let mut statuses = [Vec::new(), Vec::new()];
     for t in tasks {
         let (streaming, r) = t.await.unwrap();
         assert_eq!(r.status, 200);
+        statuses[usize::from(streaming)].push(r.cache);
         if streaming {
             streamed.push(r.body)
         } else {
@@ -170,6 +172,13 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
         }
     }
     assert_eq!(mock.hits(), 2, "one upstream call per group");
+    // The leader's answer is the MISS; its followers', plain or streamed, are HITs.
+    for mut group in statuses {
+        group.sort();
+        let mut want = vec!["HIT".to_string(); 9];
+        want.push("MISS".into());
+        assert_eq!(group, want);
+    }
     assert!(
         plain.windows(2).all(|w| w[0] == w[1]),
         "identical plain bodies"
