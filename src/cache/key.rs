@@ -716,8 +716,6 @@ mod tests {
         key
     }
 
-    /// The memo remembers whether a body parsed, from a body it parsed itself: a repeat of
-    /// one that did not (to be a BYPASS when declared JSON) is never taken for one that did.
     /// The memo's id as it was first written, one hash update per part: the buffered one
     /// must give the same ids.
     fn memo_id_by_parts(input: &KeyInput<'_, '_>) -> [u8; 32] {
@@ -781,6 +779,8 @@ mod tests {
         }
     }
 
+    /// The memo remembers whether a body parsed, from a body it parsed itself: a repeat of
+    /// one that did not (to be a BYPASS when declared JSON) is never taken for one that did.
     #[test]
     fn the_memo_knows_whether_a_body_parsed() {
         let memo = KeyMemo::new();
