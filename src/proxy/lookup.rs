@@ -2,7 +2,7 @@
 //! single-flight (follow an identical request in flight, or lead one).
 
 use super::client_gone::Waiting;
-use super::ctx::{Ctx, Stamp};
+use super::ctx::Ctx;
 use super::errors::ProxyError;
 use super::follow::{self, Followed};
 use super::session::Session;
@@ -270,16 +270,15 @@ pub(super) async fn answer(
         match cache.flights().join(key) {
             Role::Leader(leader) => plan.leader = Some(leader),
             Role::Follower(follower) => {
-                // A follower's answer is a HIT (it made no upstream call), streamed or not; if
-                // it falls through to its own call, the stamp was never used.
-                let stamp = Stamp {
-                    cache: Some(CacheStatus::Hit),
-                    ..ctx.stamp()
-                };
-                let followed =
-                    follow::serve(session, follower, key, route.cache.coalesce_timeout, stamp)
-                        .await
-                        .map_err(Failure::AfterResponse)?;
+                let followed = follow::serve(
+                    session,
+                    follower,
+                    key,
+                    route.cache.coalesce_timeout,
+                    ctx.stamp(),
+                )
+                .await
+                .map_err(Failure::AfterResponse)?;
                 match followed {
                     Followed::Served(code, usage) => {
                         ctx.lookup = Some(Lookup::Coalesced);
