@@ -167,6 +167,22 @@ fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
         })
 }
 
+/// The client's head for an upstream answer: its status and end-to-end headers, chunked
+/// without a `Content-Length` (as promptgate's `exchange::client_header`).
+fn client_head(status: http::StatusCode, headers: &http::HeaderMap) -> Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(status, Some(headers.len() + 1))?;
+    let connection = headers.get(header::CONNECTION);
+    for (name, value) in headers.iter() {
+        if !is_hop_by_hop(name, connection) {
+            head.append_header(name.clone(), value.clone())?;
+        }
+    }
+    if !head.headers.contains_key(header::CONTENT_LENGTH) {
+        head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(head)
+}
+
 /// Reads the whole request body into one buffer (one chunk, the usual case, without a copy).
 async fn read_body(session: &mut ServerSession) -> Result<Bytes> {
     let mut first: Option<Bytes> = None;
@@ -255,17 +271,7 @@ impl Floor {
         up.finish_request_body().await?;
         up.read_response_header().await?;
         let upstream_head = up.response_header().expect("read above");
-        let mut head =
-            ResponseHeader::build(upstream_head.status, Some(upstream_head.headers.len() + 1))?;
-        let connection = upstream_head.headers.get(header::CONNECTION);
-        for (name, value) in upstream_head.headers.iter() {
-            if !is_hop_by_hop(name, connection) {
-                head.append_header(name.clone(), value.clone())?;
-            }
-        }
-        if !head.headers.contains_key(header::CONTENT_LENGTH) {
-            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-        }
+        let head = client_head(upstream_head.status, &upstream_head.headers)?;
         session.write_response_header(Box::new(head)).await?;
         while let Some(chunk) = up.read_response_body().await? {
             if up.response_done() {
@@ -332,17 +338,7 @@ impl Floor {
             .await
             .or_else(|e| Error::e_because(ErrorType::ConnectError, "hyper request", e))?;
         let (upstream_head, mut answer) = answer.into_parts();
-        let mut head =
-            ResponseHeader::build(upstream_head.status, Some(upstream_head.headers.len() + 1))?;
-        let connection = upstream_head.headers.get(header::CONNECTION);
-        for (name, value) in upstream_head.headers.iter() {
-            if !is_hop_by_hop(name, connection) {
-                head.append_header(name.clone(), value.clone())?;
-            }
-        }
-        if !head.headers.contains_key(header::CONTENT_LENGTH) {
-            head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-        }
+        let head = client_head(upstream_head.status, &upstream_head.headers)?;
         session.write_response_header(Box::new(head)).await?;
         while let Some(frame) = answer.frame().await {
             let frame =
