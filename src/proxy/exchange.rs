@@ -158,6 +158,9 @@ pub fn rewrite_model(target: &Target, body: &Bytes, parsed: &ParsedBody<'_>) -> 
 pub struct UpstreamResponse {
     session: UpstreamSession,
     peer: HttpPeer,
+    /// The upstream answered before it had the whole request body (see `exchange_head`): an
+    /// answer to a request it did not read whole is relayed, never stored.
+    answered_early: bool,
 }
 
 impl UpstreamResponse {
@@ -319,10 +322,14 @@ pub async fn send_once(
     session.set_read_timeout(Some(upstream.timeouts.first_byte));
     session.set_write_timeout(Some(upstream.timeouts.write));
     match exchange_head(&mut session, (!written).then_some(head), body).await {
-        Ok(()) => {
+        Ok(answered_early) => {
             // From here on the wait is for the next body chunk.
             session.set_read_timeout(Some(upstream.timeouts.idle));
-            Ok(UpstreamResponse { session, peer })
+            Ok(UpstreamResponse {
+                session,
+                peer,
+                answered_early,
+            })
         }
         Err(e) => {
             let resend = resendable(&e, reused, h2);
@@ -436,12 +443,12 @@ async fn write_both(
 }
 
 /// Sends the request unless `req` is `None` (already written whole), then reads the head of
-/// the answer.
+/// the answer. True when that answer came before the whole body could be sent.
 async fn exchange_head(
     session: &mut UpstreamSession,
     req: Option<RequestHeader>,
     body: &Bytes,
-) -> pingora::Result<()> {
+) -> pingora::Result<bool> {
     if let Some(req) = req {
         session.write_request_header(Box::new(req)).await?;
         if let Err(e) = send_body(session, body).await {
@@ -452,7 +459,7 @@ async fn exchange_head(
             let answered = matches!(session, UpstreamSession::H2(_))
                 && e.etype() != &ErrorType::WriteTimedout
                 && session.read_response_header().await.is_ok();
-            return if answered { Ok(()) } else { Err(e) };
+            return if answered { Ok(true) } else { Err(e) };
         }
     }
     loop {
@@ -462,7 +469,7 @@ async fn exchange_head(
         // (h2 skips them itself: its head is read once.)
         let informational = matches!(status, Some(100..=199)) && status != Some(101);
         if !informational || matches!(session, UpstreamSession::H2(_)) {
-            return Ok(());
+            return Ok(false);
         }
     }
 }
@@ -527,7 +534,7 @@ pub async fn relay(
     reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
     let head = relayed_head(&response, session, stamp)?;
-    let mut recorder = recorder(record, session, &head, reader);
+    let mut recorder = recorder(record, &response, session, &head, reader);
     session.write_response_header(Box::new(head)).await?;
     loop {
         match response.session.read_response_body().await {
@@ -600,17 +607,19 @@ fn relayed_head(
 }
 
 /// Starts recording the response whose client head is `head`, if the plan and the response
-/// allow it (a `HEAD` request's empty body is never stored); `reader` then reads JSON bodies
+/// allow it (a `HEAD` request's empty body, or an answer given before the whole request was
+/// sent, is never stored); `reader` then reads JSON bodies
 /// as large as the route may store, to judge them. Otherwise nothing is stored, so nothing
 /// needs judging: `reader` reads only the usage.
 fn recorder(
     record: Option<RecordPlan>,
+    response: &UpstreamResponse,
     session: &Session,
     head: &ResponseHeader,
     reader: &mut ResponseReader,
 ) -> Option<Recorder> {
     let recorder = record
-        .filter(|_| session.req_header().method != http::Method::HEAD)
+        .filter(|_| session.req_header().method != http::Method::HEAD && !response.answered_early)
         .and_then(|plan| Recorder::start(plan, head, &session.req_header().headers));
     match &recorder {
         Some(r) => reader.read_json_up_to(r.limit()),
@@ -632,7 +641,7 @@ pub async fn finish_detached(
 ) {
     let recorder = relayed_head(&response, session, stamp)
         .ok()
-        .and_then(|head| recorder(record, session, &head, reader));
+        .and_then(|head| recorder(record, &response, session, &head, reader));
     match recorder {
         Some(r) => finish_without_client(upstream, response, r, reader).await,
         None => abandon(upstream, response).await,

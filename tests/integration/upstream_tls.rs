@@ -453,3 +453,47 @@ async fn an_h2_answer_given_before_the_whole_body_was_read_is_relayed() {
         );
     }
 }
+
+/// An answer given before the whole request was read is not an answer to that request as
+/// sent: relayed, never stored, however whole and successful it looks (a cached route, a 200
+/// chat completion with `finish_reason: stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_answer_given_before_the_whole_body_was_read_is_never_stored() {
+    let mock = MockUpstream::start().await;
+    let tls = TlsUpstream::start(mock.addr());
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                "h2c",
+                &format!("{}/early-ok", tls.h2c_url()),
+                "http_version: h2",
+            )
+            .route(
+                Route::prefixed("openai")
+                    .targets("[h2c]")
+                    .with("retry: { attempts: 1 }")
+                    .with("cache: { enabled: true }"),
+            ),
+    );
+    let big = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(512 << 10)}]});
+    for round in 0..3 {
+        let resp = client()
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "round {round}");
+        assert_eq!(
+            resp.headers()["x-promptgate-cache"],
+            "MISS",
+            "round {round}"
+        );
+        assert!(resp.text().await.unwrap().contains("answered early"));
+    }
+    assert_eq!(
+        tls.wait_for_log(3).await.len(),
+        3,
+        "every round reached the upstream"
+    );
+}

@@ -133,6 +133,11 @@ impl TlsUpstream {
       default_type application/json;
       return 400 '{{\"error\":{{\"message\":\"answered early\"}}}}';
     }}
+    # The same, with a whole, successful chat completion.
+    location /early-ok/ {{
+      default_type application/json;
+      return 200 '{{\"id\":\"chatcmpl-early\",\"object\":\"chat.completion\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"answered early\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}}}';
+    }}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
