@@ -392,3 +392,40 @@ async fn the_proxy_port_serves_no_admin_route_and_admin_defaults_to_localhost() 
         assert!(line.contains("127.0.0.1"), "shipped config: {line}");
     }
 }
+
+/// A head that is not HTTP gets a plain 400 and a closed connection; CONNECT (promptgate is no
+/// tunnel) a 405; neither reaches the upstream, and the next request is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_head_is_400_and_connect_is_405_and_neither_is_forwarded() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(config(&mock.url()));
+    // Longer than the 24-byte h2 preface, which Pingora peeks for before reading HTTP/1.1.
+    for (name, raw, status) in [
+        (
+            "not HTTP",
+            "HELLO THERE, THIS IS NOT HTTP AT ALL\r\n\r\n",
+            400,
+        ),
+        (
+            "bad header line",
+            "GET /openai/v1/models HTTP/1.1\r\nHost promptgate.test\r\n\r\n",
+            400,
+        ),
+        (
+            "CONNECT",
+            "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n",
+            405,
+        ),
+    ] {
+        let reply = send_raw(gw.addr, raw.as_bytes());
+        assert_eq!(reply.status(), status, "{name}: {}", reply.text);
+        assert!(reply.closed, "{name}: the connection stays open");
+    }
+    settle();
+    assert_eq!(mock.hits(), 0, "{:?}", mock.last_request());
+    assert_eq!(
+        send_raw(gw.addr, &post("/openai/v1/chat/completions", "")).status(),
+        200
+    );
+    assert_eq!(mock.hits(), 1);
+}
