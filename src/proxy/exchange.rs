@@ -1,5 +1,6 @@
-//! The upstream exchange: build the upstream request, send it with its buffered body,
-//! and relay the response to the client chunk by chunk as it arrives.
+//! The upstream exchange: build the upstream request, send it with its buffered body on a
+//! hyper connection from the upstream's pool, and relay the response to the client chunk by
+//! chunk as it arrives.
 
 use super::ctx::Stamp;
 use super::errors::{self, Named, ProxyError};
@@ -11,17 +12,19 @@ use crate::config::schema::Provider;
 use crate::headers;
 use crate::providers::anthropic::{self, CacheMinimums};
 use crate::providers::ResponseReader;
-use crate::routing::pool::Opening;
+use crate::routing::pool::{Conn, Opening, Outgoing, Peer};
 use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, RetryType};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Tries on pooled connections that turn out to be closed by the upstream while idle.
 pub const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -156,23 +159,42 @@ pub fn rewrite_model(target: &Target, body: &Bytes, parsed: &ParsedBody<'_>) -> 
 
 /// An upstream response whose head has been read and whose body is still to come.
 pub struct UpstreamResponse {
-    session: UpstreamSession,
-    peer: HttpPeer,
-    /// The upstream answered before it had the whole request body (see `exchange_head`): an
+    head: ResponseHeader,
+    body: Incoming,
+    /// The connection (h2: the stream's place on it), back to the pool once the body is read.
+    conn: Option<Conn>,
+    peer: Peer,
+    /// The body has been read to its end.
+    done: bool,
+    /// The upstream answered before it had the whole request body (h2, see `send_once`): an
     /// answer to a request it did not read whole is relayed, never stored.
     answered_early: bool,
 }
 
+/// What reading a response body gives: a chunk, or its end.
+enum Read {
+    Chunk(Bytes),
+    End,
+}
+
 impl UpstreamResponse {
     pub fn header(&self) -> &ResponseHeader {
-        self.session
-            .response_header()
-            .expect("send() returns only after the response head was read")
+        &self.head
     }
 
-    /// The upstream session, for a tunnel after a `101` (it is never returned to the pool).
-    pub fn into_session(self) -> UpstreamSession {
-        self.session
+    /// The connection switched to another protocol after a `101` (for a tunnel; it is never
+    /// returned to the pool).
+    pub async fn upgraded(mut self) -> pingora::Result<hyper::upgrade::Upgraded> {
+        let Some(upgrade) = self
+            .head
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+        else {
+            return Error::e_explain(ErrorType::InternalError, "the 101 allows no upgrade");
+        };
+        upgrade
+            .await
+            .map_err(|e| Error::because(ErrorType::ConnectionClosed, "upgrading", e))
     }
 
     /// A reader for this response's body (its `Content-Type` and `Content-Encoding`).
@@ -180,30 +202,100 @@ impl UpstreamResponse {
         ResponseReader::for_headers(&self.header().headers)
     }
 
+    /// The next body chunk, waiting up to `idle` for it (`timeouts.idle`). Trailers are not
+    /// relayed. After the last chunk, `done` says so at once when the length tells (so the
+    /// connection goes back before the client has the last byte).
+    async fn read(&mut self, idle: Duration) -> pingora::Result<Read> {
+        loop {
+            let frame = match tokio::time::timeout(idle, self.body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Error::e_explain(ErrorType::ReadTimedout, "reading the body"),
+            };
+            match frame {
+                None => {
+                    self.done = true;
+                    return Ok(Read::End);
+                }
+                Some(Err(e)) => return Err(body_error(e)),
+                Some(Ok(frame)) => {
+                    if let Ok(chunk) = frame.into_data() {
+                        if self.body.is_end_stream() {
+                            self.done = true;
+                        }
+                        if !chunk.is_empty() || self.done {
+                            return Ok(Read::Chunk(chunk));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads the whole body (for promptgate's own calls, such as embeddings), up to `limit`
     /// bytes, and returns the connection to the pool.
     pub async fn read_body(mut self, upstream: &Upstream, limit: usize) -> pingora::Result<Bytes> {
         let mut body = bytes::BytesMut::new();
-        loop {
-            match self.session.read_response_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
-                    abandon(upstream, self).await;
+        while !self.done {
+            match self.read(upstream.timeouts.idle).await? {
+                Read::Chunk(chunk) if body.len() + chunk.len() > limit => {
                     return Error::e_explain(
                         ErrorType::InvalidHTTPHeader,
                         format!("response body over {limit} bytes"),
                     );
                 }
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    abandon(upstream, self).await;
-                    return Err(e);
-                }
+                Read::Chunk(chunk) => body.extend_from_slice(&chunk),
+                Read::End => break,
             }
         }
-        release(upstream, self).await;
+        release(upstream, self);
         Ok(body.freeze())
     }
+}
+
+/// A failed read of a response body, as the Pingora error kind [`errors::broke_off`] words.
+fn body_error(e: hyper::Error) -> Box<Error> {
+    let kind = if e.is_timeout() {
+        ErrorType::ReadTimedout
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() || cut_off(&e) {
+        ErrorType::ConnectionClosed
+    } else if h2_reason(&e).is_some() {
+        ErrorType::H2Error
+    } else {
+        ErrorType::ReadError
+    };
+    Error::because(kind, "reading the response body", e)
+}
+
+/// Whether `e` comes from the connection ending or being reset under it (a body cut short of
+/// its length or last chunk, a reset, a broken pipe).
+fn cut_off(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The h2 error code behind `e`, if it is an h2 stream or connection error.
+fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Sends a request to `upstream` and reads the response head: [`send_once`] on a connection
@@ -231,7 +323,7 @@ pub async fn send(
 
 /// The address (resolved) and connection options of `upstream`; `h1` offers only HTTP/1.1,
 /// as a WebSocket upgrade needs.
-pub async fn peer(upstream: &Upstream, h1: bool) -> Result<HttpPeer, ProxyError> {
+pub async fn peer(upstream: &Upstream, h1: bool) -> Result<Peer, ProxyError> {
     upstream.peer(h1).await.map_err(|e| ProxyError::Resolve {
         upstream: Named::of(upstream),
         detail: e.reason,
@@ -242,7 +334,7 @@ pub async fn peer(upstream: &Upstream, h1: bool) -> Result<HttpPeer, ProxyError>
 pub struct Unsent {
     pub error: ProxyError,
     /// The peer tried, for the next try.
-    pub peer: HttpPeer,
+    pub peer: Peer,
     /// The same request may go at once on another connection: a pooled one was found dead, or
     /// the h2 server refused the stream before processing it (GOAWAY, `REFUSED_STREAM`,
     /// `HTTP_1_1_REQUIRED`). The body is buffered, so sending it again is safe.
@@ -250,11 +342,12 @@ pub struct Unsent {
 }
 
 /// Sends `req` and `body` on one connection to `peer` (pooled, else new) and reads the response
-/// head, over HTTP/1.1 or h2 (whichever the connection speaks). `req` is handed to the
-/// connection whole (Pingora keeps the head it sent), not copied.
+/// head, over HTTP/1.1 or h2 (whichever the connection speaks), within `timeouts.first_byte`.
+/// On HTTP/1.1 hyper writes head and body together (one `writev`); informational heads
+/// (`100 Continue`, `103 Early Hints`) are skipped.
 pub async fn send_once(
     upstream: &Upstream,
-    peer: HttpPeer,
+    peer: Peer,
     req: RequestHeader,
     body: &Bytes,
     slot: &mut Slot,
@@ -263,7 +356,7 @@ pub async fn send_once(
         .pool
         .session(&peer, slot.connection(), upstream.queue_timeout)
         .await;
-    let (mut session, reused) = match opened {
+    let (mut conn, reused) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             let error = match e {
@@ -280,82 +373,102 @@ pub async fn send_once(
             });
         }
     };
-    let h2 = matches!(session, UpstreamSession::H2(_));
-    let head = if h2 {
-        match h2_request(req, upstream.tls) {
-            Ok(head) => head,
-            Err(e) => {
-                return Err(Unsent {
-                    error: ProxyError::from_upstream(upstream, &e),
-                    peer,
-                    resend: false,
-                })
-            }
-        }
-    } else {
-        req
-    };
-    let written = match session {
-        UpstreamSession::H1(h1) if one_write(&head) => {
-            // Boxed: inline, the session and the write's state would enlarge every request's
-            // send future, which is copied whole where it is boxed (BENCHMARKS.md).
-            let write = write_whole(h1, &head, body, &peer, upstream.timeouts.write);
-            match Box::pin(write).await {
-                Ok(h1) => session = UpstreamSession::H1(h1),
-                Err(e) => {
-                    // The connection is dropped (closed) with the session that held it.
-                    return Err(Unsent {
-                        error: ProxyError::from_upstream(upstream, &e),
-                        resend: resendable(&e, reused, false),
-                        peer,
-                    });
-                }
-            }
-            true
-        }
-        other => {
-            session = other;
-            false
-        }
-    };
-    // On the session that reads the answer (a whole write made a new one).
-    session.set_read_timeout(Some(upstream.timeouts.first_byte));
-    session.set_write_timeout(Some(upstream.timeouts.write));
-    match exchange_head(&mut session, (!written).then_some(head), body).await {
-        Ok(answered_early) => {
-            // From here on the wait is for the next body chunk.
-            session.set_read_timeout(Some(upstream.timeouts.idle));
-            Ok(UpstreamResponse {
-                session,
-                peer,
-                answered_early,
-            })
-        }
+    let h2 = conn.is_h2();
+    let request = match request(req, body, h2, upstream.tls) {
+        Ok(request) => request,
         Err(e) => {
-            let resend = resendable(&e, reused, h2);
-            if resend {
-                if e.etype() == &ErrorType::H2Downgrade {
-                    upstream.pool.prefer_h1(&peer);
-                }
-                log::debug!(
-                    "{} connection to {} could not take the request ({}); trying another",
-                    if reused { "pooled" } else { "new" },
-                    upstream.name,
-                    e.etype().as_str()
-                );
-            }
-            Err(Unsent {
+            // Never sent: an HTTP/1.1 connection is still good.
+            upstream
+                .pool
+                .release(conn, &peer, upstream.timeouts.pool_idle);
+            return Err(Unsent {
                 error: ProxyError::from_upstream(upstream, &e),
                 peer,
-                resend,
-            })
+                resend: false,
+            });
         }
+    };
+    let sent = request.body().sent();
+    let exchange = async {
+        match &mut conn {
+            Conn::H1(sender) => sender.send_request(request).await,
+            Conn::H2(sender, _) => sender.send_request(request).await,
+        }
+    };
+    let failed = match tokio::time::timeout(upstream.timeouts.first_byte, exchange).await {
+        Ok(Ok(response)) => {
+            let (head, body) = response.into_parts();
+            // h2: an answer before the whole body was taken (RFC 9113 §8.1 lets a server
+            // answer early and then stop the stream) is relayed, but never stored.
+            let answered_early = h2 && !sent.load(Ordering::Acquire);
+            return Ok(UpstreamResponse {
+                head: ResponseHeader::from(head),
+                done: body.is_end_stream(),
+                body,
+                conn: Some(conn),
+                peer,
+                answered_early,
+            });
+        }
+        Ok(Err(e)) => send_error(e),
+        // The connection is dropped (closed) with `conn`.
+        Err(_) if !sent.load(Ordering::Acquire) => {
+            Error::explain(ErrorType::WriteTimedout, "writing the request (timeout)")
+        }
+        Err(_) => Error::explain(ErrorType::ReadTimedout, "waiting for the answer (timeout)"),
+    };
+    let resend = resendable(&failed, reused, h2);
+    if resend {
+        if failed.etype() == &ErrorType::H2Downgrade {
+            upstream.pool.prefer_h1();
+        }
+        log::debug!(
+            "{} connection to {} could not take the request ({}); trying another",
+            if reused { "pooled" } else { "new" },
+            upstream.name,
+            failed.etype().as_str()
+        );
     }
+    Err(Unsent {
+        error: ProxyError::from_upstream(upstream, &failed),
+        peer,
+        resend,
+    })
+}
+
+/// A failed send (before the response head), as the Pingora error kind
+/// [`ProxyError::from_upstream`] classifies; an h2 stream the server turned down before
+/// processing it is marked retryable.
+fn send_error(e: hyper::Error) -> Box<Error> {
+    if let Some(reason) = h2_reason(&e) {
+        let (kind, retry) = match reason {
+            h2::Reason::HTTP_1_1_REQUIRED => (ErrorType::H2Downgrade, true),
+            h2::Reason::REFUSED_STREAM => (ErrorType::H2Error, true),
+            // GOAWAY with NO_ERROR: the server is closing the connection gracefully.
+            h2::Reason::NO_ERROR => (ErrorType::H2Error, true),
+            _ => (ErrorType::H2Error, false),
+        };
+        let mut error = Error::because(kind, "h2 stream", e);
+        error.retry = RetryType::Decided(retry);
+        return error;
+    }
+    let kind = if e.is_timeout() {
+        ErrorType::ReadTimedout
+    } else if e.is_parse() {
+        ErrorType::InvalidHTTPHeader
+    } else if e.is_canceled() || e.is_incomplete_message() || e.is_closed() || cut_off(&e) {
+        ErrorType::ConnectionClosed
+    } else if e.is_body_write_aborted() {
+        ErrorType::WriteError
+    } else {
+        ErrorType::ReadError
+    };
+    Error::because(kind, "sending the request", e)
 }
 
 /// Whether a request that failed before its response head may be sent again on another
 /// connection: an idle pooled connection the upstream had closed, or (h2) a stream the
-/// server turned down before processing it, which Pingora marks as retryable.
+/// server turned down before processing it.
 fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
     let stale = reused
         && matches!(
@@ -369,6 +482,26 @@ fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
         RetryType::Decided(retry) => retry,
         RetryType::ReusedOnly => reused,
     }
+}
+
+/// The request as hyper sends it: `req`'s head (in h2 form on an h2 connection) and `body`.
+fn request(
+    req: RequestHeader,
+    body: &Bytes,
+    h2: bool,
+    tls: bool,
+) -> pingora::Result<http::Request<Outgoing>> {
+    let head = if h2 { h2_request(req, tls)? } else { req };
+    let mut parts = http::request::Parts::from(head);
+    parts.version = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    Ok(http::Request::from_parts(
+        parts,
+        Outgoing::new(body.clone(), h2),
+    ))
 }
 
 /// The h2 form of an upstream request: the target in absolute form (`:scheme` and
@@ -386,109 +519,6 @@ fn h2_request(mut h2: RequestHeader, tls: bool) -> pingora::Result<RequestHeader
         .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "h2 request target", e))?;
     h2.set_uri(uri);
     Ok(h2)
-}
-
-/// Whether a request goes out head and body in one write ([`write_whole`]) on an HTTP/1.1
-/// connection: not a `HEAD` and not an upgrade, whose answers Pingora reads right (bodiless, a
-/// `101`) only when it wrote the head itself.
-fn one_write(req: &RequestHeader) -> bool {
-    req.method != http::Method::HEAD && !req.headers.contains_key(header::UPGRADE)
-}
-
-/// Writes `req` and `body` on `h1`'s connection in one write — one `sendto` while both fit its
-/// write buffer, else one `writev` — and gives back a Pingora session on that connection to
-/// read the answer with. Pingora's own `write_request_header` flushes the head by itself, so
-/// head and body would leave in two writes (and, with `TCP_NODELAY`, two packets).
-async fn write_whole(
-    h1: Http1Session,
-    req: &RequestHeader,
-    body: &[u8],
-    peer: &HttpPeer,
-    timeout: std::time::Duration,
-) -> pingora::Result<Http1Session> {
-    let Some(head) = http_req_header_to_wire(req) else {
-        return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "request-line contains forbidden delimiter bytes",
-        );
-    };
-    let mut stream = h1.into_inner();
-    match tokio::time::timeout(timeout, write_both(&mut stream, &head, body)).await {
-        Ok(Ok(())) => Ok(Http1Session::new_with_options(stream, peer)),
-        Ok(Err(e)) => Error::e_because(ErrorType::WriteError, "while writing the request", e),
-        Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing the request (timeout)"),
-    }
-}
-
-/// `head` then `body`, vectored (a stream that writes one buffer at a time writes two).
-async fn write_both(
-    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
-    head: &[u8],
-    body: &[u8],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut written = 0;
-    while written < head.len() {
-        let bufs = [
-            std::io::IoSlice::new(&head[written..]),
-            std::io::IoSlice::new(body),
-        ];
-        match stream.write_vectored(&bufs).await? {
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
-            n => written += n,
-        }
-    }
-    stream.write_all(&body[written - head.len()..]).await?;
-    stream.flush().await
-}
-
-/// Sends the request unless `req` is `None` (already written whole), then reads the head of
-/// the answer. True when that answer came before the whole body could be sent.
-async fn exchange_head(
-    session: &mut UpstreamSession,
-    req: Option<RequestHeader>,
-    body: &Bytes,
-) -> pingora::Result<bool> {
-    if let Some(req) = req {
-        session.write_request_header(Box::new(req)).await?;
-        if let Err(e) = send_body(session, body).await {
-            // An h2 server may answer before it has read the whole request and then stop the
-            // stream with NO_ERROR (RFC 9113 §8.1), so that sending the rest fails: its answer,
-            // already received, is the answer. Without one, the failed send is the error (and
-            // a send that timed out is one at once: a server not reading is not answering).
-            let answered = matches!(session, UpstreamSession::H2(_))
-                && e.etype() != &ErrorType::WriteTimedout
-                && session.read_response_header().await.is_ok();
-            return if answered { Ok(true) } else { Err(e) };
-        }
-    }
-    loop {
-        session.read_response_header().await?;
-        let status = session.response_header().map(|h| h.status.as_u16());
-        // Skip informational heads (100 Continue, 103 Early Hints); 101 is not expected here.
-        // (h2 skips them itself: its head is read once.)
-        let informational = matches!(status, Some(100..=199)) && status != Some(101);
-        if !informational || matches!(session, UpstreamSession::H2(_)) {
-            return Ok(false);
-        }
-    }
-}
-
-/// Sends the request body (if any) and ends the request.
-async fn send_body(session: &mut UpstreamSession, body: &Bytes) -> pingora::Result<()> {
-    if !body.is_empty() {
-        session.write_request_body(body.clone(), true).await?;
-    }
-    session.finish_request_body().await
-}
-
-/// True when the upstream has sent its whole response. For h2, a stream that ended with an
-/// error (a reset) is an error here, not a complete answer.
-fn response_complete(session: &mut UpstreamSession) -> pingora::Result<bool> {
-    match session {
-        UpstreamSession::H2(h2) => h2.check_response_end_or_error(),
-        other => Ok(other.response_done()),
-    }
 }
 
 /// The client's response head: the upstream's status and end-to-end headers. Without a
@@ -536,54 +566,44 @@ pub async fn relay(
     let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, &response, session, &head, reader);
     session.write_response_header(Box::new(head)).await?;
-    loop {
-        match response.session.read_response_body().await {
-            Ok(Some(chunk)) => {
+    let idle = upstream.timeouts.idle;
+    while !response.done {
+        match response.read(idle).await {
+            Ok(Read::Chunk(chunk)) => {
                 reader.observe(&chunk);
                 if let Some(r) = recorder.as_mut() {
                     r.push(&chunk);
                 }
-                match response_complete(&mut response.session) {
-                    Ok(true) => {
-                        reader.finish();
-                        if let Some(r) = recorder.take() {
-                            r.commit(reader.verdict());
-                        }
-                        // Back to the pool before the client has its last byte, so a request
-                        // it sends right after finds the connection free instead of opening
-                        // another.
-                        release(upstream, response).await;
-                        session.write_response_body(Some(chunk), false).await?;
-                        return session.write_response_body(None, true).await;
+                if response.done {
+                    reader.finish();
+                    if let Some(r) = recorder.take() {
+                        r.commit(reader.verdict());
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        abandon(upstream, response).await;
-                        return Err(broken_off(upstream, e));
-                    }
+                    // Back to the pool before the client has its last byte, so a request
+                    // it sends right after finds the connection free instead of opening
+                    // another.
+                    release(upstream, response);
+                    session.write_response_body(Some(chunk), false).await?;
+                    return session.write_response_body(None, true).await;
                 }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client left. Finish reading only if the answer is still worth
                     // storing (or others wait on it); otherwise drop the upstream mid-response.
-                    match recorder.filter(|r| r.worth_finishing(reader.verdict())) {
-                        Some(r) => finish_without_client(upstream, response, r, reader).await,
-                        None => abandon(upstream, response).await,
+                    if let Some(r) = recorder.filter(|r| r.worth_finishing(reader.verdict())) {
+                        finish_without_client(upstream, response, r, reader).await;
                     }
                     return Err(e);
                 }
             }
-            Ok(None) => break,
-            Err(e) => {
-                abandon(upstream, response).await;
-                return Err(broken_off(upstream, e));
-            }
+            Ok(Read::End) => break,
+            Err(e) => return Err(broken_off(upstream, e)),
         }
     }
     reader.finish();
     if let Some(r) = recorder.take() {
         r.commit(reader.verdict());
     }
-    release(upstream, response).await;
+    release(upstream, response);
     session.write_response_body(None, true).await
 }
 
@@ -642,32 +662,24 @@ pub async fn finish_detached(
     let recorder = relayed_head(&response, session, stamp)
         .ok()
         .and_then(|head| recorder(record, &response, session, &head, reader));
-    match recorder {
-        Some(r) => finish_without_client(upstream, response, r, reader).await,
-        None => abandon(upstream, response).await,
+    // Without a recorder the response is dropped: an unfinished HTTP/1.1 connection is
+    // closed, an h2 stream reset.
+    if let Some(r) = recorder {
+        finish_without_client(upstream, response, r, reader).await;
     }
 }
 
-/// Returns a finished upstream connection to the pool (an unfinished HTTP/1.1 one is dropped,
-/// closing it; an h2 stream always goes back, freeing its place on the shared connection).
-async fn release(upstream: &Upstream, mut response: UpstreamResponse) {
-    if response.session.response_done() || matches!(response.session, UpstreamSession::H2(_)) {
-        upstream
-            .pool
-            .release(
-                response.session,
-                &response.peer,
-                upstream.timeouts.pool_idle,
-            )
-            .await;
+/// Returns a finished upstream connection to the pool. An unfinished one is dropped with the
+/// response: an HTTP/1.1 connection is closed, an h2 stream reset (its connection goes on
+/// carrying the others), and the stream's place given back either way.
+fn release(upstream: &Upstream, mut response: UpstreamResponse) {
+    if let Some(conn) = response.conn.take() {
+        if response.done || conn.is_h2() {
+            upstream
+                .pool
+                .release(conn, &response.peer, upstream.timeouts.pool_idle);
+        }
     }
-}
-
-/// Gives up an unfinished response: closes an HTTP/1.1 connection, resets an h2 stream (its
-/// connection goes on carrying the others).
-async fn abandon(upstream: &Upstream, mut response: UpstreamResponse) {
-    response.session.shutdown().await;
-    release(upstream, response).await;
 }
 
 /// Reads the rest of the upstream response into `recorder` after the client left, and stores
@@ -678,22 +690,19 @@ async fn finish_without_client(
     mut recorder: Recorder,
     reader: &mut ResponseReader,
 ) {
-    loop {
-        match response.session.read_response_body().await {
-            Ok(Some(chunk)) => {
+    while !response.done {
+        match response.read(upstream.timeouts.idle).await {
+            Ok(Read::Chunk(chunk)) => {
                 reader.observe(&chunk);
                 recorder.push(&chunk);
             }
-            Ok(None) => break,
-            Err(_) => {
-                abandon(upstream, response).await;
-                return;
-            }
+            Ok(Read::End) => break,
+            Err(_) => return,
         }
     }
     reader.finish();
     recorder.commit(reader.verdict());
-    release(upstream, response).await;
+    release(upstream, response);
 }
 
 #[cfg(test)]
@@ -760,101 +769,6 @@ mod tests {
         ] {
             assert!(h(gone).is_none(), "{gone} was forwarded");
         }
-    }
-
-    /// A connection that takes at most `limit` bytes per write, vectored or not.
-    struct Partial {
-        out: Vec<u8>,
-        limit: usize,
-        writes: usize,
-    }
-
-    impl tokio::io::AsyncWrite for Partial {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.limit);
-            self.out.extend_from_slice(&buf[..n]);
-            self.writes += 1;
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.limit - n);
-                self.out.extend_from_slice(&b[..take]);
-                n += take;
-            }
-            self.writes += 1;
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn head_and_body_go_out_in_one_write_and_whole_after_partial_ones() {
-        let head = b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
-        let body = b"0123456789";
-        let whole = [&head[..], &body[..]].concat();
-        let mut conn = Partial {
-            out: Vec::new(),
-            limit: usize::MAX,
-            writes: 0,
-        };
-        write_both(&mut conn, head, body).await.unwrap();
-        assert_eq!((conn.out.as_slice(), conn.writes), (whole.as_slice(), 1));
-        for limit in [1, 7, head.len(), head.len() + 3] {
-            let mut conn = Partial {
-                out: Vec::new(),
-                limit,
-                writes: 0,
-            };
-            write_both(&mut conn, head, body).await.unwrap();
-            assert_eq!(conn.out, whole, "at most {limit} bytes per write");
-        }
-        // no body: the head alone
-        let mut conn = Partial {
-            out: Vec::new(),
-            limit: 5,
-            writes: 0,
-        };
-        write_both(&mut conn, head, b"").await.unwrap();
-        assert_eq!(conn.out, head);
-    }
-
-    #[test]
-    fn head_and_upgrade_requests_are_written_by_pingora() {
-        let post = RequestHeader::build_no_case("POST", b"/v1/chat", None).unwrap();
-        assert!(one_write(&post));
-        let head = RequestHeader::build_no_case("HEAD", b"/v1/models", None).unwrap();
-        assert!(!one_write(&head));
-        let mut upgrade = RequestHeader::build_no_case("GET", b"/ws", None).unwrap();
-        upgrade.insert_header("upgrade", "websocket").unwrap();
-        assert!(!one_write(&upgrade));
     }
 
     #[test]

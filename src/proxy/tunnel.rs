@@ -5,10 +5,13 @@
 use super::ctx::Stamp;
 use super::exchange::UpstreamResponse;
 use super::session::Session;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::{ErrorType, OrErr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bytes copied through a tunnel, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,9 +64,9 @@ fn switching_head(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> 
 /// or fails. `counted` is kept up to date as bytes pass, so it is right however this ends.
 /// `extra` headers (a rate-limited route's `x-ratelimit-*`) are added to the `101`.
 ///
-/// Both sessions stay in Pingora's hands: after a `101` each one reads and writes raw bytes
-/// (its body reader and writer switch to "until close"), and bytes either one had read past
-/// the heads are handed out first.
+/// The client's side stays in Pingora's hands (after a `101` its body reader and writer
+/// switch to "until close", and bytes it had read past the head are handed out first); the
+/// upstream's is hyper's upgraded connection (with any bytes read past the `101`).
 pub async fn run(
     session: &mut Session,
     response: UpstreamResponse,
@@ -72,44 +75,49 @@ pub async fn run(
 ) -> pingora::Result<()> {
     let mut head = switching_head(response.header())?;
     super::respond::add(&mut head, stamp)?;
-    let mut upstream = response.into_session();
+    let mut upstream = TokioIo::new(response.upgraded().await?);
     // A tunnel may sit idle for as long as its two ends like (WebSocket pings are theirs):
-    // neither side's read timeout (the client's is Pingora's 60 s default) may cut it.
-    upstream.set_read_timeout(None);
+    // the client's read timeout (Pingora's 60 s default) may not cut it; the upstream's side
+    // has none.
     session.set_read_timeout(None);
-    if let UpstreamSession::H1(h1) = &mut upstream {
-        h1.maybe_upgrade_body_writer();
-    }
     session.write_response_header(Box::new(head)).await?;
     let result = copy_both_ways(session, &mut upstream, counted).await;
     // Not returned to the pool: the connection now speaks another protocol.
-    upstream.shutdown().await;
+    let _ = upstream.shutdown().await;
     result
 }
 
 async fn copy_both_ways(
     session: &mut Session,
-    upstream: &mut UpstreamSession,
+    upstream: &mut TokioIo<Upgraded>,
     counted: &mut Tunnelled,
 ) -> pingora::Result<()> {
+    let mut buf = BytesMut::with_capacity(16 << 10);
     loop {
         // Both reads are cancel-safe: the one not chosen has consumed nothing.
         tokio::select! {
             from_client = session.read_request_body() => match from_client? {
                 Some(bytes) => {
                     counted.sent += bytes.len() as u64;
-                    upstream.write_request_body(bytes, false).await?;
+                    upstream
+                        .write_all(&bytes)
+                        .await
+                        .or_err(ErrorType::WriteError, "writing to the upstream")?;
                 }
                 // The client closed: the upstream connection is closed after us.
                 None => return Ok(()),
             },
-            from_upstream = upstream.read_response_body() => match from_upstream? {
-                Some(bytes) => {
-                    counted.received += bytes.len() as u64;
-                    session.write_response_body(Some(bytes), false).await?;
+            from_upstream = upstream.read_buf(&mut buf) => {
+                match from_upstream.or_err(ErrorType::ReadError, "reading from the upstream")? {
+                    0 => return session.write_response_body(None::<Bytes>, true).await,
+                    n => {
+                        counted.received += n as u64;
+                        let bytes = buf.split().freeze();
+                        session.write_response_body(Some(bytes), false).await?;
+                        buf.reserve(16 << 10);
+                    }
                 }
-                None => return session.write_response_body(None::<Bytes>, true).await,
-            },
+            }
         }
     }
 }

@@ -1,39 +1,51 @@
-//! The connections to one upstream: its own Pingora connectors (so their keep-alive pools have
-//! this upstream's size), the cap on connections open at once, and h2 connections set up once for
-//! many requests arriving together.
+//! The connections to one upstream, on hyper's client: HTTP/1.1 connections kept alive for
+//! reuse, h2 connections shared by many streams, the cap on connections open at once, and h2
+//! connections set up once for many requests arriving together.
 //!
-//! What Pingora enforces and what promptgate adds:
-//! - **Idle connections** (`pool.max_idle`): Pingora's keep-alive pool is one LRU per connector,
-//!   sized at creation. Each upstream gets its own connector, so the size is this upstream's:
-//!   past it, the least recently used idle connection is closed.
-//! - **Open connections** (`pool.max_connections`): Pingora has no such bound (a request that
-//!   finds no idle connection opens one). promptgate bounds the connection *capacity in use*
-//!   with a semaphore per upstream: `max_connections × max_streams` permits, an HTTP/1.1
-//!   exchange takes `max_streams` of them (it occupies a whole connection), an h2 exchange one
-//!   (a stream). Since Pingora opens a connection only when none is idle (h1) or none has a
-//!   free stream (h2), connections in use never exceed `max_connections`, and idle ones are
-//!   only ever connections that were in use. The protocol is learnt from the newest
-//!   connection. Until then an upstream that may speak h2 is taken to (an exchange reserves a
-//!   stream), so that a burst at start-up is not held to `max_connections` requests; an
-//!   exchange that gets an HTTP/1.1 connection after all tops its reservation up to a whole
-//!   connection before opening one (waiting like any other).
-//! - **h2 multiplexing**: Pingora's `max_h2_streams` defaults to 1 (no multiplexing); the peer
-//!   gets `pool.max_streams`. Pingora looks for an h2 connection with a free stream before
-//!   opening one, but requests arriving together all find none while the first handshake is
-//!   under way, and would each open their own. So set-up of a connection that may speak h2 is
-//!   serialized per upstream: the others wait for it and then share it.
+//! hyper gives connections (`hyper::client::conn`); the pool is promptgate's own, because
+//! what it must do is per upstream and per connection, which hyper-util's pooled `Client`
+//! hides: count the connections it opens and the protocol they speak (metrics, dashboard),
+//! bound the capacity in use, serialize h2 set-up, fall back to HTTP/1.1 when the server
+//! refuses h2, and trust `tls.ca_file` for this upstream only. It is also cheaper per request:
+//! no pool key to hash, one short lock per checkout.
+//!
+//! - **Idle connections** (`pool.max_idle`): finished HTTP/1.1 connections wait in a
+//!   last-in-first-out list, up to `max_idle` (past it, the oldest is closed), each for at
+//!   most `timeouts.pool_idle` (checked when the list is used). One the upstream closed while
+//!   idle is noticed by its connection task and skipped.
+//! - **Open connections** (`pool.max_connections`): the connection *capacity in use* is
+//!   bounded with a semaphore per upstream: `max_connections × max_streams` permits, an
+//!   HTTP/1.1 exchange takes `max_streams` of them (it occupies a whole connection), an h2
+//!   exchange one (a stream). A connection is opened only when none is idle (h1) or none has a
+//!   free stream (h2), so connections in use never exceed `max_connections`. The protocol is
+//!   learnt from the newest connection. Until then an upstream that may speak h2 is taken to
+//!   (an exchange reserves a stream), so that a burst at start-up is not held to
+//!   `max_connections` requests; an exchange that gets an HTTP/1.1 connection after all tops
+//!   its reservation up to a whole connection before opening one (waiting like any other).
+//! - **h2 multiplexing**: an h2 connection carries up to `pool.max_streams` exchanges at once.
+//!   Requests arriving together would all find none with room while the first handshake is
+//!   under way, and each open their own: so set-up of a connection that may speak h2 is
+//!   serialized per upstream, the others wait for it and then share it.
+//! - **TLS**: rustls, SNI by host (or `tls.sni`), ALPN `h2` + `http/1.1` when h2 may be spoken;
+//!   the system's trust anchors plus `tls.ca_file`'s.
 
 use crate::config::schema::{HttpVersion, PoolSpec};
 use crate::config::spec::{self, CaBundle};
-use pingora::connectors::http::{v1, v2};
-use pingora::connectors::ConnectorOptions;
-use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::{HttpPeer, Peer};
-use pingora::utils::tls::{parse_x509, WrappedX509};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
+use pingora::{Error, ErrorType};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The protocol an upstream's connections last spoke.
@@ -41,15 +53,140 @@ const UNKNOWN: u8 = 0;
 const H1: u8 = 1;
 const H2: u8 = 2;
 
+/// The largest piece of a request body handed to an h2 connection at a time: h2 then takes
+/// the next only when flow control lets it send, so "the whole body was taken" means (to
+/// within one piece) "the whole body was sent" (see [`Outgoing::sent`]).
+const H2_PIECE: usize = 16 << 10;
+
+/// What a connection may be offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// HTTP/1.1 only.
+    H1,
+    /// h2 or HTTP/1.1, as ALPN decides (TLS only).
+    H2H1,
+    /// h2 only (`http_version: h2`: ALPN `h2`, or prior knowledge on plain TCP).
+    H2,
+}
+
+/// Where and how to connect for one exchange.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// The name sent as SNI and verified against the certificate (TLS only).
+    pub sni: String,
+    pub offer: Offer,
+    /// `timeouts.connect`: TCP and TLS together.
+    pub connect_timeout: Duration,
+}
+
+/// The request body as hyper sends it: the buffered body (whole for HTTP/1.1, so head and body
+/// leave in one `writev`; in [`H2_PIECE`]s for h2), telling when the last of it was taken.
+#[derive(Debug)]
+pub struct Outgoing {
+    rest: Bytes,
+    piece: usize,
+    sent: Arc<AtomicBool>,
+}
+
+impl Outgoing {
+    /// `body` for a connection speaking h2 (`h2`) or HTTP/1.1.
+    pub fn new(body: Bytes, h2: bool) -> Outgoing {
+        Outgoing {
+            sent: Arc::new(AtomicBool::new(body.is_empty())),
+            piece: if h2 { H2_PIECE } else { usize::MAX },
+            rest: body,
+        }
+    }
+
+    /// A flag set once the connection has taken the whole body.
+    pub fn sent(&self) -> Arc<AtomicBool> {
+        self.sent.clone()
+    }
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(self.piece);
+        let piece = self.rest.split_to(n);
+        if self.rest.is_empty() {
+            self.sent.store(true, Ordering::Release);
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+/// One exchange's connection: an HTTP/1.1 connection of its own, or a stream on an h2 one.
+pub enum Conn {
+    H1(http1::SendRequest<Outgoing>),
+    H2(http2::SendRequest<Outgoing>, Stream),
+}
+
+impl Conn {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Conn::H2(..))
+    }
+}
+
+/// An h2 connection in the pool.
+struct H2Conn {
+    sender: http2::SendRequest<Outgoing>,
+    addr: SocketAddr,
+    /// Streams in use.
+    streams: AtomicUsize,
+    /// When it last had no stream in use (ms since the pool's creation), for `pool_idle`.
+    idle_since: AtomicU64,
+}
+
+/// A stream's place on an h2 connection, given back when dropped.
+pub struct Stream {
+    conn: Arc<H2Conn>,
+    born: Instant,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = self.born.elapsed().as_millis() as u64;
+            self.conn.idle_since.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An idle HTTP/1.1 connection.
+struct Idle {
+    sender: http1::SendRequest<Outgoing>,
+    addr: SocketAddr,
+    until: Instant,
+}
+
 /// The connections to one upstream (shared by the upstream's successive builds across reloads
 /// while its connection settings are unchanged).
 pub struct Pool {
-    /// Pingora's HTTP/1.1 and h2 connectors, each with its idle pool (its `Connector` holds the
-    /// same two, but hides them: see [`Pool::connect`] for why promptgate asks them itself).
-    h1: v1::Connector,
-    h2: v2::Connector,
-    /// The server refused h2 (`HTTP_1_1_REQUIRED`): HTTP/1.1 from now on (Pingora's own flag
-    /// for this is not public).
+    /// Idle HTTP/1.1 connections, the newest last.
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    /// Open h2 connections.
+    h2: Mutex<Vec<Arc<H2Conn>>>,
+    /// The server refused h2 (`HTTP_1_1_REQUIRED`): HTTP/1.1 from now on.
     h1_preferred: AtomicBool,
     /// Connection capacity: `max_connections × per_connection` permits.
     capacity: Arc<Semaphore>,
@@ -57,17 +194,22 @@ pub struct Pool {
     per_connection: u32,
     /// Whether `http_version` and the scheme allow h2 at all.
     may_h2: bool,
+    http_version: HttpVersion,
     max_connections: usize,
     /// `pool.max_streams`: h2 streams per connection.
     max_streams: usize,
     /// [`H1`], [`H2`] or [`UNKNOWN`]: what the newest connection negotiated.
     protocol: AtomicU8,
-    /// Held while getting a session that may open an h2 connection (see the module doc).
+    /// Held while getting a connection that may speak h2 (see the module doc).
     opening: tokio::sync::Mutex<()>,
     /// Connections opened since the pool was created, by protocol (h1, h2).
     opened: [AtomicU64; 2],
-    /// The system's trust anchors plus `tls.ca_file`'s, when it is set.
-    ca: Option<Arc<[WrappedX509]>>,
+    /// `tls.ca_file`'s certificates, trusted besides the system's.
+    ca: Option<Arc<CaBundle>>,
+    /// The TLS settings by [`Offer`] (built on first use).
+    tls: OnceLock<[Arc<ClientConfig>; 3]>,
+    name: String,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Pool {
@@ -85,27 +227,30 @@ impl std::fmt::Debug for Pool {
 #[derive(Debug)]
 pub struct Reserved(OwnedSemaphorePermit);
 
-/// Why [`Pool::session`] gave no session.
+/// Why [`Pool::session`] gave no connection.
 #[derive(Debug)]
 pub enum Opening {
     /// The connection turned out HTTP/1.1 and no whole connection freed up in time.
     Busy,
-    /// Pingora could not connect (or open an h2 stream).
-    Failed(Box<pingora::Error>),
+    /// Could not connect (TCP, TLS, or the HTTP handshake), as a Pingora error for
+    /// [`crate::proxy::errors`]' classification.
+    Failed(Box<Error>),
 }
 
-impl From<Box<pingora::Error>> for Opening {
-    fn from(e: Box<pingora::Error>) -> Self {
+impl From<Box<Error>> for Opening {
+    fn from(e: Box<Error>) -> Self {
         Opening::Failed(e)
     }
 }
 
-/// What identifies a pool across reloads: everything that shapes its connector or its
-/// connections. (The address and SNI are part of Pingora's own pool key.)
+/// What identifies a pool across reloads: everything that shapes its connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Identity {
     upstream: String,
     tls: bool,
+    host: String,
+    port: u16,
+    sni: Option<String>,
     pool: PoolSpec,
     http_version: HttpVersion,
     ca: Option<Arc<CaBundle>>,
@@ -115,12 +260,6 @@ struct Identity {
 fn registry() -> &'static Mutex<HashMap<Identity, Weak<Pool>>> {
     static POOLS: OnceLock<Mutex<HashMap<Identity, Weak<Pool>>>> = OnceLock::new();
     POOLS.get_or_init(Default::default)
-}
-
-/// `peer` is offered HTTP/1.1 only (no ALPN options, or at most HTTP/1.1).
-fn h1_only(peer: &HttpPeer) -> bool {
-    peer.get_peer_options()
-        .is_none_or(|o| o.alpn.get_max_http_version() == 1)
 }
 
 /// Whether exchanges with this upstream may speak h2 (what `http_version` allows).
@@ -134,11 +273,14 @@ pub fn may_speak_h2(tls: bool, version: HttpVersion) -> bool {
 
 impl Pool {
     /// The pool for upstream `name`: the running one when its settings are unchanged,
-    /// otherwise a new one (whose connector loads the system's trust anchors).
+    /// otherwise a new one.
     pub fn shared(name: &str, spec: &spec::Upstream) -> Arc<Pool> {
         let identity = Identity {
             upstream: name.to_string(),
             tls: spec.tls,
+            host: spec.host.clone(),
+            port: spec.port,
+            sni: spec.sni.clone(),
             pool: spec.pool.clone(),
             http_version: spec.http_version,
             ca: spec.ca.clone(),
@@ -165,29 +307,36 @@ impl Pool {
             .saturating_mul(per_connection)
             .min(Semaphore::MAX_PERMITS);
         Pool {
-            h1: v1::Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
-            h2: v2::Connector::new(Some(ConnectorOptions::new(spec.pool.max_idle))),
+            idle: Mutex::new(Vec::new()),
+            max_idle: spec.pool.max_idle,
+            h2: Mutex::new(Vec::new()),
             h1_preferred: AtomicBool::new(false),
             capacity: Arc::new(Semaphore::new(permits)),
             per_connection: per_connection.min(u32::MAX as usize) as u32,
             may_h2,
+            http_version: spec.http_version,
             max_connections,
             max_streams: spec.pool.max_streams.max(1),
             protocol: AtomicU8::new(UNKNOWN),
             opening: tokio::sync::Mutex::new(()),
             opened: Default::default(),
-            ca: spec.ca.as_deref().map(|bundle| trust_anchors(name, bundle)),
+            ca: spec.ca.clone(),
+            tls: OnceLock::new(),
+            name: name.to_string(),
+            created: Instant::now(),
         }
     }
 
-    /// Concurrent h2 streams per connection (the peer's `max_h2_streams`).
-    pub fn max_streams(&self) -> usize {
-        self.max_streams
-    }
-
-    /// The trust anchors for the peer's `ca` option (`None`: the connector's, the system's).
-    pub fn ca(&self) -> Option<Arc<[WrappedX509]>> {
-        self.ca.clone()
+    /// What a connection for an exchange may be offered: HTTP/1.1 only with `h1` (a WebSocket
+    /// upgrade), when h2 is not allowed, or once the server refused it.
+    pub fn offer(&self, h1: bool) -> Offer {
+        if h1 || !self.may_h2 || self.h1_preferred.load(Ordering::Relaxed) {
+            Offer::H1
+        } else if self.http_version == HttpVersion::H2 {
+            Offer::H2
+        } else {
+            Offer::H2H1
+        }
     }
 
     /// Takes the capacity of one exchange, waiting up to `wait` for it: a whole connection
@@ -223,20 +372,18 @@ impl Pool {
         }
     }
 
-    /// A session to `peer` within `reserved`: an idle HTTP/1.1 connection, a stream on an h2
-    /// connection with room, or a new connection (whose ALPN decides between them). True when
-    /// reused. An HTTP/1.1 session first makes `reserved` a whole connection, waiting up to
-    /// `wait`.
+    /// A connection to `peer` within `reserved`: an idle HTTP/1.1 connection, a stream on an
+    /// h2 connection with room, or a new connection (whose ALPN decides between them). True
+    /// when reused. An HTTP/1.1 connection first makes `reserved` a whole connection, waiting
+    /// up to `wait`.
     pub async fn session(
         &self,
-        peer: &HttpPeer,
+        peer: &Peer,
         reserved: &mut Reserved,
         wait: Duration,
-    ) -> Result<(HttpSession, bool), Opening> {
-        let may_h2 = peer
-            .get_peer_options()
-            .is_some_and(|o| o.alpn.get_max_http_version() == 2);
-        let (session, reused) = if may_h2 && self.protocol.load(Ordering::Relaxed) != H1 {
+    ) -> Result<(Conn, bool), Opening> {
+        let may_h2 = peer.offer != Offer::H1;
+        let (conn, reused) = if may_h2 && self.protocol.load(Ordering::Relaxed) != H1 {
             let opening = self.opening.lock().await;
             if self.protocol.load(Ordering::Relaxed) == H1 {
                 // The connection waited for spoke HTTP/1.1: those are opened side by side,
@@ -256,84 +403,243 @@ impl Pool {
             }
             self.connect(peer, may_h2).await?
         };
-        if matches!(session, HttpSession::H1(_)) {
+        if !conn.is_h2() {
             // Reserved as a stream, but it got a connection of its own (the first connection
             // of an upstream that turned out to speak HTTP/1.1): count it whole if possible.
             self.whole_connection(reserved, Duration::ZERO).await;
         }
-        Ok((session, reused))
+        Ok((conn, reused))
     }
 
-    /// Pingora's session to `peer`, recording the protocol it speaks unless `peer` was offered
+    /// A connection to `peer`, recording the protocol it speaks unless `peer` was offered
     /// only HTTP/1.1 on an upstream that may speak h2 (a WebSocket upgrade's HTTP/1.1 says
     /// nothing about what the upstream speaks); counts a new connection.
-    async fn connect(&self, peer: &HttpPeer, may_h2: bool) -> pingora::Result<(HttpSession, bool)> {
-        // What Pingora's `Connector::get_http_session` does, in two steps: a pooled connection
-        // (or a free h2 stream) with small futures, else a new one. Opening's state (TCP, TLS,
-        // h2 handshake) is large: boxed, and only when a connection is opened, it is not moved
-        // with every request's send future (BENCHMARKS.md).
-        let (session, reused) = match self.reused(peer).await? {
-            Some(session) => (session, true),
-            None => Box::pin(self.open(peer)).await?,
+    async fn connect(&self, peer: &Peer, may_h2: bool) -> Result<(Conn, bool), Box<Error>> {
+        let (conn, reused) = match self.reused(peer).await {
+            Some(conn) => (conn, true),
+            // Boxed: opening's state (TCP, TLS, handshake) is large, and only needed when a
+            // connection is opened; inline it would enlarge every request's future.
+            None => (Box::pin(self.open(peer)).await?, false),
         };
-        let protocol = match session {
-            HttpSession::H2(_) => H2,
-            _ => H1,
-        };
+        let protocol = if conn.is_h2() { H2 } else { H1 };
         if may_h2 || !self.may_h2 {
             self.protocol.store(protocol, Ordering::Relaxed);
         }
         if !reused {
             self.opened[usize::from(protocol == H2)].fetch_add(1, Ordering::Relaxed);
         }
-        Ok((session, reused))
+        Ok((conn, reused))
     }
 
-    /// An idle HTTP/1.1 connection or a free stream on an h2 one, looked for in Pingora's
-    /// order: h2 first when `peer` may speak it, HTTP/1.1 unless `peer` speaks only h2.
-    async fn reused(&self, peer: &HttpPeer) -> pingora::Result<Option<HttpSession>> {
-        if !h1_only(peer) {
-            if let Some(h2) = self.h2.reused_http_session(peer).await? {
-                return Ok(Some(HttpSession::H2(h2)));
+    /// A free stream on an h2 connection when `peer` may speak h2, else (unless `peer` speaks
+    /// only h2) an idle HTTP/1.1 connection.
+    async fn reused(&self, peer: &Peer) -> Option<Conn> {
+        if peer.offer != Offer::H1 {
+            if let Some(stream) = self.h2_stream(peer) {
+                return Some(stream);
             }
-            if self.h2_only(peer) {
-                return Ok(None);
+            if peer.offer == Offer::H2 {
+                return None;
             }
         }
-        Ok(self.h1.reused_http_session(peer).await.map(HttpSession::H1))
+        self.idle_h1(peer).await
     }
 
-    /// A new connection (HTTP/1.1 may still find one freed meanwhile: then reused); one that
-    /// may speak h2 speaks what ALPN (or `h2` prior knowledge) decides.
-    async fn open(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
-        if h1_only(peer) {
-            let (h1, reused) = self.h1.get_http_session(peer).await?;
-            Ok((HttpSession::H1(h1), reused))
+    /// A stream on an open h2 connection to `peer` with room for one; closed connections and
+    /// ones idle past `pool_idle`'s end are dropped on the way.
+    fn h2_stream(&self, peer: &Peer) -> Option<Conn> {
+        let mut conns = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| !c.sender.is_closed());
+        for conn in conns.iter() {
+            if conn.addr != peer.addr || !conn.sender.is_ready() {
+                continue;
+            }
+            let taken = conn
+                .streams
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_streams).then_some(n + 1)
+                });
+            if taken.is_ok() {
+                let stream = Stream {
+                    conn: conn.clone(),
+                    born: self.created,
+                };
+                return Some(Conn::H2(conn.sender.clone(), stream));
+            }
+        }
+        None
+    }
+
+    /// The newest idle HTTP/1.1 connection to `peer` still open and within its idle time.
+    async fn idle_h1(&self, peer: &Peer) -> Option<Conn> {
+        loop {
+            let Idle {
+                mut sender,
+                addr,
+                until,
+            } = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if addr != peer.addr || until < Instant::now() || sender.is_closed() {
+                continue; // dropped: closed
+            }
+            // Usually ready at once; right after its answer was read, the connection task may
+            // not have marked it so yet.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(Conn::H1(sender));
+            }
+        }
+    }
+
+    /// A new connection to `peer`, within `timeouts.connect`.
+    async fn open(&self, peer: &Peer) -> Result<Conn, Box<Error>> {
+        match tokio::time::timeout(peer.connect_timeout, self.dial(peer)).await {
+            Ok(conn) => conn,
+            Err(_) => Error::e_explain(
+                if peer.tls {
+                    ErrorType::TLSHandshakeTimedout
+                } else {
+                    ErrorType::ConnectTimedout
+                },
+                format!("connecting to {} (timeout)", peer.addr),
+            ),
+        }
+    }
+
+    async fn dial(&self, peer: &Peer) -> Result<Conn, Box<Error>> {
+        let tcp = tokio::net::TcpStream::connect(peer.addr)
+            .await
+            .map_err(|e| connect_error(peer, e))?;
+        // As Pingora's connector did: a request leaves at once, not after Nagle's delay.
+        let _ = tcp.set_nodelay(true);
+        if !peer.tls {
+            return match peer.offer {
+                // `http_version: h2` on plain TCP: h2 by prior knowledge (h2c).
+                Offer::H2 => self.handshake_h2(tcp, peer).await,
+                _ => handshake_h1(tcp).await,
+            };
+        }
+        let name = ServerName::try_from(peer.sni.clone()).map_err(|e| {
+            Error::because(ErrorType::InvalidCert, "the SNI is not a valid name", e)
+        })?;
+        let connector = TlsConnector::from(self.tls_config(peer.offer));
+        let tls = connector.connect(name, tcp).await.map_err(|e| {
+            Error::explain(
+                ErrorType::TLSHandshakeFailure,
+                format!("{e}, SNI: {}", peer.sni),
+            )
+        })?;
+        let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if alpn_h2 || (peer.offer == Offer::H2 && tls.get_ref().1.alpn_protocol().is_none()) {
+            self.handshake_h2(tls, peer).await
         } else {
-            Ok((self.h2.new_http_session::<_, ()>(peer).await?, false))
+            handshake_h1(tls).await
         }
     }
 
-    /// `peer` is offered h2 only (`http_version: h2`), unless the server refused it.
-    fn h2_only(&self, peer: &HttpPeer) -> bool {
-        peer.get_peer_options()
-            .is_some_and(|o| o.alpn.get_min_http_version() == 2)
-            && !self.h1_preferred.load(Ordering::Relaxed)
+    /// An h2 connection on `io`, added to the pool with one stream taken (this exchange's).
+    async fn handshake_h2<T>(&self, io: T, peer: &Peer) -> Result<Conn, Box<Error>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| Error::because(ErrorType::HandshakeError, "h2 handshake", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("upstream h2 connection ended: {e}");
+            }
+        });
+        let conn = Arc::new(H2Conn {
+            sender: sender.clone(),
+            addr: peer.addr,
+            streams: AtomicUsize::new(1),
+            idle_since: AtomicU64::new(0),
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn.clone());
+        Ok(Conn::H2(
+            sender,
+            Stream {
+                conn,
+                born: self.created,
+            },
+        ))
     }
 
-    /// Returns a finished session to the pool (an h2 stream frees its slot on the connection).
-    pub async fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Duration) {
-        match session {
-            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, Some(idle)).await,
-            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, Some(idle)),
-            // Never made here: no custom protocol is offered.
-            HttpSession::Custom(_) => {}
+    /// The rustls settings for `offer`: ALPN to match, the system's trust anchors plus
+    /// `tls.ca_file`'s.
+    fn tls_config(&self, offer: Offer) -> Arc<ClientConfig> {
+        let configs = self.tls.get_or_init(|| {
+            pingora::tls::install_default_crypto_provider();
+            let roots = Arc::new(trust_anchors(&self.name, self.ca.as_deref()));
+            let with = |alpn: &[&[u8]]| {
+                let mut config = ClientConfig::builder()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                Arc::new(config)
+            };
+            [
+                with(&[b"http/1.1"]),
+                with(&[b"h2", b"http/1.1"]),
+                with(&[b"h2"]),
+            ]
+        });
+        configs[match offer {
+            Offer::H1 => 0,
+            Offer::H2H1 => 1,
+            Offer::H2 => 2,
+        }]
+        .clone()
+    }
+
+    /// Returns a finished exchange's connection: an HTTP/1.1 one to the idle list (for
+    /// `idle` at most), an h2 stream's place on its connection (given back by dropping it).
+    pub fn release(&self, conn: Conn, peer: &Peer, idle: Duration) {
+        match conn {
+            Conn::H1(sender) => {
+                if self.max_idle == 0 || sender.is_closed() {
+                    return;
+                }
+                let mut list = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if list.len() >= self.max_idle {
+                    list.remove(0); // the least recently used: closed
+                }
+                list.push(Idle {
+                    sender,
+                    addr: peer.addr,
+                    until: Instant::now() + idle,
+                });
+            }
+            Conn::H2(_, stream) => {
+                drop(stream);
+                self.trim_h2(idle);
+            }
         }
     }
 
-    /// The server refused h2 (`HTTP_1_1_REQUIRED`): offer only HTTP/1.1 to `peer` from now on.
-    pub fn prefer_h1(&self, peer: &HttpPeer) {
-        self.h2.prefer_h1(peer);
+    /// Closes h2 connections without streams beyond `max_idle`, and those idle past `idle`.
+    fn trim_h2(&self, idle: Duration) {
+        let now = self.created.elapsed().as_millis() as u64;
+        let idle = idle.as_millis() as u64;
+        let mut unused = 0;
+        let mut conns = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| {
+            if c.streams.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            unused += 1;
+            unused <= self.max_idle
+                && now.saturating_sub(c.idle_since.load(Ordering::Relaxed)) <= idle
+                && !c.sender.is_closed()
+        });
+    }
+
+    /// The server refused h2 (`HTTP_1_1_REQUIRED`): offer only HTTP/1.1 from now on.
+    pub fn prefer_h1(&self) {
         self.h1_preferred.store(true, Ordering::Relaxed);
         self.protocol.store(H1, Ordering::Relaxed);
     }
@@ -356,24 +662,65 @@ impl Pool {
     }
 }
 
-/// The system's trust anchors plus `bundle`'s, for a peer whose `tls.ca_file` is set. (A
-/// peer's CA list replaces the connector's store in Pingora, so the system's are added here
-/// to make the file's certificates an addition, not a replacement.)
-fn trust_anchors(upstream: &str, bundle: &CaBundle) -> Arc<[WrappedX509]> {
-    let mut ders: Vec<Vec<u8>> = bundle.certs.clone();
-    match pingora::tls::load_native_certs() {
-        Ok(system) => ders.extend(system.into_iter().map(|c| c.to_vec())),
-        Err(e) => log::warn!(
-            "upstream {upstream}: cannot load the system's CA certificates ({e}); trusting only {}",
-            bundle.path.display()
-        ),
+/// An HTTP/1.1 connection on `io` (able to switch protocols after a `101`).
+async fn handshake_h1<T>(io: T) -> Result<Conn, Box<Error>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Error::because(ErrorType::HandshakeError, "HTTP/1.1 handshake", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            log::debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(Conn::H1(sender))
+}
+
+/// A failed TCP connect, as the error kind [`crate::proxy::errors`] classifies.
+fn connect_error(peer: &Peer, e: std::io::Error) -> Box<Error> {
+    use std::io::ErrorKind;
+    let kind = match e.kind() {
+        ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => ErrorType::ConnectNoRoute,
+        ErrorKind::TimedOut => ErrorType::ConnectTimedout,
+        _ => ErrorType::ConnectError,
+    };
+    Error::because(kind, format!("connecting to {}", peer.addr), e)
+}
+
+/// The system's trust anchors, loaded once per process.
+fn system_anchors() -> &'static [Vec<u8>] {
+    static SYSTEM: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    SYSTEM.get_or_init(|| match pingora::tls::load_native_certs() {
+        Ok(certs) => certs.into_iter().map(|c| c.to_vec()).collect(),
+        Err(e) => {
+            log::warn!("cannot load the system's CA certificates ({e})");
+            Vec::new()
+        }
+    })
+}
+
+/// The system's trust anchors plus `bundle`'s (`tls.ca_file`: an addition, not a
+/// replacement). A certificate rustls cannot use is left out.
+fn trust_anchors(upstream: &str, bundle: Option<&CaBundle>) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let system = system_anchors();
+    if system.is_empty() {
+        if let Some(bundle) = bundle {
+            log::warn!(
+                "upstream {upstream}: no system CA certificates; trusting only {}",
+                bundle.path.display()
+            );
+        }
     }
-    ders.into_iter()
-        // The config checked the file's certificates; a system one that does not parse is
-        // left out rather than let `parse_x509` panic on it.
-        .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
-        .map(|der| WrappedX509::new(der, parse_x509))
-        .collect()
+    let file = bundle.map(|b| b.certs.as_slice()).unwrap_or_default();
+    for der in file.iter().chain(system) {
+        let _ = roots.add(der.clone().into());
+    }
+    roots
 }
 
 #[cfg(test)]
@@ -477,6 +824,45 @@ mod tests {
     }
 
     #[test]
+    fn offers_follow_http_version_the_scheme_and_a_refusal_of_h2() {
+        let offer = |tls, version, h1| Pool::new("u", &spec(tls, small(), version)).offer(h1);
+        assert_eq!(offer(false, HttpVersion::Auto, false), Offer::H1);
+        assert_eq!(offer(true, HttpVersion::Auto, false), Offer::H2H1);
+        assert_eq!(offer(true, HttpVersion::Auto, true), Offer::H1);
+        assert_eq!(offer(true, HttpVersion::H1, false), Offer::H1);
+        assert_eq!(offer(false, HttpVersion::H2, false), Offer::H2);
+        assert_eq!(offer(true, HttpVersion::H2, false), Offer::H2);
+        let refused = Pool::new("u", &spec(true, small(), HttpVersion::Auto));
+        refused.prefer_h1();
+        assert_eq!(refused.offer(false), Offer::H1);
+    }
+
+    #[test]
+    fn an_h2_body_goes_in_pieces_and_says_when_it_was_all_taken() {
+        use http_body_util::BodyExt;
+        let body = Bytes::from(vec![7u8; H2_PIECE * 2 + 5]);
+        let mut h2 = Outgoing::new(body.clone(), true);
+        let sent = h2.sent();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut sizes = Vec::new();
+        while let Some(frame) = rt.block_on(h2.frame()) {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+            // Set with the last piece, not before.
+            assert_eq!(sent.load(Ordering::Acquire), sizes.len() == 3);
+        }
+        assert_eq!(sizes, [H2_PIECE, H2_PIECE, 5]);
+        let mut h1 = Outgoing::new(body, false);
+        let whole = rt.block_on(h1.frame()).unwrap().unwrap();
+        assert_eq!(whole.into_data().unwrap().len(), H2_PIECE * 2 + 5);
+        assert!(h1.sent().load(Ordering::Acquire));
+        assert!(Outgoing::new(Bytes::new(), true)
+            .sent()
+            .load(Ordering::Acquire));
+    }
+
+    #[test]
     fn a_reload_keeps_the_pool_unless_its_connection_settings_change() {
         let one = Pool::shared("keep", &spec(true, small(), HttpVersion::Auto));
         let again = Pool::shared("keep", &spec(true, small(), HttpVersion::Auto));
@@ -487,6 +873,9 @@ mod tests {
         assert!(!Arc::ptr_eq(&one, &changed));
         let other = Pool::shared("other", &spec(true, small(), HttpVersion::Auto));
         assert!(!Arc::ptr_eq(&one, &other));
+        let mut moved = spec(true, small(), HttpVersion::Auto);
+        moved.port = 10;
+        assert!(!Arc::ptr_eq(&one, &Pool::shared("keep", &moved)));
         // Once no upstream holds it, a pool is gone: the next build starts afresh.
         let weak = Arc::downgrade(&one);
         drop((one, again));

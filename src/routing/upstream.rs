@@ -1,12 +1,11 @@
 //! An upstream as the proxy uses it: where it is, how to reach it, what to inject, and how
 //! it has been doing (passive health, latency, concurrency).
 
-use super::pool::{self, Pool, Reserved};
+use super::pool::{Peer, Pool, Reserved};
 use crate::config::schema::{HealthSpec, HttpVersion, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
 use http::{HeaderName, HeaderValue};
-use pingora::upstreams::peer::{HttpPeer, ALPN};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -264,34 +263,23 @@ impl Upstream {
         out
     }
 
-    /// A Pingora peer for this upstream, with DNS resolved asynchronously and cached.
-    /// (`HttpPeer::new` with a host name would resolve blocking, and panic on failure.)
-    /// With `h1`, only HTTP/1.1 is offered (a WebSocket upgrade needs it).
-    pub async fn peer(&self, h1: bool) -> Result<HttpPeer, ResolveError> {
+    /// Where and how to connect for an exchange with this upstream, with DNS resolved
+    /// asynchronously and cached. With `h1`, only HTTP/1.1 is offered (a WebSocket upgrade
+    /// needs it).
+    pub async fn peer(&self, h1: bool) -> Result<Peer, ResolveError> {
         let addr = self.resolve().await?;
         let sni = match (&self.sni, self.tls) {
             (Some(sni), true) => sni.clone(),
             (None, true) => self.host.trim_matches(['[', ']']).to_string(),
             (_, false) => String::new(),
         };
-        let mut peer = HttpPeer::new(addr, self.tls, sni);
-        let o = &mut peer.options;
-        o.alpn = if h1 || !pool::may_speak_h2(self.tls, self.http_version) {
-            ALPN::H1
-        } else if self.http_version == HttpVersion::H2 {
-            ALPN::H2
-        } else {
-            ALPN::H2H1
-        };
-        o.max_h2_streams = self.pool.max_streams();
-        o.ca = self.pool.ca();
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        // Per-read timeouts are set on each exchange (first_byte for the head, idle after).
-        o.read_timeout = Some(self.timeouts.first_byte);
-        o.write_timeout = Some(self.timeouts.write);
-        o.idle_timeout = Some(self.timeouts.pool_idle);
-        Ok(peer)
+        Ok(Peer {
+            addr,
+            tls: self.tls,
+            sni,
+            offer: self.pool.offer(h1),
+            connect_timeout: self.timeouts.connect,
+        })
     }
 
     async fn resolve(&self) -> Result<SocketAddr, ResolveError> {
