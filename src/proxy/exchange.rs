@@ -266,24 +266,31 @@ fn body_error(e: hyper::Error) -> Box<Error> {
     Error::because(kind, "reading the response body", e)
 }
 
+/// The I/O error behind `e`'s, if any.
+fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Whether `e` comes from the connection ending or being reset under it (a body cut short of
 /// its length or last chunk, a reset, a broken pipe).
 fn cut_off(e: &hyper::Error) -> bool {
     use std::io::ErrorKind;
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                ErrorKind::UnexpectedEof
-                    | ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::BrokenPipe
-            );
-        }
-        source = err.source();
-    }
-    false
+    matches!(
+        io_kind(e),
+        Some(
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        )
+    )
 }
 
 /// The h2 error code behind `e`, if it is an h2 stream or connection error.
@@ -452,7 +459,10 @@ fn send_error(e: hyper::Error) -> Box<Error> {
         error.retry = RetryType::Decided(retry);
         return error;
     }
-    let kind = if e.is_timeout() {
+    let kind = if io_kind(&e) == Some(std::io::ErrorKind::TimedOut) {
+        // The socket's write timeout (`timeouts.write`, see `routing::pool`).
+        ErrorType::WriteTimedout
+    } else if e.is_timeout() {
         ErrorType::ReadTimedout
     } else if e.is_parse() {
         ErrorType::InvalidHTTPHeader

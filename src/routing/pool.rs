@@ -39,6 +39,7 @@ use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use pingora::{Error, ErrorType};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -79,6 +80,96 @@ pub struct Peer {
     pub offer: Offer,
     /// `timeouts.connect`: TCP and TLS together.
     pub connect_timeout: Duration,
+    /// `timeouts.write`: how long one write may wait for the upstream to take bytes.
+    pub write_timeout: Duration,
+}
+
+/// A connection's socket whose writes fail with `TimedOut` once one has waited `timeout`
+/// for the upstream to take bytes (hyper has no write timeout of its own). A write that
+/// completes at once, the usual case, costs nothing more.
+struct WriteTimeout<S> {
+    io: S,
+    timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    fn new(io: S, timeout: Duration) -> Self {
+        WriteTimeout {
+            io,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// `polled` was a write's result: pending writes wait at most `timeout` in all.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.waiting = None;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.bounded(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The request body as hyper sends it: the buffered body (whole for HTTP/1.1, so head and body
@@ -510,6 +601,7 @@ impl Pool {
             .map_err(|e| connect_error(peer, e))?;
         // As Pingora's connector did: a request leaves at once, not after Nagle's delay.
         let _ = tcp.set_nodelay(true);
+        let tcp = WriteTimeout::new(tcp, peer.write_timeout);
         if !peer.tls {
             return match peer.offer {
                 // `http_version: h2` on plain TCP: h2 by prior knowledge (h2c).

@@ -279,6 +279,7 @@ impl Upstream {
             sni,
             offer: self.pool.offer(h1),
             connect_timeout: self.timeouts.connect,
+            write_timeout: self.timeouts.write,
         })
     }
 

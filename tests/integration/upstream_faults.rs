@@ -174,6 +174,57 @@ async fn a_connect_timeout_is_a_504_naming_the_upstream_and_the_timeout() {
     logged(&gw, &message).await;
 }
 
+/// An upstream that accepts connections and never reads from them: a large request body fills
+/// the socket buffers and the write stalls until `timeouts.write` gives up on it (not
+/// `first_byte`, which is far longer here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_is_a_504_naming_the_write_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut unread = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            unread.push(stream);
+        }
+    });
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                "mock",
+                &format!("http://{addr}"),
+                "timeouts: { write: 300ms, first_byte: 20s }",
+            )
+            .route(
+                Route::prefixed("openai")
+                    .targets("[mock]")
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
+    let big =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(24 << 20)}]});
+    let started = Instant::now();
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let (kind, message) = error_of(resp).await;
+    assert_eq!(kind, "upstream_timeout");
+    assert_eq!(
+        message,
+        format!("upstream mock ({addr}) timed out after 300ms (write timeout)")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    logged(&gw, &message).await;
+    held.abort();
+}
+
 /// A loopback port that answers whatever it is sent with a plain-HTTP 400 and closes, as an
 /// HTTP server does to a TLS client hello (an `https://` URL pointed at an `http://` port).
 async fn plain_http_port() -> (tokio::task::JoinHandle<()>, String) {
