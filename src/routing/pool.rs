@@ -10,9 +10,10 @@
 //! no pool key to hash, one short lock per checkout.
 //!
 //! - **Idle connections** (`pool.max_idle`): finished HTTP/1.1 connections wait in a
-//!   last-in-first-out list, up to `max_idle` (past it, the oldest is closed), each for at
-//!   most `timeouts.pool_idle` (checked when the list is used). One the upstream closed while
-//!   idle is noticed by its connection task and skipped.
+//!   last-in-first-out list, up to `max_idle` (past it, the oldest is closed), each reused for
+//!   at most `timeouts.pool_idle` (one past it is closed when the list is next used: no timer
+//!   per connection). One the upstream closed while idle is noticed by its connection task and
+//!   skipped.
 //! - **Open connections** (`pool.max_connections`): the connection *capacity in use* is
 //!   bounded with a semaphore per upstream: `max_connections × max_streams` permits, an
 //!   HTTP/1.1 exchange takes `max_streams` of them (it occupies a whole connection), an h2
@@ -696,14 +697,22 @@ impl Pool {
                 if self.max_idle == 0 || sender.is_closed() {
                     return;
                 }
+                let now = Instant::now();
                 let mut list = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                // The oldest first: those past `pool_idle` (or closed by the upstream) go.
+                while list
+                    .first()
+                    .is_some_and(|i| i.until <= now || i.sender.is_closed())
+                {
+                    list.remove(0);
+                }
                 if list.len() >= self.max_idle {
                     list.remove(0); // the least recently used: closed
                 }
                 list.push(Idle {
                     sender,
                     addr: peer.addr,
-                    until: Instant::now() + idle,
+                    until: now + idle,
                 });
             }
             Conn::H2(_, stream) => {

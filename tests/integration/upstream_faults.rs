@@ -4,6 +4,8 @@
 use crate::support::{client, free_port, Config, Gateway, MockUpstream, Route};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn routes(url: &str, timeouts: &str) -> Config {
@@ -223,6 +225,78 @@ async fn a_stalled_write_is_a_504_naming_the_write_timeout() {
     );
     logged(&gw, &message).await;
     held.abort();
+}
+
+/// An upstream that answers the first request on each connection (keep-alive) and closes the
+/// connection, unanswered, when a second one comes on it: what a pooled connection the
+/// upstream dropped while idle looks like when the drop and the next request cross. Counts the
+/// connections it accepted.
+async fn one_answer_per_connection() -> (tokio::task::JoinHandle<()>, String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+                let mut buf = vec![0u8; 64 << 10];
+                let mut seen = Vec::new();
+                // The whole first request: its head and Content-Length's worth of body.
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+                // The next request on this connection is read, then the connection closed.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    (task, addr, accepted)
+}
+
+/// A pooled connection that turns out closed when the next request is sent on it: the request
+/// goes again on a new connection, unseen by the client, even where the route retries nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_found_closed_is_replaced_without_an_error() {
+    let (server, addr, accepted) = one_answer_per_connection().await;
+    let gw = Gateway::start(routes(&format!("http://{addr}"), "first_byte: 5s"));
+    let c = client();
+    for round in 0..4 {
+        // A different prompt each round: all of them go upstream (none is a cache hit).
+        let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("round {round}")}]});
+        let resp = c
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert_eq!(status, 200, "round {round}: {}", resp.text().await.unwrap());
+    }
+    // Each request after the first found its pooled connection dead and opened another.
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    server.abort();
 }
 
 /// A loopback port that answers whatever it is sent with a plain-HTTP 400 and closes, as an
