@@ -474,6 +474,24 @@ impl Pool {
         reserved: &mut Reserved,
         wait: Duration,
     ) -> Result<(Conn, bool), Opening> {
+        if peer.offer != Offer::H1 && self.h1_preferred.load(Ordering::Relaxed) {
+            // The server refused h2 since `peer` was made (a resend after
+            // `HTTP_1_1_REQUIRED`, say): HTTP/1.1 now.
+            let h1 = Peer {
+                offer: Offer::H1,
+                ..peer.clone()
+            };
+            return Box::pin(self.session_as_offered(&h1, reserved, wait)).await;
+        }
+        self.session_as_offered(peer, reserved, wait).await
+    }
+
+    async fn session_as_offered(
+        &self,
+        peer: &Peer,
+        reserved: &mut Reserved,
+        wait: Duration,
+    ) -> Result<(Conn, bool), Opening> {
         let may_h2 = peer.offer != Offer::H1;
         let (conn, reused) = if may_h2 && self.protocol.load(Ordering::Relaxed) != H1 {
             let opening = self.opening.lock().await;

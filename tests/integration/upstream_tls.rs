@@ -5,6 +5,8 @@ use crate::support::{client, get_json, Config, Gateway, MockUpstream, Route, Tls
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An upstream `tls` at `url` trusting `upstream`'s CA, with more fields, and a route `/openai`
@@ -496,4 +498,106 @@ async fn an_h2_answer_given_before_the_whole_body_was_read_is_never_stored() {
         3,
         "every round reached the upstream"
     );
+}
+
+/// A plain-TCP upstream that refuses every h2 stream with `HTTP_1_1_REQUIRED` and answers
+/// HTTP/1.1 requests with a chat completion (one per connection). Counts both.
+async fn h1_required() -> (
+    tokio::task::JoinHandle<()>,
+    String,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, a) = (refused.clone(), answered.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (r, a) = (r.clone(), a.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 3];
+                if stream.peek(&mut first).await.is_err() {
+                    return;
+                }
+                if &first == b"PRI" {
+                    let Ok(mut h2) = h2::server::handshake(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = h2.accept().await {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        respond.send_reset(h2::Reason::HTTP_1_1_REQUIRED);
+                    }
+                    return;
+                }
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 16 << 10];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                a.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"id":"x","object":"chat.completion","choices":[],"answer":"over http/1.1"}"#;
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (task, addr, refused, answered)
+}
+
+/// An h2 server that refuses a stream with `HTTP_1_1_REQUIRED` has the request sent again at
+/// once over HTTP/1.1 (unseen by the client, where the route retries nothing), and is spoken
+/// to in HTTP/1.1 from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_1_required_moves_the_upstream_to_http1() {
+    let (server, addr, refused, answered) = h1_required().await;
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with("picky", &format!("http://{addr}"), "http_version: h2")
+            .route(
+                Route::prefixed("openai")
+                    .targets("[picky]")
+                    .with("retry: { attempts: 1 }")
+                    .with("cache: { enabled: false }"),
+            ),
+    );
+    for round in 0..3 {
+        let resp = client()
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "round {round}: {text}");
+        assert!(text.contains("over http/1.1"), "{text}");
+    }
+    assert_eq!(refused.load(Ordering::SeqCst), 1, "h2 was tried once");
+    assert_eq!(answered.load(Ordering::SeqCst), 3);
+    assert_eq!(opened(&gw).await.0.as_deref(), Some("h1"));
+    server.abort();
 }
