@@ -162,8 +162,9 @@ impl ProxyError {
         Bytes::from(json_error::body(self.kind(), &self.to_string()))
     }
 
-    /// Classifies a Pingora error from talking to `upstream` before its response head (a read
-    /// timeout then is the `first_byte` timeout).
+    /// Classifies an error from talking to `upstream` before its response head (a read
+    /// timeout then is the `first_byte` timeout). The exchange (on hyper) reports its failures
+    /// as Pingora error kinds, which the server side shares.
     pub fn from_upstream(upstream: &Upstream, e: &PingoraError) -> ProxyError {
         let named = Named::of(upstream);
         let timeouts = &upstream.timeouts;

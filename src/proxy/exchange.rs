@@ -67,9 +67,8 @@ pub(super) fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated) -> bool {
 /// The request to send upstream: the client's method and headers, minus hop-by-hop and
 /// framing headers, plus `Host`, `Content-Length` and the upstream's injected headers.
 ///
-/// Built without Pingora's header-case map: the names are `http` names either way, which
-/// Pingora writes in the same (title) case with or without the map, so the bytes on the wire
-/// are the same without a second map to fill and copy.
+/// Built without Pingora's header-case map: hyper writes the `http` names as they are (lower
+/// case; header names are case-insensitive), so a second map would only be filled and dropped.
 pub fn build_request(
     client: &RequestHeader,
     upstream: &Upstream,
@@ -222,8 +221,12 @@ impl UpstreamResponse {
                         if self.body.is_end_stream() {
                             self.done = true;
                         }
-                        if !chunk.is_empty() || self.done {
+                        if !chunk.is_empty() {
                             return Ok(Read::Chunk(chunk));
+                        }
+                        if self.done {
+                            // An empty last frame (h2 servers often end a stream so).
+                            return Ok(Read::End);
                         }
                     }
                 }
