@@ -31,6 +31,7 @@ mod follow;
 mod inbound;
 mod limit;
 mod lookup;
+mod port;
 mod report;
 mod request_body;
 pub mod request_framing;
@@ -43,6 +44,7 @@ mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
+pub use port::ProxyPort;
 // Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
 pub use exchange::build_request;
 
