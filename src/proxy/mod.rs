@@ -198,6 +198,7 @@ impl Proxy {
                     route,
                     path: &path,
                     body: &parsed,
+                    limiter: &self.limiter,
                 };
                 match lookup::answer(&self.cache, session, ctx, asked, decision).await? {
                     CacheStep::Answered => return Ok(()),
@@ -245,8 +246,9 @@ impl Proxy {
             record,
         } = up;
         let limited = route.rate_limit.as_ref();
-        // Otherwise only requests about to cost an upstream call are checked (hits are free).
-        if let Some(l) = limited.filter(|l| !l.count_hits) {
+        // Otherwise only requests about to cost an upstream call are checked (hits are free),
+        // unless an embedding call already asked (`semantic::lookup`).
+        if let Some(l) = limited.filter(|l| !l.count_hits && ctx.limit.is_none()) {
             limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
         }
 
