@@ -5,6 +5,8 @@
 //! cache lookup and single-flight, only for requests about to go upstream — hits, and requests
 //! answered by an identical one in flight, never reach the limiter (no cost, no count, no
 //! `x-ratelimit-*` headers). With `count_hits: true`, before the lookup, so every request counts.
+//! On a route with a semantic cache and `count_hits: false`, before the embedding call
+//! (`semantic::lookup`): that call costs too, so a semantic hit counts as a request.
 
 use super::ctx::Ctx;
 use super::errors::ProxyError;
@@ -78,7 +80,13 @@ pub fn settle(limiter: &Limiter, metrics: &Metrics, ctx: &Ctx) {
     let (Some(step), Some(route)) = (&ctx.limit, ctx.route.as_deref()) else {
         return;
     };
-    if let Some(usage) = ctx.answer_usage().filter(|_| step.verdict.admitted()) {
+    // A hit on a route that counts only what costs (`count_hits: false`: a semantic hit, asked
+    // before its embedding call) was a request, not tokens.
+    let free_hit = ctx.cache == Some(CacheStatus::Hit) && !step.limit.count_hits;
+    if let Some(usage) = ctx
+        .answer_usage()
+        .filter(|_| step.verdict.admitted() && !free_hit)
+    {
         let usd = if ctx.cache == Some(CacheStatus::Hit) {
             0.0
         } else {

@@ -13,6 +13,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::record::RecordPlan;
 use crate::cache::{operations, policy};
 use crate::cache::{Cache, CacheStatus, Lookup};
+use crate::limits::Limiter;
 use crate::routing::Route;
 use pingora::http::RequestHeader;
 use std::sync::Arc;
@@ -212,6 +213,8 @@ pub(super) struct Asked<'r, 'b> {
     /// The request path, as the cache key has it.
     pub path: &'r str,
     pub body: &'r ParsedBody<'b>,
+    /// Asked before an embedding call (see `semantic::lookup`).
+    pub limiter: &'r Limiter,
 }
 
 /// Answers from the cache, or from an identical request already in flight, when possible;
@@ -223,7 +226,12 @@ pub(super) async fn answer(
     asked: Asked<'_, '_>,
     decision: CacheDecision,
 ) -> Result<CacheStep, Failure> {
-    let Asked { route, path, body } = asked;
+    let Asked {
+        route,
+        path,
+        body,
+        limiter,
+    } = asked;
     let CacheDecision {
         status,
         lookup,
@@ -252,6 +260,7 @@ pub(super) async fn answer(
             route,
             path,
             body: body.raw(),
+            limiter,
             key,
             store_for: record.as_ref().map(|plan| plan.ttl),
         };

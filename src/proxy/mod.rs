@@ -31,6 +31,7 @@ mod follow;
 mod inbound;
 mod limit;
 mod lookup;
+mod port;
 mod report;
 mod request_body;
 pub mod request_framing;
@@ -43,6 +44,7 @@ mod tunnel;
 
 pub use ctx::Ctx;
 pub use errors::ProxyError;
+pub use port::ProxyPort;
 // Public for the fuzz targets (fuzz/), which check its header rewriting on hostile input.
 pub use exchange::build_request;
 
@@ -196,6 +198,7 @@ impl Proxy {
                     route,
                     path: &path,
                     body: &parsed,
+                    limiter: &self.limiter,
                 };
                 match lookup::answer(&self.cache, session, ctx, asked, decision).await? {
                     CacheStep::Answered => return Ok(()),
@@ -243,8 +246,9 @@ impl Proxy {
             record,
         } = up;
         let limited = route.rate_limit.as_ref();
-        // Otherwise only requests about to cost an upstream call are checked (hits are free).
-        if let Some(l) = limited.filter(|l| !l.count_hits) {
+        // Otherwise only requests about to cost an upstream call are checked (hits are free),
+        // unless an embedding call already asked (`semantic::lookup`).
+        if let Some(l) = limited.filter(|l| !l.count_hits && ctx.limit.is_none()) {
             limit::admit(&self.limiter, session.req_header(), ctx, route, l).await?;
         }
 

@@ -4,6 +4,7 @@
 
 use super::ctx::{Ctx, Stamp};
 use super::embed;
+use super::limit;
 use super::respond;
 use super::session::Session;
 use super::Failure;
@@ -14,6 +15,7 @@ use crate::cache::semantic::extract::{self, Ineligible};
 use crate::cache::semantic::{ContextKey, Indexing, Probe, SemanticLookup};
 use crate::cache::{Cache, CacheStatus, Lookup};
 use crate::config::schema::SemanticSpec;
+use crate::limits::Limiter;
 use crate::metrics::SemanticRecord;
 use crate::routing::upstream::Upstream;
 use crate::routing::Route;
@@ -90,6 +92,8 @@ pub(super) struct Request<'a> {
     pub route: &'a Route,
     pub path: &'a str,
     pub body: &'a [u8],
+    /// The route's rate limit is asked before an embedding call.
+    pub limiter: &'a Limiter,
     /// The request's exact key: a semantic hit is stored under it too …
     pub key: CacheKey,
     /// … for at most this long, when the request lets its answer be stored (`None` after
@@ -131,6 +135,14 @@ pub(super) async fn lookup(
             return Ok(Step::Miss(None));
         }
     };
+    // An embedding call costs what an upstream call costs, on the embedder's bill: a client over
+    // its rate limit gets none. On a route that counts only upstream calls (`count_hits:
+    // false`) the limit is asked here, before the call, instead of before the upstream one, so
+    // a semantic hit counts as a request (not its tokens: `limit::settle`) — docs/rate-limits.md.
+    if let Some(l) = r.route.rate_limit.as_ref().filter(|l| !l.count_hits) {
+        limit::admit(r.limiter, session.req_header(), ctx, r.route, l).await?;
+    }
+    let report = ctx.semantic.get_or_insert_with(SemanticRecord::default);
     let started = Instant::now();
     let embedded = embed::embed(embedder, &spec.path, &spec.model, &probe.text, spec.timeout).await;
     let took = started.elapsed();

@@ -20,11 +20,10 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// HTTP/1.1 and h2 with prior knowledge (h2c) on one plaintext port.
+/// How Pingora serves the proxy's HTTP/1.x connections; h2c ones are told apart before
+/// (`port.rs`) and served with these options and h2c on.
 pub fn server_options() -> HttpServerOptions {
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    options
+    HttpServerOptions::default()
 }
 
 #[async_trait]

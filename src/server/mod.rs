@@ -12,7 +12,7 @@ use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxyPort};
 use crate::runtime::Runtime;
 use crate::stats::Sampler;
 use anyhow::{bail, Context};
@@ -139,7 +139,7 @@ pub fn run(runtime: Runtime, config_path: PathBuf, upgrade: bool) -> anyhow::Res
     let inflight = proxy.inflight.clone();
     let draining = proxy.draining.clone();
 
-    let mut service = Service::new("promptgate proxy".to_string(), proxy);
+    let mut service = Service::new("promptgate proxy".to_string(), ProxyPort::new(proxy));
     service.add_listener(ListenerConfig::tcp(listen.to_string()).l4_buffer(client_buffers()));
     let handover = Handover::new();
     let proxy_handle = server.add_service(handover.wrap(service));

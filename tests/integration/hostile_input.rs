@@ -399,7 +399,6 @@ async fn the_proxy_port_serves_no_admin_route_and_admin_defaults_to_localhost() 
 async fn an_unreadable_head_is_400_and_connect_is_405_and_neither_is_forwarded() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(config(&mock.url()));
-    // Longer than the 24-byte h2 preface, which Pingora peeks for before reading HTTP/1.1.
     for (name, raw, status) in [
         (
             "not HTTP",
@@ -428,4 +427,65 @@ async fn an_unreadable_head_is_400_and_connect_is_405_and_neither_is_forwarded()
         200
     );
     assert_eq!(mock.hits(), 1);
+}
+
+/// A whole request shorter than the 24-byte h2 preface is answered at once: the port decides
+/// HTTP/1.x at the first byte that is not the preface's (`src/proxy/port.rs`). Pingora's own
+/// detection waited for 24 bytes, so these hung until the client gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_shorter_than_the_h2_preface_are_answered_at_once() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(config(&mock.url()));
+    for (name, raw, status) in [
+        ("HTTP/1.0 GET, 18 bytes", "GET / HTTP/1.0\r\n\r\n", 404),
+        (
+            "a load balancer's check, 22 bytes",
+            "OPTIONS / HTTP/1.0\r\n\r\n",
+            404,
+        ),
+        ("not HTTP, 9 bytes", "HELLO\r\n\r\n", 400),
+    ] {
+        let started = Instant::now();
+        let reply = send_raw(gw.addr, raw.as_bytes());
+        assert_eq!(reply.status(), status, "{name}: {:?}", reply.text);
+        assert!(reply.closed, "{name}: the connection stays open");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{name}: {:?}",
+            started.elapsed()
+        );
+    }
+    // Byte by byte: the decision and the bytes read for it survive partial reads.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in "GET /openai/v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".bytes() {
+        s.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(mock.hits(), 1, "{:?}", mock.last_request());
+}
+
+/// The h2 preface split across reads is still h2c: the server answers with its SETTINGS frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_preface_split_across_reads_is_still_h2c() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(config(&mock.url()));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(b"\r\nSM\r\n\r\n").unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    let mut frame = [0u8; 9];
+    s.read_exact(&mut frame).unwrap();
+    assert_eq!(
+        frame[3], 4,
+        "the first frame is the server's SETTINGS: {frame:?}"
+    );
 }

@@ -720,3 +720,49 @@ async fn a_request_that_is_not_a_cacheable_operation_is_never_embedded() {
     assert_eq!(embeds(&embedder), 2);
     assert_eq!(mock.hits(), 3, "the rewording was answered from the cache");
 }
+
+/// An embedding call costs money too: a client over its rate limit causes none. On a route
+/// that counts only what costs (`count_hits: false`), the limit is asked before the embedding
+/// call, so a semantic hit counts as a request; an exact hit stays free (no limiter, no call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_causes_no_embedding_call() {
+    let (mock, embedder) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("mock", &mock.url())
+            .upstream_with("embed", &embedder.url(), "")
+            .route(
+                Route::prefixed("openai")
+                    .targets("[mock]")
+                    .with("cache: { semantic: { upstream: embed, model: mock-bow, threshold: 0.8, timeout: 500ms } }")
+                    .with("rate_limit: { requests_per_minute: 2 }"),
+            ),
+    );
+    let first = post(&gw, &[], &chat(ASKED)).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"));
+    let reworded = post(&gw, &[], &chat(REWORDED)).await;
+    assert_eq!((reworded.status, reworded.matched()), (200, "semantic"));
+    assert_eq!(reworded.header("x-ratelimit-remaining-requests"), "0");
+    assert_eq!(embeds(&embedder), 2);
+    // Over the limit: refused before the embedder is called.
+    let other = post(&gw, &[], &chat("Which synth suits a warm bassline?")).await;
+    assert_eq!(
+        (other.status, other.cache()),
+        (429, "MISS"),
+        "{}",
+        other.body
+    );
+    assert_eq!(
+        embeds(&embedder),
+        2,
+        "no embedding call for a refused request"
+    );
+    assert_eq!(mock.hits(), 1);
+    // An exact hit is still free.
+    let exact = post(&gw, &[], &chat(ASKED)).await;
+    assert_eq!(
+        (exact.status, exact.cache(), exact.matched()),
+        (200, "HIT", "-")
+    );
+    assert_eq!(embeds(&embedder), 2);
+}
