@@ -251,13 +251,14 @@ struct H2Conn {
 /// A stream's place on an h2 connection, given back when dropped.
 pub struct Stream {
     conn: Arc<H2Conn>,
-    born: Instant,
+    /// The pool's creation: [`H2Conn::idle_since`] counts from it.
+    origin: Instant,
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let now = self.born.elapsed().as_millis() as u64;
+            let now = self.origin.elapsed().as_millis() as u64;
             self.conn.idle_since.store(now, Ordering::Relaxed);
         }
     }
@@ -572,7 +573,7 @@ impl Pool {
             if taken.is_ok() {
                 let stream = Stream {
                     conn: conn.clone(),
-                    born: self.created,
+                    origin: self.created,
                 };
                 return Some(Conn::H2(conn.sender.clone(), stream));
             }
@@ -675,7 +676,7 @@ impl Pool {
             sender,
             Stream {
                 conn,
-                born: self.created,
+                origin: self.created,
             },
         ))
     }
