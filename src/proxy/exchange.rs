@@ -12,7 +12,7 @@ use crate::config::schema::Provider;
 use crate::headers;
 use crate::providers::anthropic::{self, CacheMinimums};
 use crate::providers::ResponseReader;
-use crate::routing::pool::{Conn, Opening, Outgoing, Peer};
+use crate::routing::pool::{Conn, Opening, Outgoing, Peer, Progress};
 use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::Target;
 use bytes::Bytes;
@@ -23,7 +23,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, RetryType};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Tries on pooled connections that turn out to be closed by the upstream while idle.
@@ -398,19 +397,27 @@ pub async fn send_once(
             });
         }
     };
-    let sent = request.body().sent();
+    let progress = request.body().progress();
     let exchange = async {
         match &mut conn {
-            Conn::H1(sender) => sender.send_request(request).await,
-            Conn::H2(sender, _) => sender.send_request(request).await,
+            Conn::H1(sender) => Some(sender.send_request(request).await),
+            Conn::H2(sender, _) => {
+                // An h2 body waits for the server's flow-control window, not for the socket
+                // (whose write timeout is `routing::pool`'s): one that stops moving for
+                // `timeouts.write` is a stalled write.
+                tokio::select! {
+                    sent = sender.send_request(request) => Some(sent),
+                    () = stalled(&progress, upstream.timeouts.write) => None,
+                }
+            }
         }
     };
     let failed = match tokio::time::timeout(upstream.timeouts.first_byte, exchange).await {
-        Ok(Ok(response)) => {
+        Ok(Some(Ok(response))) => {
             let (head, body) = response.into_parts();
             // h2: an answer before the whole body was taken (RFC 9113 §8.1 lets a server
             // answer early and then stop the stream) is relayed, but never stored.
-            let answered_early = h2 && !sent.load(Ordering::Acquire);
+            let answered_early = h2 && !progress.all_taken();
             return Ok(UpstreamResponse {
                 head: ResponseHeader::from(head),
                 done: body.is_end_stream(),
@@ -420,9 +427,10 @@ pub async fn send_once(
                 answered_early,
             });
         }
-        Ok(Err(e)) => send_error(e),
-        // The connection is dropped (closed) with `conn`.
-        Err(_) if !sent.load(Ordering::Acquire) => {
+        Ok(Some(Err(e))) => send_error(e),
+        // The stream is reset, or the connection closed, with `conn`.
+        Ok(None) => Error::explain(ErrorType::WriteTimedout, "writing the request (timeout)"),
+        Err(_) if !progress.all_taken() => {
             Error::explain(ErrorType::WriteTimedout, "writing the request (timeout)")
         }
         Err(_) => Error::explain(ErrorType::ReadTimedout, "waiting for the answer (timeout)"),
@@ -444,6 +452,21 @@ pub async fn send_once(
         peer,
         resend,
     })
+}
+
+/// Returns once `progress` has not moved for `write` while part of the body is still to go;
+/// never once the whole body was taken.
+async fn stalled(progress: &Progress, write: Duration) {
+    loop {
+        if progress.all_taken() {
+            return std::future::pending().await;
+        }
+        let before = progress.pieces();
+        tokio::time::sleep(write).await;
+        if progress.pieces() == before && !progress.all_taken() {
+            return;
+        }
+    }
 }
 
 /// A failed send (before the response head), as the Pingora error kind

@@ -57,7 +57,7 @@ const H2: u8 = 2;
 
 /// The largest piece of a request body handed to an h2 connection at a time: h2 then takes
 /// the next only when flow control lets it send, so "the whole body was taken" means (to
-/// within one piece) "the whole body was sent" (see [`Outgoing::sent`]).
+/// within one piece) "the whole body was sent" (see [`Outgoing::progress`]).
 const H2_PIECE: usize = 16 << 10;
 
 /// What a connection may be offered.
@@ -174,27 +174,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
 }
 
 /// The request body as hyper sends it: the buffered body (whole for HTTP/1.1, so head and body
-/// leave in one `writev`; in [`H2_PIECE`]s for h2), telling when the last of it was taken.
+/// leave in one `writev`; in [`H2_PIECE`]s for h2), telling how far the connection has taken it.
 #[derive(Debug)]
 pub struct Outgoing {
     rest: Bytes,
     piece: usize,
-    sent: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+/// How much of a request body its connection has taken.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Pieces taken so far.
+    pieces: AtomicU64,
+    /// The whole body was taken.
+    all: AtomicBool,
+}
+
+impl Progress {
+    /// The connection has taken the whole body.
+    pub fn all_taken(&self) -> bool {
+        self.all.load(Ordering::Acquire)
+    }
+
+    /// Pieces taken so far (it moves while the upstream takes the body).
+    pub fn pieces(&self) -> u64 {
+        self.pieces.load(Ordering::Acquire)
+    }
 }
 
 impl Outgoing {
     /// `body` for a connection speaking h2 (`h2`) or HTTP/1.1.
     pub fn new(body: Bytes, h2: bool) -> Outgoing {
+        let progress = Progress::default();
+        progress.all.store(body.is_empty(), Ordering::Release);
         Outgoing {
-            sent: Arc::new(AtomicBool::new(body.is_empty())),
+            progress: Arc::new(progress),
             piece: if h2 { H2_PIECE } else { usize::MAX },
             rest: body,
         }
     }
 
-    /// A flag set once the connection has taken the whole body.
-    pub fn sent(&self) -> Arc<AtomicBool> {
-        self.sent.clone()
+    /// How far the connection has taken the body.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 }
 
@@ -211,8 +234,9 @@ impl Body for Outgoing {
         }
         let n = self.rest.len().min(self.piece);
         let piece = self.rest.split_to(n);
+        self.progress.pieces.fetch_add(1, Ordering::AcqRel);
         if self.rest.is_empty() {
-            self.sent.store(true, Ordering::Release);
+            self.progress.all.store(true, Ordering::Release);
         }
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
@@ -962,24 +986,23 @@ mod tests {
         use http_body_util::BodyExt;
         let body = Bytes::from(vec![7u8; H2_PIECE * 2 + 5]);
         let mut h2 = Outgoing::new(body.clone(), true);
-        let sent = h2.sent();
+        let progress = h2.progress();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let mut sizes = Vec::new();
         while let Some(frame) = rt.block_on(h2.frame()) {
             sizes.push(frame.unwrap().into_data().unwrap().len());
+            assert_eq!(progress.pieces(), sizes.len() as u64);
             // Set with the last piece, not before.
-            assert_eq!(sent.load(Ordering::Acquire), sizes.len() == 3);
+            assert_eq!(progress.all_taken(), sizes.len() == 3);
         }
         assert_eq!(sizes, [H2_PIECE, H2_PIECE, 5]);
         let mut h1 = Outgoing::new(body, false);
         let whole = rt.block_on(h1.frame()).unwrap().unwrap();
         assert_eq!(whole.into_data().unwrap().len(), H2_PIECE * 2 + 5);
-        assert!(h1.sent().load(Ordering::Acquire));
-        assert!(Outgoing::new(Bytes::new(), true)
-            .sent()
-            .load(Ordering::Acquire));
+        assert!(h1.progress().all_taken());
+        assert!(Outgoing::new(Bytes::new(), true).progress().all_taken());
     }
 
     #[test]

@@ -601,3 +601,59 @@ async fn http_1_1_required_moves_the_upstream_to_http1() {
     assert_eq!(opened(&gw).await.0.as_deref(), Some("h1"));
     server.abort();
 }
+
+/// An h2 server that accepts streams and never reads their bodies (so never opens its
+/// flow-control window): a body larger than the window stops moving, and `timeouts.write`
+/// ends the request — not `first_byte`, far longer here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_the_server_does_not_take_is_a_write_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut h2) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let mut unread = Vec::new();
+                while let Some(Ok(stream)) = h2.accept().await {
+                    unread.push(stream);
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                "stuck",
+                &format!("http://{addr}"),
+                "http_version: h2, timeouts: { write: 300ms, first_byte: 20s }",
+            )
+            .route(
+                Route::prefixed("openai")
+                    .targets("[stuck]")
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
+    let big =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(1 << 20)}]});
+    let started = std::time::Instant::now();
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let error: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        error["error"]["message"],
+        format!("upstream stuck ({addr}) timed out after 300ms (write timeout)")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    server.abort();
+}
