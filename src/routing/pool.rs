@@ -408,6 +408,11 @@ impl Pool {
         }
         pools.retain(|_, p| p.strong_count() > 0);
         let pool = Arc::new(Pool::new(name, spec));
+        if spec.tls {
+            // The trust anchors are read from disk here, while the config is built, not on
+            // the runtime by the first request.
+            pool.tls_config(Offer::H1);
+        }
         pools.insert(identity, Arc::downgrade(&pool));
         pool
     }
