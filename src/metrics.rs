@@ -706,19 +706,30 @@ impl Metrics {
                 usage.cache_read,
                 usage.cache_write,
             ];
+            // Zeros skipped: the series exist already (`model`), and an add of nothing is still
+            // an atomic write to a counter every request thread shares.
             for (kind, n) in counts.into_iter().enumerate() {
-                m.tokens[kind][cache_index(r.cache)].inc_by(n);
+                if n > 0 {
+                    m.tokens[kind][cache_index(r.cache)].inc_by(n);
+                }
             }
+            let add = |counter: &Counter, usd: f64| {
+                if usd != 0.0 {
+                    counter.inc_by(usd);
+                }
+            };
             if let Some(price) = price {
                 let cost = price.cost(usage);
                 if r.cache == Some(CacheStatus::Hit) {
                     // The answer's whole cost, its prompt-cache discount included, is saved.
-                    m.saved.inc_by(cost);
+                    add(&m.saved, cost);
                 } else {
-                    m.cost.inc_by(cost);
-                    m.prompt_cache_saved.inc_by(price.prompt_cache_saved(usage));
-                    m.prompt_cache_write_premium
-                        .inc_by(price.prompt_cache_write_extra(usage));
+                    add(&m.cost, cost);
+                    add(&m.prompt_cache_saved, price.prompt_cache_saved(usage));
+                    add(
+                        &m.prompt_cache_write_premium,
+                        price.prompt_cache_write_extra(usage),
+                    );
                 }
             }
         }

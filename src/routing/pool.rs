@@ -71,13 +71,11 @@ pub enum Offer {
     H2,
 }
 
-/// Where and how to connect for one exchange.
-#[derive(Debug, Clone)]
+/// Where and how to connect for one exchange (the SNI name is the pool's: one per upstream).
+#[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
-    /// The name sent as SNI and verified against the certificate (TLS only).
-    pub sni: String,
     pub offer: Offer,
     /// `timeouts.connect`: TCP and TLS together.
     pub connect_timeout: Duration,
@@ -326,6 +324,9 @@ pub struct Pool {
     /// The TLS settings by [`Offer`] (built on first use).
     tls: OnceLock<[Arc<ClientConfig>; 3]>,
     name: String,
+    /// The name sent as SNI and verified against the certificate: `tls.sni`, else the URL's
+    /// host (TLS only).
+    sni: String,
     created: Instant,
 }
 
@@ -445,6 +446,10 @@ impl Pool {
             ca: spec.ca.clone(),
             tls: OnceLock::new(),
             name: name.to_string(),
+            sni: spec
+                .sni
+                .clone()
+                .unwrap_or_else(|| spec.host.trim_matches(['[', ']']).to_string()),
             created: Instant::now(),
         }
     }
@@ -509,7 +514,7 @@ impl Pool {
             // `HTTP_1_1_REQUIRED`, say): HTTP/1.1 now.
             let h1 = Peer {
                 offer: Offer::H1,
-                ..peer.clone()
+                ..*peer
             };
             return Box::pin(self.session_as_offered(&h1, reserved, wait)).await;
         }
@@ -658,14 +663,14 @@ impl Pool {
                 _ => handshake_h1(tcp).await,
             };
         }
-        let name = ServerName::try_from(peer.sni.clone()).map_err(|e| {
+        let name = ServerName::try_from(self.sni.clone()).map_err(|e| {
             Error::because(ErrorType::InvalidCert, "the SNI is not a valid name", e)
         })?;
         let connector = TlsConnector::from(self.tls_config(peer.offer));
         let tls = connector.connect(name, tcp).await.map_err(|e| {
             Error::explain(
                 ErrorType::TLSHandshakeFailure,
-                format!("{e}, SNI: {}", peer.sni),
+                format!("{e}, SNI: {}", self.sni),
             )
         })?;
         let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");

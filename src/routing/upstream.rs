@@ -5,10 +5,11 @@ use super::pool::{Peer, Pool, Reserved};
 use crate::config::schema::{HealthSpec, HttpVersion, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
+use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -32,7 +33,11 @@ pub struct Upstream {
     pub timeouts: TimeoutsSpec,
     /// Whose API this is (`upstreams.NAME.provider`, or told from the host).
     pub provider: Provider,
-    resolved: Mutex<Option<(SocketAddr, Instant)>>,
+    /// The host when it is an IP address (parsed once, not per request).
+    ip: Option<IpAddr>,
+    /// The last DNS answer for a host name and when it came; read without a lock, so the
+    /// threads serving requests never contend for it.
+    resolved: ArcSwapOption<(SocketAddr, Instant)>,
     health: Health,
     /// Smoothed time to first byte, in microseconds as f64 bits (0 = not measured yet).
     latency_ewma: AtomicU64,
@@ -43,8 +48,6 @@ pub struct Upstream {
     /// Its connections (kept across reloads while its connection settings are unchanged).
     pub pool: Arc<Pool>,
     pub http_version: HttpVersion,
-    /// `tls.sni`: the name sent and verified instead of the URL's host.
-    sni: Option<String>,
     /// How long a request waits for a free connection.
     pub queue_timeout: Duration,
 }
@@ -138,7 +141,8 @@ impl Upstream {
             headers: spec.headers.clone(),
             timeouts: spec.timeouts.clone(),
             provider: spec.provider,
-            resolved: Mutex::new(None),
+            ip: spec.host.trim_matches(['[', ']']).parse().ok(),
+            resolved: ArcSwapOption::empty(),
             health: Health {
                 spec: spec.health.clone(),
                 failures: AtomicU32::new(0),
@@ -156,7 +160,6 @@ impl Upstream {
             inflight: Arc::default(),
             pool: Pool::shared(&name, spec),
             http_version: spec.http_version,
-            sni: spec.sni.clone(),
             queue_timeout: spec.queue_timeout,
             name,
         }
@@ -268,15 +271,9 @@ impl Upstream {
     /// needs it).
     pub async fn peer(&self, h1: bool) -> Result<Peer, ResolveError> {
         let addr = self.resolve().await?;
-        let sni = match (&self.sni, self.tls) {
-            (Some(sni), true) => sni.clone(),
-            (None, true) => self.host.trim_matches(['[', ']']).to_string(),
-            (_, false) => String::new(),
-        };
         Ok(Peer {
             addr,
             tls: self.tls,
-            sni,
             offer: self.pool.offer(h1),
             connect_timeout: self.timeouts.connect,
             write_timeout: self.timeouts.write,
@@ -284,15 +281,15 @@ impl Upstream {
     }
 
     async fn resolve(&self) -> Result<SocketAddr, ResolveError> {
-        let bare = self.host.trim_matches(['[', ']']);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Some(ip) = self.ip {
             return Ok(SocketAddr::new(ip, self.port));
         }
-        if let Some((addr, at)) = *self.resolved.lock().expect("dns cache lock") {
+        if let Some(&(addr, at)) = self.resolved.load().as_deref() {
             if at.elapsed() < DNS_TTL {
                 return Ok(addr);
             }
         }
+        let bare = self.host.trim_matches(['[', ']']);
         let fail = |reason: String| ResolveError {
             host: self.host.clone(),
             reason,
@@ -303,7 +300,7 @@ impl Upstream {
             .map_err(|_| fail("timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
         let addr = addrs.next().ok_or_else(|| fail("no addresses".into()))?;
-        *self.resolved.lock().expect("dns cache lock") = Some((addr, Instant::now()));
+        self.resolved.store(Some(Arc::new((addr, Instant::now()))));
         Ok(addr)
     }
 }
