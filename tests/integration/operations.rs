@@ -400,3 +400,51 @@ fn an_upgrade_with_no_process_to_take_over_from_says_it_waits_then_fails() {
     assert_eq!(text.matches(&hint).count(), 1, "{text}");
     assert!(!text.contains("listening on"), "{text}");
 }
+
+/// A connection the old process accepted before a SIGQUIT handover, whose first request
+/// arrives after it, is answered by the old process (and then closed), not dropped: a client
+/// without keep-alive opens a connection per request, so one is always on its way when an
+/// upgrade starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_accepted_before_the_handover_is_answered() {
+    use std::io::{Read, Write};
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let gw = Gateway::start(
+        Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
+    );
+    // An answer held by the upstream keeps the old process draining after the handover.
+    let held = slow_request(gw.url("/openai/v1/chat/completions"));
+    while mock.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // accepted, nothing sent yet
+    let new_log = dir.path().join("new.log");
+    let new = start_upgrade(&gw.config_path(), &new_log);
+    gw.signal("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("listening sockets handed to") {
+        assert!(Instant::now() < deadline, "no handover:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"late"}]}"#;
+    let request = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}\n{}",
+        gw.logs()
+    );
+    assert_eq!(held.await.unwrap().0, 200);
+    let (_gw, status) = wait_exit(gw, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    drop(new);
+}
