@@ -332,7 +332,7 @@ async fn a_follower_gets_the_whole_answer_even_when_it_is_too_large_to_store() {
 async fn unfinished_stream_upstream(
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -342,24 +342,8 @@ async fn unfinished_stream_upstream(
             };
             let hits = hits.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // The head, then the body its content-length announces.
-                loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if crate::support::read_request(&mut stream).await.is_none() {
+                    return;
                 }
                 hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(300)).await;

@@ -1,7 +1,7 @@
 //! Upstream failures become clear JSON errors (before the response starts) or a cut connection
 //! (after it started), and never take the proxy down.
 
-use crate::support::{client, free_port, Config, Gateway, MockUpstream, Route};
+use crate::support::{self, client, free_port, Config, Gateway, MockUpstream, Route};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -242,25 +242,9 @@ async fn one_answer_per_connection() -> (tokio::task::JoinHandle<()>, String, Ar
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
-                let mut buf = vec![0u8; 64 << 10];
-                let mut seen = Vec::new();
                 // The whole first request: its head and Content-Length's worth of body.
-                loop {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&seen).to_lowercase();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                        if seen.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
+                if support::read_request(&mut stream).await.is_none() {
+                    return;
                 }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -268,7 +252,7 @@ async fn one_answer_per_connection() -> (tokio::task::JoinHandle<()>, String, Ar
                 );
                 let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
                 // The next request on this connection is read, then the connection closed.
-                let _ = stream.read(&mut buf).await;
+                let _ = stream.read(&mut [0u8; 1024]).await;
             });
         }
     });

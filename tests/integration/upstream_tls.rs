@@ -1,7 +1,7 @@
 //! HTTPS upstreams: h2 negotiated by ALPN and multiplexed, HTTP/1.1 fallback, `pool` limits,
 //! `tls.ca_file` for a private CA, against a real nginx terminating TLS in front of the mock.
 
-use crate::support::{client, get_json, Config, Gateway, MockUpstream, Route, TlsUpstream};
+use crate::support::{self, client, get_json, Config, Gateway, MockUpstream, Route, TlsUpstream};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::HashSet;
@@ -508,7 +508,7 @@ async fn h1_required() -> (
     Arc<AtomicUsize>,
     Arc<AtomicUsize>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -531,24 +531,8 @@ async fn h1_required() -> (
                     }
                     return;
                 }
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 16 << 10];
-                loop {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&seen).to_lowercase();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                        if seen.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
+                if support::read_request(&mut stream).await.is_none() {
+                    return;
                 }
                 a.fetch_add(1, Ordering::SeqCst);
                 let body = r#"{"id":"x","object":"chat.completion","choices":[],"answer":"over http/1.1"}"#;

@@ -28,6 +28,30 @@ pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// Reads one whole HTTP/1.1 request off a raw upstream connection: its head, then the body its
+/// `Content-Length` announces. `None` when the connection ends first.
+pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if seen.len() >= end + 4 + length {
+                return Some(seen);
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// The body of a GET, as text (admin endpoints: `/metrics`, `/config`, …).
 pub async fn get_text(url: &str) -> String {
     client()
