@@ -26,7 +26,8 @@
 //! - **h2 multiplexing**: an h2 connection carries up to `pool.max_streams` exchanges at once.
 //!   Requests arriving together would all find none with room while the first handshake is
 //!   under way, and each open their own: so set-up of a connection that may speak h2 is
-//!   serialized per upstream, the others wait for it and then share it.
+//!   serialized per upstream, the others wait for it and then share it. Once an h2
+//!   connection is open, a request that finds a free stream on it takes no lock at all.
 //! - **TLS**: rustls, SNI by host (or `tls.sni`), ALPN `h2` + `http/1.1` when h2 may be spoken;
 //!   the system's trust anchors plus `tls.ca_file`'s.
 
@@ -528,6 +529,14 @@ impl Pool {
         wait: Duration,
     ) -> Result<(Conn, bool), Opening> {
         let may_h2 = peer.offer != Offer::H1;
+        if may_h2 && self.protocol.load(Ordering::Relaxed) == H2 {
+            // The usual case once warm: a free stream on an open h2 connection, found without
+            // the set-up lock (which only serializes opening connections; every request
+            // taking it made the request threads queue on one lock).
+            if let Some(stream) = self.h2_stream(peer) {
+                return Ok((stream, true));
+            }
+        }
         let (conn, reused) = if may_h2 && self.protocol.load(Ordering::Relaxed) != H1 {
             let opening = self.opening.lock().await;
             if self.protocol.load(Ordering::Relaxed) == H1 {
