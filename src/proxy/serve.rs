@@ -20,6 +20,13 @@ use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// At a shutdown or a handover, how long a keep-alive connection waiting for its next request
+/// is still read before it is closed: a request its client sent as the shutdown began is then
+/// answered (with `Connection: close`) instead of cut, the race every keep-alive server has
+/// with its clients. A second: a client on the way has sent by then; an idle one costs the
+/// process at most this much longer.
+const HEAD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How Pingora serves the proxy's HTTP/1.x connections; h2c ones are told apart before
 /// (`port.rs`) and served with these options and h2c on.
 pub fn server_options() -> HttpServerOptions {
@@ -34,12 +41,24 @@ impl HttpServerApp for Proxy {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let mut closing = shutdown.clone();
-        let read = tokio::select! {
-            // Biased: a request already buffered is served, not dropped, when shutdown starts.
-            biased;
-            read = session.read_request() => read,
-            // Shutting down: an idle keep-alive connection is closed instead of waiting on.
-            _ = closing.wait_for(|closing| *closing) => return None,
+        let read = {
+            let mut reading = std::pin::pin!(session.read_request());
+            let before_shutdown = tokio::select! {
+                // Biased: a request already buffered is served, not dropped, when shutdown starts.
+                biased;
+                read = &mut reading => Some(read),
+                _ = closing.wait_for(|closing| *closing) => None,
+            };
+            match before_shutdown {
+                Some(read) => read,
+                // Shutting down (or handing the listeners over): an idle keep-alive connection is
+                // closed instead of waited on — after [`HEAD_GRACE`] for a head already on its
+                // way (sent as the shutdown began, or split across packets), which is answered.
+                None => match tokio::time::timeout(HEAD_GRACE, &mut reading).await {
+                    Ok(read) => read,
+                    Err(_) => return None,
+                },
+            }
         };
         match read {
             Ok(true) => {}

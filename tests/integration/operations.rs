@@ -448,3 +448,80 @@ async fn a_request_on_a_connection_accepted_before_the_handover_is_answered() {
     assert!(status.success(), "{status:?}");
     drop(new);
 }
+
+/// One whole response with a `Content-Length` off a raw connection (head and body, as text).
+fn read_answer(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if seen.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&seen).into_owned();
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&seen).into_owned(),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A keep-alive connection whose next request is sent just after a SIGQUIT handover began is
+/// answered by the old process (then closed), not cut: the race every keep-alive server has
+/// with its clients, closed by a moment's grace (`HEAD_GRACE` in serve.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_request_sent_as_the_handover_begins_is_answered() {
+    use std::io::Write;
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let gw = Gateway::start(
+        Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
+    );
+    let held = slow_request(gw.url("/openai/v1/chat/completions"));
+    while mock.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let request = |n: u32| {
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"keep {n}"}}]}}"#);
+        format!(
+            "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(request(1).as_bytes()).unwrap();
+    let first = read_answer(&mut conn);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    let new_log = dir.path().join("new.log");
+    let new = start_upgrade(&gw.config_path(), &new_log);
+    gw.signal("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("listening sockets handed to") {
+        assert!(Instant::now() < deadline, "no handover:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conn.write_all(request(2).as_bytes()).unwrap();
+    let second = read_answer(&mut conn);
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "{second:?}\n{}",
+        gw.logs()
+    );
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert_eq!(held.await.unwrap().0, 200);
+    let (_gw, status) = wait_exit(gw, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    drop(new);
+}
