@@ -1,7 +1,7 @@
 //! Requests reach the right upstream intact: routing, path and header rewriting, bodies of
 //! every allowed size, model rewrite, clear errors for bad input.
 
-use crate::support::{blake3_hex, client, Config, Gateway, MockUpstream, Route};
+use crate::support::{self, blake3_hex, client, Config, Gateway, MockUpstream, Route};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -269,19 +269,16 @@ fn read_response(s: &mut TcpStream) -> (String, String) {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let text = String::from_utf8_lossy(&seen).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let head = text[..end].to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if seen.len() >= end + 4 + len {
-                return (head, text[end + 4..end + 4 + len].to_string());
-            }
+        if let Some(len) = support::message_len(&seen) {
+            let text = String::from_utf8_lossy(&seen[..len]);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            return (head.to_ascii_lowercase(), body.to_string());
         }
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("connection ended mid-response: {text:?}"),
+            Ok(0) | Err(_) => panic!(
+                "connection ended mid-response: {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }

@@ -2,7 +2,7 @@
 //! upgrades (SIGQUIT to the old process after `run --upgrade`; SIGUSR2 self-upgrade) under load.
 
 use crate::support::gateway::binary;
-use crate::support::{client, free_port, Config, Gateway, MockUpstream};
+use crate::support::{self, client, free_port, Config, Gateway, MockUpstream};
 use serde_json::json;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -401,43 +401,80 @@ fn an_upgrade_with_no_process_to_take_over_from_says_it_waits_then_fails() {
     assert!(!text.contains("listening on"), "{text}");
 }
 
-/// A connection the old process accepted before a SIGQUIT handover, whose first request
-/// arrives after it, is answered by the old process (and then closed), not dropped: a client
-/// without keep-alive opens a connection per request, so one is always on its way when an
-/// upgrade starts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_on_a_connection_accepted_before_the_handover_is_answered() {
-    use std::io::{Read, Write};
-    let mock = MockUpstream::start().await;
+/// A gateway that can hand its listeners over (`upgrade_sock` in `dir`), with an answer the
+/// upstream holds for a while in flight, so that the old process is still draining after a
+/// handover.
+async fn draining_gateway(
+    mock: &MockUpstream,
+) -> (
+    Gateway,
+    tempfile::TempDir,
+    tokio::task::JoinHandle<(u16, String, Instant)>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
     let gw = Gateway::start(
         Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
     );
-    // An answer held by the upstream keeps the old process draining after the handover.
     let held = slow_request(gw.url("/openai/v1/chat/completions"));
     while mock.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // accepted, nothing sent yet
-    let new_log = dir.path().join("new.log");
-    let new = start_upgrade(&gw.config_path(), &new_log);
+    (gw, dir, held)
+}
+
+/// Starts the new process and sends the old one SIGQUIT; returns once the old one has handed
+/// its listeners over.
+async fn hand_over(gw: &Gateway, dir: &Path) -> Process {
+    let new = start_upgrade(&gw.config_path(), &dir.join("new.log"));
     gw.signal("QUIT");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gw.logs().contains("listening sockets handed to") {
         assert!(Instant::now() < deadline, "no handover:\n{}", gw.logs());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"late"}]}"#;
-    let request = format!(
+    new
+}
+
+/// A raw chat completion request asking `content`.
+fn chat_request(content: &str) -> String {
+    let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{content}"}}]}}"#);
+    format!(
         "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
-    conn.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
+    )
+}
+
+/// One whole response with a `Content-Length` off a raw connection (head and body, as text;
+/// what arrived when the connection ends first).
+fn read_answer(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while support::message_len(&seen).is_none() {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A connection the old process accepted before a SIGQUIT handover, whose first request
+/// arrives after it, is answered by the old process (and then closed), not dropped: a client
+/// without keep-alive opens a connection per request, so one is always on its way when an
+/// upgrade starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_accepted_before_the_handover_is_answered() {
+    use std::io::Write;
+    let mock = MockUpstream::start().await;
+    let (gw, dir, held) = draining_gateway(&mock).await;
+    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // accepted, nothing sent yet
+    let new = hand_over(&gw, dir.path()).await;
+    conn.write_all(chat_request("late").as_bytes()).unwrap();
+    let answer = read_answer(&mut conn);
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "{answer:?}\n{}",
@@ -449,29 +486,6 @@ async fn a_request_on_a_connection_accepted_before_the_handover_is_answered() {
     drop(new);
 }
 
-/// One whole response with a `Content-Length` off a raw connection (head and body, as text).
-fn read_answer(s: &mut std::net::TcpStream) -> String {
-    use std::io::Read;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if seen.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&seen).into_owned();
-            }
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return String::from_utf8_lossy(&seen).into_owned(),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// A keep-alive connection whose next request is sent just after a SIGQUIT handover began is
 /// answered by the old process (then closed), not cut: the race every keep-alive server has
 /// with its clients, closed by a moment's grace (`HEAD_GRACE` in serve.rs).
@@ -479,37 +493,14 @@ fn read_answer(s: &mut std::net::TcpStream) -> String {
 async fn a_keep_alive_request_sent_as_the_handover_begins_is_answered() {
     use std::io::Write;
     let mock = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("upgrade.sock");
-    let gw = Gateway::start(
-        Config::providers(&mock.url()).section(format!("upgrade_sock: \"{}\"", sock.display())),
-    );
-    let held = slow_request(gw.url("/openai/v1/chat/completions"));
-    while mock.hits() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let request = |n: u32| {
-        let body =
-            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"keep {n}"}}]}}"#);
-        format!(
-            "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
+    let (gw, dir, held) = draining_gateway(&mock).await;
     let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    conn.write_all(request(1).as_bytes()).unwrap();
+    conn.write_all(chat_request("keep 1").as_bytes()).unwrap();
     let first = read_answer(&mut conn);
     assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
-    let new_log = dir.path().join("new.log");
-    let new = start_upgrade(&gw.config_path(), &new_log);
-    gw.signal("QUIT");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.logs().contains("listening sockets handed to") {
-        assert!(Instant::now() < deadline, "no handover:\n{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    conn.write_all(request(2).as_bytes()).unwrap();
+    let new = hand_over(&gw, dir.path()).await;
+    conn.write_all(chat_request("keep 2").as_bytes()).unwrap();
     let second = read_answer(&mut conn);
     assert!(
         second.starts_with("HTTP/1.1 200"),

@@ -28,6 +28,18 @@ pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// The length of the HTTP/1.1 message `seen` starts with, once all of it is in: its head and
+/// the body its `Content-Length` announces (none without one).
+pub fn message_len(seen: &[u8]) -> Option<usize> {
+    let end = seen.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (seen.len() >= end + 4 + length).then_some(end + 4 + length)
+}
+
 /// Reads one whole HTTP/1.1 request off a raw upstream connection: its head, then the body its
 /// `Content-Length` announces. `None` when the connection ends first.
 pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
@@ -35,15 +47,8 @@ pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Op
     let mut seen = Vec::new();
     let mut chunk = [0u8; 16 << 10];
     loop {
-        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if seen.len() >= end + 4 + length {
-                return Some(seen);
-            }
+        if message_len(&seen).is_some() {
+            return Some(seen);
         }
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
