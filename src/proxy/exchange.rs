@@ -268,16 +268,21 @@ fn body_error(e: hyper::Error) -> Box<Error> {
     Error::because(kind, "reading the response body", e)
 }
 
-/// The I/O error behind `e`'s, if any.
-fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
+/// The first error of type `T` in `e`'s chain of sources, if any.
+fn cause<T: std::error::Error + 'static>(e: &hyper::Error) -> Option<&T> {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
         }
         source = err.source();
     }
     None
+}
+
+/// The kind of the I/O error behind `e`'s, if any.
+fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
+    cause::<std::io::Error>(e).map(std::io::Error::kind)
 }
 
 /// Whether `e` comes from the connection ending or being reset under it (a body cut short of
@@ -297,14 +302,7 @@ fn cut_off(e: &hyper::Error) -> bool {
 
 /// The h2 error code behind `e`, if it is an h2 stream or connection error.
 fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason();
-        }
-        source = err.source();
-    }
-    None
+    cause::<h2::Error>(e).and_then(h2::Error::reason)
 }
 
 /// Sends a request to `upstream` and reads the response head: [`send_once`] on a connection
