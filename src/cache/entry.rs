@@ -52,16 +52,16 @@ pub struct Entry {
 /// An entry's pre-built response head ([`Entry::head`]): derived from the entry, so it never
 /// makes two entries differ, and a copy of an entry starts without one.
 #[derive(Default)]
-pub struct ReplayHead(OnceLock<pingora::http::ResponseHeader>);
+pub struct ReplayHead(OnceLock<http::response::Parts>);
 
 impl ReplayHead {
     /// The head, when built already.
-    pub fn get(&self) -> Option<&pingora::http::ResponseHeader> {
+    pub fn get(&self) -> Option<&http::response::Parts> {
         self.0.get()
     }
 
     /// Keeps `head` (the first one kept stays).
-    pub fn keep(&self, head: pingora::http::ResponseHeader) {
+    pub fn keep(&self, head: http::response::Parts) {
         let _ = self.0.set(head);
     }
 }

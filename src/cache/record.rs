@@ -11,7 +11,6 @@ use crate::clock::unix_now;
 use crate::headers;
 use crate::providers::{BodyFormat, Verdict};
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,7 +67,7 @@ impl Recorder {
     /// `request`'s values of them select; `Vary: *` is neither stored nor shared.
     pub fn start(
         plan: RecordPlan,
-        head: &ResponseHeader,
+        head: &http::response::Parts,
         request: &http::HeaderMap,
     ) -> Option<Recorder> {
         if !head.status.is_success() {

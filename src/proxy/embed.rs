@@ -6,11 +6,11 @@
 
 use super::errors::{Named, ProxyError};
 use super::exchange;
+use super::heads::{self, RequestHead};
 use crate::cache::semantic::{BadVector, Vector};
 use crate::routing::upstream::Upstream;
 use bytes::Bytes;
-use http::header;
-use pingora::http::RequestHeader;
+use http::header::{self, HeaderValue};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -90,25 +90,23 @@ pub async fn embed(
 }
 
 /// The embeddings request head: `Host`, JSON framing and the upstream's injected headers.
-fn request(upstream: &Upstream, path: &str, body_len: usize) -> Result<RequestHeader, ProxyError> {
+fn request(upstream: &Upstream, path: &str, body_len: usize) -> Result<RequestHead, ProxyError> {
     let invalid = |_| ProxyError::BadRequest(format!("embedder path {path:?} is not valid"));
-    let mut req = RequestHeader::build(
+    let mut req = heads::request(
         http::Method::POST,
-        upstream.path_for(path).as_bytes(),
-        Some(4 + upstream.headers.len()),
+        upstream.path_for(path),
+        4 + upstream.headers.len(),
     )
     .map_err(invalid)?;
-    req.insert_header(header::HOST, upstream.host_header.clone())
-        .map_err(invalid)?;
-    req.insert_header(header::CONTENT_TYPE, "application/json")
-        .map_err(invalid)?;
-    req.insert_header(header::CONTENT_LENGTH, body_len)
-        .map_err(invalid)?;
-    req.insert_header(header::ACCEPT_ENCODING, "identity")
-        .map_err(invalid)?;
+    let headers = &mut req.headers;
+    let json = HeaderValue::from_static("application/json");
+    let identity = HeaderValue::from_static("identity");
+    heads::insert(headers, header::HOST, upstream.host_header.clone()).map_err(invalid)?;
+    heads::insert(headers, header::CONTENT_TYPE, json).map_err(invalid)?;
+    heads::insert(headers, header::CONTENT_LENGTH, body_len.into()).map_err(invalid)?;
+    heads::insert(headers, header::ACCEPT_ENCODING, identity).map_err(invalid)?;
     for (name, value) in &upstream.headers {
-        req.insert_header(name.clone(), value.expose().clone())
-            .map_err(invalid)?;
+        heads::insert(headers, name, value.expose().clone()).map_err(invalid)?;
     }
     Ok(req)
 }

@@ -4,6 +4,7 @@
 
 use super::ctx::Stamp;
 use super::errors::{self, Named, ProxyError};
+use super::heads::{self, RequestHead, ResponseHead};
 use super::respond;
 use super::session::Session;
 use crate::body::ParsedBody;
@@ -21,7 +22,7 @@ use http::HeaderValue;
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 use std::time::Duration;
 
@@ -73,16 +74,13 @@ pub fn build_request(
     upstream: &Upstream,
     path_and_query: &str,
     body_len: usize,
-) -> Result<RequestHeader, ProxyError> {
+) -> Result<RequestHead, ProxyError> {
     let invalid = |_| ProxyError::ClientBody("request target is not valid".into());
     let path = upstream.path_for(path_and_query);
-    let mut req = RequestHeader::build_no_case(
-        client.method.clone(),
-        path.as_bytes(),
-        Some(client.headers.len() + 4),
-    )
-    .map_err(invalid)?;
+    let mut req =
+        heads::request(client.method.clone(), path, client.headers.len() + 4).map_err(invalid)?;
     let nominated = Nominated::of(&client.headers);
+    let headers = &mut req.headers;
     for (name, value) in client.headers.iter() {
         if headers::is_replaced_upstream(name.as_str())
             || upstream.headers.iter().any(|(n, _)| n == name)
@@ -90,31 +88,25 @@ pub fn build_request(
         {
             continue;
         }
-        req.append_header(name.clone(), value.clone())
-            .map_err(invalid)?;
+        heads::append(headers, name.clone(), value.clone()).map_err(invalid)?;
     }
-    let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-        req.insert_header(name, value).map_err(invalid)
-    };
-    set(&mut req, header::HOST, upstream.host_header.clone())?;
+    heads::insert(headers, header::HOST, upstream.host_header.clone()).map_err(invalid)?;
     // Cached and replayed bodies must be plain bytes, so ask for no compression.
-    set(
-        &mut req,
+    heads::insert(
+        headers,
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
-    )?;
+    )
+    .map_err(invalid)?;
     let has_body = body_len > 0
         || client.headers.contains_key(header::CONTENT_LENGTH)
         || client.headers.contains_key(header::TRANSFER_ENCODING);
     if has_body {
-        set(
-            &mut req,
-            header::CONTENT_LENGTH,
-            HeaderValue::from(body_len),
-        )?;
+        heads::insert(headers, header::CONTENT_LENGTH, HeaderValue::from(body_len))
+            .map_err(invalid)?;
     }
     for (name, value) in &upstream.headers {
-        set(&mut req, name.clone(), value.expose().clone())?;
+        heads::insert(headers, name, value.expose().clone()).map_err(invalid)?;
     }
     Ok(req)
 }
@@ -157,7 +149,7 @@ pub fn rewrite_model(target: &Target, body: &Bytes, parsed: &ParsedBody<'_>) -> 
 
 /// An upstream response whose head has been read and whose body is still to come.
 pub struct UpstreamResponse {
-    head: ResponseHeader,
+    head: ResponseHead,
     body: Incoming,
     /// The connection (h2: the stream's place on it), back to the pool once the body is read.
     conn: Option<Conn>,
@@ -176,18 +168,14 @@ enum Read {
 }
 
 impl UpstreamResponse {
-    pub fn header(&self) -> &ResponseHeader {
+    pub fn header(&self) -> &ResponseHead {
         &self.head
     }
 
     /// The connection switched to another protocol after a `101` (for a tunnel; it is never
     /// returned to the pool).
     pub async fn upgraded(mut self) -> pingora::Result<hyper::upgrade::Upgraded> {
-        let Some(upgrade) = self
-            .head
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-        else {
+        let Some(upgrade) = self.head.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return Error::e_explain(ErrorType::InternalError, "the 101 allows no upgrade");
         };
         upgrade
@@ -311,7 +299,7 @@ fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
 /// keeps the head it sends, so one try takes one head, and the common single try copies none.
 pub async fn send(
     upstream: &Upstream,
-    mut head: impl FnMut() -> Result<RequestHeader, ProxyError>,
+    mut head: impl FnMut() -> Result<RequestHead, ProxyError>,
     body: &Bytes,
     h1: bool,
     slot: &mut Slot,
@@ -355,7 +343,7 @@ pub struct Unsent {
 pub async fn send_once(
     upstream: &Upstream,
     peer: Peer,
-    req: RequestHeader,
+    req: RequestHead,
     body: &Bytes,
     slot: &mut Slot,
 ) -> Result<UpstreamResponse, Unsent> {
@@ -417,7 +405,7 @@ pub async fn send_once(
             // answer early and then stop the stream) is relayed, but never stored.
             let answered_early = h2 && !progress.all_taken();
             return Ok(UpstreamResponse {
-                head: ResponseHeader::from(head),
+                head,
                 done: body.is_end_stream(),
                 body,
                 conn: Some(conn),
@@ -520,60 +508,57 @@ fn resendable(e: &Error, reused: bool, h2: bool) -> bool {
 
 /// The request as hyper sends it: `req`'s head (in h2 form on an h2 connection) and `body`.
 fn request(
-    req: RequestHeader,
+    req: RequestHead,
     body: &Bytes,
     h2: bool,
     tls: bool,
 ) -> pingora::Result<http::Request<Outgoing>> {
-    let head = if h2 { h2_request(req, tls)? } else { req };
-    let mut parts = http::request::Parts::from(head);
-    parts.version = if h2 {
+    let mut head = if h2 { h2_request(req, tls)? } else { req };
+    head.version = if h2 {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11
     };
     Ok(http::Request::from_parts(
-        parts,
+        head,
         Outgoing::new(body.clone(), h2),
     ))
 }
 
 /// The h2 form of an upstream request: the target in absolute form (`:scheme` and
 /// `:authority` from the `Host` header), no `Host` header (some h2 servers refuse one).
-fn h2_request(mut h2: RequestHeader, tls: bool) -> pingora::Result<RequestHeader> {
-    let Some(host) = h2.remove_header(&header::HOST) else {
+fn h2_request(mut h2: RequestHead, tls: bool) -> pingora::Result<RequestHead> {
+    let Some(host) = h2.headers.remove(header::HOST) else {
         return Error::e_explain(ErrorType::InvalidHTTPHeader, "no Host for :authority");
     };
     let path = h2.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = http::Uri::builder()
+    h2.uri = http::Uri::builder()
         .scheme(if tls { "https" } else { "http" })
         .authority(host.as_bytes())
         .path_and_query(path)
         .build()
         .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "h2 request target", e))?;
-    h2.set_uri(uri);
     Ok(h2)
 }
 
 /// The client's response head: the upstream's status and end-to-end headers. Without a
 /// `Content-Length`, an HTTP/1 client gets chunked encoding, so each chunk is flushed as it comes.
-pub fn client_header(
-    upstream: &ResponseHeader,
-    session: &Session,
-) -> pingora::Result<ResponseHeader> {
-    // No header-case map, for the reason given at `build_request`: the same bytes.
-    let mut resp =
-        ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 2))?;
+pub fn client_header(upstream: &ResponseHead, session: &Session) -> pingora::Result<ResponseHead> {
+    let mut resp = heads::response(upstream.status, upstream.headers.len() + 2)?;
     let nominated = Nominated::of(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
         if !is_hop_by_hop(name, &nominated) {
-            resp.append_header(name.clone(), value.clone())?;
+            heads::append(&mut resp.headers, name.clone(), value.clone())?;
         }
     }
     let bodyless = session.req_header().method == http::Method::HEAD
         || matches!(upstream.status.as_u16(), 204 | 304);
     if !bodyless && !resp.headers.contains_key(header::CONTENT_LENGTH) && !session.is_http2() {
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        heads::insert(
+            &mut resp.headers,
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )?;
     }
     Ok(resp)
 }
@@ -599,7 +584,7 @@ pub async fn relay(
 ) -> pingora::Result<()> {
     let head = relayed_head(&response, session, stamp)?;
     let mut recorder = recorder(record, &response, session, &head, reader);
-    session.write_response_header(Box::new(head)).await?;
+    session.write_response_header(head).await?;
     let idle = upstream.timeouts.idle;
     while !response.done {
         match response.read(idle).await {
@@ -654,7 +639,7 @@ fn relayed_head(
     response: &UpstreamResponse,
     session: &Session,
     stamp: Stamp<'_>,
-) -> pingora::Result<ResponseHeader> {
+) -> pingora::Result<ResponseHead> {
     let mut head = client_header(response.header(), session)?;
     respond::add(&mut head, stamp)?;
     Ok(head)
@@ -669,7 +654,7 @@ fn recorder(
     record: Option<RecordPlan>,
     response: &UpstreamResponse,
     session: &Session,
-    head: &ResponseHeader,
+    head: &ResponseHead,
     reader: &mut ResponseReader,
 ) -> Option<Recorder> {
     let recorder = record

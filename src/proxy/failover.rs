@@ -10,6 +10,7 @@ use super::client_gone::{unless_gone, Waiting};
 use super::ctx::Ctx;
 use super::errors::{Named, ProxyError};
 use super::exchange::{self, UpstreamResponse};
+use super::heads::{self, RequestHead};
 use super::session::Session;
 use crate::body::ParsedBody;
 use crate::cache::record::RecordPlan;
@@ -245,14 +246,13 @@ fn target_head(
     forward: &str,
     upgrade: Option<&HeaderValue>,
     body_len: usize,
-) -> Result<RequestHeader, ProxyError> {
+) -> Result<RequestHead, ProxyError> {
     let mut req = exchange::build_request(client, up, forward, body_len)?;
     if let Some(upgrade) = upgrade {
         let invalid = |_| ProxyError::BadRequest("Upgrade header is not valid".into());
-        req.insert_header(http::header::UPGRADE, upgrade.clone())
-            .map_err(invalid)?;
-        req.insert_header(http::header::CONNECTION, "upgrade")
-            .map_err(invalid)?;
+        heads::insert(&mut req.headers, http::header::UPGRADE, upgrade.clone()).map_err(invalid)?;
+        let connection = HeaderValue::from_static("upgrade");
+        heads::insert(&mut req.headers, http::header::CONNECTION, connection).map_err(invalid)?;
     }
     Ok(req)
 }
@@ -264,7 +264,7 @@ struct Sending<'a> {
     h1: bool,
     body: &'a Bytes,
     /// Builds the upstream head from the client's.
-    head: &'a (dyn Fn(&RequestHeader) -> Result<RequestHeader, ProxyError> + Sync),
+    head: &'a (dyn Fn(&RequestHeader) -> Result<RequestHead, ProxyError> + Sync),
 }
 
 /// One attempt: [`exchange::send`]'s tries (a pooled connection found dead is replaced, up to
@@ -277,7 +277,7 @@ async fn send_watched(
     ctx: &mut Ctx,
     record: Option<&RecordPlan>,
     sending: &Sending<'_>,
-    first: &mut Option<RequestHeader>,
+    first: &mut Option<RequestHead>,
     slot: &mut Slot,
 ) -> Result<Result<UpstreamResponse, ProxyError>, ProxyError> {
     let up = sending.up;

@@ -62,7 +62,7 @@ pub async fn serve(
     // A follower stores nothing (its leader does): only the usage is wanted.
     usage.usage_only();
     let reply = respond::replay_head(session, head.status, &head.headers, None, stamp)?;
-    session.write_response_header(Box::new(reply)).await?;
+    session.write_response_header(reply).await?;
     let mut seen = 0;
     loop {
         match follower.tail(seen).await {

@@ -28,6 +28,7 @@ mod errors;
 mod exchange;
 mod failover;
 mod follow;
+mod heads;
 mod inbound;
 mod limit;
 mod lookup;

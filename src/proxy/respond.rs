@@ -2,11 +2,12 @@
 
 use super::ctx::Stamp;
 use super::errors::ProxyError;
+use super::heads::{self, ResponseHead};
 use super::session::Session;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::config::schema::Replay;
-use pingora::http::ResponseHeader;
+use http::HeaderValue;
 use std::time::Duration;
 
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
@@ -15,12 +16,13 @@ pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
 /// Sets what `stamp` says every response of the request carries on `head`, replacing any
 /// value of the same name (an upstream's own `x-ratelimit-*` say nothing about promptgate's
 /// limits). Every response head promptgate writes goes through here.
-pub fn add(head: &mut ResponseHeader, stamp: Stamp<'_>) -> pingora::Result<()> {
+pub fn add(head: &mut ResponseHead, stamp: Stamp<'_>) -> pingora::Result<()> {
     for (name, value) in stamp.limit {
-        head.insert_header(*name, value.clone())?;
+        heads::insert(&mut head.headers, *name, value.clone())?;
     }
     if let Some(status) = stamp.cache {
-        head.insert_header(CACHE_STATUS_HEADER, status.as_str())?;
+        let status = HeaderValue::from_static(status.as_str());
+        heads::insert(&mut head.headers, CACHE_STATUS_HEADER, status)?;
     }
     Ok(())
 }
@@ -29,11 +31,16 @@ pub fn add(head: &mut ResponseHeader, stamp: Stamp<'_>) -> pingora::Result<()> {
 /// (`x-promptgate-cache` on a cached route, a rate-limited route's headers).
 pub async fn error(session: &mut Session, e: &ProxyError, stamp: Stamp<'_>) -> pingora::Result<()> {
     let body = e.body();
-    let mut head = ResponseHeader::build(e.status(), Some(4 + stamp.limit.len()))?;
+    let mut head = heads::response(e.status(), 4 + stamp.limit.len())?;
     add(&mut head, stamp)?;
-    head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head)).await?;
+    let json = HeaderValue::from_static("application/json");
+    heads::insert(&mut head.headers, http::header::CONTENT_TYPE, json)?;
+    heads::insert(
+        &mut head.headers,
+        http::header::CONTENT_LENGTH,
+        body.len().into(),
+    )?;
+    session.write_response_header(head).await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -47,10 +54,10 @@ pub fn replay_head(
     headers: &[(http::HeaderName, http::HeaderValue)],
     body_len: Option<usize>,
     stamp: Stamp<'_>,
-) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(status, Some(headers.len() + stamp.limit.len() + 3))?;
+) -> pingora::Result<ResponseHead> {
+    let mut head = heads::response(status, headers.len() + stamp.limit.len() + 3)?;
     for (name, value) in headers {
-        head.append_header(name.clone(), value.clone())?;
+        heads::append(&mut head.headers, name.clone(), value.clone())?;
     }
     // A replay is a hit, whatever the request expected.
     add(
@@ -61,10 +68,12 @@ pub fn replay_head(
         },
     )?;
     match body_len {
-        Some(len) => head.insert_header(http::header::CONTENT_LENGTH, len)?,
-        None if !session.is_http2() => {
-            head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
-        }
+        Some(len) => heads::insert(&mut head.headers, http::header::CONTENT_LENGTH, len.into())?,
+        None if !session.is_http2() => heads::insert(
+            &mut head.headers,
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )?,
         None => {}
     }
     Ok(head)
@@ -74,14 +83,16 @@ pub fn replay_head(
 /// and headers, `x-promptgate-cache: HIT`, and a plain body's `Content-Length` (what
 /// [`replay_head`] gives without a stamp, less a stream's framing, which depends on the
 /// connection).
-fn hit_head(entry: &Entry) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(entry.status, Some(entry.headers.len() + 5))?;
+fn hit_head(entry: &Entry) -> pingora::Result<ResponseHead> {
+    let mut head = heads::response(entry.status, entry.headers.len() + 5)?;
     for (name, value) in &entry.headers {
-        head.append_header(name.clone(), value.clone())?;
+        heads::append(&mut head.headers, name.clone(), value.clone())?;
     }
-    head.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str())?;
+    let hit = HeaderValue::from_static(CacheStatus::Hit.as_str());
+    heads::insert(&mut head.headers, CACHE_STATUS_HEADER, hit)?;
     if !entry.is_stream() {
-        head.insert_header(http::header::CONTENT_LENGTH, entry.body.len())?;
+        let len = entry.body.len().into();
+        heads::insert(&mut head.headers, http::header::CONTENT_LENGTH, len)?;
     }
     Ok(head)
 }
@@ -105,13 +116,14 @@ pub async fn cached(
         }
     };
     for (name, value) in stamp.limit {
-        head.insert_header(*name, value.clone())?;
+        heads::insert(&mut head.headers, *name, value.clone())?;
     }
     if entry.is_stream() && !session.is_http2() {
-        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        let chunked = HeaderValue::from_static("chunked");
+        heads::insert(&mut head.headers, http::header::TRANSFER_ENCODING, chunked)?;
     }
-    head.insert_header(http::header::AGE, entry.age())?;
-    session.write_response_header(Box::new(head)).await?;
+    heads::insert(&mut head.headers, http::header::AGE, entry.age().into())?;
+    session.write_response_header(head).await?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_body(None, true).await;
     }

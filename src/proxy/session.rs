@@ -1,6 +1,7 @@
 //! The client's side of one request: Pingora's server session (HTTP/1.1 or h2), with the two
 //! writes the proxy steps make.
 
+use super::heads::ResponseHead;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -18,10 +19,8 @@ impl Session {
     }
 
     /// Writes the response head (an h2 stream stays open for the body).
-    pub async fn write_response_header(
-        &mut self,
-        head: Box<ResponseHeader>,
-    ) -> pingora::Result<()> {
+    pub async fn write_response_header(&mut self, head: ResponseHead) -> pingora::Result<()> {
+        let head = Box::new(ResponseHeader::from(head));
         self.inner.write_response_header(head).await
     }
 

@@ -4,12 +4,12 @@
 
 use super::ctx::Stamp;
 use super::exchange::UpstreamResponse;
+use super::heads::{self, ResponseHead};
 use super::session::Session;
 use bytes::{Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderValue};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use pingora::http::ResponseHeader;
 use pingora::{ErrorType, OrErr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,18 +45,19 @@ pub fn websocket(session: &Session) -> Option<&http::HeaderValue> {
 
 /// The client's `101` head: the upstream's end-to-end headers, plus the `Upgrade` it agreed to
 /// and `Connection: upgrade` (hop-by-hop headers, which the relay of ordinary responses drops).
-fn switching_head(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(101, Some(upstream.headers.len() + 2))?;
+fn switching_head(upstream: &ResponseHead) -> pingora::Result<ResponseHead> {
+    let mut head = heads::response(101, upstream.headers.len() + 2)?;
     let nominated = super::exchange::Nominated::of(&upstream.headers);
     for (name, value) in upstream.headers.iter() {
         if !super::exchange::is_hop_by_hop(name, &nominated) {
-            head.append_header(name.clone(), value.clone())?;
+            heads::append(&mut head.headers, name.clone(), value.clone())?;
         }
     }
     if let Some(upgrade) = upstream.headers.get(header::UPGRADE) {
-        head.insert_header(header::UPGRADE, upgrade.clone())?;
+        heads::insert(&mut head.headers, header::UPGRADE, upgrade.clone())?;
     }
-    head.insert_header(header::CONNECTION, "upgrade")?;
+    let upgrade = HeaderValue::from_static("upgrade");
+    heads::insert(&mut head.headers, header::CONNECTION, upgrade)?;
     Ok(head)
 }
 
@@ -80,7 +81,7 @@ pub async fn run(
     // the client's read timeout (Pingora's 60 s default) may not cut it; the upstream's side
     // has none.
     session.set_read_timeout(None);
-    session.write_response_header(Box::new(head)).await?;
+    session.write_response_header(head).await?;
     let result = copy_both_ways(session, &mut upstream, counted).await;
     // Not returned to the pool: the connection now speaks another protocol.
     let _ = upstream.shutdown().await;
