@@ -16,7 +16,8 @@
 //! control character in a string) may still report the usage a whole parse would have refused.
 //! A usage field given twice is refused, as the whole parse refuses it.
 
-use super::doc::{CachedDetails, Counts, Doc, Num, Obj};
+use super::doc::{CachedDetails, Counts, Doc, Num, Obj, Text};
+use std::borrow::Cow;
 use serde::Deserialize;
 
 /// How deep `message`/`response` wrappers are read by skimming; deeper ones are parsed whole.
@@ -254,8 +255,8 @@ impl<'a> Skim<'a> {
         self.value()?;
         let v = &self.b[start..self.i];
         match n {
-            0 => doc.model = parse(v)?,
-            1 => doc.model_version = parse(v)?,
+            0 => doc.model = text(v)?,
+            1 => doc.model_version = text(v)?,
             2 => doc.usage = parse(v)?,
             3 => doc.usage_metadata = parse(v)?,
             4 => doc.prompt_eval_count = parse(v)?,
@@ -319,6 +320,19 @@ impl<'a> Skim<'a> {
         }
         parse(v)
     }
+}
+
+/// A string field's value: a plain string (no escape, no control character, UTF-8) read in
+/// place, anything else as [`Text`]'s parse reads it.
+fn text(v: &[u8]) -> Option<Text<'_>> {
+    if let [b'"', inner @ .., b'"'] = v {
+        if inner.iter().all(|&c| c >= 0x20 && c != b'\\' && c != b'"') {
+            if let Ok(s) = std::str::from_utf8(inner) {
+                return Some(Text(Some(Cow::Borrowed(s))));
+            }
+        }
+    }
+    parse(v)
 }
 
 fn parse<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
@@ -443,6 +457,47 @@ mod tests {
         ] {
             let doc = format!(r#"{{"model":"m","usage":{counts}}}"#);
             skim(&doc);
+        }
+    }
+
+    /// Model names (read in place when plain) and strings of any length: as a whole parse
+    /// reads them.
+    #[test]
+    fn model_names_and_strings_of_any_length_read_as_a_whole_parse_reads_them() {
+        for model in [
+            r#""gpt-4o""#,
+            r#""""#,
+            r#""gpt\u002d4o""#,
+            r#""a\"b""#,
+            r#""tab\there""#,
+            "\"raw\u{1}control\"",
+            "\"raw\ttab\"",
+            r#""ü-modèle""#,
+            r#""0123456789abcde""#,
+            r#""0123456789abcdef""#,
+            r#""0123456789abcdefg""#,
+            r#""0123456789abcdef\"q""#,
+            r#""0123456789abcde\\""#,
+            r#""a-very-long-model-name-well-beyond-sixteen-bytes\n""#,
+            "7",
+            "null",
+            r#"["gpt"]"#,
+        ] {
+            for key in ["k", "0123456789abcdef", "0123456789abcdefghij", "k\\u0061"] {
+                let doc = format!(
+                    r#"{{"{key}":"0123456789abcdef\"","model":{model},"usage":{{"prompt_tokens":1}}}}"#
+                );
+                skim(&doc);
+            }
+        }
+        assert_eq!(
+            skim(r#"{"model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":1}}"#),
+            Some((1, 0, Some("gpt-4o-mini-2024-07-18".into())))
+        );
+        // Unclosed.
+        for n in 14..19 {
+            let doc = format!(r#"{{"model":"{}"#, "m".repeat(n));
+            assert_eq!(skim(&doc), None, "{doc}");
         }
     }
 
