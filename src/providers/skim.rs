@@ -17,8 +17,8 @@
 //! A usage field given twice is refused, as the whole parse refuses it.
 
 use super::doc::{CachedDetails, Counts, Doc, Num, Obj, Text};
-use std::borrow::Cow;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// How deep `message`/`response` wrappers are read by skimming; deeper ones are parsed whole.
 const MAX_WRAPPERS: usize = 4;

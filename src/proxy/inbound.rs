@@ -21,8 +21,9 @@ fn check(session: &Session) -> Result<String, ProxyError> {
     // HTTP/2 frames bodies itself (and the h2 codec refuses Transfer-Encoding); only HTTP/1
     // has a raw head whose framing headers can disagree.
     if let Some(h1) = session.as_http1() {
-        request_framing::check(&h1.get_headers_raw_bytes())
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let verdict = request_framing::check_parsed(&session.req_header().headers)
+            .unwrap_or_else(|| request_framing::check(&h1.get_headers_raw_bytes()));
+        verdict.map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     }
     request_path::normalise(session.req_header().uri.path())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))

@@ -104,6 +104,10 @@ async fn ambiguous_framing_is_refused_closed_and_never_forwarded() {
             format!("{head}Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}{smuggled}"),
         ),
         (
+            "identical duplicate Content-Length, names in another case",
+            format!("{head}Content-Length: 2\r\ncontent-LENGTH: 2\r\n\r\n{{}}{smuggled}"),
+        ),
+        (
             "Content-Length list",
             format!("{head}Content-Length: 2, 2\r\n\r\n{{}}{smuggled}"),
         ),
