@@ -5,22 +5,22 @@
 
 use super::gcra::Outcome;
 use super::RouteLimit;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::io::Write;
 
-// Names as static text: Pingora's `insert_header` copies a `HeaderName` into a fresh buffer
-// to keep its original case, but takes a `&'static str` as it is.
-pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
-pub const REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
-pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
-pub const LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
-pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
-pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
-pub const RETRY_AFTER: &str = "retry-after";
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+// Names as `HeaderName`s made at compile time: set on a head by a clone, not parsed per use.
+pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+pub const REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// A response header list; a handful of entries.
-pub type Headers = Vec<(&'static str, HeaderValue)>;
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
 
 /// The `x-ratelimit-*` headers for the limits of `limit` that are set (requests, tokens).
 pub fn ratelimit(limit: &RouteLimit, o: &Outcome) -> Headers {
@@ -169,7 +169,7 @@ mod tests {
         });
         let h = ratelimit(&both, &o);
         assert_eq!(h.len(), 6);
-        assert_eq!((h[3].0, h[3].1.to_str().unwrap()), (LIMIT_TOKENS, "1000"));
+        assert_eq!((&h[3].0, h[3].1.to_str().unwrap()), (&LIMIT_TOKENS, "1000"));
         assert_eq!(h[5].1, "12ms");
         let usd_only = RouteLimit::new(&RateLimitSpec {
             usd_per_day: Some(1.0),

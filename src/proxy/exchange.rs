@@ -67,8 +67,8 @@ pub(super) fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated) -> bool {
 /// The request to send upstream: the client's method and headers, minus hop-by-hop and
 /// framing headers, plus `Host`, `Content-Length` and the upstream's injected headers.
 ///
-/// Built without Pingora's header-case map: hyper writes the `http` names as they are (lower
-/// case; header names are case-insensitive), so a second map would only be filled and dropped.
+/// An `http` head ([`heads`]): hyper writes its names as they are (lower case; header names
+/// are case-insensitive).
 pub fn build_request(
     client: &RequestHeader,
     upstream: &Upstream,

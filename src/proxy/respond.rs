@@ -7,18 +7,18 @@ use super::session::Session;
 use crate::cache::entry::Entry;
 use crate::cache::CacheStatus;
 use crate::config::schema::Replay;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::time::Duration;
 
 /// Tells the client where the answer came from: `HIT`, `MISS` or `BYPASS`.
-pub const CACHE_STATUS_HEADER: &str = "x-promptgate-cache";
+pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-promptgate-cache");
 
 /// Sets what `stamp` says every response of the request carries on `head`, replacing any
 /// value of the same name (an upstream's own `x-ratelimit-*` say nothing about promptgate's
 /// limits). Every response head promptgate writes goes through here.
 pub fn add(head: &mut ResponseHead, stamp: Stamp<'_>) -> pingora::Result<()> {
     for (name, value) in stamp.limit {
-        heads::insert(&mut head.headers, *name, value.clone())?;
+        heads::insert(&mut head.headers, name, value.clone())?;
     }
     if let Some(status) = stamp.cache {
         let status = HeaderValue::from_static(status.as_str());
@@ -116,7 +116,7 @@ pub async fn cached(
         }
     };
     for (name, value) in stamp.limit {
-        heads::insert(&mut head.headers, *name, value.clone())?;
+        heads::insert(&mut head.headers, name, value.clone())?;
     }
     if entry.is_stream() && !session.is_http2() {
         let chunked = HeaderValue::from_static("chunked");

@@ -19,7 +19,7 @@ use crate::limits::Limiter;
 use crate::metrics::SemanticRecord;
 use crate::routing::upstream::Upstream;
 use crate::routing::Route;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,9 +41,9 @@ fn warn_now(last: &AtomicU64) -> bool {
 
 /// Request header: `exact` turns the semantic lookup off for this request. Response header on
 /// a hit: `exact` or `semantic`.
-pub const MATCH_HEADER: &str = "x-promptgate-cache-match";
+pub const MATCH_HEADER: HeaderName = HeaderName::from_static("x-promptgate-cache-match");
 /// Response header of a semantic hit: the cosine similarity, four decimals.
-pub const SIMILARITY_HEADER: &str = "x-promptgate-similarity";
+pub const SIMILARITY_HEADER: HeaderName = HeaderName::from_static("x-promptgate-similarity");
 
 /// What the semantic step decided.
 pub(super) enum Step {
@@ -115,7 +115,7 @@ pub(super) async fn lookup(
     let exact_only = session
         .req_header()
         .headers
-        .get(MATCH_HEADER)
+        .get(&MATCH_HEADER)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"exact"));
     if exact_only {
         report.skipped = Some("exact_only");
