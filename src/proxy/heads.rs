@@ -12,7 +12,7 @@
 //! map's values.)
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, IntoHeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue, IntoHeaderName, MaxSizeReached};
 use http::uri::{PathAndQuery, Uri};
 use pingora::{Error, ErrorType, OrErr};
 
@@ -69,10 +69,7 @@ pub fn insert(
     name: impl IntoHeaderName,
     value: HeaderValue,
 ) -> pingora::Result<()> {
-    headers
-        .try_insert(name, value)
-        .map(drop)
-        .or_else(|e| Error::e_because(ErrorType::InvalidHTTPHeader, "too many headers", e))
+    headers.try_insert(name, value).map(drop).or_else(too_many)
 }
 
 /// Adds `value` under `name`, after any value it has. Errors as [`insert`].
@@ -81,10 +78,11 @@ pub fn append(
     name: HeaderName,
     value: HeaderValue,
 ) -> pingora::Result<()> {
-    headers
-        .try_append(name, value)
-        .map(drop)
-        .or_else(|e| Error::e_because(ErrorType::InvalidHTTPHeader, "too many headers", e))
+    headers.try_append(name, value).map(drop).or_else(too_many)
+}
+
+fn too_many(e: MaxSizeReached) -> pingora::Result<()> {
+    Error::e_because(ErrorType::InvalidHTTPHeader, "too many headers", e)
 }
 
 #[cfg(test)]
