@@ -254,7 +254,17 @@ impl Limiter {
             Some(store) => {
                 self.remember(route, who);
                 let key = redis::key(store.prefix(), route, who);
-                redis::apply(&store, &key, &limit.params, Op::Check, None, true).await
+                // Boxed: a Redis call's state is kilobytes, and inline it would size every
+                // request's future, limits or not.
+                Box::pin(redis::apply(
+                    &store,
+                    &key,
+                    &limit.params,
+                    Op::Check,
+                    None,
+                    true,
+                ))
+                .await
             }
         };
         match outcome {
