@@ -4,7 +4,8 @@
 //!
 //! Why: Pingora's `insert_header`/`append_header` turn a `HeaderName` back into bytes (its
 //! case-preserving name) and parse it again into a `HeaderName`, about 450 instructions a
-//! header, a quarter of a pass-through's header work (callgrind, issue 22). Without a case map
+//! header (callgrind, issue 22: a pass-through 75,490 → 71,757 instructions with the upstream
+//! target parsed in place too, a hit 52,994 → 50,200). Without a case map
 //! Pingora writes the `HeaderMap` as it is, standard names title-cased
 //! (`Content-Length`), others as their lowercase `HeaderName` — the same bytes the case map
 //! held for the names promptgate sets, so the wire does not change. (Pingora lets no one
