@@ -606,38 +606,6 @@ async fn an_h2_body_the_server_does_not_take_is_a_write_timeout() {
             });
         }
     });
-    let gw = Gateway::start(
-        Config::new()
-            .upstream_with(
-                "stuck",
-                &format!("http://{addr}"),
-                "http_version: h2, timeouts: { write: 300ms, first_byte: 20s }",
-            )
-            .route(
-                Route::prefixed("openai")
-                    .targets("[stuck]")
-                    .with("retry: { attempts: 1 }"),
-            ),
-    );
-    let big =
-        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(1 << 20)}]});
-    let started = std::time::Instant::now();
-    let resp = client()
-        .post(gw.url("/openai/v1/chat/completions"))
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 504);
-    let error: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        error["error"]["message"],
-        format!("upstream stuck ({addr}) timed out after 300ms (write timeout)")
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    support::stalled_write("stuck", addr, "http_version: h2, ", 1 << 20).await;
     server.abort();
 }

@@ -15,6 +15,55 @@ pub use mock_upstream::MockUpstream;
 pub use scrape::metric;
 pub use tls_upstream::TlsUpstream;
 
+/// Sends a chat request whose message is `content_bytes` long through a gateway whose one
+/// upstream, `name` at `addr` (`settings`, then a 300 ms write timeout), takes none of it, and
+/// checks the answer: a 504 naming the write timeout, within 10 s. Returns the gateway and the
+/// error's type and message.
+pub async fn stalled_write(
+    name: &str,
+    addr: std::net::SocketAddr,
+    settings: &str,
+    content_bytes: usize,
+) -> (Gateway, String, String) {
+    let gw = Gateway::start(
+        Config::new()
+            .upstream_with(
+                name,
+                &format!("http://{addr}"),
+                &format!("{settings}timeouts: {{ write: 300ms, first_byte: 20s }}"),
+            )
+            .route(
+                Route::prefixed("openai")
+                    .targets(&format!("[{name}]"))
+                    .with("retry: { attempts: 1 }"),
+            ),
+    );
+    let content = "x".repeat(content_bytes);
+    let big =
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
+    let started = std::time::Instant::now();
+    let resp = client()
+        .post(gw.url("/openai/v1/chat/completions"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let field = |f: &str| body["error"][f].as_str().unwrap().to_string();
+    let (kind, message) = (field("type"), field("message"));
+    assert_eq!(
+        message,
+        format!("upstream {name} ({addr}) timed out after 300ms (write timeout)")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    (gw, kind, message)
+}
+
 /// An HTTP client that does not pool, so each test sees its own connections.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
