@@ -36,9 +36,18 @@ pub(super) struct Nominated<'a>(Vec<&'a str>);
 
 impl<'a> Nominated<'a> {
     pub(super) fn of(headers: &'a http::HeaderMap) -> Nominated<'a> {
-        let value = headers
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok());
+        Nominated::of_value(headers.get(header::CONNECTION))
+    }
+
+    /// The names a `Connection` field's value nominates (none without one).
+    fn of_value(connection: Option<&'a HeaderValue>) -> Nominated<'a> {
+        let value = connection.and_then(|v| v.to_str().ok());
+        // The usual values nominate nothing: no split.
+        if value
+            .is_none_or(|v| v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close"))
+        {
+            return Nominated(Vec::new());
+        }
         Nominated(
             value
                 .into_iter()
@@ -541,15 +550,31 @@ fn h2_request(mut h2: RequestHead, tls: bool) -> pingora::Result<RequestHead> {
     Ok(h2)
 }
 
-/// The client's response head: the upstream's status and end-to-end headers. Without a
-/// `Content-Length`, an HTTP/1 client gets chunked encoding, so each chunk is flushed as it comes.
-pub fn client_header(upstream: &ResponseHead, session: &Session) -> pingora::Result<ResponseHead> {
-    let mut resp = heads::response(upstream.status, upstream.headers.len() + 2)?;
-    let nominated = Nominated::of(&upstream.headers);
-    for (name, value) in upstream.headers.iter() {
-        if !is_hop_by_hop(name, &nominated) {
-            heads::append(&mut resp.headers, name.clone(), value.clone())?;
-        }
+/// The client's response head: the upstream's status and end-to-end headers, taken out of
+/// `upstream` (its headers are left empty). Without a `Content-Length`, an HTTP/1 client gets
+/// chunked encoding, so each chunk is flushed as it comes.
+///
+/// The upstream's header map is kept and its hop-by-hop fields removed in place, where copying
+/// every other field into a new map cost ≈ 450 instructions a field. A removal moves the map's
+/// last field into the gap, so fields of different names may reach the client in another
+/// order than the upstream sent them, which changes nothing (RFC 9110 §5.3); lines of one name
+/// keep theirs.
+pub fn client_header(
+    upstream: &mut ResponseHead,
+    session: &Session,
+) -> pingora::Result<ResponseHead> {
+    let mut resp = heads::response(upstream.status, 0)?;
+    resp.headers = std::mem::take(&mut upstream.headers);
+    // The nominated names borrow their own copy of the value (a reference count), not the map.
+    let connection = resp.headers.get(header::CONNECTION).cloned();
+    let nominated = Nominated::of_value(connection.as_ref());
+    while let Some(name) = resp
+        .headers
+        .keys()
+        .find(|name| is_hop_by_hop(name, &nominated))
+        .cloned()
+    {
+        resp.headers.remove(&name);
     }
     let bodyless = session.req_header().method == http::Method::HEAD
         || matches!(upstream.status.as_u16(), 204 | 304);
@@ -582,7 +607,7 @@ pub async fn relay(
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) -> pingora::Result<()> {
-    let head = relayed_head(&response, session, stamp)?;
+    let head = relayed_head(&mut response, session, stamp)?;
     let mut recorder = recorder(record, &response, session, &head, reader);
     session.write_response_header(head).await?;
     let idle = upstream.timeouts.idle;
@@ -634,13 +659,14 @@ fn broken_off(upstream: &Upstream, e: Box<Error>) -> Box<Error> {
 }
 
 /// The client's head for an upstream response, with what `stamp` adds (`x-promptgate-cache`,
-/// `x-ratelimit-*`: per exchange, so never stored with an entry).
+/// `x-ratelimit-*`: per exchange, so never stored with an entry). Takes the upstream's headers
+/// out of `response` ([`client_header`]).
 fn relayed_head(
-    response: &UpstreamResponse,
+    response: &mut UpstreamResponse,
     session: &Session,
     stamp: Stamp<'_>,
 ) -> pingora::Result<ResponseHead> {
-    let mut head = client_header(response.header(), session)?;
+    let mut head = client_header(&mut response.head, session)?;
     respond::add(&mut head, stamp)?;
     Ok(head)
 }
@@ -672,13 +698,13 @@ fn recorder(
 /// to the client.
 pub async fn finish_detached(
     upstream: &Upstream,
-    response: UpstreamResponse,
+    mut response: UpstreamResponse,
     session: &Session,
     stamp: Stamp<'_>,
     record: Option<RecordPlan>,
     reader: &mut ResponseReader,
 ) {
-    let recorder = relayed_head(&response, session, stamp)
+    let recorder = relayed_head(&mut response, session, stamp)
         .ok()
         .and_then(|head| recorder(record, &response, session, &head, reader));
     // Without a recorder the response is dropped: an unfinished HTTP/1.1 connection is

@@ -436,6 +436,95 @@ async fn expect_100_continue_and_hop_by_hop_headers() {
     }
 }
 
+/// An upstream answering with hop-by-hop fields (the standard ones and one its `Connection`
+/// nominates) among end-to-end ones: none of the former reach the client, the latter do (a
+/// repeated one in its order) on the miss and on the hits replayed from the cache, to an
+/// HTTP/1.1 and an h2c client alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_stay_with_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let body = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+                while support::read_request(&mut stream).await.is_some() {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nConnection: X-Hop-Response, keep-alive\r\nX-Request-Id: req-1\r\nX-Region: eu\r\nKeep-Alive: timeout=5\r\nX-Hop-Response: secret\r\nX-Multi: one\r\nProxy-Authenticate: Basic\r\nContent-Type: application/json\r\nTrailer: X-Checksum\r\nX-Multi: two\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream
+                        .write_all(format!("{head}{body}").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("raw", &format!("http://{addr}"))
+            .route(Route::prefixed("openai").targets("[raw]")),
+    );
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (round, (c, cache)) in [(client(), "MISS"), (client(), "HIT"), (h2c, "HIT")]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = c
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&chat("gpt-4o", "hop"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "round {round}");
+        let h = resp.headers();
+        assert_eq!(h["x-promptgate-cache"], cache, "round {round}");
+        for gone in [
+            "x-hop-response",
+            "keep-alive",
+            "proxy-authenticate",
+            "trailer",
+        ] {
+            assert!(
+                h.get(gone).is_none(),
+                "round {round}: {gone} relayed: {h:?}"
+            );
+        }
+        if let Some(connection) = h.get("connection") {
+            // Only the client connection's own (HTTP/1.1), never the upstream's nominations.
+            assert!(
+                !connection
+                    .to_str()
+                    .unwrap()
+                    .to_ascii_lowercase()
+                    .contains("x-hop"),
+                "round {round}: {h:?}"
+            );
+        }
+        assert_eq!(h["x-region"], "eu", "round {round}");
+        // The upstream's request id belongs to its exchange: relayed, never replayed.
+        let request_id = h.get("x-request-id").map(|v| v.to_str().unwrap());
+        assert_eq!(request_id, (round == 0).then_some("req-1"), "round {round}");
+        assert_eq!(h["content-type"], "application/json", "round {round}");
+        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"], "round {round}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["choices"][0]["message"]["content"], "hi",
+            "round {round}"
+        );
+    }
+    upstream.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled() {
     let mock = MockUpstream::start().await;
