@@ -97,14 +97,20 @@ fn normalise_segment(raw: &[u8]) -> Result<Vec<u8>, PathError> {
 /// (`;`), no empty segment but a trailing one, and no `.` or `..` segment. Then every segment
 /// is kept as it is, and so is a trailing `/`.
 fn already_normal(raw: &[u8]) -> bool {
-    raw.first() == Some(&b'/')
-        && !raw
-            .iter()
-            .any(|&b| matches!(b, b'%' | b'\\' | b';' | 0..=0x1f | 0x7f))
-        && memchr::memmem::find(raw, b"//").is_none()
-        && raw[1..]
-            .split(|&b| b == b'/')
-            .all(|segment| segment != b"." && segment != b"..")
+    if raw.first() != Some(&b'/') {
+        return false;
+    }
+    // One pass (a `memmem` searcher for `//` alone cost more than the rest of this check).
+    let mut segment = 1;
+    for (i, &b) in raw.iter().enumerate().skip(1) {
+        match b {
+            b'%' | b'\\' | b';' | 0..=0x1f | 0x7f => return false,
+            b'/' if matches!(&raw[segment..i], b"" | b"." | b"..") => return false,
+            b'/' => segment = i + 1,
+            _ => {}
+        }
+    }
+    !matches!(&raw[segment..], b"." | b"..")
 }
 
 /// The normalised form of `raw` (a request path without its query), always starting with `/`
@@ -198,6 +204,16 @@ mod tests {
             "*",
             "/a b",
             "/~x-_.y",
+            "/a/.",
+            "/a/../",
+            "/./a",
+            "/a/b/..",
+            "/a./b.",
+            "/.../b",
+            "/a//",
+            "///",
+            "/a/%",
+            "/a\u{7f}b",
         ] {
             assert_eq!(normalise(raw), slow(raw), "{raw:?}");
             if already_normal(raw.as_bytes()) {
