@@ -1,6 +1,6 @@
 //! What promptgate logs about itself at the default level: one line at start-up, one per
 //! reload, and shutdown lines that state the grace in force; Pingora's own lines only when
-//! `RUST_LOG` asks for them.
+//! `RUST_LOG` asks for them; access lines as `RUST_LOG` selects them.
 
 use crate::support::{Config, Gateway, MockUpstream};
 use std::time::{Duration, Instant};
@@ -133,4 +133,70 @@ async fn sigint_says_it_does_not_drain() {
         ["SIGINT: stopping now", "promptgate stopped"],
         "{logs}"
     );
+}
+
+/// Access lines follow `RUST_LOG` as documented (docs/operations.md): on by default, off with
+/// `promptgate::access=off` while other lines stay, and under a regex only those whose message
+/// (`METHOD PATH`) matches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_decides_which_access_lines_are_written() {
+    let mock = MockUpstream::start().await;
+    let config = Config::providers(&mock.url()).section("reload: { watch: false }");
+    let chat =
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    for (rust_log, chat_line, models_line) in [
+        (None, true, true),
+        (Some("info,promptgate::access=off"), false, false),
+        (Some("info/completions"), true, false),
+    ] {
+        let gw = Gateway::start_with_rust_log(config.clone(), rust_log);
+        let c = crate::support::client();
+        let resp = c
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = c.get(gw.url("/openai/v1/models")).send().await.unwrap();
+        resp.bytes().await.unwrap();
+        // Then lines that come after the models line on the queue: a second chat line, and a
+        // reload's (which the regex case does not write), so waiting for the last one each
+        // setting writes means the models line had its chance.
+        let resp = c
+            .post(gw.url("/openai/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.unwrap();
+        let reload = c.post(gw.admin_url("/reload")).send().await.unwrap();
+        assert_eq!(reload.status(), 200, "{rust_log:?}");
+        let last = |logs: &str| match rust_log {
+            Some("info/completions") => {
+                logs.matches("POST /openai/v1/chat/completions").count() == 2
+            }
+            _ => logs.contains(" reloaded ("),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !last(&gw.logs()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(last(&gw.logs()), "{rust_log:?}: {}", gw.logs());
+        let logs = gw.logs();
+        let access = |path: &str| {
+            lines(&logs)
+                .iter()
+                .any(|(head, msg)| head.ends_with("promptgate::access") && msg.contains(path))
+        };
+        assert_eq!(
+            access("/v1/chat/completions"),
+            chat_line,
+            "{rust_log:?}: {logs}"
+        );
+        assert_eq!(access("/v1/models"), models_line, "{rust_log:?}: {logs}");
+        if rust_log == Some("info,promptgate::access=off") {
+            assert!(logs.contains("listening on"), "other lines stay: {logs}");
+        }
+    }
 }
