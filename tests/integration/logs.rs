@@ -151,25 +151,22 @@ async fn rust_log_decides_which_access_lines_are_written() {
     ] {
         let gw = Gateway::start_with_rust_log(config.clone(), rust_log);
         let c = crate::support::client();
-        let resp = c
-            .post(gw.url("/openai/v1/chat/completions"))
-            .json(&chat)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let resp = c.get(gw.url("/openai/v1/models")).send().await.unwrap();
-        resp.bytes().await.unwrap();
-        // Then lines that come after the models line on the queue: a second chat line, and a
-        // reload's (which the regex case does not write), so waiting for the last one each
-        // setting writes means the models line had its chance.
-        let resp = c
-            .post(gw.url("/openai/v1/chat/completions"))
-            .json(&chat)
-            .send()
-            .await
-            .unwrap();
-        resp.bytes().await.unwrap();
+        // The models line, then lines that come after it on the queue: a second chat line,
+        // and a reload's (which the regex case does not write), so waiting for the last one
+        // each setting writes means the models line had its chance.
+        for (method, path) in [
+            (reqwest::Method::POST, "/openai/v1/chat/completions"),
+            (reqwest::Method::GET, "/openai/v1/models"),
+            (reqwest::Method::POST, "/openai/v1/chat/completions"),
+        ] {
+            let mut req = c.request(method.clone(), gw.url(path));
+            if method == reqwest::Method::POST {
+                req = req.json(&chat);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{rust_log:?}: {method} {path}");
+            resp.bytes().await.unwrap();
+        }
         let reload = c.post(gw.admin_url("/reload")).send().await.unwrap();
         assert_eq!(reload.status(), 200, "{rust_log:?}");
         let last = |logs: &str| match rust_log {
