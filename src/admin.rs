@@ -264,13 +264,27 @@ impl Admin {
                 )
             }
         };
+        // A route the config no longer names may still have entries (in Redis until they
+        // expire), so its purge goes ahead; the answer says so, which also shows a misspelt name.
+        let configured = match &selector {
+            Purge::Route(r) => {
+                let runtime = self.reloader.runtime().load_full();
+                Some(runtime.routes.iter().any(|route| route.name == *r))
+            }
+            Purge::Prefix(_) => None,
+        };
         match self.cache.purge(&selector).await {
             Ok(purged) => {
                 log::info!("cache purge {selector:?}: {purged:?}");
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({"purged": {"memory": purged.memory, "redis": purged.redis}}),
-                )
+                if configured == Some(false) {
+                    log::warn!("cache purge {selector:?}: no configured route has that name");
+                }
+                let mut body =
+                    serde_json::json!({"purged": {"memory": purged.memory, "redis": purged.redis}});
+                if let Some(configured) = configured {
+                    body["route_configured"] = configured.into();
+                }
+                json(StatusCode::OK, body)
             }
             Err(e) => error(
                 StatusCode::BAD_GATEWAY,

@@ -336,11 +336,23 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         .await
         .unwrap();
     assert_eq!(other["purged"]["memory"], 0);
+    assert_eq!(other["route_configured"], true);
+    // a name no route has (a typo, or a route since removed): purged all the same, and said so
+    let unknown = purge(Some(ADMIN_TOKEN), json!({"route": "opneai"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 200);
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(unknown["purged"]["memory"], 0);
+    assert_eq!(unknown["route_configured"], false);
+    assert!(gw.wait_for_log("no configured route has that name").await);
     let done = purge(Some(ADMIN_TOKEN), json!({"route": "openai"}))
         .await
         .unwrap();
     assert_eq!(done.status(), 200);
-    assert_eq!(done.json::<Value>().await.unwrap()["purged"]["memory"], 1);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["purged"]["memory"], 1);
+    assert_eq!(done["route_configured"], true);
     assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS", "purged");
     // by key prefix, as `promptgate key` prints keys: {prefix}:{route}:{hex}
     let by_prefix: Value = purge(
@@ -353,6 +365,7 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
     .await
     .unwrap();
     assert_eq!(by_prefix["purged"]["memory"], 1);
+    assert!(by_prefix.get("route_configured").is_none(), "{by_prefix}");
     assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS");
 
     let reload = |token: Option<&str>| {
