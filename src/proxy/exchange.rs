@@ -32,10 +32,10 @@ pub const STALE_CONNECTION_ATTEMPTS: usize = 3;
 /// The header names a message's `Connection` header nominates as hop-by-hop besides the fixed
 /// ones (RFC 9110 §7.6.1), read once per message instead of once per header. Usually none:
 /// `keep-alive` and `close`, the common values, name no other header.
-pub(super) struct Nominated<'a>(Vec<&'a str>);
+struct Nominated<'a>(Vec<&'a str>);
 
 impl<'a> Nominated<'a> {
-    pub(super) fn of(headers: &'a http::HeaderMap) -> Nominated<'a> {
+    fn of(headers: &'a http::HeaderMap) -> Nominated<'a> {
         Nominated::of_value(headers.get(header::CONNECTION))
     }
 
@@ -69,7 +69,7 @@ impl<'a> Nominated<'a> {
 
 /// True for hop-by-hop headers ([`headers::is_hop_by_hop`]), including any the message's
 /// `Connection` header nominates.
-pub(super) fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated) -> bool {
+fn is_hop_by_hop(name: &HeaderName, nominated: &Nominated) -> bool {
     headers::is_hop_by_hop(name.as_str()) || nominated.contains(name)
 }
 
@@ -565,17 +565,7 @@ pub fn client_header(
 ) -> pingora::Result<ResponseHead> {
     let mut resp = heads::response(upstream.status, 0)?;
     resp.headers = std::mem::take(&mut upstream.headers);
-    // The nominated names borrow their own copy of the value (a reference count), not the map.
-    let connection = resp.headers.get(header::CONNECTION).cloned();
-    let nominated = Nominated::of_value(connection.as_ref());
-    while let Some(name) = resp
-        .headers
-        .keys()
-        .find(|name| is_hop_by_hop(name, &nominated))
-        .cloned()
-    {
-        resp.headers.remove(&name);
-    }
+    remove_hop_by_hop(&mut resp.headers);
     let bodyless = session.req_header().method == http::Method::HEAD
         || matches!(upstream.status.as_u16(), 204 | 304);
     if !bodyless && !resp.headers.contains_key(header::CONTENT_LENGTH) && !session.is_http2() {
@@ -586,6 +576,22 @@ pub fn client_header(
         )?;
     }
     Ok(resp)
+}
+
+/// Removes `headers`' hop-by-hop fields, and those its `Connection` nominates, in place: what
+/// is left is the end-to-end fields, in their order but for a removal moving the map's last
+/// field into the gap ([`client_header`]).
+pub(super) fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
+    // The nominated names borrow their own copy of the value (a reference count), not the map.
+    let connection = headers.get(header::CONNECTION).cloned();
+    let nominated = Nominated::of_value(connection.as_ref());
+    while let Some(name) = headers
+        .keys()
+        .find(|name| is_hop_by_hop(name, &nominated))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
 }
 
 /// Writes the response to the client as it arrives, then returns the connection to the pool.

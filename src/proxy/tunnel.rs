@@ -46,13 +46,9 @@ pub fn websocket(session: &Session) -> Option<&http::HeaderValue> {
 /// The client's `101` head: the upstream's end-to-end headers, plus the `Upgrade` it agreed to
 /// and `Connection: upgrade` (hop-by-hop headers, which the relay of ordinary responses drops).
 fn switching_head(upstream: &ResponseHead) -> pingora::Result<ResponseHead> {
-    let mut head = heads::response(101, upstream.headers.len() + 2)?;
-    let nominated = super::exchange::Nominated::of(&upstream.headers);
-    for (name, value) in upstream.headers.iter() {
-        if !super::exchange::is_hop_by_hop(name, &nominated) {
-            heads::append(&mut head.headers, name.clone(), value.clone())?;
-        }
-    }
+    let mut head = heads::response(101, 0)?;
+    head.headers = upstream.headers.clone();
+    super::exchange::remove_hop_by_hop(&mut head.headers);
     if let Some(upgrade) = upstream.headers.get(header::UPGRADE) {
         heads::insert(&mut head.headers, header::UPGRADE, upgrade.clone())?;
     }
