@@ -10,6 +10,10 @@ use pingora::{Error as PingoraError, ErrorType};
 use std::fmt;
 use std::time::Duration;
 
+/// The context of an upstream error whose response head hyper could not read (not HTTP, a bad
+/// status line or header field, or over hyper's limits); the exchange sets it.
+pub(crate) const RESPONSE_HEAD: &str = "reading the response head";
+
 /// An upstream as messages name it: `openai (api.openai.com:443)`. The address is the
 /// configured host and port, never the URL's userinfo, path or query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,11 +200,36 @@ impl ProxyError {
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
                 ProxyError::Reset { upstream: named }
             }
+            ErrorType::InvalidHTTPHeader
+                if e.context
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == RESPONSE_HEAD) =>
+            {
+                ProxyError::Upstream {
+                    detail: unreadable_head(e),
+                    upstream: named,
+                }
+            }
             _ => ProxyError::Upstream {
                 detail: e.etype().as_str().to_string(),
                 upstream: named,
             },
         }
+    }
+}
+
+/// Why an upstream's response head could not be read, in hyper's words (`invalid HTTP
+/// status-code parsed`), and for one over hyper's limits which they are: 100 header fields and
+/// 408 KiB of head (hyper 1's `DEFAULT_MAX_HEADERS` and `DEFAULT_MAX_BUFFER_SIZE`, kept: a
+/// larger field count puts every response's field index on the heap). No byte of the head is
+/// quoted: only hyper's description of what was wrong.
+fn unreadable_head(e: &PingoraError) -> String {
+    match pingora_reason(e) {
+        Some(r) if r == "message head is too large" => {
+            "its response head is too large (over 100 header fields or 408 KiB)".into()
+        }
+        Some(r) => format!("its response head is not valid HTTP/1.1: {r}"),
+        None => "its response head is not valid HTTP/1.1".into(),
     }
 }
 

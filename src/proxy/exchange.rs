@@ -486,7 +486,8 @@ fn send_error(e: hyper::Error) -> Box<Error> {
     } else if e.is_timeout() {
         ErrorType::ReadTimedout
     } else if e.is_parse() {
-        ErrorType::InvalidHTTPHeader
+        // hyper could not read the response head.
+        return Error::because(ErrorType::InvalidHTTPHeader, errors::RESPONSE_HEAD, e);
     } else if e.is_canceled() || e.is_incomplete_message() || e.is_closed() || cut_off(&e) {
         ErrorType::ConnectionClosed
     } else if e.is_body_write_aborted() {

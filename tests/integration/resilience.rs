@@ -442,3 +442,119 @@ async fn too_many_or_too_large_headers_are_refused_without_harm() {
     assert_eq!(mock.hits(), 0, "nothing was forwarded");
     assert_eq!(post(&gw, &[], &chat()).await.0, 200, "still serving");
 }
+
+/// An upstream whose response head hyper cannot read — over its 100 header fields, a status
+/// that is no status, a field name with a space, not HTTP at all — gets a 502 that says what
+/// was wrong (never quoting the head), is stored nowhere, and leaves the route serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_response_head_is_a_clear_502_and_nothing_is_stored() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                while let Some(request) = crate::support::read_request(&mut stream).await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let request = String::from_utf8_lossy(&request);
+                    let body = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+                    let fields = |n: usize| -> String {
+                        (0..n)
+                            .map(|i| format!("X-Field-{i}: secret-{i}\r\n"))
+                            .collect()
+                    };
+                    let head = if request.contains("many-fields") {
+                        format!("HTTP/1.1 200 OK\r\n{}", fields(150))
+                    } else if request.contains("bad-status") {
+                        "HTTP/1.1 2000 OK\r\nX-Secret: secret-status\r\n".to_string()
+                    } else if request.contains("bad-name") {
+                        "HTTP/1.1 200 OK\r\nX Secret: secret-name\r\n".to_string()
+                    } else if request.contains("not-http") {
+                        "SECRET-PROTOCOL 1.0 200\r\n".to_string()
+                    } else {
+                        // just under the limit: read and relayed as usual
+                        format!("HTTP/1.1 200 OK\r\n{}", fields(95))
+                    };
+                    let answer = format!(
+                        "{head}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(
+        Config::new()
+            .upstream("raw", &format!("http://{addr}"))
+            .route(Route::new("chat").targets("[raw]").with(FAST_RETRY)),
+    );
+    let ask = |prompt: &str| json!({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]});
+    let cases = [
+        (
+            "many-fields",
+            "its response head is too large (over 100 header fields or 408 KiB)",
+        ),
+        (
+            "bad-status",
+            "its response head is not valid HTTP/1.1: invalid HTTP status-code parsed",
+        ),
+        (
+            "bad-name",
+            "its response head is not valid HTTP/1.1: invalid HTTP header parsed",
+        ),
+        (
+            "not-http",
+            "its response head is not valid HTTP/1.1: invalid HTTP version parsed",
+        ),
+    ];
+    for (prompt, says) in cases {
+        for round in 0..2 {
+            let before = hits.load(Ordering::SeqCst);
+            let (status, headers, body) = post(&gw, &[], &ask(prompt)).await;
+            assert_eq!(status, 502, "{prompt} round {round}: {body}");
+            assert_eq!(
+                headers["x-promptgate-cache"], "MISS",
+                "{prompt}: never stored"
+            );
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["type"], "upstream_error", "{body}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!(
+                    "upstream raw (127.0.0.1:{}) failed: ",
+                    addr.port()
+                )) && message.contains(says),
+                "{prompt}: {message}"
+            );
+            assert!(
+                !body.contains("secret") && !body.contains("SECRET"),
+                "{body}"
+            );
+            // not retried: the same upstream would answer the same again
+            assert_eq!(hits.load(Ordering::SeqCst), before + 1, "{prompt}");
+        }
+        // the route still serves, on a new connection
+        let (status, headers, body) = post(
+            &gw,
+            &[],
+            &ask(&format!("fine {}", hits.load(Ordering::SeqCst))),
+        )
+        .await;
+        assert_eq!(status, 200, "after {prompt}: {body}");
+        assert_eq!(headers["x-field-94"], "secret-94");
+    }
+    let log = gw.logs();
+    assert!(
+        log.contains("failed: its response head is too large"),
+        "{log}"
+    );
+    assert!(!log.contains("secret-"), "the log never quotes the head");
+}
