@@ -14,7 +14,7 @@ sets RUST_LOG=warn. `--floor MODE` measures a Pingora floor (bench/floors, e.g. 
 (the on/off argument is ignored). `--nginx` measures bench/run.py's nginx `proxy_pass` (one
 worker, no master process; on/off: its access log). Deterministic to a few hundred instructions, unlike CPU time on a busy
 machine. Uses bench/run.py's fixtures, config and nginx upstream (127.0.0.1:28101, so not while
-bench/run.py runs); works in bench/.icount; promptgate listens on 127.0.0.1:28411/28491.
+bench/run.py runs); works in bench/.icount (callgrind.MODE.KIND.N, for callgrind_annotate); promptgate listens on 127.0.0.1:28411/28491.
 """
 import http.client
 import os
@@ -45,7 +45,7 @@ def wait_port(port):
     sys.exit(f"nothing listens on {port}")
 
 
-def instructions(binary, mode, path, n, config, body_file, floor=None):
+def instructions(binary, mode, kind, path, n, config, body_file, floor=None):
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     if mode == "off":
         env["RUST_LOG"] = "warn"
@@ -63,8 +63,9 @@ def instructions(binary, mode, path, n, config, body_file, floor=None):
         mode = "floor-" + floor.replace(",", "")
     else:
         args = [binary, "run", "--config", str(config)]
-    out = OUT / f"callgrind.{mode}.{n}"
-    with open(OUT / f"promptgate.{mode}.{n}.log", "w") as log:
+    # One file per log mode, request kind and count: a hit run leaves a pass run's files alone.
+    out = OUT / f"callgrind.{mode}.{kind}.{n}"
+    with open(OUT / f"promptgate.{mode}.{kind}.{n}.log", "w") as log:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                  *args], stdout=log, stderr=log, env=env)
     try:
@@ -126,8 +127,8 @@ def main():
     up = OUT / "nginx-up"
     subprocess.run(["nginx", "-c", str(up / "nginx.conf"), "-p", str(up)], check=True)
     try:
-        a = instructions(binary, mode, path, n1, config, body_file, floor)
-        b = instructions(binary, mode, path, n2, config, body_file, floor)
+        a = instructions(binary, mode, kind, path, n1, config, body_file, floor)
+        b = instructions(binary, mode, kind, path, n2, config, body_file, floor)
     finally:
         subprocess.run(["nginx", "-s", "stop", "-c", str(up / "nginx.conf"), "-p", str(up)])
     what = f"proxy_pass, access log {mode}" if floor == "nginx" else \
