@@ -29,37 +29,30 @@ use std::time::Duration;
 /// Tries on pooled connections that turn out to be closed by the upstream while idle.
 pub const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
-/// The header names a message's `Connection` header nominates as hop-by-hop besides the fixed
-/// ones (RFC 9110 §7.6.1), read once per message instead of once per header. Usually none:
-/// `keep-alive` and `close`, the common values, name no other header.
+/// The header names a message's `Connection` field nominates as hop-by-hop besides the fixed
+/// ones (RFC 9110 §7.6.1), read once per message instead of once per header: from every
+/// `Connection` field line, since lines of one name are one comma-separated list (§5.3).
+/// Usually none: `keep-alive` and `close`, the common values, name no other header.
 struct Nominated<'a>(Vec<&'a str>);
 
 impl<'a> Nominated<'a> {
     fn of(headers: &'a http::HeaderMap) -> Nominated<'a> {
-        Nominated::of_value(headers.get(header::CONNECTION))
-    }
-
-    /// The names a `Connection` field's value nominates (none without one).
-    fn of_value(connection: Option<&'a HeaderValue>) -> Nominated<'a> {
-        let value = connection.and_then(|v| v.to_str().ok());
-        // The usual values nominate nothing: no split.
-        if value
-            .is_none_or(|v| v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close"))
-        {
-            return Nominated(Vec::new());
+        let mut names = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else {
+                continue;
+            };
+            // The usual values nominate nothing: no split.
+            if value.eq_ignore_ascii_case("keep-alive") || value.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            names.extend(value.split(',').map(str::trim).filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+            }));
         }
-        Nominated(
-            value
-                .into_iter()
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|t| {
-                    !t.is_empty()
-                        && !t.eq_ignore_ascii_case("keep-alive")
-                        && !t.eq_ignore_ascii_case("close")
-                })
-                .collect(),
-        )
+        Nominated(names)
     }
 
     fn contains(&self, name: &HeaderName) -> bool {
@@ -583,14 +576,23 @@ pub fn client_header(
 /// is left is the end-to-end fields, in their order but for a removal moving the map's last
 /// field into the gap ([`client_header`]).
 pub(super) fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    // The nominated names borrow their own copy of the value (a reference count), not the map.
-    let connection = headers.get(header::CONNECTION).cloned();
-    let nominated = Nominated::of_value(connection.as_ref());
-    while let Some(name) = headers
-        .keys()
-        .find(|name| is_hop_by_hop(name, &nominated))
-        .cloned()
+    let nominated = Nominated::of(headers);
+    // The usual message: nothing nominated and no fixed hop-by-hop name but `Connection`
+    // (`keep-alive` from an HTTP/1.1 upstream): one look at each name, one removal.
+    if nominated.0.is_empty()
+        && !headers
+            .keys()
+            .any(|name| name != header::CONNECTION && headers::is_hop_by_hop(name.as_str()))
     {
+        headers.remove(header::CONNECTION);
+        return;
+    }
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, &nominated))
+        .cloned()
+        .collect();
+    for name in gone {
         headers.remove(&name);
     }
 }
@@ -795,6 +797,9 @@ mod tests {
             ("content-length", "999"),
             ("connection", "keep-alive, x-secret-hop"),
             ("x-secret-hop", "1"),
+            // a second line of the same list (RFC 9110 §5.3) nominates too
+            ("connection", "X-Second-Hop"),
+            ("x-second-hop", "2"),
             ("keep-alive", "timeout=5"),
             ("expect", "100-continue"),
             ("accept-encoding", "gzip"),
@@ -815,11 +820,79 @@ mod tests {
         for gone in [
             "connection",
             "x-secret-hop",
+            "x-second-hop",
             "keep-alive",
             "expect",
             "transfer-encoding",
         ] {
             assert!(h(gone).is_none(), "{gone} was forwarded");
+        }
+    }
+
+    /// Every kind of `Connection` a response can carry, against what stays: the usual
+    /// `keep-alive` alone (the shortcut), fixed hop-by-hop names, names nominated on one or on
+    /// several lines, a value that is not text.
+    #[test]
+    fn remove_hop_by_hop_keeps_exactly_the_end_to_end_fields() {
+        /// The fields an upstream sent (name, value), and the names that must be left.
+        type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[("connection", b"keep-alive"), ("x-a", b"1")], &["x-a"]),
+            (
+                &[("x-a", b"1"), ("content-type", b"x")],
+                &["x-a", "content-type"],
+            ),
+            (
+                &[
+                    ("connection", b"close"),
+                    ("keep-alive", b"timeout=5"),
+                    ("te", b"trailers"),
+                    ("x-a", b"1"),
+                ],
+                &["x-a"],
+            ),
+            (
+                &[
+                    ("connection", b"x-b, Keep-Alive"),
+                    ("x-b", b"2"),
+                    ("x-a", b"1"),
+                ],
+                &["x-a"],
+            ),
+            (
+                &[
+                    ("connection", b"keep-alive"),
+                    ("connection", b"X-B"),
+                    ("x-b", b"2"),
+                    ("x-c", b"3"),
+                    ("connection", b"x-c ,, close"),
+                ],
+                &[],
+            ),
+            (&[("connection", b"x-\xff"), ("x-a", b"1")], &["x-a"]),
+            (
+                &[
+                    ("proxy-authenticate", b"Basic"),
+                    ("trailer", b"x"),
+                    ("upgrade", b"h2c"),
+                ],
+                &[],
+            ),
+        ];
+        for (fields, kept) in cases {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in *fields {
+                headers.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_bytes(value).unwrap(),
+                );
+            }
+            remove_hop_by_hop(&mut headers);
+            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            let mut want = kept.to_vec();
+            want.sort_unstable();
+            assert_eq!(left, want, "{fields:?}");
         }
     }
 

@@ -415,7 +415,7 @@ async fn expect_100_continue_and_hop_by_hop_headers() {
     let addr = gw.addr;
     let body = br#"{"model":"gpt-4o","messages":[]}"#;
     let head = format!(
-        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: keep-alive, x-hop\r\nX-Hop: drop-me\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\r\n",
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: keep-alive, x-hop\r\nX-Hop: drop-me\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nConnection: X-Second-Hop\r\nX-Second-Hop: drop-me-too\r\n\r\n",
         body.len()
     );
     let out = tokio::task::spawn_blocking(move || {
@@ -427,7 +427,14 @@ async fn expect_100_continue_and_hop_by_hop_headers() {
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.body, &body[..]);
-    for gone in ["expect", "x-hop", "keep-alive", "te", "connection"] {
+    for gone in [
+        "expect",
+        "x-hop",
+        "x-second-hop",
+        "keep-alive",
+        "te",
+        "connection",
+    ] {
         assert!(
             seen.header(gone).is_none(),
             "{gone} forwarded: {:?}",
@@ -451,7 +458,7 @@ async fn hop_by_hop_response_headers_stay_with_the_upstream() {
                 let body = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
                 while support::read_request(&mut stream).await.is_some() {
                     let head = format!(
-                        "HTTP/1.1 200 OK\r\nConnection: X-Hop-Response, keep-alive\r\nX-Request-Id: req-1\r\nX-Region: eu\r\nKeep-Alive: timeout=5\r\nX-Hop-Response: secret\r\nX-Multi: one\r\nProxy-Authenticate: Basic\r\nContent-Type: application/json\r\nTrailer: X-Checksum\r\nX-Multi: two\r\nContent-Length: {}\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nConnection: X-Hop-Response, keep-alive\r\nX-Request-Id: req-1\r\nX-Region: eu\r\nKeep-Alive: timeout=5\r\nX-Hop-Response: secret\r\nX-Multi: one\r\nProxy-Authenticate: Basic\r\nContent-Type: application/json\r\nTrailer: X-Checksum\r\nX-Multi: two\r\nConnection: X-Second-Hop\r\nX-Second-Hop: also\r\nContent-Length: {}\r\n\r\n",
                         body.len()
                     );
                     if stream
@@ -489,6 +496,7 @@ async fn hop_by_hop_response_headers_stay_with_the_upstream() {
         assert_eq!(h["x-promptgate-cache"], cache, "round {round}");
         for gone in [
             "x-hop-response",
+            "x-second-hop",
             "keep-alive",
             "proxy-authenticate",
             "trailer",
