@@ -56,19 +56,24 @@ pub fn controls(req: &RequestHeader) -> Result<RequestControls, BadTtl> {
             }
         }
     }
-    if let Some(v) = req.headers.get(&CACHE_CONTROL_HEADER) {
-        if v.as_bytes().eq_ignore_ascii_case(b"bypass") {
-            c.lookup = false;
-            c.store = false;
-        }
+    // Every line of a repeated control counts, as for `Cache-Control`: a `bypass` on any line
+    // bypasses, and of several TTLs the shortest holds (when unsure, keep less).
+    let marks = req.headers.get_all(&CACHE_CONTROL_HEADER);
+    if marks
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"bypass"))
+    {
+        c.lookup = false;
+        c.store = false;
     }
-    if let Some(v) = req.headers.get(&TTL_HEADER) {
+    for v in req.headers.get_all(&TTL_HEADER) {
         let text = v.to_str().unwrap_or("").trim();
         let secs: u64 = text.parse().map_err(|_| BadTtl(text.to_string()))?;
         if secs == 0 {
             c.store = false;
         }
-        c.ttl = Some(Duration::from_secs(secs));
+        let ttl = Duration::from_secs(secs);
+        c.ttl = Some(c.ttl.map_or(ttl, |t| t.min(ttl)));
     }
     Ok(c)
 }
@@ -270,6 +275,22 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert!(!c(&[("x-promptgate-ttl", "0")]).store);
+        // repeated lines: any bypass bypasses, the shortest TTL holds, 0 on any line stores not
+        let twice = c(&[
+            ("x-promptgate-cache", "miss"),
+            ("x-promptgate-cache", "bypass"),
+        ]);
+        assert!(!twice.lookup && !twice.store);
+        let ttls = [("x-promptgate-ttl", "600"), ("x-promptgate-ttl", "60")];
+        assert_eq!(c(&ttls).ttl, Some(Duration::from_secs(60)));
+        assert!(!c(&[("x-promptgate-ttl", "60"), ("x-promptgate-ttl", "0")]).store);
+        assert_eq!(
+            controls(&req(
+                &[("x-promptgate-ttl", "60"), ("x-promptgate-ttl", "x")],
+                "/"
+            )),
+            Err(BadTtl("x".into()))
+        );
         assert_eq!(
             controls(&req(&[("x-promptgate-ttl", "1h")], "/")),
             Err(BadTtl("1h".into()))

@@ -131,7 +131,13 @@ async fn request_controls() {
             .cache(),
         "BYPASS"
     );
-    assert_eq!(mock.hits(), 4);
+    // on a second line of the field too
+    let twice = [
+        ("x-promptgate-cache", "please"),
+        ("x-promptgate-cache", "bypass"),
+    ];
+    assert_eq!(post_json(&gw, &twice, &chat("b")).await.cache(), "BYPASS");
+    assert_eq!(mock.hits(), 5);
     // per-request TTL
     assert_eq!(
         post_json(&gw, &[("x-promptgate-ttl", "1")], &chat("c"))
@@ -146,6 +152,10 @@ async fn request_controls() {
         "MISS",
         "expired after its TTL"
     );
+    // several TTL lines: the shortest holds, so a 0 on any of them stores nothing
+    let ttls = [("x-promptgate-ttl", "3600"), ("x-promptgate-ttl", "0")];
+    assert_eq!(post_json(&gw, &ttls, &chat("d")).await.cache(), "MISS");
+    assert_eq!(post_json(&gw, &[], &chat("d")).await.cache(), "MISS");
     let bad = post_json(&gw, &[("x-promptgate-ttl", "soon")], &chat("c")).await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("x-promptgate-ttl"), "{}", bad.body);
