@@ -3,7 +3,7 @@
 //! as 499 — unless the answer is still wanted, for the cache (`complete_on_disconnect`) or for
 //! identical requests waiting on it.
 
-use crate::support::{client, get_text, Config, Gateway, MockUpstream, Route};
+use crate::support::{client, get_text, h2c_client, Config, Gateway, MockUpstream, Route};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -191,10 +191,7 @@ async fn complete_on_disconnect_finishes_the_call_for_the_cache() {
 async fn an_h2_client_that_resets_its_stream_cancels_too() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(openai(&mock, ""));
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     // A fast request first: an HTTP/2 request that ended its stream is not taken as gone.
     let ok = h2
         .post(gw.url(CHAT))

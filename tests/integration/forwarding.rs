@@ -477,10 +477,7 @@ async fn hop_by_hop_response_headers_stay_with_the_upstream() {
             .upstream("raw", &format!("http://{addr}"))
             .route(Route::prefixed("openai").targets("[raw]")),
     );
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = support::h2c_client();
     for (round, (c, cache)) in [(client(), "MISS"), (client(), "HIT"), (h2c, "HIT")]
         .into_iter()
         .enumerate()
@@ -556,10 +553,7 @@ async fn upstream_connections_are_pooled() {
 async fn h2c_clients_are_served() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(Config::providers(&mock.url()));
-    let c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let c = support::h2c_client();
     let resp = c
         .post(gw.url("/openai/v1/chat/completions"))
         .json(&chat("m", "hi"))

@@ -306,6 +306,15 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         }
         req.send()
     };
+    // An authorised purge: it is answered 200, with what it purged.
+    let purged = |body: Value| {
+        let sent = purge(Some(ADMIN_TOKEN), body);
+        async move {
+            let answer = sent.await.unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.json::<Value>().await.unwrap()
+        }
+    };
     let denied = purge(None, json!({"route": "openai"})).await.unwrap();
     assert_eq!(denied.status(), 401);
     assert_eq!(denied.headers()["www-authenticate"], "Bearer");
@@ -329,41 +338,20 @@ async fn admin_endpoints_answer_and_mutations_need_the_token() {
         400
     );
     // another route's purge leaves this entry alone
-    let other: Value = purge(Some(ADMIN_TOKEN), json!({"route": "anthropic"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = purged(json!({"route": "anthropic"})).await;
     assert_eq!(other["purged"]["memory"], 0);
     assert_eq!(other["route_configured"], true);
     // a name no route has (a typo, or a route since removed): purged all the same, and said so
-    let unknown = purge(Some(ADMIN_TOKEN), json!({"route": "opneai"}))
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 200);
-    let unknown: Value = unknown.json().await.unwrap();
+    let unknown = purged(json!({"route": "opneai"})).await;
     assert_eq!(unknown["purged"]["memory"], 0);
     assert_eq!(unknown["route_configured"], false);
     assert!(gw.wait_for_log("no configured route has that name").await);
-    let done = purge(Some(ADMIN_TOKEN), json!({"route": "openai"}))
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 200);
-    let done: Value = done.json().await.unwrap();
+    let done = purged(json!({"route": "openai"})).await;
     assert_eq!(done["purged"]["memory"], 1);
     assert_eq!(done["route_configured"], true);
     assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS", "purged");
     // by key prefix, as `promptgate key` prints keys: {prefix}:{route}:{hex}
-    let by_prefix: Value = purge(
-        Some(ADMIN_TOKEN),
-        json!({"prefix": "promptgate:v1:openai:"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let by_prefix = purged(json!({"prefix": "promptgate:v1:openai:"})).await;
     assert_eq!(by_prefix["purged"]["memory"], 1);
     assert!(by_prefix.get("route_configured").is_none(), "{by_prefix}");
     assert_eq!(gw.post_json(CHAT, &[], &chat).await.1, "MISS");

@@ -73,6 +73,14 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// An HTTP/2 client that speaks h2c by prior knowledge (promptgate's listener serves h2c).
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
