@@ -4,8 +4,9 @@
 //! that will not be stored), where parsing the whole body to find its `usage` was a tenth of
 //! the request's instructions.
 //!
-//! Skimming jumps strings with `memchr` (an answer is mostly the text of its content) and
-//! counts brackets; only the values of the fields usage reads are parsed, by the same lenient
+//! Skimming jumps strings 16 bytes at a look (SSE2, part of every x86_64; elsewhere and past
+//! a string's first 64 bytes `memchr`: an answer is mostly the text of its content) and counts
+//! brackets; only the values of the fields usage reads are parsed, by the same lenient
 //! field types as [`super::doc`], so they read exactly as a whole parse reads them. A `"usage"`
 //! anywhere but at the top level (in a message's text, inside `choices`) is a string or a
 //! nested key, skipped like any other.
@@ -59,6 +60,19 @@ static STRUCTURAL: [bool; 256] = {
     t
 };
 
+/// Bytes that end a number or a literal: what may follow a value, whitespace included.
+static ENDS_SCALAR: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+};
+
 /// The usage fields of one JSON object document, every other field left at its default;
 /// `None` when `json` is not one whole object (whitespace around it aside), or a usage field
 /// appears twice or does not parse.
@@ -86,19 +100,48 @@ impl<'a> Skim<'a> {
 
     /// Past JSON whitespace.
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        // Compact JSON has none: one compare says so.
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek().filter(|&c| c <= b' ') {
             self.i += 1;
         }
     }
 
     /// Past the string whose opening quote is at the cursor: the range of its raw content, and
     /// whether it holds an escape.
+    #[inline(always)]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         let start = self.i + 1;
+        // Most strings a skim passes are keys and short values, ended within two looks.
+        let end = match look(self.b, start) {
+            Some(n @ 0..16) => start + n as usize,
+            Some(_) => match look(self.b, start + 16) {
+                Some(n @ 0..16) => start + 16 + n as usize,
+                _ => return self.long_string(start),
+            },
+            None => return self.long_string(start),
+        };
+        if self.b[end] == b'"' {
+            self.i = end + 1;
+            return Some((start, end, false));
+        }
+        self.long_string(start)
+    }
+
+    /// [`Self::string`] for a string longer than two looks (32 bytes) or holding an escape.
+    #[inline(never)]
+    fn long_string(&mut self, start: usize) -> Option<(usize, usize, bool)> {
         let mut at = start;
         let mut escaped = false;
         loop {
-            let found = at + memchr::memchr2(b'"', b'\\', self.b.get(at..)?)?;
+            // A few looks over a string's first bytes, then `memchr2` for a long text.
+            let found = match look(self.b, at) {
+                Some(n @ 0..16) => at + n as usize,
+                Some(_) if at - start < 64 => {
+                    at += 16;
+                    continue;
+                }
+                _ => at + memchr::memchr2(b'"', b'\\', self.b.get(at..)?)?,
+            };
             if self.b[found] == b'"' {
                 self.i = found + 1;
                 return Some((start, found, escaped));
@@ -109,16 +152,14 @@ impl<'a> Skim<'a> {
     }
 
     /// Past one value of any type.
+    #[inline(always)]
     fn value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'{' | b'[' => self.container(),
             _ => {
                 let start = self.i;
-                while let Some(c) = self.peek() {
-                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                        break;
-                    }
+                while self.peek().is_some_and(|c| !ENDS_SCALAR[usize::from(c)]) {
                     self.i += 1;
                 }
                 (self.i > start).then_some(())
@@ -252,11 +293,21 @@ impl<'a> Skim<'a> {
             return Some(());
         }
         let start = self.i;
+        if n < 2 && self.peek()? == b'"' {
+            let (from, to, escaped) = self.string()?;
+            let t = text(&self.b[from..to], escaped)
+                .map_or_else(|| parse(&self.b[start..self.i]), Some)?;
+            match n {
+                0 => doc.model = t,
+                _ => doc.model_version = t,
+            }
+            return Some(());
+        }
         self.value()?;
         let v = &self.b[start..self.i];
         match n {
-            0 => doc.model = text(v)?,
-            1 => doc.model_version = text(v)?,
+            0 => doc.model = parse(v)?,
+            1 => doc.model_version = parse(v)?,
             2 => doc.usage = parse(v)?,
             3 => doc.usage_metadata = parse(v)?,
             4 => doc.prompt_eval_count = parse(v)?,
@@ -309,30 +360,60 @@ impl<'a> Skim<'a> {
     /// an exponent, another type, a malformed number) as [`Num`] reads it.
     fn num(&mut self) -> Option<Num> {
         let start = self.i;
-        self.value()?;
-        let v = &self.b[start..self.i];
+        let mut n: u64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            n = n.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+            self.i += 1;
+        }
+        let digits = self.i - start;
         // 19 digits always fit in a u64; JSON allows no leading zero.
-        let plain =
-            v.len() <= 19 && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
+        let plain = (1..=19).contains(&digits)
+            && (self.b[start] != b'0' || digits == 1)
+            && self.peek().is_some_and(|c| ENDS_SCALAR[usize::from(c)]);
         if plain {
-            let n = v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
             return Some(Num(Some(n)));
         }
-        parse(v)
+        self.i = start;
+        self.value()?;
+        parse(&self.b[start..self.i])
     }
 }
 
-/// A string field's value: a plain string (no escape, no control character, UTF-8) read in
-/// place, anything else as [`Text`]'s parse reads it.
-fn text(v: &[u8]) -> Option<Text<'_>> {
-    if let [b'"', inner @ .., b'"'] = v {
-        if inner.iter().all(|&c| c >= 0x20 && c != b'\\' && c != b'"') {
-            if let Ok(s) = std::str::from_utf8(inner) {
-                return Some(Text(Some(Cow::Borrowed(s))));
-            }
-        }
+/// A plain string's content (no escape, no control character, UTF-8) read in place; `None`
+/// for any other, which [`Text`]'s parse reads.
+fn text(inner: &[u8], escaped: bool) -> Option<Text<'_>> {
+    if escaped || inner.iter().filter(|&&c| c < 0x20).count() != 0 {
+        return None;
     }
-    parse(v)
+    let s = std::str::from_utf8(inner).ok()?;
+    Some(Text(Some(Cow::Borrowed(s))))
+}
+
+/// Where the first `"` or `\\` is among the 16 bytes of `b` from `at`: its offset, or 16 when
+/// there is none; `None` when fewer than 16 bytes are left (or off x86_64).
+#[inline(always)]
+fn look(b: &[u8], at: usize) -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        let chunk = b.get(at..at.checked_add(16)?)?;
+        // SAFETY: SSE2 is part of x86_64's baseline; the load reads the 16 bytes of `chunk`.
+        let mask = unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
+            ))
+        };
+        Some(mask.trailing_zeros().min(16))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (b, at);
+        None
+    }
 }
 
 fn parse<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
@@ -449,6 +530,12 @@ mod tests {
             r#"{"prompt_tokens_details":{"cached_tokens":"1"},"prompt_tokens":5}"#,
             r#"{"prompt_tokens_details":{"cached_tokens":9,"cached_tokens":8},"prompt_tokens":5}"#,
             r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":1234567890123456789,"completion_tokens":12345678901234567890}"#,
+            r#"{"prompt_tokens":0,"completion_tokens":00}"#,
+            r#"{"prompt_tokens":-0,"completion_tokens":7 ,"input_tokens":8}"#,
+            r#"{"prompt_tokens":1.5e3,"completion_tokens":2E1,"output_tokens":3.}"#,
+            r#"{"prompt_tokens":12x}"#,
+            r#"{"prompt_tokens":12"#,
             r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
             r#"{"prompt_tokens":1,}"#,
             r#"{"prompt_tokens":1 "completion_tokens":2}"#,
@@ -494,6 +581,36 @@ mod tests {
             skim(r#"{"model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":1}}"#),
             Some((1, 0, Some("gpt-4o-mini-2024-07-18".into())))
         );
+        // Any length, an escape anywhere (around each 16-byte look and past the looks), the
+        // string in the middle or at the very end of the document.
+        for len in 0..100 {
+            for escape in [
+                None,
+                Some(0),
+                Some(14),
+                Some(15),
+                Some(16),
+                Some(17),
+                Some(63),
+            ]
+            .into_iter()
+            .chain([Some(31), Some(32), Some(33), Some(64), Some(65), Some(70)])
+            .chain([Some(len.max(1) - 1)])
+            {
+                let mut name = "m".repeat(len);
+                if let Some(at) = escape.filter(|&at| at < len) {
+                    name.replace_range(at..at + 1, r#"\""#);
+                }
+                for doc in [
+                    format!(r#"{{"{name}":1,"model":"{name}","usage":{{"prompt_tokens":1}}}}"#),
+                    format!(
+                        r#"{{"usage":{{"prompt_tokens":1}},"{name}":"{name}","model":"{name}"}}"#
+                    ),
+                ] {
+                    skim(&doc);
+                }
+            }
+        }
         // Unclosed.
         for n in 14..19 {
             let doc = format!(r#"{{"model":"{}"#, "m".repeat(n));
