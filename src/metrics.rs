@@ -335,9 +335,9 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     inflight: IntGauge,
     access_log_dropped: IntCounter,
-    routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    routes: RwLock<HashMap<String, Arc<RouteMetrics>, foldhash::fast::RandomState>>,
     semantic: SemanticMetrics,
-    upstreams: RwLock<HashMap<String, Histogram>>,
+    upstreams: RwLock<HashMap<String, Histogram, foldhash::fast::RandomState>>,
     /// The Redis store last sampled (by address) and its error count then: the store keeps its
     /// own count, and a reload may replace the store.
     redis_errors_seen: Mutex<(usize, u64)>,

@@ -30,7 +30,7 @@ struct Entry<T> {
 /// glob matches, and a deployment sees a handful of model names, so each is matched once.
 /// Lives with the table it indexes (a reload builds a new table and an empty memo).
 #[derive(Debug, Default)]
-struct Memo(RwLock<HashMap<Box<str>, Option<usize>>>);
+struct Memo(RwLock<HashMap<Box<str>, Option<usize>, foldhash::fast::RandomState>>);
 
 impl Clone for Memo {
     /// A copy starts empty: it is only a cache.
