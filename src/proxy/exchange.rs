@@ -17,6 +17,7 @@ use crate::routing::pool::{Conn, Opening, Outgoing, Peer, Progress};
 use crate::routing::upstream::{Slot, Upstream};
 use crate::routing::Target;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{self, HeaderName};
 use http::HeaderValue;
 use http_body::Body;
@@ -195,9 +196,14 @@ impl UpstreamResponse {
     /// connection goes back before the client has the last byte).
     async fn read(&mut self, idle: Duration) -> pingora::Result<Read> {
         loop {
-            let frame = match tokio::time::timeout(idle, self.body.frame()).await {
-                Ok(frame) => frame,
-                Err(_) => return Error::e_explain(ErrorType::ReadTimedout, "reading the body"),
+            // A chunk already there needs no timer (arming and cancelling one cost more than
+            // the rest of the read).
+            let frame = match self.body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => match tokio::time::timeout(idle, self.body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => return Error::e_explain(ErrorType::ReadTimedout, "reading the body"),
+                },
             };
             match frame {
                 None => {

@@ -476,6 +476,10 @@ impl Pool {
         } else {
             1
         };
+        // Free capacity needs no timer.
+        if let Ok(permit) = self.capacity.clone().try_acquire_many_owned(weight) {
+            return Some(Reserved(permit));
+        }
         let permits = self.capacity.clone().acquire_many_owned(weight);
         match tokio::time::timeout(wait, permits).await {
             Ok(Ok(permit)) => Some(Reserved(permit)),

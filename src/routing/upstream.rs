@@ -214,21 +214,29 @@ impl Upstream {
     /// which a WebSocket upgrade needs), waiting up to `queue_timeout` for both together. Held
     /// for as long as the exchange lasts.
     pub async fn slot(&self, h1: bool) -> Result<Slot, Busy> {
-        let started = tokio::time::Instant::now();
+        let mut left = self.queue_timeout;
         let permit = match &self.slots {
             None => None,
             Some((slots, _, wait)) => {
-                match tokio::time::timeout(*wait, slots.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => Some(permit),
-                    _ => {
-                        return Err(Busy {
-                            limit: "max_concurrent",
-                        })
+                // A free slot needs no timer.
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        let started = tokio::time::Instant::now();
+                        let waited = tokio::time::timeout(*wait, slots.clone().acquire_owned());
+                        let permit = waited.await.ok().and_then(Result::ok);
+                        left = left.saturating_sub(started.elapsed());
+                        permit
                     }
-                }
+                };
+                let Some(permit) = permit else {
+                    return Err(Busy {
+                        limit: "max_concurrent",
+                    });
+                };
+                Some(permit)
             }
         };
-        let left = self.queue_timeout.saturating_sub(started.elapsed());
         let Some(connection) = self.pool.reserve(h1, left).await else {
             return Err(Busy {
                 limit: "pool.max_connections",
