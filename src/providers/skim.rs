@@ -50,28 +50,21 @@ const COUNTS: [&[u8]; 8] = [
 ];
 
 /// Bytes that start or end something the skimmer must see: a string, an object, an array.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
+static STRUCTURAL: [bool; 256] = table(b"\"{}[]");
 
 /// Bytes that end a number or a literal: what may follow a value, whitespace included.
-static ENDS_SCALAR: [bool; 256] = {
+static ENDS_SCALAR: [bool; 256] = table(b",}] \t\n\r");
+
+/// A byte table, true for `bytes`.
+const fn table(bytes: &[u8]) -> [bool; 256] {
     let mut t = [false; 256];
-    t[b',' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b']' as usize] = true;
-    t[b' ' as usize] = true;
-    t[b'\t' as usize] = true;
-    t[b'\n' as usize] = true;
-    t[b'\r' as usize] = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
     t
-};
+}
 
 /// The usage fields of one JSON object document, every other field left at its default;
 /// `None` when `json` is not one whole object (whitespace around it aside), or a usage field
