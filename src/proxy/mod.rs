@@ -211,20 +211,22 @@ impl Proxy {
         // Boxed: the upstream call's state (connect, send, relay) is large, and inline it would
         // make every request's future that large, hits included, copied whole when the request
         // is boxed (`serve.rs`; a quarter of a hit's instructions, BENCHMARKS.md).
-        Box::pin(self.upstream(
-            session,
-            ctx,
-            runtime,
-            Upstream {
-                route,
-                group,
-                path: &path,
-                body: &body,
-                parsed: &parsed,
-                upgrade: upgrade.as_ref(),
-                record,
-            },
-        ))
+        boxed(|| {
+            self.upstream(
+                session,
+                ctx,
+                runtime,
+                Upstream {
+                    route,
+                    group,
+                    path: &path,
+                    body: &body,
+                    parsed: &parsed,
+                    upgrade: upgrade.as_ref(),
+                    record,
+                },
+            )
+        })
         .await
     }
 
@@ -316,4 +318,14 @@ impl Proxy {
         ctx.usage = reader.into_usage();
         relayed.map_err(Failure::AfterResponse)
     }
+}
+
+/// `make()`'s future pinned on the heap, built there: `Box::pin(future)` builds the future on
+/// the stack first and then copies all of it into the allocation — an upstream call's state
+/// machine is about 5 KB, of which only the arguments were written.
+fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }

@@ -83,7 +83,7 @@ impl HttpServerApp for Proxy {
             session.set_keepalive(None);
         }
         // Boxed: only once a request is here (see the top of this file).
-        Box::pin(self.serve(Session::new(session))).await
+        super::boxed(|| self.serve(Session::new(session))).await
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
