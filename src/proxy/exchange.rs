@@ -583,12 +583,11 @@ pub fn client_header(
 /// field into the gap ([`client_header`]).
 pub(super) fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
     let nominated = Nominated::of(headers);
-    // The usual message: nothing nominated and no fixed hop-by-hop name but `Connection`
-    // (`keep-alive` from an HTTP/1.1 upstream): one look at each name, one removal.
-    if nominated.0.is_empty()
-        && !headers
-            .keys()
-            .any(|name| name != header::CONNECTION && headers::is_hop_by_hop(name.as_str()))
+    // The usual message: no hop-by-hop field but `Connection` (`keep-alive` from an HTTP/1.1
+    // upstream): one look at each name, one removal, no list of names.
+    if !headers
+        .keys()
+        .any(|name| name != header::CONNECTION && is_hop_by_hop(name, &nominated))
     {
         headers.remove(header::CONNECTION);
         return;
