@@ -476,15 +476,9 @@ impl Pool {
         } else {
             1
         };
-        // Free capacity needs no timer.
-        if let Ok(permit) = self.capacity.clone().try_acquire_many_owned(weight) {
-            return Some(Reserved(permit));
-        }
-        let permits = self.capacity.clone().acquire_many_owned(weight);
-        match tokio::time::timeout(wait, permits).await {
-            Ok(Ok(permit)) => Some(Reserved(permit)),
-            _ => None,
-        }
+        acquire_within(&self.capacity, weight, wait)
+            .await
+            .map(Reserved)
     }
 
     /// Makes `reserved` a whole connection's capacity (an HTTP/1.1 exchange), waiting up to
@@ -494,13 +488,12 @@ impl Pool {
         if missing == 0 {
             return true;
         }
-        let more = self.capacity.clone().acquire_many_owned(missing as u32);
-        match tokio::time::timeout(wait, more).await {
-            Ok(Ok(more)) => {
+        match acquire_within(&self.capacity, missing as u32, wait).await {
+            Some(more) => {
                 reserved.0.merge(more);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -844,6 +837,21 @@ where
         }
     });
     Ok(Conn::H1(sender))
+}
+
+/// `n` permits of `semaphore`, waiting up to `wait` for them; `None` when they did not free up
+/// in time (or the semaphore is closed). Permits already free are taken without arming a
+/// timer (creating and cancelling one cost more than the rest of taking them).
+pub(crate) async fn acquire_within(
+    semaphore: &Arc<Semaphore>,
+    n: u32,
+    wait: Duration,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = semaphore.clone().try_acquire_many_owned(n) {
+        return Some(permit);
+    }
+    let permits = semaphore.clone().acquire_many_owned(n);
+    tokio::time::timeout(wait, permits).await.ok()?.ok()
 }
 
 /// A failed TCP connect, as the error kind [`crate::proxy::errors`] classifies.

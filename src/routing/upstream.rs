@@ -1,7 +1,7 @@
 //! An upstream as the proxy uses it: where it is, how to reach it, what to inject, and how
 //! it has been doing (passive health, latency, concurrency).
 
-use super::pool::{Peer, Pool, Reserved};
+use super::pool::{acquire_within, Peer, Pool, Reserved};
 use crate::config::schema::{HealthSpec, HttpVersion, Provider, TimeoutsSpec};
 use crate::config::secret::Secret;
 use crate::config::spec;
@@ -218,17 +218,9 @@ impl Upstream {
         let permit = match &self.slots {
             None => None,
             Some((slots, _, wait)) => {
-                // A free slot needs no timer.
-                let permit = match slots.clone().try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
-                        let started = tokio::time::Instant::now();
-                        let waited = tokio::time::timeout(*wait, slots.clone().acquire_owned());
-                        let permit = waited.await.ok().and_then(Result::ok);
-                        left = left.saturating_sub(started.elapsed());
-                        permit
-                    }
-                };
+                let started = tokio::time::Instant::now();
+                let permit = acquire_within(slots, 1, *wait).await;
+                left = left.saturating_sub(started.elapsed());
                 let Some(permit) = permit else {
                     return Err(Busy {
                         limit: "max_concurrent",
