@@ -611,6 +611,54 @@ mod tests {
         }
     }
 
+    /// Answers shaped as each provider documents them (OpenAI chat with a tool call, embeddings,
+    /// Responses with plain and with listed instructions, Anthropic with a tool whose input has
+    /// a `usage` key, Gemini, Ollama's chat and generate), compact and indented: the skim reads
+    /// what a whole parse reads; cut short anywhere, they have no usage.
+    #[test]
+    fn provider_answers_read_as_a_whole_parse_reads_them() {
+        let openai = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1732500000,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"usage\":{\"prompt_tokens\":1},\"model\":\"x\"}"}}],"refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":82,"completion_tokens":17,"total_tokens":99,"prompt_tokens_details":{"cached_tokens":64,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_1"}"#;
+        let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,-1e-5]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let responses = r#"{"id":"resp_1","object":"response","created_at":1741476542,"status":"completed","background":false,"error":null,"incomplete_details":null,"instructions":INSTRUCTIONS,"max_output_tokens":null,"max_tool_calls":null,"model":"gpt-4.1-2025-04-14","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"Hi \"usage\""}]}],"parallel_tool_calls":true,"previous_response_id":null,"prompt_cache_key":null,"reasoning":{"effort":null,"summary":null},"safety_identifier":null,"service_tier":"default","store":true,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{"usage":{"type":"object"}}}}],"top_logprobs":0,"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":32},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123},"user":null,"metadata":{"usage":"tag","model":"m"}}"#;
+        let anthropic = r#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"Checking."},{"type":"tool_use","id":"toolu_01","name":"record","input":{"usage":{"input_tokens":999},"model":"y"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":45,"service_tier":"standard"}}"#;
+        let gemini = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"totalTokenCount":27,"cachedContentTokenCount":4,"promptTokensDetails":[{"modality":"TEXT","tokenCount":10}],"thoughtsTokenCount":12},"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#;
+        let ollama_chat = r#"{"model":"llama3.2","created_at":"2023-12-12T14:13:43.416799Z","message":{"role":"assistant","content":"Hello! {\"eval_count\":1}"},"done_reason":"stop","done":true,"total_duration":5191566416,"load_duration":2154458,"prompt_eval_count":26,"prompt_eval_duration":383809000,"eval_count":298,"eval_duration":4799921000}"#;
+        let ollama_generate = r#"{"model":"llama3.2","created_at":"2023-08-04T19:22:45.499127Z","response":"The sky is blue.","done":true,"done_reason":"stop","context":[1,2,3],"total_duration":10706818083,"load_duration":6338219291,"prompt_eval_count":26,"prompt_eval_duration":130079000,"eval_count":259,"eval_duration":4232710000}"#;
+        let listed = r#"[{"type":"message","role":"developer","content":[{"type":"input_text","text":"Be brief."}]}]"#;
+        let cases = [
+            (openai.to_string(), (18, 17, "gpt-4o-2024-08-06")),
+            (embeddings.to_string(), (8, 0, "text-embedding-3-small")),
+            (
+                responses.replace("INSTRUCTIONS", r#""Be brief.""#),
+                (4, 87, "gpt-4.1-2025-04-14"),
+            ),
+            (
+                responses.replace("INSTRUCTIONS", listed),
+                (4, 87, "gpt-4.1-2025-04-14"),
+            ),
+            (
+                anthropic.to_string(),
+                (12, 45, "claude-sonnet-4-5-20250929"),
+            ),
+            (gemini.to_string(), (6, 17, "gemini-2.5-flash")),
+            (ollama_chat.to_string(), (26, 298, "llama3.2")),
+            (ollama_generate.to_string(), (26, 259, "llama3.2")),
+        ];
+        for (doc, (input, output, model)) in cases {
+            let value: serde_json::Value = serde_json::from_str(&doc).expect("valid JSON");
+            let indented = serde_json::to_string_pretty(&value).expect("serialises");
+            for doc in [&doc, &indented] {
+                let want = Some((input, output, Some(model.to_string())));
+                assert_eq!(skim(doc), want, "{doc}");
+            }
+            // A body cut short has no usage.
+            for end in 0..doc.len() {
+                let cut = &doc.as_bytes()[..end];
+                assert!(usage_doc(cut).is_none(), "{}", String::from_utf8_lossy(cut));
+            }
+        }
+    }
+
     /// Documents made of random top-level fields (each at most once, in any order, with any
     /// whitespace), decoys among them: the skim reads what the whole parse reads.
     #[test]
