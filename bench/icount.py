@@ -4,6 +4,7 @@
     python3 bench/icount.py BINARY [on|off] [hit|pass|hit-1m|pass-1m] [N1 N2]
     python3 bench/icount.py --floor MODE[,FLAG...] FLOOR_BINARY [-] [hit|pass|...] [N1 N2]
     python3 bench/icount.py --nginx nginx [on|off] pass [N1 N2]
+    python3 bench/icount.py --cache ...   (any of the above, with cache misses)
 
 Runs the binary twice under valgrind's callgrind with the pinned rows' config of bench/run.py
 (`threads: 1`), sends N1 (default 300) and then N2 (default 2,300) sequential keep-alive requests
@@ -14,7 +15,10 @@ sets RUST_LOG=warn. `--floor MODE` measures a Pingora floor (bench/floors, e.g. 
 (the on/off argument is ignored). `--nginx` measures bench/run.py's nginx `proxy_pass` (one
 worker, no master process; on/off: its access log). Deterministic to a few hundred instructions, unlike CPU time on a busy
 machine. Uses bench/run.py's fixtures, config and nginx upstream (127.0.0.1:28101, so not while
-bench/run.py runs); works in bench/.icount (callgrind.MODE.KIND.N, for callgrind_annotate); promptgate listens on 127.0.0.1:28411/28491.
+bench/run.py runs); works in bench/.icount (callgrind.MODE.KIND.N, for callgrind_annotate); promptgate listens on 127.0.0.1:28411/28491. `--cache` adds callgrind's cache simulation
+(`--cache-sim=yes`, the host's L1 sizes) and prints first-level instruction-fetch and data
+misses per request too: where CPU time as shipped parts from instructions, code footprint shows
+as I1 misses.
 """
 import http.client
 import os
@@ -66,8 +70,10 @@ def instructions(binary, mode, kind, path, n, config, body_file, floor=None):
     # One file per log mode, request kind and count: a hit run leaves a pass run's files alone.
     out = OUT / f"callgrind.{mode}.{kind}.{n}"
     with open(OUT / f"promptgate.{mode}.{kind}.{n}.log", "w") as log:
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                                 *args], stdout=log, stderr=log, env=env)
+        sim = ["--cache-sim=yes"] if CACHE else []
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", *sim,
+                                 f"--callgrind-out-file={out}", *args],
+                                stdout=log, stderr=log, env=env)
     try:
         wait_port(PORT)
         body = body_file.read_bytes()
@@ -89,11 +95,19 @@ def instructions(binary, mode, kind, path, n, config, body_file, floor=None):
             proc.kill()
             proc.wait()
     text = out.read_text()
-    return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
+    events = re.search(r"^events:\s+(.*)$", text, re.M).group(1).split()
+    totals = re.search(r"^(?:summary|totals):\s+(.*)$", text, re.M).group(1).split()
+    return dict(zip(events, map(int, totals)))
+
+
+CACHE = False
 
 
 def main():
+    global CACHE
     argv = sys.argv[1:]
+    if argv[:1] == ["--cache"]:
+        CACHE, argv = True, argv[1:]
     floor = None
     if argv[:1] == ["--floor"] and len(argv) > 1:
         floor, argv = argv[1], argv[2:]
@@ -133,7 +147,10 @@ def main():
         subprocess.run(["nginx", "-s", "stop", "-c", str(up / "nginx.conf"), "-p", str(up)])
     what = f"proxy_pass, access log {mode}" if floor == "nginx" else \
         f"floor {floor}" if floor else f"log {mode}, {kind}"
-    print(f"{binary} {what}: {(b - a) / (n2 - n1):,.0f} instructions/request")
+    per = {k: (b[k] - a[k]) / (n2 - n1) for k in a}
+    misses = ", ".join(f"{per[k]:,.0f} {k}" for k in ("I1mr", "D1mr", "D1mw") if k in per)
+    print(f"{binary} {what}: {per['Ir']:,.0f} instructions/request"
+          + (f" ({misses})" if misses else ""))
 
 
 if __name__ == "__main__":
