@@ -13,7 +13,7 @@ CONFDIR ?= /etc/promptgate
 # a failure there (e.g. no running systemd) is reported but does not fail the install.
 SYSTEMCTL = f() { if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl "$$@" || echo "systemctl $$* failed"; fi; }; f
 
-.PHONY: run build demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic bench-prompt-caching bench-h2
+.PHONY: run build release demo test lint unit browser-test fuzz fuzz-short python-test packaging install uninstall deps test-deps check-config clean bench bench-quick bench-profile bench-semantic bench-prompt-caching bench-h2
 
 ## run: install what is missing, build release, run with $(CONFIG) (in-memory cache, no Redis)
 run: deps
@@ -22,6 +22,12 @@ run: deps
 
 build: deps
 	cargo build --release --locked
+
+## release: the build we ship, from a profile of promptgate's own request paths (PGO; about
+## twice a release build, ~20% less CPU per request): target/pgo/promptgate (scripts/pgo-build.sh;
+## without llvm-profdata it says so and builds without a profile)
+release: deps
+	@bash scripts/pgo-build.sh
 
 ## demo: offline in about a minute: the mock upstream and promptgate (conf/demo.yaml), a question
 ## asked twice (MISS, then HIT), a stream twice, hit rate and cost saved from /metrics; stops both
@@ -73,9 +79,9 @@ $(VENV)/.requirements-installed: $(PYTHON_REQUIREMENTS)
 packaging:
 	@bash scripts/check-packaging.sh
 
-## install: binary, systemd unit, config and env template (kept if present); as root
-install: build
-	install -D -m 0755 target/release/promptgate $(DESTDIR)$(BINDIR)/promptgate
+## install: binary (`make release`'s), systemd unit, config and env template (kept if present); as root
+install: release
+	install -D -m 0755 target/pgo/promptgate $(DESTDIR)$(BINDIR)/promptgate
 	install -D -m 0644 systemd/promptgate.service $(DESTDIR)$(UNITDIR)/promptgate.service
 	install -d -m 0755 $(DESTDIR)$(CONFDIR)
 	test -e $(DESTDIR)$(CONFDIR)/promptgate.yaml || install -m 0644 conf/promptgate.yaml $(DESTDIR)$(CONFDIR)/promptgate.yaml

@@ -95,7 +95,11 @@ def parse_args():
 
 ARGS, ONLY = parse_args()
 QUICK = ARGS.quick
-PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", ROOT / "target" / "release" / "promptgate"))
+# What we ship: `make release`'s build from a profile when there is one (bench/setup.sh makes
+# it), else the plain release build.
+_SHIPPED = ROOT / "target" / "pgo" / "promptgate"
+PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", _SHIPPED if _SHIPPED.exists() else
+                                 ROOT / "target" / "release" / "promptgate"))
 B_RATE_LIMIT = ARGS.b_rate_limit.strip()
 PROMPTGATE_B = Path(ARGS.bin_b) if ARGS.bin_b else (PROMPTGATE if B_RATE_LIMIT else None)
 FLOOR = Path(os.environ.get("FLOOR_BIN", ROOT / "target" / "release" / "floor"))
@@ -647,7 +651,7 @@ def tool_versions():
         except Exception as e:  # noqa: BLE001
             return f"unavailable ({e})"
     v = {
-        "promptgate": first_line([str(PROMPTGATE), "--version"]),
+        "promptgate": f"{first_line([str(PROMPTGATE), '--version'])} ({PROMPTGATE})",
         "rustc": first_line(["rustc", "--version"]),
         "nginx": first_line(["nginx", "-v"]),
         "wrk": first_line(["wrk", "--version"]),
