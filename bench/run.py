@@ -95,11 +95,16 @@ def parse_args():
 
 ARGS, ONLY = parse_args()
 QUICK = ARGS.quick
-# What we ship: `make release`'s build from a profile when there is one (bench/setup.sh makes
-# it), else the plain release build.
+# What we ship: `make release`'s build from a profile (bench/setup.sh makes it), unless
+# BENCH_PGO=0 or there is none; then the plain release build.
 _SHIPPED = ROOT / "target" / "pgo" / "promptgate"
-PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", _SHIPPED if _SHIPPED.exists() else
-                                 ROOT / "target" / "release" / "promptgate"))
+_PLAIN = ROOT / "target" / "release" / "promptgate"
+_USE_PGO = os.environ.get("BENCH_PGO", "1") == "1" and _SHIPPED.exists()
+PROMPTGATE = Path(os.environ.get("PROMPTGATE_BIN", _SHIPPED if _USE_PGO else _PLAIN))
+if PROMPTGATE == _SHIPPED and _PLAIN.exists() and \
+        _SHIPPED.stat().st_mtime < _PLAIN.stat().st_mtime:
+    print(f"bench: note: {_SHIPPED} is older than {_PLAIN}: `make release` builds it anew",
+          file=sys.stderr)
 B_RATE_LIMIT = ARGS.b_rate_limit.strip()
 PROMPTGATE_B = Path(ARGS.bin_b) if ARGS.bin_b else (PROMPTGATE if B_RATE_LIMIT else None)
 FLOOR = Path(os.environ.get("FLOOR_BIN", ROOT / "target" / "release" / "floor"))
