@@ -41,14 +41,18 @@ find_profdata() {
         return
     fi
     local found
-    found="$(ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V -r | head -n 1)"
+    found="$(ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V -r | head -n 1 || true)"
     [ -n "$found" ] && { echo "$found"; return; }
     command -v llvm-profdata || true
 }
 # What the training run needs besides the build: llvm-profdata, python3 (its requests), curl.
 profdata="$(find_profdata)"
 missing=()
-[ -n "$profdata" ] || missing+=(llvm-19)
+# Debian's LLVM before 19 (bookworm's default is 14) reads only older profiles than rustc writes.
+version="$(echo "$profdata" | sed -n 's|^/usr/lib/llvm-\([0-9]*\)/.*|\1|p')"
+if [ -z "$profdata" ] || { [ -n "$version" ] && [ "$version" -lt 19 ]; }; then
+    missing+=(llvm-19)
+fi
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
