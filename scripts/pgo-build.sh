@@ -6,7 +6,7 @@
 #
 #   scripts/pgo-build.sh            → target/pgo/promptgate
 #
-# Three steps, about twice a release build (≈ 15 minutes from nothing on 2 cores, ≈ 6 after a
+# Three steps, about twice a release build (≈ 16 minutes from nothing on 2 cores, ≈ 6 after a
 # change to promptgate): an instrumented build;
 # a training run of a few seconds on 127.0.0.1 — the project's mock upstream
 # (examples/mock_upstream.rs) behind the instrumented promptgate, fed by `promptgate warm`
