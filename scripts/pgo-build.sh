@@ -6,8 +6,8 @@
 #
 #   scripts/pgo-build.sh            → target/pgo/promptgate
 #
-# Three steps, about twice a release build (≈ 16 minutes from nothing on 2 cores, ≈ 6 after a
-# change to promptgate): an instrumented build;
+# Three steps, about twice a release build (16 minutes from a fresh clone on 2 cores, then at
+# least 5.5: the build from a new profile): an instrumented build;
 # a training run of a few seconds on 127.0.0.1 — the project's mock upstream
 # (examples/mock_upstream.rs) behind the instrumented promptgate, fed by `promptgate warm`
 # with hits, misses, pass-throughs and streams for the four providers and some upstream
